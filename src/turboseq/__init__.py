@@ -1,0 +1,42 @@
+"""turboseq: Hugging Face encoder-decoder models on a lean, exact PyTorch runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from turboseq.families.common import ModelLoadError
+from turboseq.model import Seq2SeqModel
+
+__version__ = "0.1.0"
+__all__ = ["load", "Seq2SeqModel", "ModelLoadError", "__version__"]
+
+
+def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Seq2SeqModel:
+    """Load a local Hugging Face model directory (config.json + weights [+ tokenizer files]).
+
+    ``dtype``: "float32" (token-identical to transformers) or "bfloat16" (faster, not identical).
+    """
+    from turboseq.generation import generation_defaults
+    from turboseq.layers import ACTIVATIONS
+    from turboseq.loading import DTYPES, read_model_dir
+    from turboseq.spec import map_tensors
+
+    if dtype not in DTYPES:
+        raise ValueError(f"`dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"`device` {device!r} is not a torch device ({err})") from None
+    _family, config, generation_config, spec = read_model_dir(path)
+    for layer in spec.encoder.layers + spec.decoder.layers:
+        if layer.ffn.activation not in ACTIVATIONS:
+            raise ModelLoadError(
+                f"{Path(path) / 'config.json'}: unsupported activation {layer.ffn.activation!r}; "
+                f"supported: {', '.join(ACTIVATIONS)}"
+            )
+    torch_dtype = DTYPES[dtype]
+    map_tensors(spec, lambda t: t.to(device=device, dtype=torch_dtype if t.is_floating_point() else t.dtype).contiguous())
+    defaults = generation_defaults(generation_config, config)
+    return Seq2SeqModel(spec, config, defaults, Path(path), device, dtype)

@@ -1,0 +1,8 @@
+"""Model families: each module maps one checkpoint layout into ``turboseq.spec``.
+
+A family module exposes ``MODEL_TYPES`` (config.json ``model_type`` values) and ``build(config, ckpt)``.
+"""
+
+from turboseq.families import marian
+
+FAMILIES = {model_type: module for module in (marian,) for model_type in module.MODEL_TYPES}

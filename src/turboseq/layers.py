@@ -1,0 +1,150 @@
+"""Runtime layers: pure functions over the spec (``turboseq.spec``).
+
+The encoder runs once per batch. The decoder runs one step at a time against a ``DecoderState``
+(``turboseq.cache``) holding the preallocated self-attention cache and the cross-attention K/V.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from turboseq.cache import DecoderState
+from turboseq.spec import Embeddings, FeedForward, LayerNorm, Linear, SelfAttention, Seq2SeqSpec, Stack
+
+
+def _gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def linear(x: Tensor, lin: Linear) -> Tensor:
+    return F.linear(x, lin.weight, lin.bias)
+
+
+def layer_norm(x: Tensor, norm: LayerNorm) -> Tensor:
+    return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)
+
+
+def feed_forward(x: Tensor, ffn: FeedForward) -> Tensor:
+    return linear(ACTIVATIONS[ffn.activation](linear(x, ffn.fc1)), ffn.fc2)
+
+
+def embed(emb: Embeddings, ids: Tensor, start: int = 0) -> Tensor:
+    """Token embeddings (scaled) plus positions ``start .. start + len - 1``; ids [batch, len]."""
+    x = F.embedding(ids, emb.tokens)
+    if emb.scale != 1.0:
+        x = x * emb.scale
+    if emb.positions is not None:
+        x = x + emb.positions[start : start + ids.shape[1]]
+    if emb.norm is not None:
+        x = layer_norm(x, emb.norm)
+    return x
+
+
+def _sublayer(x: Tensor, norm: LayerNorm, pre_norm: bool, fn) -> Tensor:
+    if pre_norm:
+        return x + fn(layer_norm(x, norm))
+    return layer_norm(x + fn(x), norm)
+
+
+def _heads(x: Tensor, num_heads: int) -> Tensor:
+    """[batch, len, d_model] -> [batch, heads, len, head_dim]"""
+    b, t, d = x.shape
+    return x.view(b, t, num_heads, d // num_heads).transpose(1, 2)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    """[batch, heads, len, head_dim] -> [batch, len, d_model]"""
+    b, h, t, hd = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * hd)
+
+
+def _split_qkv(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused projection [batch, len, 3 * d_model] -> q, k, v each [batch, heads, len, head_dim]."""
+    b, t, d3 = qkv.shape
+    qkv = qkv.view(b, t, 3, num_heads, d3 // (3 * num_heads)).permute(2, 0, 3, 1, 4)
+    return qkv[0], qkv[1], qkv[2]
+
+
+def encode(spec: Seq2SeqSpec, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Run the encoder stack once; returns hidden states [batch, src_len, d_model]."""
+    stack = spec.encoder
+    x = embed(stack.embed, input_ids)
+    # [batch, 1, 1, src_len]: True where a key may be attended
+    key_mask = attention_mask.bool()[:, None, None, :]
+    for layer in stack.layers:
+
+        def self_attention(h, attn: SelfAttention = layer.self_attn):
+            q, k, v = _split_qkv(linear(h, attn.qkv), attn.num_heads)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+            return linear(_merge_heads(out), attn.out)
+
+        x = _sublayer(x, layer.self_attn_norm, stack.pre_norm, self_attention)
+        x = _sublayer(x, layer.ffn_norm, stack.pre_norm, lambda h, f=layer.ffn: feed_forward(h, f))
+    if stack.final_norm is not None:
+        x = layer_norm(x, stack.final_norm)
+    return x
+
+
+def build_cross_kv(spec: Seq2SeqSpec, encoder_out: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Project the encoder output once into every decoder layer's cross-attention keys and values.
+
+    One entry per sentence, never per beam: all beams of a sentence attend to the same tensors.
+    """
+    kv = []
+    for layer in spec.decoder.layers:
+        attn = layer.cross_attn
+        b, s, d = encoder_out.shape
+        # [2, batch, heads, src_len, head_dim]
+        both = linear(encoder_out, attn.kv).view(b, s, 2, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
+        kv.append((both[0], both[1]))
+    return kv
+
+
+def decode_step(spec: Seq2SeqSpec, state: DecoderState, tokens: Tensor) -> Tensor:
+    """Feed ``tokens`` [rows, new_len] to the decoder; returns logits of the last position [rows, vocab].
+
+    Rows are grouped by sentence (``state.group`` consecutive rows per sentence, e.g. the beams); the
+    cross-attention of a sentence runs once for all of its rows, with the rows as the query axis.
+    """
+    stack = spec.decoder
+    rows, new_len = tokens.shape
+    start = state.length
+    state.reserve(start + new_len)
+    x = embed(stack.embed, tokens, start)  # [rows, new_len, d_model]
+    causal = new_len > 1  # a multi-token prompt: causal inside it (the cache is empty then)
+    for i, layer in enumerate(stack.layers):
+
+        def self_attention(h, attn: SelfAttention = layer.self_attn, i: int = i):
+            q, k, v = _split_qkv(linear(h, attn.qkv), attn.num_heads)
+            keys, values = state.write(i, k, v)
+            out = F.scaled_dot_product_attention(q, keys, values, is_causal=causal)
+            return linear(_merge_heads(out), attn.out)
+
+        def cross_attention(h, i: int = i, attn=layer.cross_attn):
+            cross_k, cross_v = state.cross_kv[i]
+            sentences, heads, _, head_dim = cross_k.shape
+            # [sentences, heads, group * new_len, head_dim]: the beams of a sentence share its keys/values
+            q = linear(h, attn.q).view(sentences, state.group * new_len, heads, head_dim).transpose(1, 2)
+            out = F.scaled_dot_product_attention(q, cross_k, cross_v, attn_mask=state.cross_mask)
+            return linear(out.transpose(1, 2).reshape(rows, new_len, heads * head_dim), attn.out)
+
+        x = _sublayer(x, layer.self_attn_norm, stack.pre_norm, self_attention)
+        x = _sublayer(x, layer.cross_attn_norm, stack.pre_norm, cross_attention)
+        x = _sublayer(x, layer.ffn_norm, stack.pre_norm, lambda h, f=layer.ffn: feed_forward(h, f))
+    state.length = start + new_len
+    x = x[:, -1]
+    if stack.final_norm is not None:
+        x = layer_norm(x, stack.final_norm)
+    return linear(x, spec.lm_head)

@@ -1,0 +1,140 @@
+"""What a transformer is made of, as plain dataclasses of tensors.
+
+Family modules (``turboseq.families.*``) only map checkpoint tensors into these objects; the runtime
+(``turboseq.layers``) decides behaviour from what is present here (a bias or not, pre- or post-norm, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Linear:
+    weight: Tensor  # [out_features, in_features]
+    bias: Tensor | None = None
+
+
+@dataclass
+class LayerNorm:
+    weight: Tensor
+    bias: Tensor | None
+    eps: float = 1e-5
+
+
+@dataclass
+class SelfAttention:
+    qkv: Linear  # fused q, k, v projections: weight [3 * d_model, d_model]
+    out: Linear
+    num_heads: int
+
+
+@dataclass
+class CrossAttention:
+    q: Linear
+    kv: Linear  # fused k, v projections of the encoder output: weight [2 * d_model, d_model]
+    out: Linear
+    num_heads: int
+
+
+@dataclass
+class FeedForward:
+    fc1: Linear
+    fc2: Linear
+    activation: str  # "relu" | "gelu" | "silu" ...
+
+
+@dataclass
+class EncoderLayer:
+    self_attn: SelfAttention
+    self_attn_norm: LayerNorm
+    ffn: FeedForward
+    ffn_norm: LayerNorm
+
+
+@dataclass
+class DecoderLayer:
+    self_attn: SelfAttention
+    self_attn_norm: LayerNorm
+    cross_attn: CrossAttention
+    cross_attn_norm: LayerNorm
+    ffn: FeedForward
+    ffn_norm: LayerNorm
+
+
+@dataclass
+class Embeddings:
+    tokens: Tensor  # [vocab, d_model]
+    scale: float = 1.0  # multiplies token embeddings (sqrt(d_model) where the family scales them)
+    positions: Tensor | None = None  # [max_positions, d_model], added after scaling
+    norm: LayerNorm | None = None  # layernorm_embedding of BART-style models
+
+
+@dataclass
+class Stack:
+    embed: Embeddings
+    layers: list  # list[EncoderLayer] or list[DecoderLayer]
+    pre_norm: bool  # pre-norm (x + f(norm(x))) or post-norm (norm(x + f(x)))
+    final_norm: LayerNorm | None = None
+
+
+@dataclass
+class Seq2SeqSpec:
+    """An encoder-decoder transformer with a language-model head."""
+
+    encoder: Stack
+    decoder: Stack
+    lm_head: Linear  # [vocab, d_model]; bias holds final_logits_bias where the family has one
+    max_positions: int
+    vocab_size: int
+    pad_token_id: int
+    eos_token_id: int
+    decoder_start_token_id: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def d_model(self) -> int:
+        return self.lm_head.weight.shape[1]
+
+
+def sinusoidal_positions(num_positions: int, dim: int) -> Tensor:
+    """Marian's table: sines in the first half of each vector, cosines in the second (not interleaved).
+
+    Computed in float64 and rounded once, as transformers does, so positions are bit-identical.
+    """
+    import numpy as np
+
+    pos = np.arange(num_positions, dtype=np.float64)[:, None]
+    j = np.arange(dim)
+    angles = pos / np.power(10000, 2 * (j // 2) / dim)
+    out = torch.empty(num_positions, dim, dtype=torch.float32)
+    half = math.ceil(dim / 2)
+    out[:, :half] = torch.from_numpy(np.sin(angles[:, 0::2])).float()
+    out[:, half:] = torch.from_numpy(np.cos(angles[:, 1::2])).float()
+    return out
+
+
+def map_tensors(obj, fn, _done: dict | None = None):
+    """Apply ``fn`` to every tensor inside a spec tree, in place (used for dtype/device moves).
+
+    A tensor shared by several fields (tied embeddings) is converted once and stays shared.
+    """
+    done = {} if _done is None else _done
+    if isinstance(obj, list):
+        for item in obj:
+            map_tensors(item, fn, done)
+        return
+    if not hasattr(obj, "__dataclass_fields__"):
+        return
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, Tensor):
+            if id(value) not in done:
+                done[id(value)] = (value, fn(value))  # keep `value` alive so its id is not reused
+            setattr(obj, f.name, done[id(value)][1])
+        else:
+            map_tensors(value, fn, done)
