@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from turboseq.families.common import Checkpoint, cross_attention, feed_forward, layer_norm, self_attention
 from turboseq.spec import DecoderLayer, Embeddings, EncoderLayer, Linear, Seq2SeqSpec, Stack, sinusoidal_positions
 
@@ -22,13 +24,16 @@ def build(config: dict, ckpt: Checkpoint) -> Seq2SeqSpec:
     positions = sinusoidal_positions(max_pos, d_model)
     shared = config.get("share_encoder_decoder_embeddings", True)
 
-    src_tokens = ckpt.first("model.shared.weight", "model.encoder.embed_tokens.weight") if shared else \
-        ckpt.first("model.encoder.embed_tokens.weight")
-    tgt_tokens = src_tokens if shared else ckpt.first("model.decoder.embed_tokens.weight")
-    if config.get("tie_word_embeddings", True):
+    # each stack's own table wins; checkpoints with shared embeddings may store only model.shared
+    fallback = ("model.shared.weight",) if shared else ()
+    src_tokens = ckpt.first("model.encoder.embed_tokens.weight", *fallback)
+    tgt_tokens = ckpt.first("model.decoder.embed_tokens.weight", *fallback)
+    head = tgt_tokens if config.get("tie_word_embeddings", True) else ckpt.first("lm_head.weight")
+    # checkpoints often store one table under several names: keep a single copy in memory
+    if tgt_tokens is not src_tokens and torch.equal(tgt_tokens, src_tokens):
+        tgt_tokens = src_tokens
+    if head is not tgt_tokens and torch.equal(head, tgt_tokens):
         head = tgt_tokens
-    else:
-        head = ckpt.first("lm_head.weight")
 
     enc_heads = config["encoder_attention_heads"]
     dec_heads = config["decoder_attention_heads"]
