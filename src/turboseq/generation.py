@@ -138,11 +138,11 @@ def resolve(
     # Lengths count the decoder prompt, as in transformers; max_new_tokens wins over max_length.
     position_limit = max_positions
     if kwargs.get("max_new_tokens") is not None:
-        max_length = prompt_length + _as_int("max_new_tokens", kwargs["max_new_tokens"], 0)
+        max_length = prompt_length + _as_int("max_new_tokens", kwargs["max_new_tokens"], 1)
     elif kwargs.get("max_length") is not None:
         max_length = _as_int("max_length", kwargs["max_length"], 0)
     elif merged["max_new_tokens"] is not None:
-        max_length = prompt_length + _as_int("max_new_tokens", merged["max_new_tokens"], 0)
+        max_length = prompt_length + _as_int("max_new_tokens", merged["max_new_tokens"], 1)
     elif merged["max_length"] is not None:
         max_length = _as_int("max_length", merged["max_length"], 0)
     else:

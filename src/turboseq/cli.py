@@ -1,0 +1,144 @@
+"""Command line: ``turboseq translate`` and ``turboseq bench``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from turboseq import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="turboseq",
+        description="Run Hugging Face encoder-decoder models (MarianMT) fast and token-identical to transformers.",
+    )
+    parser.add_argument("--version", action="version", version=f"turboseq {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+
+    tr = verbs.add_parser(
+        "translate",
+        help="translate text, one sentence per line",
+        description="Translate one sentence per line from FILE or stdin to FILE or stdout. Output has the same "
+        "number of lines in the same order; empty input lines give empty output lines.",
+    )
+    tr.add_argument("--model", required=True, metavar="DIR", help="Hugging Face model directory (MarianMT)")
+    tr.add_argument("-i", "--input", metavar="FILE", help="input file (default: stdin)")
+    tr.add_argument("-o", "--output", metavar="FILE", help="output file (default: stdout)")
+    tr.add_argument("--num-beams", type=_positive_int, help="beam size (default: the model's generation_config)")
+    tr.add_argument("--max-new-tokens", type=_positive_int, help="maximum tokens per translation")
+    tr.add_argument("--batch-size", type=_positive_int, default=32, help="sentences per batch (default: 32)")
+    tr.add_argument("--max-batch-tokens", type=_positive_int, help="padded source tokens per batch (default: no limit)")
+    tr.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="float32 is token-identical to transformers; bfloat16 is faster (default: float32)")
+    tr.add_argument("--truncation", action="store_true", help="cut inputs longer than the model's positions")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    be = verbs.add_parser(
+        "bench",
+        help="measure transformers vs turboseq (vs CTranslate2) tokens/s",
+        description="Build (once, cached under ~/.cache/turboseq) an opus-mt-en-de-shaped MarianMT with random "
+        "weights and time every engine on the same sentences with a forced output length, in one process.",
+    )
+    be.add_argument("--arch", default="marian", choices=["marian"], help="model shape (default: marian)")
+    be.add_argument("--batches", type=_int_list, default=[1, 16, 64], help="batch sizes (default: 1,16,64)")
+    be.add_argument("--modes", default="greedy,beam4", help="decoding modes: greedy,beam4 (default: both)")
+    be.add_argument("--engines", help="comma-separated subset of: transformers, turboseq, ctranslate2-float32, "
+                    "ctranslate2-int8 (default: all installed)")
+    be.add_argument("--new-tokens", type=_positive_int, default=32, help="forced output length (default: 32)")
+    be.add_argument("--min-seconds", type=float, default=2.0, help="time each cell at least this long (default: 2)")
+    be.add_argument("--out", default="bench-out", metavar="DIR", help="where to write bench.json/md/png")
+    be.add_argument("--profile", action="store_true", help="print the top operators of the slow and fast paths")
+    return parser
+
+
+def _translate(args) -> int:
+    import turboseq
+
+    model = turboseq.load(args.model, dtype=args.dtype)
+    if args.input:
+        lines = Path(args.input).read_text(encoding="utf-8").splitlines()
+    else:
+        lines = sys.stdin.read().splitlines()
+    kwargs = {}
+    if args.num_beams is not None:
+        kwargs["num_beams"] = args.num_beams
+    if args.max_new_tokens is not None:
+        kwargs["max_new_tokens"] = args.max_new_tokens
+    outputs = model.translate(
+        lines,
+        batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        truncation=args.truncation,
+        progress=bool(args.input) and not args.no_progress,
+        **kwargs,
+    )
+    text = "".join(out.replace("\n", " ") + "\n" for out in outputs)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _bench(args) -> int:
+    from turboseq.bench import MODES, available_engines, run_bench
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"unknown mode(s) {', '.join(bad)}; available: {', '.join(MODES)}")
+    engines = available_engines()
+    if args.engines:
+        wanted = [e.strip() for e in args.engines.split(",") if e.strip()]
+        missing = [e for e in wanted if e not in engines]
+        if missing:
+            raise ValueError(f"engine(s) not available: {', '.join(missing)}; available: {', '.join(engines)}")
+        engines = wanted
+    run_bench(
+        arch=args.arch,
+        batches=args.batches,
+        modes=modes,
+        engines=engines,
+        new_tokens=args.new_tokens,
+        min_seconds=args.min_seconds,
+        out_dir=Path(args.out),
+        profile=args.profile,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from turboseq.families.common import ModelLoadError
+
+    try:
+        if args.verb == "translate":
+            return _translate(args)
+        return _bench(args)
+    except (ModelLoadError, ValueError, FileNotFoundError, IsADirectoryError) as err:
+        print(f"turboseq: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
