@@ -21,7 +21,7 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Seq2S
     from turboseq.generation import generation_defaults
     from turboseq.layers import ACTIVATIONS
     from turboseq.loading import DTYPES, read_model_dir
-    from turboseq.spec import map_tensors
+    from turboseq.spec import linears, map_tensors
 
     if dtype not in DTYPES:
         raise ValueError(f"`dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -38,5 +38,10 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Seq2S
             )
     torch_dtype = DTYPES[dtype]
     map_tensors(spec, lambda t: t.to(device=device, dtype=torch_dtype if t.is_floating_point() else t.dtype).contiguous())
+    # Linear weights keep their [out, in] shape but are stored transposed (column-major): F.linear then hands
+    # BLAS a contiguous [in, out] matrix, which is much faster for the few-row products of decoding.
+    # A head tied to the embeddings gets its own copy; lookups stay row-major.
+    for lin in linears(spec):
+        lin.weight = lin.weight.t().contiguous().t()
     defaults = generation_defaults(generation_config, config)
     return Seq2SeqModel(spec, config, defaults, Path(path), device, dtype)

@@ -127,8 +127,11 @@ def decode_step(spec: Seq2SeqSpec, state: DecoderState, tokens: Tensor) -> Tenso
     for i, layer in enumerate(stack.layers):
 
         def self_attention(h, attn: SelfAttention = layer.self_attn, i: int = i):
-            q, k, v = _split_qkv(linear(h, attn.qkv), attn.num_heads)
-            keys, values = state.write(i, k, v)
+            b, t, d3 = h.shape[0], h.shape[1], 3 * h.shape[2]
+            # [rows, new_len, 3, heads, head_dim]: k and v go to the cache in this layout, no permute
+            qkv = linear(h, attn.qkv).view(b, t, 3, attn.num_heads, d3 // (3 * attn.num_heads))
+            q = qkv[:, :, 0].transpose(1, 2)
+            keys, values = state.write(i, qkv[:, :, 1], qkv[:, :, 2])
             out = F.scaled_dot_product_attention(q, keys, values, is_causal=causal)
             return linear(_merge_heads(out), attn.out)
 

@@ -51,23 +51,25 @@ class NoRepeatNGram:
 
 
 class BadWords:
+    """Bans single tokens always and the last token of longer words whose prefix ends the sequence.
+
+    Like all processors here it may write into ``scores``: the search loops own the tensors they pass."""
+
     def __init__(self, bad_words_ids: list[list[int]], vocab_size: int):
         too_big = sorted({t for w in bad_words_ids for t in w if t >= vocab_size})
         if too_big:
             raise ValueError(f"`bad_words_ids` has token ids {too_big} outside the vocabulary of {vocab_size}")
-        self.single = torch.zeros(vocab_size, dtype=torch.bool)
-        self.single[[w[0] for w in bad_words_ids if len(w) == 1]] = True
+        self.single = sorted({w[0] for w in bad_words_ids if len(w) == 1})
         self.multi = [w for w in bad_words_ids if len(w) > 1]
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        banned = self.single.to(scores.device).expand_as(scores)
-        if self.multi:
-            banned = banned.clone()
-            for word in self.multi:
-                prefix = torch.tensor(word[:-1], device=input_ids.device)
-                if len(prefix) <= input_ids.shape[1]:
-                    banned[(input_ids[:, -len(prefix) :] == prefix).all(dim=1), word[-1]] = True
-        return scores.masked_fill(banned, NEG_INF)
+        if self.single:
+            scores[:, self.single] = NEG_INF
+        for word in self.multi:
+            prefix = torch.tensor(word[:-1], device=input_ids.device)
+            if len(prefix) <= input_ids.shape[1]:
+                scores[(input_ids[:, -len(prefix) :] == prefix).all(dim=1), word[-1]] = NEG_INF
+        return scores
 
 
 class MinLength:
@@ -78,7 +80,6 @@ class MinLength:
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         if input_ids.shape[1] - self.skip < self.min_length:
-            scores = scores.clone()
             scores[:, self.eos_ids] = NEG_INF
         return scores
 
@@ -91,7 +92,7 @@ class ForcedToken:
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         if input_ids.shape[1] == self.at_length:
-            scores = torch.full_like(scores, NEG_INF)
+            scores.fill_(NEG_INF)
             scores[:, self.token] = 0
         return scores
 

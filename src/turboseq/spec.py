@@ -138,3 +138,15 @@ def map_tensors(obj, fn, _done: dict | None = None):
             setattr(obj, f.name, done[id(value)][1])
         else:
             map_tensors(value, fn, done)
+
+
+def linears(obj):
+    """Every ``Linear`` inside a spec tree."""
+    if isinstance(obj, Linear):
+        yield obj
+    elif isinstance(obj, list):
+        for item in obj:
+            yield from linears(item)
+    elif hasattr(obj, "__dataclass_fields__"):
+        for f in fields(obj):
+            yield from linears(getattr(obj, f.name))
