@@ -11,7 +11,7 @@ from torch import Tensor
 from turboseq import search
 from turboseq.cache import DecoderState
 from turboseq.generation import GenerationSettings, resolve
-from turboseq.layers import build_cross_kv, decode_step, encode
+from turboseq.layers import LMHead, build_cross_kv, decode_step, encode
 from turboseq.spec import Seq2SeqSpec
 
 
@@ -26,6 +26,7 @@ class Seq2SeqModel:
         self.device = device
         self.dtype = dtype
         self._tokenizer = None
+        self.head = LMHead(spec.lm_head)
 
     def __repr__(self) -> str:
         return f"turboseq.Seq2SeqModel({self.config.get('model_type')}, {str(self.path)!r}, dtype={self.dtype})"
@@ -148,8 +149,8 @@ class Seq2SeqModel:
             return decode_step(spec, state, tokens)
 
         if s.is_beam:
-            return search.beam_search(step, state.select, prompt, s, procs, generator)
-        seqs = search.greedy_or_sample(step, state.select, prompt, s, procs, generator)
+            return search.beam_search(step, state.select, self.head, prompt, s, procs, generator)
+        seqs = search.greedy_or_sample(step, state.select, self.head, prompt, s, procs, generator)
         copies = s.num_return_sequences
         return [seqs[i * copies : (i + 1) * copies] for i in range(batch)]
 

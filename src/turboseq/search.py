@@ -168,9 +168,15 @@ def apply(procs, input_ids: Tensor, scores: Tensor) -> Tensor:
     return scores
 
 
+def only_bans(procs) -> bool:
+    """True when every processor only bans or forces tokens (or shifts a whole row): greedy's argmax can
+    then be screened with bounded approximate logits (``LMHead.greedy``)."""
+    return all(isinstance(p, (NoRepeatNGram, BadWords, MinLength, ForcedToken, LogSoftmax)) for p in procs)
+
+
 # --- the decoder the loops drive --------------------------------------------------------------------------
 
-# step(tokens [rows, new_len]) -> logits [rows, vocab]; select(rows, sentences) keeps/reorders decoder rows
+# step(tokens [rows, new_len]) -> hidden [rows, d_model]; select(rows, sentences) keeps/reorders decoder rows
 Step = Callable[[Tensor], Tensor]
 Select = Callable[[Tensor, Tensor], None]
 
@@ -185,6 +191,7 @@ def _exponential_noise(shape, generator: torch.Generator | None, device) -> Tens
 def greedy_or_sample(
     step: Step,
     select: Select,
+    head,
     prompt: Tensor,
     s: GenerationSettings,
     procs,
@@ -200,15 +207,21 @@ def greedy_or_sample(
     active = torch.arange(batch, device=device)  # original row of each decoder row
     tokens = prompt
     cur_len = prompt_len
+    screen = not s.do_sample and only_bans(procs)
     while cur_len < s.max_length:
-        logits = step(tokens)
-        scores = apply(procs, seqs[active, :cur_len], logits.float())
-        if s.do_sample:
-            probs = F.softmax(scores, dim=-1)
-            noise = _exponential_noise((batch, probs.shape[1]), generator, device)
-            next_tokens = (probs / noise[active]).argmax(dim=-1)
-        else:
-            next_tokens = scores.argmax(dim=-1)
+        hidden = step(tokens)
+        input_ids = seqs[active, :cur_len]
+        next_tokens = None
+        if screen:
+            next_tokens = head.greedy(hidden, input_ids, lambda ids, x: apply(procs, ids, x))
+        if next_tokens is None:
+            scores = apply(procs, input_ids, head.logits(hidden).float())
+            if s.do_sample:
+                probs = F.softmax(scores, dim=-1)
+                noise = _exponential_noise((batch, probs.shape[1]), generator, device)
+                next_tokens = (probs / noise[active]).argmax(dim=-1)
+            else:
+                next_tokens = scores.argmax(dim=-1)
         seqs[active, cur_len] = next_tokens
         cur_len += 1
         done = torch.isin(next_tokens, eos)
@@ -227,6 +240,7 @@ def greedy_or_sample(
 def beam_search(
     step: Step,
     select: Select,
+    head,
     prompt: Tensor,
     s: GenerationSettings,
     procs,
@@ -266,7 +280,7 @@ def beam_search(
     tokens = prompt.repeat_interleave(nb, dim=0)
     while True:
         n = active.numel()
-        logits = step(tokens).float()
+        logits = head.logits(step(tokens)).float()
         vocab = logits.shape[-1]
         log_probs = F.log_softmax(logits, dim=-1)
         log_probs = apply(procs, running[:, :, :cur_len].reshape(n * nb, cur_len), log_probs)
