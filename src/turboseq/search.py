@@ -208,14 +208,16 @@ def greedy_or_sample(
     tokens = prompt
     cur_len = prompt_len
     screen = not s.do_sample and only_bans(procs)
+    # a whole-row shift (renormalize_logits) cannot change an argmax: greedy skips it
+    argmax_procs = [p for p in procs if not isinstance(p, LogSoftmax)]
     while cur_len < s.max_length:
         hidden = step(tokens)
         input_ids = seqs[active, :cur_len]
         next_tokens = None
         if screen:
-            next_tokens = head.greedy(hidden, input_ids, lambda ids, x: apply(procs, ids, x))
+            next_tokens = head.greedy(hidden, input_ids, lambda ids, x: apply(argmax_procs, ids, x))
         if next_tokens is None:
-            scores = apply(procs, input_ids, head.logits(hidden).float())
+            scores = apply(procs if s.do_sample else argmax_procs, input_ids, head.logits(hidden).float())
             if s.do_sample:
                 probs = F.softmax(scores, dim=-1)
                 noise = _exponential_noise((batch, probs.shape[1]), generator, device)
