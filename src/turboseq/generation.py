@@ -8,7 +8,7 @@ model's position limit instead of cutting at 20 tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 # transformers' defaults for fields neither the model nor the call sets
 _DEFAULTS = {
@@ -200,5 +200,3 @@ def generation_defaults(generation_config: dict | None, config: dict) -> dict:
             out[key] = config[key]
     return out
 
-
-SETTING_NAMES = tuple(f.name for f in fields(GenerationSettings))
