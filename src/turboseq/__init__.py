@@ -19,8 +19,9 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Seq2S
     ``dtype``: "float32" (token-identical to transformers) or "bfloat16" (faster, not identical).
     """
     from turboseq.generation import generation_defaults
-    from turboseq.layers import ACTIVATIONS
+    from turboseq.layers import ACTIVATIONS, prepack
     from turboseq.loading import DTYPES, read_model_dir
+    from turboseq.memory import tune_malloc
     from turboseq.spec import linears, map_tensors
 
     if dtype not in DTYPES:
@@ -29,6 +30,8 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Seq2S
         device = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"`device` {device!r} is not a torch device ({err})") from None
+    if device.type == "cpu":
+        tune_malloc()
     _family, config, generation_config, spec = read_model_dir(path)
     for layer in spec.encoder.layers + spec.decoder.layers:
         if layer.ffn.activation not in ACTIVATIONS:
@@ -38,10 +41,12 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Seq2S
             )
     torch_dtype = DTYPES[dtype]
     map_tensors(spec, lambda t: t.to(device=device, dtype=torch_dtype if t.is_floating_point() else t.dtype).contiguous())
-    # Linear weights keep their [out, in] shape but are stored transposed (column-major): F.linear then hands
-    # BLAS a contiguous [in, out] matrix, which is much faster for the few-row products of decoding.
-    # A head tied to the embeddings gets its own copy; lookups stay row-major.
+    # CPU weights are reordered once for oneDNN's matmul. Where that is not available, Linear weights keep
+    # their [out, in] shape but are stored transposed (column-major): F.linear then hands BLAS a contiguous
+    # [in, out] matrix, much faster for the few-row products of decoding. Embedding lookups stay row-major.
+    prepack(spec)
     for lin in linears(spec):
-        lin.weight = lin.weight.t().contiguous().t()
+        if lin.packed is None:
+            lin.weight = lin.weight.t().contiguous().t()
     defaults = generation_defaults(generation_config, config)
     return Seq2SeqModel(spec, config, defaults, Path(path), device, dtype)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from turboseq.cache import DecoderState
-from turboseq.spec import Embeddings, FeedForward, LayerNorm, Linear, SelfAttention, Seq2SeqSpec, Stack
+from turboseq.spec import Embeddings, FeedForward, LayerNorm, Linear, SelfAttention, Seq2SeqSpec, Stack, linears
 
 
 def _gelu_tanh(x: Tensor) -> Tensor:
@@ -28,8 +28,46 @@ ACTIVATIONS = {
 }
 
 
-def linear(x: Tensor, lin: Linear) -> Tensor:
-    return F.linear(x, lin.weight, lin.bias)
+# activations oneDNN can apply inside the matmul: name -> (post-op, algorithm); results equal the separate
+# torch function up to an ulp or so
+_FUSED = {
+    "relu": ("relu", ""),
+    "gelu": ("gelu", "none"),
+    "gelu_new": ("gelu", "tanh"),
+    "gelu_pytorch_tanh": ("gelu", "tanh"),
+    "silu": ("swish", ""),
+    "swish": ("swish", ""),
+}
+
+
+def linear(x: Tensor, lin: Linear, activation: str | None = None) -> Tensor:
+    """``activation(x @ W.T + b)``; one fused oneDNN call when the weight is prepacked."""
+    if lin.packed is not None:
+        post_op, algorithm = _FUSED.get(activation, ("none", ""))
+        y = torch.ops.mkldnn._linear_pointwise(x, lin.packed, lin.bias, post_op, [], algorithm)
+        return y if activation is None or activation in _FUSED else ACTIVATIONS[activation](y)
+    y = F.linear(x, lin.weight, lin.bias)
+    return y if activation is None else ACTIVATIONS[activation](y)
+
+
+def can_prepack(weight: Tensor) -> bool:
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype in (torch.float32, torch.bfloat16)
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+def prepack(spec) -> None:
+    """Reorder every CPU linear weight once into oneDNN's blocked layout.
+
+    oneDNN's matmul on a prepacked weight runs 2.5-3.5x faster than the BLAS call behind F.linear here for
+    16-256 rows (about 450-500 GFLOPS against 135-200 on this 2-core AVX-512 machine), and no slower for one
+    row. Same precision (float32 accumulation); only the summation order differs.
+    """
+    for lin in linears(spec):
+        if can_prepack(lin.weight):
+            lin.packed = torch.ops.mkldnn._reorder_linear_weight(lin.weight.contiguous())
 
 
 def layer_norm(x: Tensor, norm: LayerNorm) -> Tensor:
@@ -37,7 +75,7 @@ def layer_norm(x: Tensor, norm: LayerNorm) -> Tensor:
 
 
 def feed_forward(x: Tensor, ffn: FeedForward) -> Tensor:
-    return linear(ACTIVATIONS[ffn.activation](linear(x, ffn.fc1)), ffn.fc2)
+    return linear(linear(x, ffn.fc1, ffn.activation), ffn.fc2)
 
 
 def embed(emb: Embeddings, ids: Tensor, start: int = 0) -> Tensor:
@@ -179,21 +217,11 @@ class LMHead:
             # rounding of a float32-accumulated dot product of length n is below n * 2**-24 * |a| |b| (x2 margin)
             self.slack = 2.0 * lin.weight.shape[1] * 2.0**-24 * norm_bf16
 
-        # oneDNN's prepacked float32 matmul beats the BLAS call by 1.4-1.9x here for every row count
-        # (1 to 256 rows, vocab 58101); same precision, another summation order.
-        self.packed = None
-        if self.screen and lin.weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
-            from torch.utils import mkldnn
-
-            dense = torch.nn.Linear(lin.weight.shape[1], lin.weight.shape[0], bias=lin.bias is not None)
-            dense.weight.data = lin.weight.contiguous()
-            if lin.bias is not None:
-                dense.bias.data = lin.bias
-            self.packed = mkldnn.to_mkldnn(dense)
+        self.packed_bf16 = None
+        if self.screen and can_prepack(self.weight_bf16):
+            self.packed_bf16 = Linear(self.weight_bf16, packed=torch.ops.mkldnn._reorder_linear_weight(self.weight_bf16))
 
     def logits(self, h: Tensor) -> Tensor:
-        if self.packed is not None:
-            return self.packed(h.contiguous().to_mkldnn()).to_dense()
         return linear(h, self.lin)
 
     def greedy(self, h: Tensor, input_ids: Tensor, procs) -> Tensor | None:
@@ -201,7 +229,7 @@ class LMHead:
         if not self.screen:
             return None
         hb = h.to(torch.bfloat16)
-        approx = F.linear(hb, self.weight_bf16).float()
+        approx = (linear(hb, self.packed_bf16) if self.packed_bf16 is not None else F.linear(hb, self.weight_bf16)).float()
         if self.lin.bias is not None:
             approx += self.lin.bias
         h_norm = h.norm(dim=1, keepdim=True)

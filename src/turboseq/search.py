@@ -129,7 +129,8 @@ class TopP:
 
 class LogSoftmax:
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        return scores.log_softmax(dim=-1)
+        # in place: a fresh [rows, vocab] tensor per step costs more in page faults than the arithmetic
+        return torch.log_softmax(scores, dim=-1, out=scores)
 
 
 def build_processors(s: GenerationSettings, vocab_size: int) -> list[Callable[[Tensor, Tensor], Tensor]]:
@@ -282,11 +283,11 @@ def beam_search(
     tokens = prompt.repeat_interleave(nb, dim=0)
     while True:
         n = active.numel()
-        logits = head.logits(step(tokens)).float()
+        logits = head.logits(step(tokens)).float()  # [n * nb, vocab], owned here: updated in place
         vocab = logits.shape[-1]
-        log_probs = F.log_softmax(logits, dim=-1)
+        log_probs = torch.log_softmax(logits, dim=-1, out=logits)
         log_probs = apply(procs, running[:, :, :cur_len].reshape(n * nb, cur_len), log_probs)
-        log_probs = (log_probs.view(n, nb, vocab) + running_scores[:, :, None]).view(n, nb * vocab)
+        log_probs = log_probs.view(n, nb, vocab).add_(running_scores[:, :, None]).view(n, nb * vocab)
 
         if s.do_sample:
             noise = _exponential_noise((batch, nb * vocab), generator, device)[active]

@@ -17,6 +17,8 @@ from torch import Tensor
 class Linear:
     weight: Tensor  # [out_features, in_features]
     bias: Tensor | None = None
+    # the weight reordered for oneDNN's matmul (set by ``turboseq.layers.prepack``; not part of the mapping)
+    packed: Tensor | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -132,6 +134,8 @@ def map_tensors(obj, fn, _done: dict | None = None):
         return
     for f in fields(obj):
         value = getattr(obj, f.name)
+        if f.name == "packed":  # derived from the weight after all conversions (``layers.prepack``)
+            continue
         if isinstance(value, Tensor):
             if id(value) not in done:
                 done[id(value)] = (value, fn(value))  # keep `value` alive so its id is not reused
