@@ -58,7 +58,10 @@ class Engines:
         self.ct2 = {}
         if "transformers" in engines:
             from transformers import MarianMTModel
+            from transformers.utils import logging as hf_logging
 
+            # the forced length sets max_new_tokens next to the checkpoint's max_length: silence that notice
+            hf_logging.set_verbosity_error()
             self.hf = MarianMTModel.from_pretrained(model_dir).eval()
         for engine in engines:
             if engine.startswith("ctranslate2-"):
