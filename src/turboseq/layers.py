@@ -6,12 +6,24 @@ The encoder runs once per batch. The decoder runs one step at a time against a `
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from turboseq.cache import DecoderState
-from turboseq.spec import Embeddings, FeedForward, LayerNorm, Linear, SelfAttention, Seq2SeqSpec, Stack, linears
+from turboseq.spec import (
+    Embeddings,
+    FeedForward,
+    LayerNorm,
+    Linear,
+    RelativePositionBias,
+    SelfAttention,
+    Seq2SeqSpec,
+    Stack,
+    linears,
+)
 
 
 def _gelu_tanh(x: Tensor) -> Tensor:
@@ -71,11 +83,46 @@ def prepack(spec) -> None:
 
 
 def layer_norm(x: Tensor, norm: LayerNorm) -> Tensor:
+    if norm.rms:
+        # T5's arithmetic: float32 mean of squares, then the weight (in its own dtype) times the result
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return norm.weight * (x * torch.rsqrt(variance + norm.eps)).to(norm.weight.dtype)
     return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps)
 
 
 def feed_forward(x: Tensor, ffn: FeedForward) -> Tensor:
-    return linear(linear(x, ffn.fc1, ffn.activation), ffn.fc2)
+    h = linear(x, ffn.fc1, ffn.activation)
+    if ffn.up is not None:
+        h = h * linear(x, ffn.up)
+    return linear(h, ffn.fc2)
+
+
+def _relative_buckets(relative: Tensor, bias: RelativePositionBias) -> Tensor:
+    """T5's bucketing of key - query distances: exact below half the buckets, logarithmic up to
+    ``max_distance``; bidirectional stacks spend half of the buckets on each direction."""
+    num_buckets = bias.num_buckets
+    buckets = torch.zeros_like(relative)
+    if bias.bidirectional:
+        num_buckets //= 2
+        buckets += (relative > 0).long() * num_buckets
+        distance = relative.abs()
+    else:
+        distance = -torch.clamp(relative, max=0)
+    max_exact = num_buckets // 2
+    large = max_exact + (
+        torch.log(distance.float() / max_exact) / math.log(bias.max_distance / max_exact) * (num_buckets - max_exact)
+    ).long()
+    large = torch.clamp(large, max=num_buckets - 1)
+    return buckets + torch.where(distance < max_exact, distance, large)
+
+
+def relative_position_bias(bias: RelativePositionBias, query_start: int, query_len: int, key_len: int) -> Tensor:
+    """Bias [1, heads, query_len, key_len] for queries at positions query_start.. and keys at 0..key_len-1."""
+    device = bias.table.device
+    queries = torch.arange(query_start, query_start + query_len, device=device)[:, None]
+    keys = torch.arange(key_len, device=device)[None, :]
+    # [query_len, key_len, heads] -> [1, heads, query_len, key_len]
+    return F.embedding(_relative_buckets(keys - queries, bias), bias.table).permute(2, 0, 1)[None]
 
 
 def embed(emb: Embeddings, ids: Tensor, start: int = 0) -> Tensor:
@@ -120,12 +167,17 @@ def encode(spec: Seq2SeqSpec, input_ids: Tensor, attention_mask: Tensor) -> Tens
     stack = spec.encoder
     x = embed(stack.embed, input_ids)
     # [batch, 1, 1, src_len]: True where a key may be attended
-    key_mask = attention_mask.bool()[:, None, None, :]
+    mask = attention_mask.bool()[:, None, None, :]
+    if stack.relative_bias is not None:
+        # computed once per batch, shared by every layer: [batch, heads, src_len, src_len]
+        src_len = input_ids.shape[1]
+        bias = relative_position_bias(stack.relative_bias, 0, src_len, src_len).to(x.dtype)
+        mask = bias.masked_fill(~mask, -math.inf)
     for layer in stack.layers:
 
         def self_attention(h, attn: SelfAttention = layer.self_attn):
             q, k, v = _split_qkv(linear(h, attn.qkv), attn.num_heads)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)
             return linear(_merge_heads(out), attn.out)
 
         x = _sublayer(x, layer.self_attn_norm, stack.pre_norm, self_attention)
@@ -141,11 +193,11 @@ def build_cross_kv(spec: Seq2SeqSpec, encoder_out: Tensor) -> list[tuple[Tensor,
     One entry per sentence, never per beam: all beams of a sentence attend to the same tensors.
     """
     kv = []
+    b, s, _ = encoder_out.shape
     for layer in spec.decoder.layers:
         attn = layer.cross_attn
-        b, s, d = encoder_out.shape
         # [2, batch, heads, src_len, head_dim]
-        both = linear(encoder_out, attn.kv).view(b, s, 2, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
+        both = linear(encoder_out, attn.kv).view(b, s, 2, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
         kv.append((both[0], both[1]))
     return kv
 
@@ -162,16 +214,23 @@ def decode_step(spec: Seq2SeqSpec, state: DecoderState, tokens: Tensor) -> Tenso
     start = state.length
     state.reserve(start + new_len)
     x = embed(stack.embed, tokens, start)  # [rows, new_len, d_model]
+    end = start + new_len
     causal = new_len > 1  # a multi-token prompt: causal inside it (the cache is empty then)
+    mask = None
+    if stack.relative_bias is not None:
+        # only the new positions' rows of the bias, from the cache length: [1, heads, new_len, end]
+        mask = relative_position_bias(stack.relative_bias, start, new_len, end).to(x.dtype)
+        if causal:
+            mask = mask.masked_fill(torch.ones(new_len, end, dtype=torch.bool, device=x.device).triu(start + 1), -math.inf)
+            causal = False
     for i, layer in enumerate(stack.layers):
 
         def self_attention(h, attn: SelfAttention = layer.self_attn, i: int = i):
-            b, t, d3 = h.shape[0], h.shape[1], 3 * h.shape[2]
             # [rows, new_len, 3, heads, head_dim]: k and v go to the cache in this layout, no permute
-            qkv = linear(h, attn.qkv).view(b, t, 3, attn.num_heads, d3 // (3 * attn.num_heads))
+            qkv = linear(h, attn.qkv).view(rows, new_len, 3, attn.num_heads, -1)
             q = qkv[:, :, 0].transpose(1, 2)
             keys, values = state.write(i, qkv[:, :, 1], qkv[:, :, 2])
-            out = F.scaled_dot_product_attention(q, keys, values, is_causal=causal)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal, scale=attn.scale)
             return linear(_merge_heads(out), attn.out)
 
         def cross_attention(h, i: int = i, attn=layer.cross_attn):
@@ -179,16 +238,18 @@ def decode_step(spec: Seq2SeqSpec, state: DecoderState, tokens: Tensor) -> Tenso
             sentences, heads, _, head_dim = cross_k.shape
             # [sentences, heads, group * new_len, head_dim]: the beams of a sentence share its keys/values
             q = linear(h, attn.q).view(sentences, state.group * new_len, heads, head_dim).transpose(1, 2)
-            out = F.scaled_dot_product_attention(q, cross_k, cross_v, attn_mask=state.cross_mask)
+            out = F.scaled_dot_product_attention(q, cross_k, cross_v, attn_mask=state.cross_mask, scale=attn.scale)
             return linear(out.transpose(1, 2).reshape(rows, new_len, heads * head_dim), attn.out)
 
         x = _sublayer(x, layer.self_attn_norm, stack.pre_norm, self_attention)
         x = _sublayer(x, layer.cross_attn_norm, stack.pre_norm, cross_attention)
         x = _sublayer(x, layer.ffn_norm, stack.pre_norm, lambda h, f=layer.ffn: feed_forward(h, f))
-    state.length = start + new_len
+    state.length = end
     x = x[:, -1]
     if stack.final_norm is not None:
         x = layer_norm(x, stack.final_norm)
+    if spec.head_scale != 1.0:
+        x = x * spec.head_scale
     return x
 
 

@@ -129,7 +129,7 @@ class Seq2SeqModel:
         cross_mask = mask.bool()[:, None, None, :]
         batch = ids.shape[0]
         attn = spec.decoder.layers[0].self_attn
-        head_dim = spec.d_model // attn.num_heads
+        head_dim = attn.qkv.weight.shape[0] // (3 * attn.num_heads)
         procs = search.build_processors(s, spec.vocab_size)
         start = s.decoder_start_token_id if s.decoder_start_token_id is not None else spec.decoder_start_token_id
         prompt = torch.full((batch, 1), start, dtype=torch.long, device=self.device)

@@ -26,21 +26,24 @@ class LayerNorm:
     weight: Tensor
     bias: Tensor | None
     eps: float = 1e-5
+    rms: bool = False  # T5's norm: scale by the root mean square only (no mean subtraction, no bias)
 
 
 @dataclass
 class SelfAttention:
-    qkv: Linear  # fused q, k, v projections: weight [3 * d_model, d_model]
+    qkv: Linear  # fused q, k, v projections: weight [3 * inner, d_model] (inner = heads * head_dim)
     out: Linear
     num_heads: int
+    scale: float | None = None  # on q.k; None means 1 / sqrt(head_dim) (T5 uses 1.0)
 
 
 @dataclass
 class CrossAttention:
     q: Linear
-    kv: Linear  # fused k, v projections of the encoder output: weight [2 * d_model, d_model]
+    kv: Linear  # fused k, v projections of the encoder output: weight [2 * inner, d_model]
     out: Linear
     num_heads: int
+    scale: float | None = None
 
 
 @dataclass
@@ -48,6 +51,7 @@ class FeedForward:
     fc1: Linear
     fc2: Linear
     activation: str  # "relu" | "gelu" | "silu" ...
+    up: Linear | None = None  # gated FFN (T5 v1.1): fc2(act(fc1 x) * up x)
 
 
 @dataclass
@@ -77,11 +81,25 @@ class Embeddings:
 
 
 @dataclass
+class RelativePositionBias:
+    """T5's learned attention bias per (bucketed) query-key distance, shared by all layers of a stack."""
+
+    table: Tensor  # [num_buckets, heads]
+    bidirectional: bool  # encoder: distances both ways; decoder: only keys at or before the query
+    max_distance: int = 128
+
+    @property
+    def num_buckets(self) -> int:
+        return self.table.shape[0]
+
+
+@dataclass
 class Stack:
     embed: Embeddings
     layers: list  # list[EncoderLayer] or list[DecoderLayer]
     pre_norm: bool  # pre-norm (x + f(norm(x))) or post-norm (norm(x + f(x)))
     final_norm: LayerNorm | None = None
+    relative_bias: RelativePositionBias | None = None
 
 
 @dataclass
@@ -96,6 +114,7 @@ class Seq2SeqSpec:
     pad_token_id: int
     eos_token_id: int
     decoder_start_token_id: int
+    head_scale: float = 1.0  # multiplies the decoder output before the LM head (T5 with tied embeddings)
     extra: dict = field(default_factory=dict)
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from turboseq.spec import CrossAttention, FeedForward, LayerNorm, Linear, SelfAttention
+from turboseq.spec import CrossAttention, DecoderLayer, EncoderLayer, FeedForward, LayerNorm, Linear, SelfAttention
 
 
 class ModelLoadError(ValueError):
@@ -39,7 +39,7 @@ class Checkpoint:
         return Linear(self.first(prefix + "weight"), self.optional(prefix + "bias") if bias else None)
 
 
-def _fuse(*linears: Linear) -> Linear:
+def fuse(*linears: Linear) -> Linear:
     weight = torch.cat([lin.weight for lin in linears], dim=0)
     if all(lin.bias is None for lin in linears):
         return Linear(weight, None)
@@ -49,12 +49,12 @@ def _fuse(*linears: Linear) -> Linear:
 
 def self_attention(ckpt: Checkpoint, prefix: str, heads: int, names=("q_proj.", "k_proj.", "v_proj.", "out_proj.")):
     q, k, v, o = (ckpt.linear(prefix + n) for n in names)
-    return SelfAttention(qkv=_fuse(q, k, v), out=o, num_heads=heads)
+    return SelfAttention(qkv=fuse(q, k, v), out=o, num_heads=heads)
 
 
 def cross_attention(ckpt: Checkpoint, prefix: str, heads: int, names=("q_proj.", "k_proj.", "v_proj.", "out_proj.")):
     q, k, v, o = (ckpt.linear(prefix + n) for n in names)
-    return CrossAttention(q=q, kv=_fuse(k, v), out=o, num_heads=heads)
+    return CrossAttention(q=q, kv=fuse(k, v), out=o, num_heads=heads)
 
 
 def feed_forward(ckpt: Checkpoint, fc1: str, fc2: str, activation: str) -> FeedForward:
@@ -63,3 +63,40 @@ def feed_forward(ckpt: Checkpoint, fc1: str, fc2: str, activation: str) -> FeedF
 
 def layer_norm(ckpt: Checkpoint, prefix: str, eps: float = 1e-5) -> LayerNorm:
     return LayerNorm(ckpt.first(prefix + "weight"), ckpt.optional(prefix + "bias"), eps)
+
+
+def bart_style_layers(ckpt: Checkpoint, config: dict) -> tuple[list[EncoderLayer], list[DecoderLayer]]:
+    """Encoder and decoder layers under BART's weight names (shared by BART, mBART and Marian)."""
+    act = config.get("activation_function", "gelu")
+    enc_heads, dec_heads = config["encoder_attention_heads"], config["decoder_attention_heads"]
+    encoder_layers = []
+    for i in range(config["encoder_layers"]):
+        p = f"model.encoder.layers.{i}."
+        encoder_layers.append(
+            EncoderLayer(
+                self_attn=self_attention(ckpt, p + "self_attn.", enc_heads),
+                self_attn_norm=layer_norm(ckpt, p + "self_attn_layer_norm."),
+                ffn=feed_forward(ckpt, p + "fc1.", p + "fc2.", act),
+                ffn_norm=layer_norm(ckpt, p + "final_layer_norm."),
+            )
+        )
+    decoder_layers = []
+    for i in range(config["decoder_layers"]):
+        p = f"model.decoder.layers.{i}."
+        decoder_layers.append(
+            DecoderLayer(
+                self_attn=self_attention(ckpt, p + "self_attn.", dec_heads),
+                self_attn_norm=layer_norm(ckpt, p + "self_attn_layer_norm."),
+                cross_attn=cross_attention(ckpt, p + "encoder_attn.", dec_heads),
+                cross_attn_norm=layer_norm(ckpt, p + "encoder_attn_layer_norm."),
+                ffn=feed_forward(ckpt, p + "fc1.", p + "fc2.", act),
+                ffn_norm=layer_norm(ckpt, p + "final_layer_norm."),
+            )
+        )
+    return encoder_layers, decoder_layers
+
+
+def dedup(a: Tensor, b: Tensor) -> Tensor:
+    """``b``, or ``a`` itself when the two hold equal values: checkpoints often store one table under several
+    names; keep a single copy in memory."""
+    return a if b is not a and b.shape == a.shape and torch.equal(a, b) else b
