@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-from helpers import make_marian  # noqa: E402
+from helpers import make_family_model, make_marian  # noqa: E402
 
 # Shapes covering Marian's switches: activation, tied/untied head, shared/separate embeddings, head count,
 # embedding scale. Weights are drawn large (helpers.make_marian) so that top-2 logits are far apart.
@@ -58,14 +58,28 @@ def marian_one(tmp_path_factory):
     return turboseq.load(path), path
 
 
-def source_batch(vocab: int, pad: int, seed: int = 0, lengths=(12, 3, 9, 1, 15, 6)):
-    """A right-padded, length-mixed batch of source ids ending in EOS (0)."""
+def source_batch(vocab: int, pad: int, seed: int = 0, lengths=(12, 3, 9, 1, 15, 6), eos: int = 0, low: int = 1):
+    """A right-padded, length-mixed batch of source ids in [low, vocab - 1) ending in EOS."""
     g = torch.Generator().manual_seed(seed)
     width = max(lengths) + 1
     ids = torch.full((len(lengths), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, n in enumerate(lengths):
-        ids[i, :n] = torch.randint(1, vocab - 1, (n,), generator=g)
-        ids[i, n] = 0
+        ids[i, :n] = torch.randint(low, vocab - 1, (n,), generator=g)
+        ids[i, n] = eos
         mask[i, : n + 1] = 1
     return ids, mask
+
+
+# seeds picked so that sentences end at varied lengths (checked by test_families.test_lengths_vary)
+FAMILY_SEEDS = {"t5": 3, "flan-t5": 1, "bart": 4, "mbart": 6, "pegasus": 5}
+
+
+@pytest.fixture(scope="session", params=list(FAMILY_SEEDS))
+def family(request, tmp_path_factory):
+    """(kind, turboseq model, transformers reference, directory) for each non-Marian family."""
+    import turboseq
+
+    path = tmp_path_factory.mktemp(request.param)
+    ref = make_family_model(path, request.param, seed=FAMILY_SEEDS[request.param])
+    return request.param, turboseq.load(path), ref, path

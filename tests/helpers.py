@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 MARIAN_BASE = dict(
@@ -71,3 +73,149 @@ def make_marian(
     model.generation_config = GenerationConfig(**gen)
     model.save_pretrained(path)
     return model
+
+
+# Shrunk shapes of real checkpoints; every architectural switch of the original is kept.
+FAMILY_CONFIGS = {
+    # t5-small: ReLU FFN, tied head with the d_model**-0.5 rescale; here fewer buckets and a short
+    # max_distance so that short test sequences reach the logarithmic buckets too
+    "t5": dict(
+        model_type="t5", vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+        num_heads=4, relative_attention_num_buckets=16, relative_attention_max_distance=24,
+        feed_forward_proj="relu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    ),
+    # flan-t5-small: gated-GELU FFN, its own LM head, heads * d_kv != d_model
+    "flan-t5": dict(
+        model_type="t5", vocab_size=128, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=6,
+        relative_attention_num_buckets=16, relative_attention_max_distance=24, feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    ),
+    # bart-base: post-norm, learned positions (offset 2), layernorm_embedding, final_logits_bias
+    "bart": dict(
+        model_type="bart", vocab_size=128, d_model=64, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        max_position_embeddings=64, activation_function="gelu", scale_embedding=False,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2,
+    ),
+    # mbart-large: pre-norm with final layer norms, scaled embeddings
+    "mbart": dict(
+        model_type="mbart", vocab_size=128, d_model=64, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        max_position_embeddings=64, activation_function="gelu", scale_embedding=True,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2,
+    ),
+    # pegasus: pre-norm, sinusoidal positions, scaled embeddings, no embedding layer norm
+    "pegasus": dict(
+        model_type="pegasus", vocab_size=128, d_model=64, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        max_position_embeddings=64, activation_function="relu", scale_embedding=True,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, forced_eos_token_id=1,
+    ),
+}
+
+# generation_config.json of the real checkpoints (bart-base ships beam 4, no_repeat 3, forced BOS/EOS)
+FAMILY_GENERATION = {
+    "t5": dict(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0),
+    "flan-t5": dict(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0),
+    "bart": dict(
+        bos_token_id=0, decoder_start_token_id=2, eos_token_id=2, pad_token_id=1, forced_bos_token_id=0,
+        forced_eos_token_id=2, no_repeat_ngram_size=3, num_beams=4, early_stopping=True,
+    ),
+    # mBART-50 style: the target language code (id 3 here) is forced as the first generated token
+    "mbart": dict(
+        bos_token_id=0, decoder_start_token_id=2, eos_token_id=2, pad_token_id=1, forced_bos_token_id=3,
+        forced_eos_token_id=2,
+    ),
+    "pegasus": dict(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0, forced_eos_token_id=1, num_beams=4),
+}
+
+
+def _model_class(model_type: str):
+    import transformers
+
+    config_cls, model_cls = {
+        "t5": ("T5Config", "T5ForConditionalGeneration"),
+        "bart": ("BartConfig", "BartForConditionalGeneration"),
+        "mbart": ("MBartConfig", "MBartForConditionalGeneration"),
+        "pegasus": ("PegasusConfig", "PegasusForConditionalGeneration"),
+    }[model_type]
+    return getattr(transformers, config_cls), getattr(transformers, model_cls)
+
+
+def make_family_model(path, kind: str, seed: int = 0, std: float = 0.3, emb_std: float = 0.3,
+                      eos_rate: float = 0.08, **overrides):
+    """A random-init T5/BART/mBART/PEGASUS model saved as a Hugging Face directory, weights drawn large as in
+    ``make_marian``. EOS is made to win about ``eos_rate`` of a probe's steps by adding a random direction to
+    the EOS row of the LM head (T5 has no logits bias), so that lengths vary."""
+    from safetensors.torch import load_file, save_file
+    from transformers import GenerationConfig
+
+    cfg = dict(FAMILY_CONFIGS[kind])
+    cfg.update(overrides)
+    model_type = cfg.pop("model_type")
+    config_cls, model_cls = _model_class(model_type)
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(**cfg)).eval()
+    untied = cfg.get("tie_word_embeddings", True) is False
+    if untied and model.lm_head.weight is model.get_input_embeddings().weight:
+        model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.lm_head.weight))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "embed_positions" in name and model_type == "pegasus":
+                continue  # fixed sinusoidal table
+            if "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p) if name.endswith("weight") else 0.1 * torch.randn_like(p))
+            elif "relative_attention_bias" in name:
+                p.normal_(0.0, 1.0)
+            elif any(k in name for k in ("embed", "shared", "lm_head")):
+                p.normal_(0.0, emb_std)
+            else:
+                p.normal_(0.0, std / (p.shape[-1] ** 0.5) * 4 if p.dim() == 2 else std * 0.2)
+        if hasattr(model, "final_logits_bias"):
+            model.final_logits_bias.normal_(0.0, 0.5)
+        if eos_rate:
+            eos = cfg["eos_token_id"]
+            g = torch.Generator().manual_seed(seed)
+            probe = torch.randint(3, cfg["vocab_size"], (16, 12), generator=g)
+            probe[:, -1] = eos
+            # the decoder inputs greedy search itself would feed (EOS banned), teacher-forced below
+            dec = model.generate(probe, max_length=20, min_length=20, num_beams=1, do_sample=False,
+                                 no_repeat_ngram_size=0, forced_bos_token_id=None, forced_eos_token_id=None)[:, :-1]
+            captured = []
+            hook = model.lm_head.register_forward_hook(lambda m, args, out: captured.append(args[0]))
+            logits = model(input_ids=probe, decoder_input_ids=dec).logits
+            hook.remove()
+            first = captured[0][:, 0].mean(0)
+            first /= first.norm()
+            h = captured[0].reshape(-1, captured[0].shape[-1])
+            others = logits.clone()
+            others[..., eos] = -float("inf")
+            need = (others.max(-1).values - logits[..., eos]).flatten()  # logit EOS must gain to win
+            # a random direction orthogonal to the first step's (nearly row-independent) hidden state, or
+            # EOS would win right after the start token for all rows or for none
+            u = torch.randn(h.shape[1], generator=g)
+            u -= (u @ first) * first
+            u /= u.norm()
+            proj = h @ u
+            # the smallest step along u making EOS win at `eos_rate` of the probe steps
+            lo, hi = 0.0, 1e4
+            for _ in range(60):
+                beta = (lo + hi) / 2
+                if ((beta * proj > need).float().mean() < eos_rate):
+                    lo = beta
+                else:
+                    hi = beta
+            model.lm_head.weight[eos] += hi * u
+    gen = dict(FAMILY_GENERATION[kind], max_length=40)
+    model.generation_config = GenerationConfig(**gen)
+    model.save_pretrained(path)
+    if untied:
+        # transformers 5 saves T5 heads as tied; write the separate head like real v1.1 checkpoints have it
+        weights = load_file(path / "model.safetensors")
+        weights["lm_head.weight"] = model.lm_head.weight.detach().clone()
+        save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+        config = json.loads((path / "config.json").read_text())
+        config["tie_word_embeddings"] = False
+        config.pop("scale_decoder_outputs", None)
+        (path / "config.json").write_text(json.dumps(config, indent=2))
+    return model_cls.from_pretrained(path).eval()

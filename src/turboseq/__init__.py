@@ -24,6 +24,11 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Seq2S
     from turboseq.memory import tune_malloc
     from turboseq.spec import linears, map_tensors
 
+    if dtype == "float16":
+        raise ValueError(
+            "`dtype` float16 is not offered: T5-family activations overflow its range (a known transformers "
+            "issue) and CPUs gain nothing from it; use bfloat16 for a fast mode"
+        )
     if dtype not in DTYPES:
         raise ValueError(f"`dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}")
     try:
