@@ -57,12 +57,12 @@ class Engines:
         self.hf = None
         self.ct2 = {}
         if "transformers" in engines:
-            from transformers import MarianMTModel
+            from transformers import AutoModelForSeq2SeqLM
             from transformers.utils import logging as hf_logging
 
             # the forced length sets max_new_tokens next to the checkpoint's max_length: silence that notice
             hf_logging.set_verbosity_error()
-            self.hf = MarianMTModel.from_pretrained(model_dir).eval()
+            self.hf = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
         for engine in engines:
             if engine.startswith("ctranslate2-"):
                 self.ct2[engine] = self._ct2(engine.split("-", 1)[1], ct2_dir)
@@ -134,7 +134,7 @@ def run_bench(
     engines = engines or available_engines()
     model_dir = bench_model_dir(arch)
     eng = Engines(model_dir, engines, model_dir.with_name(model_dir.name + "-ct2"))
-    log(f"model: {model_dir} | threads: {torch.get_num_threads()} | forced length: {new_tokens} tokens")
+    log(f"arch: {arch} | model: {model_dir} | threads: {torch.get_num_threads()} | forced length: {new_tokens} tokens")
     cells = []
     for mode in modes:
         beams = MODES[mode]
@@ -154,7 +154,7 @@ def run_bench(
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "bench.json").write_text(json.dumps([asdict(c) for c in cells], indent=2))
         (out_dir / "bench.md").write_text(table + "\n")
-        plot(cells, engines, out_dir / "bench.png")
+        plot(cells, engines, out_dir / "bench.png", arch)
         log(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, {out_dir / 'bench.png'}")
     return cells
 
@@ -173,7 +173,7 @@ def format_table(cells: list[Cell], engines: list[str]) -> str:
     return "\n".join(lines)
 
 
-def plot(cells: list[Cell], engines: list[str], path: Path) -> None:
+def plot(cells: list[Cell], engines: list[str], path: Path, arch: str = "marian") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,7 +188,8 @@ def plot(cells: list[Cell], engines: list[str], path: Path) -> None:
     ax.set_xticks([i + width * (len(engines) - 1) / 2 for i in range(len(keys))])
     ax.set_xticklabels([f"{m}\nbatch {b}" for m, b in keys])
     ax.set_ylabel("target tokens / s")
-    ax.set_title("MarianMT (opus-mt-en-de shape), float32 unless named, CPU")
+    shape = "MarianMT (opus-mt-en-de shape)" if arch == "marian" else f"{arch} shape"
+    ax.set_title(f"{shape}, random weights, float32 unless named, CPU")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -26,40 +26,50 @@ def _int_list(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     from turboseq import __version__
+    from turboseq.benchmodel import ARCHS
 
     parser = argparse.ArgumentParser(
         prog="turboseq",
-        description="Run Hugging Face encoder-decoder models (MarianMT) fast and token-identical to transformers.",
+        description="Run Hugging Face encoder-decoder models (Marian, T5, BART, ...) fast and token-identical to "
+        "transformers.",
     )
     parser.add_argument("--version", action="version", version=f"turboseq {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
 
-    tr = verbs.add_parser(
-        "translate",
-        help="translate text, one sentence per line",
-        description="Translate one sentence per line from FILE or stdin to FILE or stdout. Output has the same "
-        "number of lines in the same order; empty input lines give empty output lines.",
-    )
-    tr.add_argument("--model", required=True, metavar="DIR", help="Hugging Face model directory (MarianMT)")
-    tr.add_argument("-i", "--input", metavar="FILE", help="input file (default: stdin)")
-    tr.add_argument("-o", "--output", metavar="FILE", help="output file (default: stdout)")
-    tr.add_argument("--num-beams", type=_positive_int, help="beam size (default: the model's generation_config)")
-    tr.add_argument("--max-new-tokens", type=_positive_int, help="maximum tokens per translation")
-    tr.add_argument("--batch-size", type=_positive_int, default=32, help="sentences per batch (default: 32)")
-    tr.add_argument("--max-batch-tokens", type=_positive_int, help="padded source tokens per batch (default: no limit)")
-    tr.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                    help="float32 is token-identical to transformers; bfloat16 is faster (default: float32)")
-    tr.add_argument("--truncation", action="store_true", help="cut inputs longer than the model's positions")
-    tr.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    for verb, what, help_text in (
+        ("translate", "translation", "translate text, one sentence per line"),
+        ("generate", "output", "text-to-text generation (T5, BART, ...), one input per line"),
+    ):
+        tr = verbs.add_parser(
+            verb,
+            help=help_text,
+            description=f"Read one input per line from FILE or stdin and write one {what} per line to FILE or "
+            "stdout, in the same order; empty input lines give empty output lines. Task prefixes (T5's "
+            '"summarize: ", "translate English to German: ") are part of the input.',
+        )
+        tr.add_argument("--model", required=True, metavar="DIR",
+                        help="Hugging Face model directory (Marian, T5/mT5, BART/mBART, PEGASUS)")
+        tr.add_argument("-i", "--input", metavar="FILE", help="input file (default: stdin)")
+        tr.add_argument("-o", "--output", metavar="FILE", help="output file (default: stdout)")
+        tr.add_argument("--num-beams", type=_positive_int, help="beam size (default: the model's generation_config)")
+        tr.add_argument("--max-new-tokens", type=_positive_int, help=f"maximum tokens per {what}")
+        tr.add_argument("--no-repeat-ngram-size", type=int, help="ban repeated n-grams of this size")
+        tr.add_argument("--batch-size", type=_positive_int, default=32, help="inputs per batch (default: 32)")
+        tr.add_argument("--max-batch-tokens", type=_positive_int,
+                        help="padded source tokens per batch (default: no limit)")
+        tr.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="float32 is token-identical to transformers; bfloat16 is faster (default: float32)")
+        tr.add_argument("--truncation", action="store_true", help="cut inputs longer than the model's positions")
+        tr.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     be = verbs.add_parser(
         "bench",
         help="measure transformers vs turboseq (vs CTranslate2) tokens/s",
-        description="Build (once, cached under ~/.cache/turboseq) an opus-mt-en-de-shaped MarianMT with random "
-        "weights and time every engine on the same sentences with a forced output length, in one process.",
+        description="Build (once, cached under ~/.cache/turboseq) a random-weight model of a real checkpoint's "
+        "shape (--arch) and time every engine on the same sentences with a forced output length, in one process.",
     )
-    be.add_argument("--arch", default="marian", choices=["marian"], help="model shape (default: marian)")
+    be.add_argument("--arch", default="marian", choices=list(ARCHS), help="model shape (default: marian)")
     be.add_argument("--batches", type=_int_list, default=[1, 16, 64], help="batch sizes (default: 1,16,64)")
     be.add_argument("--modes", default="greedy,beam4", help="decoding modes: greedy,beam4 (default: both)")
     be.add_argument("--engines", help="comma-separated subset of: transformers, turboseq, ctranslate2-float32, "
@@ -84,7 +94,10 @@ def _translate(args) -> int:
         kwargs["num_beams"] = args.num_beams
     if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens
-    outputs = model.translate(
+    if args.no_repeat_ngram_size is not None:
+        kwargs["no_repeat_ngram_size"] = args.no_repeat_ngram_size
+    run = model.translate if args.verb == "translate" else model.generate_text
+    outputs = run(
         lines,
         batch_size=args.batch_size,
         max_batch_tokens=args.max_batch_tokens,
@@ -132,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from turboseq.families.common import ModelLoadError
 
     try:
-        if args.verb == "translate":
+        if args.verb in ("translate", "generate"):
             return _translate(args)
         return _bench(args)
     except (ModelLoadError, ValueError, FileNotFoundError, IsADirectoryError) as err:

@@ -156,7 +156,13 @@ class Seq2SeqModel:
 
     # --- text API ----------------------------------------------------------------------------------------
 
-    def translate(
+    def translate(self, texts: Sequence[str], **kwargs) -> list:
+        """Translate sentences; returns one string per input (a list of strings per input when
+        ``num_return_sequences`` > 1). Empty or whitespace-only inputs give "" without running the model.
+        Options as ``generate_text``."""
+        return self.generate_text(texts, _desc="translate", **kwargs)
+
+    def generate_text(
         self,
         texts: Sequence[str],
         *,
@@ -165,10 +171,14 @@ class Seq2SeqModel:
         max_batch_tokens: int | None = None,
         progress: bool = False,
         seed: int | None = None,
+        _desc: str = "generate",
         **kwargs,
     ) -> list:
-        """Translate sentences; returns one string per input (a list of strings per input when
-        ``num_return_sequences`` > 1). Empty or whitespace-only inputs give "" without running the model."""
+        """Text-to-text generation: tokenize, ``generate`` (any generation kwargs), decode without special
+        tokens. One string per input, or a list of ``num_return_sequences`` strings per input. Task prefixes
+        such as T5's "summarize: " belong to the input text. Empty or whitespace-only inputs give "" without
+        running the model; inputs longer than the model's positions raise (or are cut with
+        ``truncation=True``); ``progress=True`` shows a progress bar on stderr."""
         if isinstance(texts, str):
             raise TypeError("`texts` must be a list of strings, not a single string")
         s = self.settings(**kwargs)
@@ -188,7 +198,7 @@ class Seq2SeqModel:
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(texts), unit="sent", desc="translate")
+            bar = tqdm(total=len(texts), unit="input", desc=_desc)
             bar.update(len(texts) - len(todo))
         outputs = self._run(rows, None, s, batch_size, max_batch_tokens, seed, progress=bar) if rows else []
         if bar is not None:
@@ -200,8 +210,6 @@ class Seq2SeqModel:
         if s.num_return_sequences == 1:
             return [r[0] for r in result]
         return result
-
-    generate_text = translate
 
 
 def make_batches(order: list[int], lengths: list[int], max_size: int | None, max_tokens: int | None):
