@@ -111,3 +111,62 @@ def test_bfloat16_runs_and_float16_is_refused(family):
     assert ((out >= 0) & (out < model.spec.vocab_size)).all()
     with pytest.raises(ValueError, match="float16.*bfloat16"):
         turboseq.load(path, dtype="float16")
+
+
+@pytest.fixture(scope="session", params=["t5", "bart"])
+def text_model(request, tmp_path_factory):
+    """A T5 or BART test model with a real tokenizer (trained on the bundled sentences) of the model's vocab."""
+    import turboseq
+    from helpers import make_family_model
+    from transformers import AutoTokenizer
+
+    from turboseq.benchmodel import build_bart_tokenizer, build_t5_tokenizer
+
+    path = tmp_path_factory.mktemp(request.param + "-text")
+    if request.param == "t5":
+        build_t5_tokenizer(path, spm_pieces=400)
+        vocab = len(AutoTokenizer.from_pretrained(path))
+    else:
+        vocab = 512
+        build_bart_tokenizer(path, vocab, bpe_size=400)
+    seed = {"t5": 3, "bart": 4}[request.param]
+    ref = make_family_model(path, request.param, seed=seed, vocab_size=vocab)
+    return turboseq.load(path), ref, AutoTokenizer.from_pretrained(path), path
+
+
+TEXTS = [
+    "summarize: The committee will publish its final report next spring.",
+    "",
+    "translate English to German: The train to Berlin leaves at half past eight.",
+    "   ",
+    "Could you tell me where the nearest pharmacy is?",
+]
+
+
+def test_generate_text_equals_transformers_pipeline(text_model):
+    """tokenize -> generate -> decode(skip_special_tokens) as a transformers user would; blank inputs give ""."""
+    model, ref, tok, _ = text_model
+    kwargs = dict(num_beams=3, max_new_tokens=10)
+    got = model.generate_text(TEXTS, **kwargs)
+    live = [t for t in TEXTS if t.strip()]
+    enc = tok(live, return_tensors="pt", padding=True)
+    expected = tok.batch_decode(_reference(ref, enc["input_ids"], enc["attention_mask"], **kwargs), skip_special_tokens=True)
+    assert [g for g, t in zip(got, TEXTS) if t.strip()] == expected
+    assert got[1] == "" and got[3] == ""
+    assert any(expected)  # the comparison is over real text, not only empty strings
+    assert model.translate(TEXTS, **kwargs) == got
+
+
+def test_cli_generate(text_model, tmp_path, capsys):
+    from turboseq.cli import main
+
+    model, _, _, path = text_model
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    out = tmp_path / "out.txt"
+    args = ["--model", str(path), "-i", str(src), "-o", str(out), "--num-beams", "2", "--max-new-tokens", "8"]
+    assert main(["generate", *args, "--no-progress"]) == 0
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines == model.generate_text(TEXTS, num_beams=2, max_new_tokens=8)
+    assert main(["translate", *args, "--no-progress"]) == 0
+    assert out.read_text(encoding="utf-8").splitlines() == lines

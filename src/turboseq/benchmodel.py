@@ -123,15 +123,17 @@ def build_t5_tokenizer(out_dir: Path, spm_pieces: int = 1000) -> None:
     import sentencepiece as spm
     from transformers import T5TokenizerFast
 
+    out_dir.mkdir(parents=True, exist_ok=True)
+
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(bench_sentences()), model_writer=model, vocab_size=spm_pieces, model_type="unigram",
         hard_vocab_limit=False, character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
         num_threads=1, seed_sentencepiece_size=100000,
     )
-    spm_path = out_dir / "spiece.model"
-    spm_path.write_bytes(model.getvalue())
-    T5TokenizerFast(vocab_file=str(spm_path), extra_ids=100, model_max_length=512).save_pretrained(out_dir)
+    proc = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = [(proc.id_to_piece(i), proc.get_score(i)) for i in range(proc.get_piece_size())]
+    T5TokenizerFast(vocab=vocab, extra_ids=100, model_max_length=512).save_pretrained(out_dir)
 
 
 def build_bart_tokenizer(out_dir: Path, vocab_size: int, bpe_size: int = 1000) -> None:
@@ -167,6 +169,7 @@ BART_BASE = dict(
     decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=1024,
     activation_function="gelu", scale_embedding=False, pad_token_id=1, bos_token_id=0, eos_token_id=2,
     decoder_start_token_id=2, forced_bos_token_id=0, forced_eos_token_id=2,
+    normalize_before=False,  # dropped by transformers 5, still read by CTranslate2's converter
 )
 # bart-base's generation_config.json without no_repeat_ngram_size, which CTranslate2 would not apply by
 # default: every engine must do the same work
