@@ -145,6 +145,7 @@ def build_bart_tokenizer(out_dir: Path, vocab_size: int, bpe_size: int = 1000) -
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(bench_sentences(), vocab_size=bpe_size, special_tokens=specials, show_progress=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
     bpe.save_model(str(out_dir))  # vocab.json + merges.txt
     vocab = json.loads((out_dir / "vocab.json").read_text(encoding="utf-8"))
     filler = 0
@@ -153,7 +154,9 @@ def build_bart_tokenizer(out_dir: Path, vocab_size: int, bpe_size: int = 1000) -
         filler += 1
     vocab["<mask>"] = len(vocab)
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    tok = BartTokenizerFast(vocab_file=str(out_dir / "vocab.json"), merges_file=str(out_dir / "merges.txt"))
+    merges_text = (out_dir / "merges.txt").read_text(encoding="utf-8")
+    merges = [tuple(line.split(" ")) for line in merges_text.splitlines() if line and not line.startswith("#")]
+    tok = BartTokenizerFast(vocab=vocab, merges=merges)
     tok.model_max_length = 1024
     tok.save_pretrained(out_dir)
 
