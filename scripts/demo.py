@@ -1,21 +1,24 @@
-"""make demo: translate a few sentences through transformers and turboseq, show identical tokens and the
-speed-up, then print a short benchmark table (the full grid: `turboseq bench`)."""
+"""make demo: run a few sentences through transformers and turboseq for each model family (random weights of
+real checkpoint shapes), show identical tokens and the speed-up, then print a short benchmark table (the full
+grid: `turboseq bench --arch ...`)."""
 
 import time
 
 import torch
-from transformers import MarianMTModel
+from transformers import AutoModelForSeq2SeqLM
 
 import turboseq
 from turboseq.bench import run_bench
 from turboseq.benchmodel import bench_model_dir, bench_sentences
 
+ARCHS = {"marian": "opus-mt-en-de", "t5-small": "t5-small", "bart-base": "bart-base"}
 
-def main() -> None:
-    path = bench_model_dir("marian")
-    print(f"bench model (opus-mt-en-de shape, random weights, locally trained tokenizer): {path}")
+
+def compare(arch: str) -> None:
+    path = bench_model_dir(arch)
+    print(f"\n== {ARCHS[arch]} shape (random weights, locally trained tokenizer): {path}")
     model = turboseq.load(path)
-    ref = MarianMTModel.from_pretrained(path).eval()
+    ref = AutoModelForSeq2SeqLM.from_pretrained(path).eval()
     texts = bench_sentences()[:8]
     enc = model.tokenizer(texts, return_tensors="pt", padding=True)
     kwargs = dict(num_beams=4, max_new_tokens=32)
@@ -31,14 +34,22 @@ def main() -> None:
     t_ts = time.perf_counter() - t0
 
     same = got.shape == expected.shape and torch.equal(got, expected)
-    print(f"\n{len(texts)} sentences, beam 4, up to 32 new tokens (random weights: the output text is gibberish)")
-    for text, row in list(zip(texts, got.tolist()))[:3]:
+    print(f"{len(texts)} sentences, beam 4, up to 32 new tokens (random weights: the output text is gibberish)")
+    for text, row in list(zip(texts, got.tolist()))[:2]:
         print(f"  {text}\n    -> ids {row[:10]}...")
-    print(f"\ntoken-identical to transformers: {same}")
-    print(f"transformers {t_ref:.2f} s | turboseq {t_ts:.2f} s | speed-up {t_ref / t_ts:.2f}x\n")
+    print(f"token-identical to transformers: {same}")
+    print(f"transformers {t_ref:.2f} s | turboseq {t_ts:.2f} s | speed-up {t_ref / t_ts:.2f}x")
     if not same:
-        raise SystemExit("turboseq output differs from transformers")
-    print("benchmark (forced 32 tokens; the full grid with batch 64: `turboseq bench`):")
+        raise SystemExit(f"turboseq output differs from transformers ({arch})")
+
+
+def main() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    for arch in ARCHS:
+        compare(arch)
+    print("\nbenchmark, opus-mt-en-de shape (forced 32 tokens; the full grid with batch 64: `turboseq bench`):")
     run_bench(batches=(1, 16), min_runs=2, min_seconds=1.0)
 
 
