@@ -6,14 +6,15 @@ from pathlib import Path
 
 import torch
 
+from turboseq.encoder import EncoderModel
 from turboseq.families.common import ModelLoadError
 from turboseq.model import Seq2SeqModel
 
 __version__ = "0.1.0"
-__all__ = ["load", "Seq2SeqModel", "ModelLoadError", "__version__"]
+__all__ = ["load", "Seq2SeqModel", "EncoderModel", "ModelLoadError", "__version__"]
 
 
-def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Seq2SeqModel:
+def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Seq2SeqModel | EncoderModel:
     """Load a local Hugging Face model directory (config.json + weights [+ tokenizer files]).
 
     ``dtype``: "float32" (token-identical to transformers) or "bfloat16" (faster, not identical).
@@ -22,7 +23,7 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Seq2S
     from turboseq.layers import ACTIVATIONS, prepack
     from turboseq.loading import DTYPES, read_model_dir
     from turboseq.memory import tune_malloc
-    from turboseq.spec import linears, map_tensors
+    from turboseq.spec import EncoderSpec, Seq2SeqSpec, linears, map_tensors
 
     if dtype == "float16":
         raise ValueError(
@@ -38,7 +39,8 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Seq2S
     if device.type == "cpu":
         tune_malloc()
     _family, config, generation_config, spec = read_model_dir(path)
-    for layer in spec.encoder.layers + spec.decoder.layers:
+    stacks = [spec.encoder] + ([spec.decoder] if isinstance(spec, Seq2SeqSpec) else [])
+    for layer in [layer for stack in stacks for layer in stack.layers]:
         if layer.ffn.activation not in ACTIVATIONS:
             raise ModelLoadError(
                 f"{Path(path) / 'config.json'}: unsupported activation {layer.ffn.activation!r}; "
@@ -53,5 +55,7 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Seq2S
     for lin in linears(spec):
         if lin.packed is None:
             lin.weight = lin.weight.t().contiguous().t()
+    if isinstance(spec, EncoderSpec):
+        return EncoderModel(spec, config, Path(path), device, dtype)
     defaults = generation_defaults(generation_config, config)
     return Seq2SeqModel(spec, config, defaults, Path(path), device, dtype)

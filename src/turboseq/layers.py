@@ -130,6 +130,8 @@ def embed(emb: Embeddings, ids: Tensor, start: int = 0) -> Tensor:
     x = F.embedding(ids, emb.tokens)
     if emb.scale != 1.0:
         x = x * emb.scale
+    if emb.token_type is not None:
+        x = x + emb.token_type
     if emb.positions is not None:
         x = x + emb.positions[start : start + ids.shape[1]]
     if emb.norm is not None:
@@ -162,9 +164,8 @@ def _split_qkv(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
     return qkv[0], qkv[1], qkv[2]
 
 
-def encode(spec: Seq2SeqSpec, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """Run the encoder stack once; returns hidden states [batch, src_len, d_model]."""
-    stack = spec.encoder
+def encode(stack: Stack, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Run an encoder stack on a padded batch; returns hidden states [batch, src_len, d_model]."""
     x = embed(stack.embed, input_ids)
     # [batch, 1, 1, src_len]: True where a key may be attended
     mask = attention_mask.bool()[:, None, None, :]
@@ -179,6 +180,48 @@ def encode(spec: Seq2SeqSpec, input_ids: Tensor, attention_mask: Tensor) -> Tens
             q, k, v = _split_qkv(linear(h, attn.qkv), attn.num_heads)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)
             return linear(_merge_heads(out), attn.out)
+
+        x = _sublayer(x, layer.self_attn_norm, stack.pre_norm, self_attention)
+        x = _sublayer(x, layer.ffn_norm, stack.pre_norm, lambda h, f=layer.ffn: feed_forward(h, f))
+    if stack.final_norm is not None:
+        x = layer_norm(x, stack.final_norm)
+    return x
+
+
+def encode_packed(stack: Stack, tokens: Tensor, lengths: Tensor) -> Tensor:
+    """Run an encoder stack on sequences packed end to end (no padding); returns [total_tokens, d_model].
+
+    ``tokens`` [total] holds the sequences one after the other, ``lengths`` [batch] their lengths. Embeddings,
+    projections, FFNs and norms run on the packed tokens only. Attention scatters q/k/v into a padded
+    [batch, heads, longest, head_dim] layout for one SDPA call with a key mask and gathers the result back:
+    measured here, that beats one SDPA call per sequence, and the padding it costs is in attention only.
+    Absolute positions restart at 0 for every sequence (no relative position bias).
+    """
+    batch, longest = lengths.numel(), int(lengths.max())
+    starts = torch.cumsum(lengths, 0) - lengths
+    seq = torch.repeat_interleave(torch.arange(batch, device=tokens.device), lengths)  # [total]
+    pos = torch.arange(tokens.numel(), device=tokens.device) - starts[seq]
+    slot = seq * longest + pos  # each token's place in the padded layout
+    emb = stack.embed
+    x = F.embedding(tokens, emb.tokens)
+    if emb.scale != 1.0:
+        x = x * emb.scale
+    if emb.token_type is not None:
+        x = x + emb.token_type
+    if emb.positions is not None:
+        x = x + emb.positions[pos]
+    if emb.norm is not None:
+        x = layer_norm(x, emb.norm)
+    key_mask = (torch.arange(longest, device=tokens.device)[None, :] < lengths[:, None])[:, None, None, :]
+    for layer in stack.layers:
+
+        def self_attention(h, attn: SelfAttention = layer.self_attn):
+            qkv = linear(h, attn.qkv)  # [total, 3 * inner]
+            padded = qkv.new_zeros(batch * longest, qkv.shape[1])
+            padded[slot] = qkv
+            q, k, v = _split_qkv(padded.view(batch, longest, -1), attn.num_heads)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=attn.scale)
+            return linear(_merge_heads(out).reshape(batch * longest, -1)[slot], attn.out)
 
         x = _sublayer(x, layer.self_attn_norm, stack.pre_norm, self_attention)
         x = _sublayer(x, layer.ffn_norm, stack.pre_norm, lambda h, f=layer.ffn: feed_forward(h, f))

@@ -88,7 +88,10 @@ def read_model_dir(path: str | Path):
     generation_config = read_json(model_dir / "generation_config.json", required=False)
     tensors, source = load_weights(model_dir)
     try:
-        spec = family.build(config, Checkpoint(tensors, source))
+        if getattr(family, "KIND", "seq2seq") == "encoder":  # encoders also read their pooling files
+            spec = family.build(config, Checkpoint(tensors, source), model_dir)
+        else:
+            spec = family.build(config, Checkpoint(tensors, source))
     except KeyError as err:
         raise ModelLoadError(f"{model_dir / 'config.json'}: missing key {err}") from None
     return family, config, generation_config, spec

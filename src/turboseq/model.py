@@ -124,7 +124,7 @@ class Seq2SeqModel:
     def _decode_batch(self, ids: Tensor, mask: Tensor, s: GenerationSettings, generator) -> list[list[Tensor]]:
         spec = self.spec
         ids, mask = ids.to(self.device), mask.to(self.device)
-        hidden = encode(spec, ids, mask)
+        hidden = encode(spec.encoder, ids, mask)
         cross_kv = build_cross_kv(spec, hidden)
         cross_mask = mask.bool()[:, None, None, :]
         batch = ids.shape[0]

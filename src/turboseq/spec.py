@@ -78,6 +78,7 @@ class Embeddings:
     scale: float = 1.0  # multiplies token embeddings (sqrt(d_model) where the family scales them)
     positions: Tensor | None = None  # [max_positions, d_model], added after scaling
     norm: LayerNorm | None = None  # layernorm_embedding of BART-style models
+    token_type: Tensor | None = None  # [d_model]: BERT's segment-0 embedding, added before the positions
 
 
 @dataclass
@@ -120,6 +121,38 @@ class Seq2SeqSpec:
     @property
     def d_model(self) -> int:
         return self.lm_head.weight.shape[1]
+
+
+@dataclass
+class Pooling:
+    """How a sentence vector is made from token states (sentence-transformers' Pooling + Normalize)."""
+
+    mode: str = "mean"  # "mean" | "cls" | "max"
+    normalize: bool = False
+
+
+@dataclass
+class Classifier:
+    """A sequence-classification head on the first token: ``out(tanh(dense(h_cls)))``."""
+
+    dense: Linear
+    out: Linear
+    labels: list[str]
+
+
+@dataclass
+class EncoderSpec:
+    """An encoder-only transformer (BERT, RoBERTa, XLM-R) with its pooling and optional classifier."""
+
+    encoder: Stack
+    max_positions: int
+    pad_token_id: int
+    pooling: Pooling
+    classifier: Classifier | None = None
+
+    @property
+    def d_model(self) -> int:
+        return self.encoder.embed.tokens.shape[1]
 
 
 def sinusoidal_positions(num_positions: int, dim: int) -> Tensor:

@@ -3,6 +3,6 @@
 A family module exposes ``MODEL_TYPES`` (config.json ``model_type`` values) and ``build(config, ckpt)``.
 """
 
-from turboseq.families import bart, marian, t5
+from turboseq.families import bart, bert, marian, t5
 
-FAMILIES = {model_type: module for module in (marian, bart, t5) for model_type in module.MODEL_TYPES}
+FAMILIES = {model_type: module for module in (marian, bart, t5, bert) for model_type in module.MODEL_TYPES}
