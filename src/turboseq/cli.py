@@ -63,6 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
         tr.add_argument("--truncation", action="store_true", help="cut inputs longer than the model's positions")
         tr.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
+    em = verbs.add_parser(
+        "embed",
+        help="sentence embeddings as JSON lines",
+        description="Read one text per line from FILE or stdin; write one JSON array (the embedding) per line to "
+        "FILE or stdout, in the same order. Pooling and normalization follow the model directory "
+        "(sentence-transformers' modules.json).",
+    )
+    em.add_argument("--model", required=True, metavar="DIR", help="Hugging Face encoder directory (BERT, RoBERTa, XLM-R)")
+    em.add_argument("-i", "--input", metavar="FILE", help="input file (default: stdin)")
+    em.add_argument("-o", "--output", metavar="FILE", help="output file (default: stdout)")
+    em.add_argument("--batch-size", type=_positive_int, default=32, help="texts per batch (default: 32)")
+    em.add_argument("--normalize", choices=["yes", "no"], help="L2-normalize (default: as the model directory says)")
+    em.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="(default: float32)")
+    em.add_argument("--truncation", action="store_true", help="cut inputs longer than the model's positions")
+    em.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
     be = verbs.add_parser(
         "bench",
         help="measure transformers vs turboseq (vs CTranslate2) tokens/s",
@@ -85,6 +101,8 @@ def _translate(args) -> int:
     import turboseq
 
     model = turboseq.load(args.model, dtype=args.dtype)
+    if not isinstance(model, turboseq.Seq2SeqModel):
+        raise ValueError(f"{args.model}: `{args.verb}` needs an encoder-decoder model; use `turboseq embed` for encoders")
     if args.input:
         lines = Path(args.input).read_text(encoding="utf-8").splitlines()
     else:
@@ -106,6 +124,26 @@ def _translate(args) -> int:
         **kwargs,
     )
     text = "".join(out.replace("\n", " ") + "\n" for out in outputs)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _embed(args) -> int:
+    import json
+
+    import turboseq
+
+    model = turboseq.load(args.model, dtype=args.dtype)
+    if not isinstance(model, turboseq.EncoderModel):
+        raise ValueError(f"{args.model}: `embed` needs an encoder model (BERT, RoBERTa, XLM-R), got {model.config.get('model_type')!r}")
+    lines = (Path(args.input).read_text(encoding="utf-8") if args.input else sys.stdin.read()).splitlines()
+    normalize = None if args.normalize is None else args.normalize == "yes"
+    vectors = model.embed(lines, batch_size=args.batch_size, normalize=normalize, truncation=args.truncation,
+                          progress=bool(args.input) and not args.no_progress)
+    text = "".join(json.dumps([round(v, 7) for v in row]) + "\n" for row in vectors.tolist())
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
@@ -147,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb in ("translate", "generate"):
             return _translate(args)
+        if args.verb == "embed":
+            return _embed(args)
         return _bench(args)
     except (ModelLoadError, ValueError, FileNotFoundError, IsADirectoryError) as err:
         print(f"turboseq: error: {err}", file=sys.stderr)
