@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build (once, cached under ~/.cache/turboseq) a random-weight model of a real checkpoint's "
         "shape (--arch) and time every engine on the same sentences with a forced output length, in one process.",
     )
-    be.add_argument("--arch", default="marian", choices=list(ARCHS), help="model shape (default: marian)")
+    be.add_argument("--arch", default="marian", choices=[*ARCHS, "minilm"],
+                    help="model shape (default: marian); minilm: the real all-MiniLM-L6-v2 encoder, sentences/s")
     be.add_argument("--batches", type=_int_list, default=[1, 16, 64], help="batch sizes (default: 1,16,64)")
     be.add_argument("--modes", default="greedy,beam4", help="decoding modes: greedy,beam4 (default: both)")
     be.add_argument("--engines", help="comma-separated subset of: transformers, turboseq, ctranslate2-float32, "
@@ -152,6 +153,11 @@ def _embed(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.arch == "minilm":
+        from turboseq.bench_encoder import run_encoder_bench
+
+        run_encoder_bench(batch=max(args.batches), min_seconds=args.min_seconds, out_dir=Path(args.out))
+        return 0
     from turboseq.bench import MODES, available_engines, run_bench
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
