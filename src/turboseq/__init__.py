@@ -38,6 +38,10 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Seq2S
         raise ValueError(f"`device` {device!r} is not a torch device ({err})") from None
     if device.type == "cpu":
         tune_malloc()
+    if Path(path).is_file():  # a `turboseq export` artifact
+        from turboseq.export import load_exported
+
+        return load_exported(path)
     _family, config, generation_config, spec = read_model_dir(path)
     stacks = [spec.encoder] + ([spec.decoder] if isinstance(spec, Seq2SeqSpec) else [])
     for layer in [layer for stack in stacks for layer in stack.layers]:

@@ -72,6 +72,12 @@ def run_encoder_bench(batch: int = 64, min_seconds: float = 2.0, out_dir: Path |
         "turboseq-padded": ts_padded,
         "turboseq-packed": lambda texts: model.embed(texts, batch_size=batch),
     }
+    import tempfile
+
+    from turboseq.export import export_encoder, load_exported
+
+    exported = load_exported(export_encoder(model, Path(tempfile.mkdtemp()) / "minilm.pt2"))
+    engines["turboseq-exported"] = lambda texts: exported.embed(texts, batch_size=batch)
     try:
         from sentence_transformers import SentenceTransformer
 

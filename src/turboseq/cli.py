@@ -79,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--truncation", action="store_true", help="cut inputs longer than the model's positions")
     em.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
+    ex = verbs.add_parser(
+        "export",
+        help="export an encoder to one self-contained torch.export file",
+        description="Write the encoder plus its pooling as one torch.export program (dynamic batch size and sequence "
+        "length) with the tokenizer files inside. Load it with turboseq.load(FILE), or with plain torch: "
+        "torch.export.load(FILE).module()(input_ids, attention_mask).",
+    )
+    ex.add_argument("--model", required=True, metavar="DIR", help="Hugging Face encoder directory")
+    ex.add_argument("--out", required=True, metavar="FILE", help="output file (.pt2)")
+
     be = verbs.add_parser(
         "bench",
         help="measure transformers vs turboseq (vs CTranslate2) tokens/s",
@@ -152,6 +162,18 @@ def _embed(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    import turboseq
+    from turboseq.export import export_encoder
+
+    model = turboseq.load(args.model)
+    if not isinstance(model, turboseq.EncoderModel):
+        raise ValueError(f"{args.model}: `export` supports encoder models (BERT, RoBERTa, XLM-R) for now")
+    out = export_encoder(model, args.out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
+
+
 def _bench(args) -> int:
     if args.arch == "minilm":
         from turboseq.bench_encoder import run_encoder_bench
@@ -193,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             return _translate(args)
         if args.verb == "embed":
             return _embed(args)
+        if args.verb == "export":
+            return _export(args)
         return _bench(args)
     except (ModelLoadError, ValueError, FileNotFoundError, IsADirectoryError) as err:
         print(f"turboseq: error: {err}", file=sys.stderr)
