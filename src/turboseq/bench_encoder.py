@@ -44,11 +44,19 @@ def workloads(batch: int) -> dict[str, list[str]]:
     }
 
 
-def run_encoder_bench(batch: int = 64, min_seconds: float = 2.0, out_dir: Path | None = None, log=print) -> list[dict]:
+ENCODER_ARCHS = ("minilm", "xlmr-base")
+
+
+def run_encoder_bench(
+    arch: str = "minilm", batch: int = 64, min_seconds: float = 2.0, out_dir: Path | None = None,
+    profile: bool = False, log=print,
+) -> list[dict]:
     import turboseq
     from transformers import AutoModel
 
-    path = minilm_dir()
+    from turboseq.benchmodel import xlmr_base_dir
+
+    path = minilm_dir() if arch == "minilm" else xlmr_base_dir()
     model = turboseq.load(path)
     tok = model.tokenizer
     hf = {impl: AutoModel.from_pretrained(path, attn_implementation=impl).eval() for impl in ("eager", "sdpa")}
@@ -76,7 +84,7 @@ def run_encoder_bench(batch: int = 64, min_seconds: float = 2.0, out_dir: Path |
 
     from turboseq.export import export_encoder, load_exported
 
-    exported = load_exported(export_encoder(model, Path(tempfile.mkdtemp()) / "minilm.pt2"))
+    exported = load_exported(export_encoder(model, Path(tempfile.mkdtemp()) / f"{arch}.pt2"))
     engines["turboseq-exported"] = lambda texts: exported.embed(texts, batch_size=batch)
     try:
         from sentence_transformers import SentenceTransformer
@@ -86,7 +94,8 @@ def run_encoder_bench(batch: int = 64, min_seconds: float = 2.0, out_dir: Path |
     except ImportError:
         pass
 
-    log(f"arch: minilm (all-MiniLM-L6-v2, real weights) | batch {batch} | threads {torch.get_num_threads()}")
+    what = "all-MiniLM-L6-v2, real weights" if arch == "minilm" else "xlm-roberta-base shape, random weights"
+    log(f"arch: {arch} ({what}) | batch {batch} | threads {torch.get_num_threads()}")
     rows = []
     for name, texts in workloads(batch).items():
         tokens = [len(ids) for ids in tok(texts)["input_ids"]]
@@ -99,6 +108,17 @@ def run_encoder_bench(batch: int = 64, min_seconds: float = 2.0, out_dir: Path |
             log(f"  {name:6} {engine:22} {batch / seconds:9.1f} sentences/s  (min cosine vs eager {cos:.6f})")
     table = format_encoder_table(rows)
     log("\n" + table)
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        texts = workloads(batch)["mixed"]
+        for engine in ("transformers-sdpa", "turboseq-packed"):
+            engines[engine](texts)
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                engines[engine](texts)
+            top = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+            log(f"\n== {engine}: mixed batch of {batch}, top operators by self CPU time ==\n{top}")
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

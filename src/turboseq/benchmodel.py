@@ -233,6 +233,41 @@ def build_bench_model(out_dir: Path, arch: str, seed: int = 0) -> Path:
     return out_dir
 
 
+XLMR_BASE = dict(
+    vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+    max_position_embeddings=514, pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1,
+)
+
+
+def xlmr_base_dir() -> Path:
+    """A random-init XLM-RoBERTa of xlm-roberta-base's shape with a small unigram tokenizer in XLM-R's
+    special-token layout (<s> 0, <pad> 1, </s> 2, <unk> 3), cached like the generation bench models."""
+    path = cache_root() / f"bench-xlmr-base-{BENCH_VERSION}"
+    if (path / "config.json").is_file():
+        return path
+    import shutil
+
+    import sentencepiece as spm
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizer
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    torch.manual_seed(0)
+    XLMRobertaModel(XLMRobertaConfig(**XLMR_BASE)).eval().save_pretrained(tmp)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(bench_sentences()), model_writer=model, vocab_size=1000, model_type="unigram",
+        hard_vocab_limit=False, character_coverage=1.0, bos_id=0, pad_id=1, eos_id=2, unk_id=3, minloglevel=2,
+        num_threads=1, seed_sentencepiece_size=100000,
+    )
+    proc = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = [(proc.id_to_piece(i), proc.get_score(i)) for i in range(proc.get_piece_size())] + [("<mask>", 0.0)]
+    XLMRobertaTokenizer(vocab=vocab, model_max_length=512).save_pretrained(tmp)
+    tmp.rename(path)
+    return path
+
+
 def bench_model_dir(arch: str = "marian") -> Path:
     """The cached bench model directory for ``arch``, built on first use."""
     if arch not in ARCHS:

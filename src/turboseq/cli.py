@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build (once, cached under ~/.cache/turboseq) a random-weight model of a real checkpoint's "
         "shape (--arch) and time every engine on the same sentences with a forced output length, in one process.",
     )
-    be.add_argument("--arch", default="marian", choices=[*ARCHS, "minilm"],
-                    help="model shape (default: marian); minilm: the real all-MiniLM-L6-v2 encoder, sentences/s")
+    be.add_argument("--arch", default="marian", choices=[*ARCHS, "minilm", "xlmr-base"],
+                    help="model shape (default: marian); minilm (real all-MiniLM-L6-v2 weights) and xlmr-base are "
+                    "encoders, measured in sentences/s (batch: the largest of --batches)")
     be.add_argument("--batches", type=_int_list, default=[1, 16, 64], help="batch sizes (default: 1,16,64)")
     be.add_argument("--modes", default="greedy,beam4", help="decoding modes: greedy,beam4 (default: both)")
     be.add_argument("--engines", help="comma-separated subset of: transformers, turboseq, ctranslate2-float32, "
@@ -175,10 +176,11 @@ def _export(args) -> int:
 
 
 def _bench(args) -> int:
-    if args.arch == "minilm":
-        from turboseq.bench_encoder import run_encoder_bench
+    from turboseq.bench_encoder import ENCODER_ARCHS, run_encoder_bench
 
-        run_encoder_bench(batch=max(args.batches), min_seconds=args.min_seconds, out_dir=Path(args.out))
+    if args.arch in ENCODER_ARCHS:
+        run_encoder_bench(args.arch, batch=max(args.batches), min_seconds=args.min_seconds, out_dir=Path(args.out),
+                          profile=args.profile)
         return 0
     from turboseq.bench import MODES, available_engines, run_bench
 
