@@ -89,6 +89,27 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", required=True, metavar="DIR", help="Hugging Face encoder directory")
     ex.add_argument("--out", required=True, metavar="FILE", help="output file (.pt2)")
 
+    sv = verbs.add_parser(
+        "serve",
+        help="HTTP server with dynamic batching, streaming and metrics",
+        description="Serve one model over HTTP (FastAPI + uvicorn): POST / and /models/NAME in Hugging Face's task "
+        "format, /v1/embeddings for encoders, /health, /info, /metrics. Concurrent requests with the same "
+        "parameters are merged into engine batches. SIGTERM: stop accepting, finish requests in flight, exit 0.",
+    )
+    sv.add_argument("--model", required=True, metavar="DIR", help="model directory")
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    sv.add_argument("--max-batch-size", type=_positive_int, default=32, help="inputs per engine batch and per request")
+    sv.add_argument("--max-batch-tokens", type=_positive_int, default=8192, help="padded input tokens per engine batch")
+    sv.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    sv.add_argument("--max-queue", type=_positive_int, default=256, help="waiting requests before 429")
+    sv.add_argument("--request-timeout-s", type=float, default=60.0, help="per-request limit before 504")
+    sv.add_argument("--max-input-tokens", type=_positive_int, help="per-input token limit (default: the model's)")
+    sv.add_argument("--max-payload-bytes", type=_positive_int, default=1 << 20, help="request body limit (413)")
+    sv.add_argument("--no-batching", action="store_true", help="one request per engine call (for comparison)")
+    sv.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="(default: float32)")
+    sv.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
+
     be = verbs.add_parser(
         "bench",
         help="measure transformers vs turboseq (vs CTranslate2) tokens/s",
@@ -175,6 +196,17 @@ def _export(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from turboseq.server import ServerConfig, serve
+
+    config = ServerConfig(
+        max_batch_size=args.max_batch_size, max_batch_tokens=args.max_batch_tokens, batch_wait_ms=args.batch_wait_ms,
+        max_queue=args.max_queue, request_timeout_s=args.request_timeout_s, max_input_tokens=args.max_input_tokens,
+        max_payload_bytes=args.max_payload_bytes, batching=not args.no_batching,
+    )
+    return serve(args.model, args.host, args.port, config, dtype=args.dtype, log_level=args.log_level)
+
+
 def _bench(args) -> int:
     from turboseq.bench_encoder import ENCODER_ARCHS, run_encoder_bench
 
@@ -219,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             return _embed(args)
         if args.verb == "export":
             return _export(args)
+        if args.verb == "serve":
+            return _serve(args)
         return _bench(args)
     except (ModelLoadError, ValueError, FileNotFoundError, IsADirectoryError) as err:
         print(f"turboseq: error: {err}", file=sys.stderr)

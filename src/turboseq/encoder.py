@@ -114,6 +114,23 @@ class EncoderModel:
             bar.close()
         return results
 
+    @torch.inference_mode()
+    def embed_ids(self, rows: Sequence[Sequence[int]], *, batch_size: int = 32, normalize: bool | None = None) -> Tensor:
+        """``embed`` for token id lists (special tokens included), e.g. from your own tokenizer call."""
+        norm = self.spec.pooling.normalize if normalize is None else normalize
+        tensors = [torch.as_tensor(list(r), dtype=torch.long) for r in rows]
+        if not tensors:
+            return torch.zeros((0, self.spec.d_model))
+        lengths = [len(t) for t in tensors]
+        order = sorted(range(len(tensors)), key=lambda i: -lengths[i])
+        out: list = [None] * len(tensors)
+        for chunk in make_batches(order, lengths, batch_size, None):
+            tokens = torch.cat([tensors[i] for i in chunk]).to(self.device)
+            lens = torch.tensor([lengths[i] for i in chunk], device=self.device)
+            for i, v in zip(chunk, self._pool(encode_packed(self.spec.encoder, tokens, lens).float(), lens, norm)):
+                out[i] = v
+        return torch.stack(out).cpu()
+
     def embed(
         self,
         texts: Sequence[str],

