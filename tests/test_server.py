@@ -231,3 +231,26 @@ def test_embeddings_endpoints(encoder_server):
     assert data["usage"]["prompt_tokens"] > 0
     assert httpx.post(srv.url + "/v1/embeddings", json={"inputs": "x"}).status_code == 422
     assert httpx.get(srv.url + "/info").json()["task"] == "feature-extraction"
+
+
+def _events(response_text: str) -> list[dict]:
+    return [json.loads(line[len("data: "):]) for line in response_text.splitlines() if line.startswith("data: ")]
+
+
+def test_generate_stream_equals_non_streamed(server, marian_one):
+    model, _ = marian_one
+    for text in SENTENCES[:3]:
+        params = {"num_beams": 1, "max_new_tokens": 16}
+        r = httpx.post(server.url + "/generate_stream", json={"inputs": text, "parameters": params}, timeout=60)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = _events(r.text)
+        final = events[-1]
+        assert final["finish_reason"] in ("eos_token", "length")
+        streamed = "".join(e["token"]["text"] for e in events[:-1])
+        assert streamed == final["generated_text"] == model.translate([text], **params)[0]
+        assert all("\ufffd" not in e["token"]["text"] for e in events[:-1])
+        ids = [e["token"]["id"] for e in events[:-1] if e["token"]["id"] is not None]
+        assert len(ids) >= 1
+    r = httpx.post(server.url + "/generate_stream", json={"inputs": "x", "parameters": {"num_beams": 2}})
+    assert r.status_code == 422 and "num_beams=1" in r.json()["error"]
+    assert "turboseq_time_to_first_token_seconds_count" in httpx.get(server.url + "/metrics").text

@@ -197,8 +197,12 @@ def greedy_or_sample(
     s: GenerationSettings,
     procs,
     generator: torch.Generator | None = None,
+    on_tokens: Callable[[Tensor, Tensor], None] | None = None,
 ) -> list[Tensor]:
-    """One row per sequence. Returns each row's tokens (prompt included, up to and including EOS)."""
+    """One row per sequence. Returns each row's tokens (prompt included, up to and including EOS).
+
+    ``on_tokens(rows, tokens)``, if given, is called after every step with the original row index and the new
+    token of each row still decoding (streaming); an exception it raises stops the generation."""
     batch, prompt_len = prompt.shape
     device = prompt.device
     seqs = torch.full((batch, s.max_length), s.pad_token_id, dtype=torch.long, device=device)
@@ -226,6 +230,8 @@ def greedy_or_sample(
             else:
                 next_tokens = scores.argmax(dim=-1)
         seqs[active, cur_len] = next_tokens
+        if on_tokens is not None:
+            on_tokens(active, next_tokens)
         cur_len += 1
         done = torch.isin(next_tokens, eos)
         if done.any():

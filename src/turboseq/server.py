@@ -23,6 +23,10 @@ from fastapi import Request  # module level: FastAPI resolves handler annotation
 _SERVER_OWNED = {"max_batch_size", "max_batch_tokens", "progress", "batch_size"}
 
 
+class _Cancelled(Exception):
+    """Raised inside the engine thread to stop a stream whose client left."""
+
+
 class RequestError(Exception):
     """An error answered with ``status`` and JSON ``{"error": message, "error_type": kind}``."""
 
@@ -370,6 +374,92 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
         if model_name != engine.name:
             raise RequestError(404, f"unknown model {model_name!r}; this server serves {engine.name!r}", "not_found")
         return await handle(request)
+
+    @app.post("/generate_stream")
+    async def generate_stream(request: Request):
+        """Server-sent events: one per generated token ({"token": {"id", "text", "special"}}), then
+        {"generated_text", "finish_reason"}. Greedy or sampling only; the request runs as its own batch."""
+        from fastapi.responses import StreamingResponse
+
+        if engine.is_encoder:
+            raise RequestError(404, f"{engine.name} is an embedding model: nothing to stream", "not_found")
+        body = _parse_body(await request.body(), config.max_payload_bytes)
+        if len(body["inputs"]) != 1:
+            raise RequestError(422, "`inputs` must be one string for streaming", "validation_error")
+        params = body["parameters"]
+        if state["draining"] or not state["ready"]:
+            raise RequestError(503, "server is not accepting requests", "unavailable")
+        try:
+            engine.validate(params)
+            settings = model.settings(**{k: v for k, v in params.items() if k not in ("truncation", "seed")})
+        except (ValueError, TypeError) as err:
+            raise RequestError(422, str(err), "validation_error") from None
+        if settings.is_beam or settings.num_return_sequences != 1:
+            raise RequestError(422, "streaming supports num_beams=1 and num_return_sequences=1", "validation_error")
+        text = body["inputs"][0]
+        truncation = bool(params.get("truncation", False))
+        ids = model.tokenizer(text, truncation=truncation, max_length=limit if truncation else None)["input_ids"]
+        if len(ids) > limit:
+            raise RequestError(422, f"input 0 has {len(ids)} tokens; the limit is {limit}", "input_too_long")
+        return StreamingResponse(_stream(request, ids if text.strip() else None, params, settings),
+                                 media_type="text/event-stream")
+
+    async def _stream(request: Request, ids, params: dict, settings):
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue = asyncio.Queue()
+        stop = {"cancelled": False}
+        start = time.perf_counter()
+        gen = {k: v for k, v in params.items() if k != "truncation"}
+
+        def on_tokens(rows, new):
+            if stop["cancelled"]:
+                raise _Cancelled()  # the client left: stop decoding now
+            loop.call_soon_threadsafe(tokens.put_nowait, int(new[0]))
+
+        def work():
+            try:
+                model.generate_rows([ids], max_batch_size=None, on_tokens=on_tokens, **gen)
+            finally:
+                loop.call_soon_threadsafe(tokens.put_nowait, None)
+
+        tok = model.tokenizer
+        special = set(tok.all_special_ids)
+        eos = set(settings.eos_token_ids)
+        out_ids: list[int] = []
+        sent = ""  # text already sent: a prefix of the decoded text, never half a character
+        finish = "length"
+        future = loop.run_in_executor(state["batcher"].executor, work) if ids is not None else None
+        try:
+            while future is not None:
+                token = await tokens.get()
+                if token is None:
+                    break
+                if not out_ids:
+                    metrics.time_to_first_token.observe(time.perf_counter() - start)
+                out_ids.append(token)
+                if token in eos:
+                    finish = "eos_token"
+                decoded = tok.decode(out_ids, skip_special_tokens=True)
+                piece = ""
+                if not decoded.endswith("\ufffd") and decoded.startswith(sent):
+                    piece, sent = decoded[len(sent) :], decoded
+                event = {"token": {"id": token, "text": piece, "special": token in special}}
+                yield f"data: {json.dumps(event)}\n\n"
+                if await request.is_disconnected():
+                    stop["cancelled"] = True
+                    metrics.rejected.labels("client_disconnected").inc()
+                    return
+            if future is not None:
+                await future
+            metrics.generated_tokens.inc(len(out_ids))
+            final = tok.decode(out_ids, skip_special_tokens=True)
+            if final != sent:  # a trailing partial character resolved at the end
+                yield f"data: {json.dumps({'token': {'id': None, 'text': final[len(sent):], 'special': False}})}\n\n"
+            yield f"data: {json.dumps({'generated_text': final, 'finish_reason': finish})}\n\n"
+        except _Cancelled:
+            return
+        finally:
+            stop["cancelled"] = True
 
     @app.post("/v1/embeddings")
     async def openai_embeddings(request: Request):
