@@ -161,3 +161,26 @@ def test_screening_bound_holds_on_random_hidden_states(marian, monkeypatch):
     monkeypatch.setattr(type(head), "MAX_CANDIDATE_FRACTION", 1.0)
     ids = torch.zeros((32, 1), dtype=torch.long)
     assert torch.equal(head.greedy(h, ids, lambda i, x: x), exact.argmax(-1))
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_beams=1), dict(num_beams=3), dict(num_beams=1, num_return_sequences=2, do_sample=True)])
+def test_abandoned_rows_leave_without_changing_the_others(marian, kwargs):
+    """generate_rows(abandoned=...) drops the named inputs from the running batch (a server's client left);
+    every other input gets exactly the result it gets without the drop."""
+    model, _, _ = marian
+    ids, mask = source_batch(model.spec.vocab_size, model.spec.pad_token_id, seed=6)
+    rows = [r[m.bool()].tolist() for r, m in zip(ids, mask)]
+    full = model.generate_rows(rows, seed=3, **kwargs)
+    calls = []
+
+    def abandoned():
+        calls.append(1)
+        return {0, 4} if len(calls) > 2 else set()
+
+    dropped = model.generate_rows(rows, seed=3, abandoned=abandoned, **kwargs)
+    assert calls
+    for i in range(len(rows)):
+        if i in (0, 4):
+            assert all(len(a) <= len(b) for a, b in zip(dropped[i], full[i]))
+        else:  # sampling draws noise for the whole batch, so the others keep their random stream too
+            assert all(torch.equal(a, b) for a, b in zip(dropped[i], full[i]))

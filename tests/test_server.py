@@ -254,3 +254,32 @@ def test_generate_stream_equals_non_streamed(server, marian_one):
     r = httpx.post(server.url + "/generate_stream", json={"inputs": "x", "parameters": {"num_beams": 2}})
     assert r.status_code == 422 and "num_beams=1" in r.json()["error"]
     assert "turboseq_time_to_first_token_seconds_count" in httpx.get(server.url + "/metrics").text
+
+
+def test_client_disconnect_stops_its_rows(tmp_path):
+    """A client that gives up on a long request: its rows leave the running batch, so a request sent after
+    it is answered quickly instead of waiting for the abandoned generation to finish."""
+    from helpers import make_marian
+
+    from turboseq.benchmodel import build_marian_tokenizer
+
+    # big enough that 1000 beam-search steps take several seconds
+    make_marian(tmp_path, seed=1, std=0.2, emb_std=0.2, vocab_size=1024, pad_token_id=1023, decoder_start_token_id=1023,
+                d_model=256, encoder_layers=2, decoder_layers=4, decoder_ffn_dim=1024, max_position_embeddings=1100)
+    build_marian_tokenizer(tmp_path, 1024, 1023, spm_pieces=600)
+    srv = Server(tmp_path)
+    try:
+        long = {"inputs": SENTENCES[:4], "parameters": {"num_beams": 4, "min_new_tokens": 1000, "max_new_tokens": 1000}}
+        short = {"inputs": SENTENCES[0], "parameters": {"max_new_tokens": 4}}
+        alone = httpx.post(srv.url + "/", json=short, timeout=60)
+        assert alone.status_code == 200
+        t0 = time.perf_counter()
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(srv.url + "/", json=long, timeout=1.0)  # the client leaves after 1 s
+        r = httpx.post(srv.url + "/", json=short, timeout=120)
+        waited = time.perf_counter() - t0
+        assert r.status_code == 200 and r.json() == alone.json()
+        assert waited < 4.0, waited  # the abandoned 1000-step beam search alone takes far longer
+        assert 'reason="client_disconnected"' in httpx.get(srv.url + "/metrics").text
+    finally:
+        srv.stop()

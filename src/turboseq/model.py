@@ -96,7 +96,9 @@ class Seq2SeqModel:
             return s.pad_token_id if s.pad_token_id else s.eos_token_ids[0]
         return s.pad_token_id
 
-    def _run(self, rows, mask, s, max_batch_size, max_batch_tokens, seed, progress=None, on_tokens=None) -> list[list[Tensor]]:
+    def _run(
+        self, rows, mask, s, max_batch_size, max_batch_tokens, seed, progress=None, on_tokens=None, abandoned=None
+    ) -> list[list[Tensor]]:
         """Decode every input; ``rows`` is a list of unpadded id tensors, or a padded tensor kept as is."""
         n = len(rows)
         if s.do_sample:
@@ -115,13 +117,22 @@ class Seq2SeqModel:
                     chunk_mask[j, : len(rows[i])] = 1
             else:
                 ids, chunk_mask = rows[chunk], mask[chunk]
-            for i, out in zip(chunk, self._decode_batch(ids, chunk_mask, s, generator, on_tokens)):
+            gone = None
+            if abandoned is not None:  # input indices -> this chunk's rows
+
+                def gone(chunk=chunk):
+                    lost = abandoned()
+                    return torch.tensor([i in lost for i in chunk]) if lost else None
+
+            for i, out in zip(chunk, self._decode_batch(ids, chunk_mask, s, generator, on_tokens, gone)):
                 results[i] = out
             if progress is not None:
                 progress.update(len(chunk))
         return results
 
-    def _decode_batch(self, ids: Tensor, mask: Tensor, s: GenerationSettings, generator, on_tokens=None) -> list[list[Tensor]]:
+    def _decode_batch(
+        self, ids: Tensor, mask: Tensor, s: GenerationSettings, generator, on_tokens=None, abandoned=None
+    ) -> list[list[Tensor]]:
         spec = self.spec
         ids, mask = ids.to(self.device), mask.to(self.device)
         hidden = encode(spec.encoder, ids, mask)
@@ -149,8 +160,15 @@ class Seq2SeqModel:
             return decode_step(spec, state, tokens)
 
         if s.is_beam:
-            return search.beam_search(step, state.select, self.head, prompt, s, procs, generator)
-        seqs = search.greedy_or_sample(step, state.select, self.head, prompt, s, procs, generator, on_tokens)
+            return search.beam_search(step, state.select, self.head, prompt, s, procs, generator, abandoned)
+        if abandoned is not None and s.num_return_sequences > 1:  # rows are input copies here
+            copies, inner = s.num_return_sequences, abandoned
+
+            def abandoned():
+                lost = inner()
+                return None if lost is None else lost.repeat_interleave(copies)
+
+        seqs = search.greedy_or_sample(step, state.select, self.head, prompt, s, procs, generator, on_tokens, abandoned)
         copies = s.num_return_sequences
         return [seqs[i * copies : (i + 1) * copies] for i in range(batch)]
 
@@ -163,18 +181,24 @@ class Seq2SeqModel:
         max_batch_tokens: int | None = None,
         seed: int | None = None,
         on_tokens=None,
+        abandoned=None,
         **kwargs,
     ) -> list[list[Tensor]]:
         """Like ``generate`` for unpadded token id lists, but returns per input its ``num_return_sequences``
         sequences (decoder prompt included, up to and including EOS) instead of one padded tensor.
 
         ``on_tokens(rows, tokens)`` streams greedy/sampled tokens as they are chosen (one input, one return
-        sequence, ``num_beams=1``): called after each step with the rows still decoding and their new tokens."""
+        sequence, ``num_beams=1``): called after each step with the rows still decoding and their new tokens.
+        ``abandoned()`` may return a set of input indices nobody waits for any more: they leave the batch at the
+        next step and their results are meaningless (a server drops requests whose client left)."""
         s = self.settings(**kwargs)
         if on_tokens is not None and (s.is_beam or len(rows) != 1 or s.num_return_sequences != 1):
             raise ValueError("streaming needs one input, num_beams=1 and num_return_sequences=1")
         tensors = [torch.as_tensor(list(r), dtype=torch.long) for r in rows]
-        return self._run(tensors, None, s, max_batch_size, max_batch_tokens, seed, on_tokens=on_tokens) if tensors else []
+        if not tensors:
+            return []
+        return self._run(tensors, None, s, max_batch_size, max_batch_tokens, seed, on_tokens=on_tokens,
+                         abandoned=abandoned)
 
     # --- text API ----------------------------------------------------------------------------------------
 

@@ -198,11 +198,14 @@ def greedy_or_sample(
     procs,
     generator: torch.Generator | None = None,
     on_tokens: Callable[[Tensor, Tensor], None] | None = None,
+    abandoned: Callable[[], Tensor | None] | None = None,
 ) -> list[Tensor]:
     """One row per sequence. Returns each row's tokens (prompt included, up to and including EOS).
 
     ``on_tokens(rows, tokens)``, if given, is called after every step with the original row index and the new
-    token of each row still decoding (streaming); an exception it raises stops the generation."""
+    token of each row still decoding (streaming); an exception it raises stops the generation.
+    ``abandoned()``, if given, returns None or a bool tensor over the batch marking rows nobody waits for any
+    more (a server's client left): they leave the batch at the next step, with whatever they have."""
     batch, prompt_len = prompt.shape
     device = prompt.device
     seqs = torch.full((batch, s.max_length), s.pad_token_id, dtype=torch.long, device=device)
@@ -234,6 +237,9 @@ def greedy_or_sample(
             on_tokens(active, next_tokens)
         cur_len += 1
         done = torch.isin(next_tokens, eos)
+        gone = abandoned() if abandoned is not None else None
+        if gone is not None:
+            done |= gone[active]
         if done.any():
             lengths[active[done].cpu()] = cur_len
             keep = (~done).nonzero().squeeze(1)
@@ -254,6 +260,7 @@ def beam_search(
     s: GenerationSettings,
     procs,
     generator: torch.Generator | None = None,
+    abandoned: Callable[[], Tensor | None] | None = None,
 ) -> list[list[Tensor]]:
     """Beam search (and beam sampling) with transformers' semantics, one sentence per prompt row.
 
@@ -344,6 +351,9 @@ def beam_search(
         done = ~improvable[:, 0] | (is_finished.all(dim=-1) & early_true) | hits.all(dim=-1)
         if cur_len >= s.max_length:
             done[:] = True
+        gone = abandoned() if abandoned is not None else None
+        if gone is not None:
+            done |= gone[active]  # see greedy_or_sample
         if done.any():
             for j in done.nonzero().squeeze(1).tolist():
                 results[int(active[j])] = [

@@ -100,13 +100,14 @@ class Engine:
         gen = {k: v for k, v in params.items() if k not in ("truncation", "seed")}
         self.model.settings(**gen)  # raises ValueError naming the argument
 
-    def run(self, rows: list, params: dict) -> list:
-        """One engine call for ``rows`` (token id lists) with ``params``; one result per row."""
+    def run(self, rows: list, params: dict, abandoned=None) -> list:
+        """One engine call for ``rows`` (token id lists) with ``params``; one result per row. ``abandoned()``
+        names rows whose requests were given up: they leave the batch at the next decoding step."""
         if self.is_encoder:
             normalize = params.get("normalize", self.model.spec.pooling.normalize)
             return self.model.embed_ids(rows, normalize=normalize).tolist()
         gen = {k: v for k, v in params.items() if k != "truncation"}
-        outputs = self.model.generate_rows(rows, max_batch_size=None, **gen)
+        outputs = self.model.generate_rows(rows, max_batch_size=None, abandoned=abandoned, **gen)
         tok = self.model.tokenizer
         nrs = self.model.settings(**{k: v for k, v in gen.items() if k != "seed"}).num_return_sequences
         texts = [tok.batch_decode([s.tolist() for s in seqs], skip_special_tokens=True) for seqs in outputs]
@@ -176,9 +177,15 @@ class Batcher:
                 self.metrics.queue_wait.observe(now - job.enqueued)
             self.metrics.batch_size.observe(len(rows))
             self.metrics.input_tokens.inc(sum(len(r) for r in rows))
+            owners = [job for job in jobs for _ in job.rows]
+
+            def abandoned() -> set[int]:
+                # rows of requests whose client left or whose time ran out, read from the engine thread
+                return {i for i, job in enumerate(owners) if job.cancelled}
+
             self.busy += 1
             try:
-                results = await loop.run_in_executor(self.executor, self.engine.run, rows, jobs[0].params)
+                results = await loop.run_in_executor(self.executor, self.engine.run, rows, jobs[0].params, abandoned)
             except Exception as err:  # an engine failure fails the batch's requests, not the server
                 for job in jobs:
                     if not job.future.done():
@@ -356,7 +363,7 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
     async def _watch_disconnect(request: Request, job: _Job) -> None:
         while not job.future.done():
             if await request.is_disconnected():
-                job.cancelled = True  # still queued: it never reaches the engine
+                job.cancelled = True  # queued: it never reaches the engine; running: its rows leave the batch
                 metrics.rejected.labels("client_disconnected").inc()
                 return
             await asyncio.sleep(0.05)
