@@ -89,6 +89,10 @@ def test_translation_equals_library(server, marian_one):
     assert r.json() == [{"translation_text": model.translate(SENTENCES[:1], **kwargs)[0]}]
     r = httpx.post(server.url + "/", json={"inputs": ["", SENTENCES[4]], "parameters": kwargs})
     assert r.status_code == 200 and r.json()[0] == {"translation_text": ""}
+    r = httpx.post(server.url + "/", json={"inputs": "   "})
+    assert r.status_code == 200 and r.json() == [{"translation_text": ""}]
+    r = httpx.post(server.url + "/", json={"inputs": []})
+    assert r.status_code == 200 and r.json() == []
 
 
 def _post(server, content, **kw):
@@ -106,6 +110,8 @@ def _post(server, content, **kw):
         (b'{"inputs": "x", "parameters": {"num_beams": 0}}', 422, "validation_error", "num_beams"),
         (b'{"inputs": "x", "parameters": {"temperature": -1, "do_sample": true}}', 422, "validation_error", "temperature"),
         (b'{"inputs": "x", "parameters": {"max_batch_size": 64}}', 422, "validation_error", "max_batch_size"),
+        (b'{"inputs": "x", "parameters": []}', 422, "validation_error", "`parameters`"),
+        (b'{"inputs": "x", "parameters": {"truncation": "no"}}', 422, "validation_error", "truncation"),
         (b'{"inputs": ["a", "b", "c", "d", "e"]}', 413, "too_many_inputs", "limit is 4"),
         (b'{"inputs": "' + b"a" * 30000 + b'"}', 413, "payload_too_large", "over the limit"),
     ],
@@ -230,6 +236,9 @@ def test_embeddings_endpoints(encoder_server):
     assert r.status_code == 200 and data["object"] == "list" and len(data["data"]) == 2
     assert data["usage"]["prompt_tokens"] > 0
     assert httpx.post(srv.url + "/v1/embeddings", json={"inputs": "x"}).status_code == 422
+    r = httpx.post(srv.url + "/v1/embeddings", json={"input": [" "]})
+    assert r.status_code == 200 and r.json()["data"][0]["embedding"] == []
+    assert httpx.post(srv.url + "/", json={"inputs": "x", "parameters": {"normalize": "no"}}).status_code == 422
     assert httpx.get(srv.url + "/info").json()["task"] == "feature-extraction"
 
 

@@ -121,6 +121,9 @@ class EncoderModel:
         tensors = [torch.as_tensor(list(r), dtype=torch.long) for r in rows]
         if not tensors:
             return torch.zeros((0, self.spec.d_model))
+        for i, t in enumerate(tensors):
+            if not 1 <= len(t) <= self.spec.max_positions:
+                raise ValueError(f"row {i} has {len(t)} tokens; rows need 1 to {self.spec.max_positions}")
         lengths = [len(t) for t in tensors]
         order = sorted(range(len(tensors)), key=lambda i: -lengths[i])
         out: list = [None] * len(tensors)
@@ -160,6 +163,8 @@ class EncoderModel:
         head = self.spec.classifier
         if head is None:
             raise ValueError(f"{self.path}: the model has no sequence-classification head")
+        if not len(texts):
+            return []
 
         def top(hidden, lens):
             first = hidden[torch.cumsum(lens, 0) - lens]

@@ -12,6 +12,7 @@ tensor once), turboseq's metadata and the tokenizer files. Plain torch runs it w
 
 from __future__ import annotations
 
+import base64
 import json
 import tempfile
 import warnings
@@ -81,7 +82,8 @@ def export_encoder(model, out: str | Path) -> Path:
     extra = {"turboseq.json": json.dumps(meta)}
     for name in _TOKENIZER_FILES:
         if (model.path / name).is_file():
-            extra[f"tokenizer__{name}"] = (model.path / name).read_bytes().decode("utf-8", errors="surrogateescape")
+            # base64: some tokenizer files are binary (sentencepiece models) and extra files must be text
+            extra[f"tokenizer__{name}"] = base64.b64encode((model.path / name).read_bytes()).decode("ascii")
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, out, extra_files=extra)
     return out
@@ -107,7 +109,7 @@ class ExportedEncoder:
 
             with tempfile.TemporaryDirectory() as tmp:
                 for name, text in self._tokenizer_files.items():
-                    Path(tmp, name).write_bytes(text.encode("utf-8", errors="surrogateescape"))
+                    Path(tmp, name).write_bytes(base64.b64decode(text))
                 self._tokenizer = AutoTokenizer.from_pretrained(tmp)
         return self._tokenizer
 

@@ -54,6 +54,7 @@ def start_server(model_dir: Path, batching: bool, extra: list[str] = ()) -> tupl
             pass
         time.sleep(0.3)
     proc.kill()
+    proc.wait()
     raise RuntimeError("server did not become healthy in 180 s")
 
 
@@ -83,10 +84,11 @@ async def _load(url: str, sentences: list[str], expected: dict, params: dict, cl
             except httpx.HTTPError:
                 errors += 1
                 continue
-            latencies.append(time.perf_counter() - t0)
             if r.status_code != 200:
                 errors += 1
-            elif r.json()[0] != expected[text]:
+                continue
+            latencies.append(time.perf_counter() - t0)
+            if r.json()[0] != expected[text]:
                 mismatches += 1
 
     start = time.perf_counter()
@@ -108,7 +110,10 @@ def run(model_dir: Path, clients: int, seconds: float, batching: bool, params: d
     try:
         expected = {}
         for text in dict.fromkeys(sentences):  # every answer alone, before any load
-            expected[text] = httpx.post(url + "/", json={"inputs": text, "parameters": params}, timeout=120).json()[0]
+            r = httpx.post(url + "/", json={"inputs": text, "parameters": params}, timeout=120)
+            if r.status_code != 200:
+                raise RuntimeError(f"single request failed ({r.status_code}): {r.text}")
+            expected[text] = r.json()[0]
         rss_start = _rss_mb(proc.pid)
         # a short warm-up load first: the allocator and oneDNN's kernel cache reach their working set in the
         # first seconds of concurrent load (then RSS stays flat); growth is measured over the run after it
@@ -121,7 +126,11 @@ def run(model_dir: Path, clients: int, seconds: float, batching: bool, params: d
             result["mismatches"] += warm["mismatches"]
     finally:
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(60)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
     result.update(batching=batching, clients=clients, rss_start_mb=rss_start, rss_before_mb=rss_before,
                   rss_after_mb=rss_after, rss_growth=(rss_after - rss_before) / rss_before,
                   rss_growth_from_start=(rss_after - rss_start) / rss_start, exit_code=code)

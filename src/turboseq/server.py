@@ -93,6 +93,8 @@ class Engine:
             unknown = set(params) - {"normalize", "truncation"}
             if unknown:
                 raise ValueError(f"unknown parameter(s) for an embedding model: {', '.join(sorted(unknown))}")
+            if not isinstance(params.get("normalize", False), bool):
+                raise ValueError("`normalize` must be a boolean")
             return
         owned = _SERVER_OWNED & set(params)
         if owned:
@@ -100,18 +102,20 @@ class Engine:
         gen = {k: v for k, v in params.items() if k not in ("truncation", "seed")}
         self.model.settings(**gen)  # raises ValueError naming the argument
 
-    def run(self, rows: list, params: dict, abandoned=None) -> list:
-        """One engine call for ``rows`` (token id lists) with ``params``; one result per row. ``abandoned()``
-        names rows whose requests were given up: they leave the batch at the next decoding step."""
+    def run(self, rows: list, params: dict, abandoned=None) -> tuple[list, int]:
+        """One engine call for ``rows`` (token id lists) with ``params``: (one result per row, tokens
+        generated). ``abandoned()`` names rows whose requests were given up: they leave the batch at the
+        next decoding step."""
         if self.is_encoder:
             normalize = params.get("normalize", self.model.spec.pooling.normalize)
-            return self.model.embed_ids(rows, normalize=normalize).tolist()
+            return self.model.embed_ids(rows, normalize=normalize).tolist(), 0
         gen = {k: v for k, v in params.items() if k != "truncation"}
         outputs = self.model.generate_rows(rows, max_batch_size=None, abandoned=abandoned, **gen)
         tok = self.model.tokenizer
         nrs = self.model.settings(**{k: v for k, v in gen.items() if k != "seed"}).num_return_sequences
         texts = [tok.batch_decode([s.tolist() for s in seqs], skip_special_tokens=True) for seqs in outputs]
-        return [t[0] if nrs == 1 else t for t in texts]
+        generated = sum(len(s) - 1 for seqs in outputs for s in seqs)  # minus the decoder start token
+        return [t[0] if nrs == 1 else t for t in texts], generated
 
 
 class Batcher:
@@ -128,6 +132,7 @@ class Batcher:
         self.busy = 0
 
     def submit(self, job: _Job) -> None:
+        self.queue = [j for j in self.queue if not j.cancelled]
         if len(self.queue) >= self.config.max_queue:
             self.metrics.rejected.labels("queue_full").inc()
             raise RequestError(429, f"queue full ({self.config.max_queue} requests waiting)", "overloaded",
@@ -139,6 +144,7 @@ class Batcher:
     def _take(self) -> list[_Job]:
         """The oldest live job plus every queued job it may share a batch with, within the limits."""
         self.queue = [j for j in self.queue if not j.cancelled]
+        self.metrics.queue_size.set(len(self.queue))
         if not self.queue:
             return []
         first = self.queue[0]
@@ -185,7 +191,9 @@ class Batcher:
 
             self.busy += 1
             try:
-                results = await loop.run_in_executor(self.executor, self.engine.run, rows, jobs[0].params, abandoned)
+                results, generated = await loop.run_in_executor(
+                    self.executor, self.engine.run, rows, jobs[0].params, abandoned
+                )
             except Exception as err:  # an engine failure fails the batch's requests, not the server
                 for job in jobs:
                     if not job.future.done():
@@ -193,12 +201,16 @@ class Batcher:
                 continue
             finally:
                 self.busy -= 1
+            self.metrics.generated_tokens.inc(generated)
             start = 0
             for job in jobs:
                 part = results[start : start + len(job.rows)]
                 start += len(job.rows)
                 if not job.future.done():
-                    job.future.set_result(part)
+                    if job.cancelled:  # cut short: not an answer
+                        job.future.set_exception(_Cancelled())
+                    else:
+                        job.future.set_result(part)
 
 
 def _decode_json(raw: bytes, limit: int):
@@ -236,7 +248,8 @@ def _fields(body, allowed: set[str], required: str) -> dict:
 def _parse_body(raw: bytes, limit: int) -> dict:
     """Hugging Face task format: {"inputs": str | [str], "parameters": {...}}."""
     body = _fields(_decode_json(raw, limit), {"inputs", "parameters"}, "inputs")
-    params = body.get("parameters") or {}
+    params = body.get("parameters")
+    params = {} if params is None else params
     if not isinstance(params, dict):
         raise RequestError(422, "`parameters` must be a JSON object", "validation_error")
     return {"inputs": _text_list(body["inputs"], "inputs"), "parameters": params}
@@ -277,6 +290,11 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
     @app.exception_handler(RequestError)
     async def _request_error(request, err: RequestError):
         return error(err)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request, err: Exception):
+        return JSONResponse({"error": f"internal error: {type(err).__name__}: {err}", "error_type": "internal"},
+                            status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, err):
@@ -327,8 +345,10 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
             raise RequestError(422, str(err), "validation_error") from None
         live = [i for i, t in enumerate(inputs) if t.strip()]
         tok = model.tokenizer
-        encoded = tok([inputs[i] for i in live], truncation=truncation, max_length=limit if truncation else None)
-        rows = encoded["input_ids"] if live else []
+        rows = []
+        if live:
+            encoded = tok([inputs[i] for i in live], truncation=truncation, max_length=limit if truncation else None)
+            rows = encoded["input_ids"]
         for i, ids in zip(live, rows):
             if len(ids) > limit:
                 metrics.rejected.labels("input_too_long").inc()
@@ -348,13 +368,13 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
                 job.cancelled = True
                 metrics.rejected.labels("timeout").inc()
                 raise RequestError(504, f"request took over {config.request_timeout_s} s", "timeout") from None
+            except _Cancelled:  # the client left; nobody reads this answer
+                raise RequestError(499, "client closed the request", "client_closed") from None
             finally:
                 watcher.cancel()
             metrics.request_duration.observe(time.perf_counter() - start)
             for i, out in zip(live, outputs):
                 results[i] = out
-            if not engine.is_encoder:
-                metrics.generated_tokens.inc(sum(len(tok(o)["input_ids"]) for o in outputs if isinstance(o, str)))
         if engine.is_encoder:
             return results  # a blank input gets an empty vector
         field_name = "translation_text" if engine.task == "translation" else "generated_text"
@@ -365,6 +385,8 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
             if await request.is_disconnected():
                 job.cancelled = True  # queued: it never reaches the engine; running: its rows leave the batch
                 metrics.rejected.labels("client_disconnected").inc()
+                if job in state["batcher"].queue and not job.future.done():
+                    job.future.set_exception(_Cancelled())  # still queued: release its handler now
                 return
             await asyncio.sleep(0.05)
 
@@ -404,7 +426,9 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
         if settings.is_beam or settings.num_return_sequences != 1:
             raise RequestError(422, "streaming supports num_beams=1 and num_return_sequences=1", "validation_error")
         text = body["inputs"][0]
-        truncation = bool(params.get("truncation", False))
+        truncation = params.get("truncation", False)
+        if not isinstance(truncation, bool):
+            raise RequestError(422, "`parameters.truncation` must be a boolean", "validation_error")
         ids = model.tokenizer(text, truncation=truncation, max_length=limit if truncation else None)["input_ids"]
         if len(ids) > limit:
             raise RequestError(422, f"input 0 has {len(ids)} tokens; the limit is {limit}", "input_too_long")
@@ -457,7 +481,11 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
                     metrics.rejected.labels("client_disconnected").inc()
                     return
             if future is not None:
-                await future
+                try:
+                    await future
+                except Exception as err:  # headers are sent: report the failure as the last event
+                    yield f"data: {json.dumps({'error': str(err), 'error_type': type(err).__name__})}\n\n"
+                    return
             metrics.generated_tokens.inc(len(out_ids))
             final = tok.decode(out_ids, skip_special_tokens=True)
             if final != sent:  # a trailing partial character resolved at the end
@@ -475,9 +503,12 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
         body = _fields(_decode_json(await request.body(), config.max_payload_bytes),
                        {"input", "model", "encoding_format", "user"}, "input")
         texts = _text_list(body["input"], "input")
+        if body.get("encoding_format", "float") != "float":
+            raise RequestError(422, "`encoding_format`: only \"float\" is supported", "validation_error")
         vectors = await infer(request, texts, {})
         data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
-        tokens = sum(len(ids) for ids in model.tokenizer(texts)["input_ids"])
+        live = [t for t in texts if t.strip()]
+        tokens = sum(len(ids) for ids in model.tokenizer(live)["input_ids"]) if live else 0
         return {"object": "list", "data": data, "model": engine.name,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
