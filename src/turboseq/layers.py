@@ -125,15 +125,16 @@ def relative_position_bias(bias: RelativePositionBias, query_start: int, query_l
     return F.embedding(_relative_buckets(keys - queries, bias), bias.table).permute(2, 0, 1)[None]
 
 
-def embed(emb: Embeddings, ids: Tensor, start: int = 0) -> Tensor:
-    """Token embeddings (scaled) plus positions ``start .. start + len - 1``; ids [batch, len]."""
+def embed(emb: Embeddings, ids: Tensor, start: int = 0, positions: Tensor | None = None) -> Tensor:
+    """Token embeddings (scaled) plus positions ``start .. start + len - 1`` for ids [batch, len], or plus
+    the given ``positions`` (one per id, any shape: packed sequences)."""
     x = F.embedding(ids, emb.tokens)
     if emb.scale != 1.0:
         x = x * emb.scale
     if emb.token_type is not None:
         x = x + emb.token_type
     if emb.positions is not None:
-        x = x + emb.positions[start : start + ids.shape[1]]
+        x = x + (emb.positions[positions] if positions is not None else emb.positions[start : start + ids.shape[1]])
     if emb.norm is not None:
         x = layer_norm(x, emb.norm)
     return x
@@ -230,16 +231,7 @@ def encode_packed(stack: Stack, tokens: Tensor, lengths: Tensor) -> Tensor:
         slots = rank[seq[token_idx]] * longest + pos[token_idx]
         key_mask = (torch.arange(longest, device=device)[None, :] < glen[:, None])[:, None, None, :]
         plans.append((token_idx, slots, group.numel(), longest, key_mask))
-    emb = stack.embed
-    x = F.embedding(tokens, emb.tokens)
-    if emb.scale != 1.0:
-        x = x * emb.scale
-    if emb.token_type is not None:
-        x = x + emb.token_type
-    if emb.positions is not None:
-        x = x + emb.positions[pos]
-    if emb.norm is not None:
-        x = layer_norm(x, emb.norm)
+    x = embed(stack.embed, tokens, positions=pos)
     for layer in stack.layers:
 
         def self_attention(h, attn: SelfAttention = layer.self_attn):
