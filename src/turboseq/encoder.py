@@ -92,16 +92,17 @@ class EncoderModel:
         return rows
 
     @torch.inference_mode()
-    def _run(self, texts, batch_size, max_batch_tokens, truncation, progress, desc, fn) -> list[Tensor]:
-        rows = self._encode_texts(texts, truncation)
+    def _run(self, rows: list[Tensor], batch_size, max_batch_tokens, fn, progress_desc: str | None = None) -> list:
+        """Sort ``rows`` (token id tensors) by length into packed batches, apply ``fn(hidden, lengths)`` to each
+        batch's packed states, and return its per-row results in input order."""
         lengths = [len(r) for r in rows]
         order = sorted(range(len(rows)), key=lambda i: -lengths[i])
         results: list = [None] * len(rows)
         bar = None
-        if progress:
+        if progress_desc is not None:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(rows), unit="text", desc=desc)
+            bar = tqdm(total=len(rows), unit="text", desc=progress_desc)
         for chunk in make_batches(order, lengths, batch_size, max_batch_tokens):
             tokens = torch.cat([rows[i] for i in chunk]).to(self.device)
             lens = torch.tensor([lengths[i] for i in chunk], device=self.device)
@@ -114,7 +115,6 @@ class EncoderModel:
             bar.close()
         return results
 
-    @torch.inference_mode()
     def embed_ids(self, rows: Sequence[Sequence[int]], *, batch_size: int = 32, normalize: bool | None = None) -> Tensor:
         """``embed`` for token id lists (special tokens included), e.g. from your own tokenizer call."""
         norm = self.spec.pooling.normalize if normalize is None else normalize
@@ -124,15 +124,8 @@ class EncoderModel:
         for i, t in enumerate(tensors):
             if not 1 <= len(t) <= self.spec.max_positions:
                 raise ValueError(f"row {i} has {len(t)} tokens; rows need 1 to {self.spec.max_positions}")
-        lengths = [len(t) for t in tensors]
-        order = sorted(range(len(tensors)), key=lambda i: -lengths[i])
-        out: list = [None] * len(tensors)
-        for chunk in make_batches(order, lengths, batch_size, None):
-            tokens = torch.cat([tensors[i] for i in chunk]).to(self.device)
-            lens = torch.tensor([lengths[i] for i in chunk], device=self.device)
-            for i, v in zip(chunk, self._pool(encode_packed(self.spec.encoder, tokens, lens).float(), lens, norm)):
-                out[i] = v
-        return torch.stack(out).cpu()
+        vectors = self._run(tensors, batch_size, None, lambda hidden, lens: self._pool(hidden.float(), lens, norm))
+        return torch.stack(vectors).cpu()
 
     def embed(
         self,
@@ -151,8 +144,8 @@ class EncoderModel:
         if not len(texts):
             return torch.zeros((0, self.spec.d_model))
         vectors = self._run(
-            texts, batch_size, max_batch_tokens, truncation, progress, "embed",
-            lambda hidden, lens: self._pool(hidden.float(), lens, norm),
+            self._encode_texts(texts, truncation), batch_size, max_batch_tokens,
+            lambda hidden, lens: self._pool(hidden.float(), lens, norm), "embed" if progress else None,
         )
         return torch.stack(vectors).cpu()
 
@@ -171,4 +164,4 @@ class EncoderModel:
             probs = linear(torch.tanh(linear(first, head.dense)), head.out).float().softmax(-1)
             return [{"label": head.labels[int(i)], "score": float(p[i])} for p, i in zip(probs, probs.argmax(-1))]
 
-        return self._run(texts, batch_size, None, truncation, progress, "classify", top)
+        return self._run(self._encode_texts(texts, truncation), batch_size, None, top, "classify" if progress else None)

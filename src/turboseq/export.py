@@ -59,10 +59,9 @@ def export_encoder(model, out: str | Path) -> Path:
 
     spec: EncoderSpec = model.spec
     out = Path(out)
-    packed = {id(lin): lin.packed for lin in linears(spec)}
-    lins = list(linears(spec))
+    saved = [(lin, lin.packed) for lin in linears(spec)]
     try:
-        for lin in lins:  # oneDNN's opaque packed weights cannot be exported: use the dense ones
+        for lin, _ in saved:  # oneDNN's opaque packed weights cannot be exported: use the dense ones
             lin.packed = None
         example = (torch.tensor([[1, 2, 3], [4, 5, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]]))
         batch, seq = torch.export.Dim("batch", max=65536), torch.export.Dim("seq", max=spec.max_positions)
@@ -72,8 +71,8 @@ def export_encoder(model, out: str | Path) -> Path:
                 _EmbeddingProgram(spec), example, dynamic_shapes={"input_ids": dims, "attention_mask": dims}
             )
     finally:
-        for lin in lins:
-            lin.packed = packed[id(lin)]
+        for lin, packed in saved:
+            lin.packed = packed
     meta = dict(
         format=FORMAT, format_version=FORMAT_VERSION, turboseq_version=__version__, torch_version=torch.__version__,
         model_type=model.config.get("model_type"), d_model=spec.d_model, max_positions=spec.max_positions,

@@ -129,7 +129,6 @@ class Batcher:
         self.queue: list[_Job] = []
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task | None = None
-        self.busy = 0
 
     def submit(self, job: _Job) -> None:
         self.queue = [j for j in self.queue if not j.cancelled]
@@ -189,7 +188,6 @@ class Batcher:
                 # rows of requests whose client left or whose time ran out, read from the engine thread
                 return {i for i, job in enumerate(owners) if job.cancelled}
 
-            self.busy += 1
             try:
                 results, generated = await loop.run_in_executor(
                     self.executor, self.engine.run, rows, jobs[0].params, abandoned
@@ -199,8 +197,6 @@ class Batcher:
                     if not job.future.done():
                         job.future.set_exception(err)
                 continue
-            finally:
-                self.busy -= 1
             self.metrics.generated_tokens.inc(generated)
             start = 0
             for job in jobs:
@@ -327,14 +323,11 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def infer(request: Request, inputs: list[str], params: dict):
+    def admit(params: dict) -> bool:
+        """Checks shared by every inference route: ready, valid parameters. Returns ``truncation``."""
         if state["draining"] or not state["ready"]:
             metrics.rejected.labels("not_ready").inc()
             raise RequestError(503, "server is draining" if state["draining"] else "server is warming up", "unavailable")
-        if len(inputs) > config.max_batch_size:
-            metrics.rejected.labels("too_many_inputs").inc()
-            raise RequestError(413, f"{len(inputs)} inputs in one request; the limit is {config.max_batch_size}",
-                               "too_many_inputs")
         truncation = params.get("truncation", False)
         if not isinstance(truncation, bool):
             raise RequestError(422, "`parameters.truncation` must be a boolean", "validation_error")
@@ -343,17 +336,29 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
         except (ValueError, TypeError) as err:
             metrics.rejected.labels("invalid_parameters").inc()
             raise RequestError(422, str(err), "validation_error") from None
+        return truncation
+
+    def encode(inputs: list[str], truncation: bool) -> tuple[list[int], list]:
+        """(indices of the non-blank inputs, their token ids), each within the input token limit."""
         live = [i for i, t in enumerate(inputs) if t.strip()]
-        tok = model.tokenizer
         rows = []
         if live:
-            encoded = tok([inputs[i] for i in live], truncation=truncation, max_length=limit if truncation else None)
-            rows = encoded["input_ids"]
+            texts = [inputs[i] for i in live]
+            rows = model.tokenizer(texts, truncation=truncation, max_length=limit if truncation else None)["input_ids"]
         for i, ids in zip(live, rows):
             if len(ids) > limit:
                 metrics.rejected.labels("input_too_long").inc()
                 raise RequestError(422, f"input {i} has {len(ids)} tokens; the limit is {limit} "
                                    "(set parameters.truncation to cut it)", "input_too_long")
+        return live, rows
+
+    async def infer(request: Request, inputs: list[str], params: dict):
+        truncation = admit(params)
+        if len(inputs) > config.max_batch_size:
+            metrics.rejected.labels("too_many_inputs").inc()
+            raise RequestError(413, f"{len(inputs)} inputs in one request; the limit is {config.max_batch_size}",
+                               "too_many_inputs")
+        live, rows = encode(inputs, truncation)
         empty = [] if engine.is_encoder else ""
         results: list = [empty] * len(inputs)
         if rows:
@@ -416,23 +421,12 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
         if len(body["inputs"]) != 1:
             raise RequestError(422, "`inputs` must be one string for streaming", "validation_error")
         params = body["parameters"]
-        if state["draining"] or not state["ready"]:
-            raise RequestError(503, "server is not accepting requests", "unavailable")
-        try:
-            engine.validate(params)
-            settings = model.settings(**{k: v for k, v in params.items() if k not in ("truncation", "seed")})
-        except (ValueError, TypeError) as err:
-            raise RequestError(422, str(err), "validation_error") from None
+        truncation = admit(params)
+        settings = model.settings(**{k: v for k, v in params.items() if k not in ("truncation", "seed")})
         if settings.is_beam or settings.num_return_sequences != 1:
             raise RequestError(422, "streaming supports num_beams=1 and num_return_sequences=1", "validation_error")
-        text = body["inputs"][0]
-        truncation = params.get("truncation", False)
-        if not isinstance(truncation, bool):
-            raise RequestError(422, "`parameters.truncation` must be a boolean", "validation_error")
-        ids = model.tokenizer(text, truncation=truncation, max_length=limit if truncation else None)["input_ids"]
-        if len(ids) > limit:
-            raise RequestError(422, f"input 0 has {len(ids)} tokens; the limit is {limit}", "input_too_long")
-        return StreamingResponse(_stream(request, ids if text.strip() else None, params, settings),
+        _, rows = encode(body["inputs"], truncation)
+        return StreamingResponse(_stream(request, rows[0] if rows else None, params, settings),
                                  media_type="text/event-stream")
 
     async def _stream(request: Request, ids, params: dict, settings):

@@ -30,7 +30,7 @@ MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 KIND = "encoder"
 
 
-def _prefixed(ckpt: Checkpoint, model_type: str) -> str:
+def _prefixed(ckpt: Checkpoint) -> str:
     """'' for a bare encoder checkpoint, else the prefix a task model stores the encoder under."""
     for prefix in ("", "bert.", "roberta.", "model."):
         if ckpt.optional(prefix + "embeddings.word_embeddings.weight") is not None:
@@ -67,7 +67,7 @@ def build(config: dict, ckpt: Checkpoint, model_dir: Path | None = None) -> Enco
     model_type = config["model_type"]
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise ModelLoadError(f"unsupported position_embedding_type {config['position_embedding_type']!r}")
-    p = _prefixed(ckpt, model_type)
+    p = _prefixed(ckpt)
     heads = config["num_attention_heads"]
     eps = config.get("layer_norm_eps", 1e-12)
     act = config.get("hidden_act", "gelu")
