@@ -15,7 +15,8 @@ __all__ = ["load", "Seq2SeqModel", "EncoderModel", "ModelLoadError", "__version_
 
 
 def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Seq2SeqModel | EncoderModel:
-    """Load a local Hugging Face model directory (config.json + weights [+ tokenizer files]).
+    """Load a local Hugging Face model directory (config.json + weights [+ tokenizer files]), a CTranslate2
+    Whisper directory (model.bin, as faster-whisper uses), or a ``turboseq export`` file.
 
     ``dtype``: "float32" (token-identical to transformers) or "bfloat16" (faster, not identical).
     """
@@ -42,7 +43,7 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Seq2S
         from turboseq.export import load_exported
 
         return load_exported(path)
-    _family, config, generation_config, spec = read_model_dir(path)
+    family, config, generation_config, spec = read_model_dir(path)
     stacks = [spec.encoder] + ([spec.decoder] if isinstance(spec, Seq2SeqSpec) else [])
     for layer in [layer for stack in stacks for layer in stack.layers]:
         if layer.ffn.activation not in ACTIVATIONS:
@@ -62,4 +63,9 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Seq2S
     if isinstance(spec, EncoderSpec):
         return EncoderModel(spec, config, Path(path), device, dtype)
     defaults = generation_defaults(generation_config, config)
+    if getattr(family, "KIND", "seq2seq") == "speech":
+        from turboseq.speech import SpeechModel
+
+        whisper = family.whisper_settings(Path(path), config, generation_config)
+        return SpeechModel(spec, config, defaults, Path(path), device, dtype, whisper)
     return Seq2SeqModel(spec, config, defaults, Path(path), device, dtype)

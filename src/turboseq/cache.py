@@ -16,7 +16,7 @@ class DecoderState:
     def __init__(
         self,
         cross_kv: list[tuple[Tensor, Tensor]],
-        cross_mask: Tensor,
+        cross_mask: Tensor | None,
         group: int,
         num_heads: int,
         head_dim: int,
@@ -24,9 +24,9 @@ class DecoderState:
         initial_capacity: int = 64,
     ):
         self.cross_kv = cross_kv  # per layer: k, v [sentences, heads, src_len, head_dim]
-        self.cross_mask = cross_mask  # [sentences, 1, 1, src_len] bool, True = attend
+        self.cross_mask = cross_mask  # [sentences, 1, 1, src_len] bool, True = attend; None: every key
         self.group = group  # decoder rows per sentence (beams), consecutive
-        self.rows = cross_mask.shape[0] * group
+        self.rows = cross_kv[0][0].shape[0] * group
         self.length = 0  # positions already written
         self.max_length = max_length
         ref = cross_kv[0][0]
@@ -73,4 +73,5 @@ class DecoderState:
         self.rows = rows.numel()
         if sentences is not None:
             self.cross_kv = [(k.index_select(0, sentences), v.index_select(0, sentences)) for k, v in self.cross_kv]
-            self.cross_mask = self.cross_mask.index_select(0, sentences)
+            if self.cross_mask is not None:
+                self.cross_mask = self.cross_mask.index_select(0, sentences)

@@ -8,7 +8,7 @@ model's position limit instead of cutting at 20 tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # transformers' defaults for fields neither the model nor the call sets
 _DEFAULTS = {
@@ -74,6 +74,10 @@ class GenerationSettings:
     pad_token_id: int
     decoder_start_token_id: int
     prompt_length: int = 1
+    decoder_prompt: list[int] | None = None  # the whole decoder prompt where it is more than the start token
+    # a family's own logits rules (Whisper's token suppression and timestamp rules): applied after the generic
+    # processors and before the sampling warpers, where transformers merges custom processors
+    rules: list = field(default_factory=list)
 
     @property
     def is_beam(self) -> bool:

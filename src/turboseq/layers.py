@@ -14,6 +14,7 @@ from torch import Tensor
 
 from turboseq.cache import DecoderState
 from turboseq.spec import (
+    AudioFrontEnd,
     Embeddings,
     FeedForward,
     LayerNorm,
@@ -140,6 +141,15 @@ def embed(emb: Embeddings, ids: Tensor, start: int = 0, positions: Tensor | None
     return x
 
 
+def embed_audio(front: AudioFrontEnd, features: Tensor) -> Tensor:
+    """Log-mel features [batch, mels, frames] -> [batch, positions, d_model]."""
+    x = features
+    for conv in front.convs:
+        x = F.gelu(F.conv1d(x, conv.weight, conv.bias, stride=conv.stride, padding=conv.padding))
+    x = x.transpose(1, 2)
+    return x + front.positions[: x.shape[1]]
+
+
 def _sublayer(x: Tensor, norm: LayerNorm, pre_norm: bool, fn) -> Tensor:
     if pre_norm:
         return x + fn(layer_norm(x, norm))
@@ -165,14 +175,18 @@ def _split_qkv(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
     return qkv[0], qkv[1], qkv[2]
 
 
-def encode(stack: Stack, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """Run an encoder stack on a padded batch; returns hidden states [batch, src_len, d_model]."""
-    x = embed(stack.embed, input_ids)
+def encode(stack: Stack, inputs: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """Run an encoder stack on a padded batch of token ids [batch, src_len] (or, for an audio front end,
+    log-mel features [batch, mels, frames] with no mask); returns hidden states [batch, src_len, d_model]."""
+    if isinstance(stack.embed, AudioFrontEnd):
+        x = embed_audio(stack.embed, inputs)
+    else:
+        x = embed(stack.embed, inputs)
     # [batch, 1, 1, src_len]: True where a key may be attended
-    mask = attention_mask.bool()[:, None, None, :]
+    mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
     if stack.relative_bias is not None:
         # computed once per batch, shared by every layer: [batch, heads, src_len, src_len]
-        src_len = input_ids.shape[1]
+        src_len = inputs.shape[1]
         bias = relative_position_bias(stack.relative_bias, 0, src_len, src_len).to(x.dtype)
         mask = bias.masked_fill(~mask, -math.inf)
     for layer in stack.layers:

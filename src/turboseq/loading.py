@@ -78,6 +78,8 @@ def read_model_dir(path: str | Path):
     if not model_dir.is_dir():
         raise ModelLoadError(f"{model_dir}: not a directory (expected a Hugging Face model directory)")
     config = read_json(model_dir / "config.json")
+    if "model_type" not in config and (model_dir / "model.bin").is_file():
+        return read_ct2_dir(model_dir, config)
     model_type = config.get("model_type")
     family = FAMILIES.get(model_type)
     if family is None:
@@ -95,3 +97,22 @@ def read_model_dir(path: str | Path):
     except KeyError as err:
         raise ModelLoadError(f"{model_dir / 'config.json'}: missing key {err}") from None
     return family, config, generation_config, spec
+
+
+def read_ct2_dir(model_dir: Path, ct2_config: dict):
+    """A CTranslate2 model directory (model.bin + config.json + tokenizer files), as ``read_model_dir``."""
+    from turboseq.ct2 import read_model_bin
+    from turboseq.families import whisper
+
+    name, _revision, variables = read_model_bin(model_dir / "model.bin")
+    if name != "WhisperSpec":
+        raise ModelLoadError(
+            f"{model_dir / 'model.bin'}: CTranslate2 model {name!r} is not supported; of CTranslate2 directories, "
+            "turboseq reads Whisper (WhisperSpec). Load other models from their Hugging Face directory"
+        )
+    config, generation_config = whisper.ct2_configs(model_dir, variables, ct2_config)
+    try:
+        spec = whisper.build(config, Checkpoint(whisper.ct2_to_hf(variables), str(model_dir / "model.bin")))
+    except KeyError as err:
+        raise ModelLoadError(f"{model_dir / 'model.bin'}: missing variable {err}") from None
+    return whisper, config, generation_config, spec

@@ -107,16 +107,8 @@ class Seq2SeqModel:
             order = sorted(range(n), key=lambda i: -len(rows[i]) if isinstance(rows, list) else 0)
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         results: list = [None] * n
-        for chunk in make_batches(order, [len(r) for r in rows], max_batch_size, max_batch_tokens):
-            if isinstance(rows, list):
-                width = max(len(rows[i]) for i in chunk)
-                ids = torch.full((len(chunk), width), self.spec.pad_token_id, dtype=torch.long)
-                chunk_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for j, i in enumerate(chunk):
-                    ids[j, : len(rows[i])] = rows[i]
-                    chunk_mask[j, : len(rows[i])] = 1
-            else:
-                ids, chunk_mask = rows[chunk], mask[chunk]
+        for chunk in make_batches(order, [self._row_length(r) for r in rows], max_batch_size, max_batch_tokens):
+            inputs, chunk_mask = self._collate(rows, mask, chunk)
             gone = None
             if abandoned is not None:  # input indices -> this chunk's rows
 
@@ -124,26 +116,51 @@ class Seq2SeqModel:
                     lost = abandoned()
                     return torch.tensor([i in lost for i in chunk]) if lost else None
 
-            for i, out in zip(chunk, self._decode_batch(ids, chunk_mask, s, generator, on_tokens, gone)):
+            for i, out in zip(chunk, self._decode_batch(inputs, chunk_mask, s, generator, on_tokens, gone)):
                 results[i] = out
             if progress is not None:
                 progress.update(len(chunk))
         return results
 
+    # --- the pieces a subclass with other inputs replaces (``SpeechModel``) --------------------------------
+
+    def _row_length(self, row) -> int:
+        """Encoder positions of one input, for batching by token budget."""
+        return len(row)
+
+    def _collate(self, rows, mask, chunk: list[int]) -> tuple[Tensor, Tensor | None]:
+        """The encoder inputs and mask of the inputs ``chunk``: unpadded rows are right-padded to the longest."""
+        if not isinstance(rows, list):
+            return rows[chunk], mask[chunk]
+        width = max(len(rows[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), self.spec.pad_token_id, dtype=torch.long)
+        chunk_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for j, i in enumerate(chunk):
+            ids[j, : len(rows[i])] = rows[i]
+            chunk_mask[j, : len(rows[i])] = 1
+        return ids, chunk_mask
+
+    def _encode(self, inputs: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Encoder hidden states [batch, src_len, d_model] and the cross-attention key mask (None: all keys)."""
+        inputs, mask = inputs.to(self.device), mask.to(self.device)
+        return encode(self.spec.encoder, inputs, mask), mask.bool()[:, None, None, :]
+
+    def _prompt(self, batch: int, s: GenerationSettings) -> Tensor:
+        """The decoder prompt [batch, prompt_len]: the start token."""
+        start = s.decoder_start_token_id if s.decoder_start_token_id is not None else self.spec.decoder_start_token_id
+        return torch.full((batch, 1), start, dtype=torch.long, device=self.device)
+
     def _decode_batch(
-        self, ids: Tensor, mask: Tensor, s: GenerationSettings, generator, on_tokens=None, abandoned=None
+        self, inputs: Tensor, mask: Tensor | None, s: GenerationSettings, generator, on_tokens=None, abandoned=None
     ) -> list[list[Tensor]]:
         spec = self.spec
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        hidden = encode(spec.encoder, ids, mask)
+        hidden, cross_mask = self._encode(inputs, mask)
         cross_kv = build_cross_kv(spec, hidden)
-        cross_mask = mask.bool()[:, None, None, :]
-        batch = ids.shape[0]
+        batch = hidden.shape[0]
         attn = spec.decoder.layers[0].self_attn
         head_dim = attn.qkv.weight.shape[0] // (3 * attn.num_heads)
         procs = search.build_processors(s, spec.vocab_size)
-        start = s.decoder_start_token_id if s.decoder_start_token_id is not None else spec.decoder_start_token_id
-        prompt = torch.full((batch, 1), start, dtype=torch.long, device=self.device)
+        prompt = self._prompt(batch, s)
         if s.is_beam:
             group = s.num_beams
         else:
@@ -152,7 +169,7 @@ class Seq2SeqModel:
             if copies > 1:  # sampled sequences: one decoder row (and one cross K/V entry) each
                 expand = torch.arange(batch, device=self.device).repeat_interleave(copies)
                 cross_kv = [(k.index_select(0, expand), v.index_select(0, expand)) for k, v in cross_kv]
-                cross_mask = cross_mask.index_select(0, expand)
+                cross_mask = None if cross_mask is None else cross_mask.index_select(0, expand)
                 prompt = prompt.index_select(0, expand)
         state = DecoderState(cross_kv, cross_mask, group, attn.num_heads, head_dim, s.max_length)
 

@@ -97,6 +97,61 @@ class ForcedToken:
         return scores
 
 
+class SuppressTokens:
+    """Bans ``tokens`` at every step, or only at the first generated position when ``at_length`` is set
+    (Whisper's suppress_tokens and begin_suppress_tokens)."""
+
+    def __init__(self, tokens: list[int], at_length: int | None = None):
+        self.tokens, self.at_length = sorted(set(tokens)), at_length
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self.at_length is None or input_ids.shape[1] == self.at_length:
+            scores[:, [t for t in self.tokens if t < scores.shape[1]]] = NEG_INF
+        return scores
+
+
+class TimestampRules:
+    """Whisper's timestamp grammar (transformers' WhisperTimeStampLogitsProcessor, after openai/whisper).
+
+    Timestamps come in pairs (segment end, next segment start) except right before EOS, never decrease, the
+    first generated token is a timestamp no later than ``max_initial`` steps, and where the timestamps together
+    are more likely than the best text token, a timestamp is forced.
+    """
+
+    def __init__(self, no_timestamps: int, eos: int, begin_index: int, max_initial: int | None):
+        self.no_timestamps, self.first = no_timestamps, no_timestamps + 1
+        self.eos, self.begin_index, self.max_initial = eos, begin_index, max_initial
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        scores[:, self.no_timestamps] = NEG_INF
+        lowest_allowed = []
+        for k, seq in enumerate(input_ids[:, self.begin_index :].tolist()):
+            last_was_ts = len(seq) >= 1 and seq[-1] >= self.first
+            penultimate_was_ts = len(seq) < 2 or seq[-2] >= self.first
+            if last_was_ts:
+                if penultimate_was_ts:  # a pair just closed: text next
+                    scores[k, self.first :] = NEG_INF
+                else:  # a segment just ended: its closing timestamp or EOS, no text
+                    scores[k, : self.eos] = NEG_INF
+            lowest = self.first
+            stamps = [t for t in seq if t >= self.first]
+            if stamps:
+                lowest = stamps[-1] if last_was_ts and not penultimate_was_ts else stamps[-1] + 1
+            lowest_allowed.append(lowest)
+        vocab_ids = torch.arange(scores.shape[1], device=scores.device)
+        lowest_t = torch.tensor(lowest_allowed, device=scores.device)[:, None]
+        scores.masked_fill_((vocab_ids >= self.first) & (vocab_ids < lowest_t), NEG_INF)
+        if input_ids.shape[1] == self.begin_index:
+            scores[:, : self.first] = NEG_INF
+            if self.max_initial is not None:
+                scores[:, self.first + self.max_initial + 1 :] = NEG_INF
+        logprobs = F.log_softmax(scores.float(), dim=-1)
+        timestamp_logprob = logprobs[:, self.first :].logsumexp(dim=-1)
+        best_text = logprobs[:, : self.first].max(dim=-1).values
+        scores[:, : self.first].masked_fill_((timestamp_logprob > best_text)[:, None], NEG_INF)
+        return scores
+
+
 class Temperature:
     def __init__(self, temperature: float):
         self.temperature = temperature
@@ -150,6 +205,7 @@ def build_processors(s: GenerationSettings, vocab_size: int) -> list[Callable[[T
         procs.append(ForcedToken(s.forced_bos_token_id, at_length=1))
     if s.forced_eos_token_id is not None:
         procs.append(ForcedToken(s.forced_eos_token_id, at_length=s.max_length - 1))
+    procs.extend(s.rules)
     if s.do_sample:
         keep = (len(s.eos_token_ids) + 1) if s.is_beam else 1
         if s.temperature != 1.0:
@@ -172,7 +228,7 @@ def apply(procs, input_ids: Tensor, scores: Tensor) -> Tensor:
 def only_bans(procs) -> bool:
     """True when every processor only bans or forces tokens (or shifts a whole row): greedy's argmax can
     then be screened with bounded approximate logits (``LMHead.greedy``)."""
-    return all(isinstance(p, (NoRepeatNGram, BadWords, MinLength, ForcedToken, LogSoftmax)) for p in procs)
+    return all(isinstance(p, (NoRepeatNGram, BadWords, MinLength, ForcedToken, LogSoftmax, SuppressTokens)) for p in procs)
 
 
 # --- the decoder the loops drive --------------------------------------------------------------------------

@@ -82,6 +82,23 @@ class Embeddings:
 
 
 @dataclass
+class Conv1d:
+    weight: Tensor  # [out_channels, in_channels, kernel]
+    bias: Tensor | None
+    stride: int = 1
+    padding: int = 0
+
+
+@dataclass
+class AudioFrontEnd:
+    """Whisper's encoder input: log-mel frames [batch, mels, frames] through GELU convolutions, then fixed
+    positions added (the encoder's counterpart of ``Embeddings``)."""
+
+    convs: list  # list[Conv1d]
+    positions: Tensor  # [encoder positions, d_model]
+
+
+@dataclass
 class RelativePositionBias:
     """T5's learned attention bias per (bucketed) query-key distance, shared by all layers of a stack."""
 
@@ -96,7 +113,7 @@ class RelativePositionBias:
 
 @dataclass
 class Stack:
-    embed: Embeddings
+    embed: Embeddings | AudioFrontEnd
     layers: list  # list[EncoderLayer] or list[DecoderLayer]
     pre_norm: bool  # pre-norm (x + f(norm(x))) or post-norm (norm(x + f(x)))
     final_norm: LayerNorm | None = None

@@ -1,0 +1,355 @@
+"""Whisper speech-to-text: ``generate`` on log-mel features in transformers' format, and ``transcribe`` on
+audio files or arrays (text, timestamped segments, long audio in 30 s windows).
+
+The runtime is the encoder-decoder engine of ``turboseq.model``; what differs is the encoder input (log-mel
+features through the convolutional front end, no padding mask), the decoder prompt (start-of-transcript,
+language, task, no-timestamps) and Whisper's logits rules (``search.SuppressTokens``, ``search.TimestampRules``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from turboseq import audio as audio_io
+from turboseq.generation import GenerationSettings
+from turboseq.layers import encode
+from turboseq.model import Seq2SeqModel, pad_rows
+from turboseq.search import SuppressTokens, TimestampRules
+
+SECONDS_PER_TIMESTAMP = 0.02  # a timestamp token counts 20 ms (one encoder position)
+# Whisper-only generate arguments (transformers' names); everything else goes to the generic settings
+_WHISPER_ARGS = ("language", "task", "return_timestamps", "suppress_tokens", "begin_suppress_tokens", "prompt_ids")
+
+
+@dataclass
+class Segment:
+    start: float  # seconds from the start of the audio
+    end: float
+    text: str
+    tokens: list[int] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class Transcription:
+    text: str
+    segments: list[Segment]
+    duration: float  # seconds of audio
+    language: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "text": self.text,
+            "language": self.language,
+            "duration": round(self.duration, 3),
+            "segments": [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text} for s in self.segments],
+        }
+
+
+class SpeechModel(Seq2SeqModel):
+    """A Whisper model on turboseq's runtime. Build it with ``turboseq.load`` (Hugging Face or CTranslate2
+    Whisper directory)."""
+
+    def __init__(self, spec, config, generation_defaults, path, device, dtype, whisper_config: dict):
+        super().__init__(spec, config, generation_defaults, path, device, dtype)
+        self.whisper = whisper_config  # generation_config.json's Whisper keys (token ids, language table)
+        self.n_mels = spec.encoder.embed.convs[0].weight.shape[1]
+        self.no_timestamps_id = whisper_config.get("no_timestamps_token_id")
+        self.timestamp_begin = None if self.no_timestamps_id is None else self.no_timestamps_id + 1
+        self.frames = 2 * spec.encoder.embed.positions.shape[0]  # mel frames the encoder expects (3000)
+
+    def __repr__(self) -> str:
+        return f"turboseq.SpeechModel(whisper, {str(self.path)!r}, dtype={self.dtype})"
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            from turboseq.families.common import ModelLoadError
+
+            file = self.path / "tokenizer.json"
+            if not file.is_file():
+                raise ModelLoadError(f"{self.path}: no tokenizer.json; token-level generate() works without one")
+            self._tokenizer = Tokenizer.from_file(str(file))
+        return self._tokenizer
+
+    # --- settings: prompt and rules ---------------------------------------------------------------------------
+
+    def settings(self, **kwargs) -> GenerationSettings:
+        from turboseq.generation import resolve
+
+        whisper_args = {k: kwargs.pop(k) for k in _WHISPER_ARGS if k in kwargs}
+        timestamps = bool(whisper_args.get("return_timestamps") or self.whisper.get("return_timestamps") or False)
+        if timestamps and self.no_timestamps_id is None:
+            raise ValueError("this model's generation config has no `no_timestamps_token_id`; timestamps unavailable")
+        prompt = self._decoder_prompt(whisper_args.get("language"), whisper_args.get("task"), timestamps)
+        previous = whisper_args.get("prompt_ids")
+        if previous is not None:  # text to condition on: <|startofprev|> text, before the prompt
+            previous = [int(t) for t in previous]
+            if not previous or previous[0] != self.whisper.get("prev_sot_token_id"):
+                previous = [self.whisper["prev_sot_token_id"]] + previous
+            prompt = previous + prompt
+        s = resolve(self.generation_defaults, kwargs, max_positions=self.spec.max_positions, prompt_length=len(prompt))
+        s.decoder_prompt = prompt
+        begin = len(prompt)
+        rules: list = []
+        # transformers' order: begin-suppress, suppress, timestamps
+        begin_suppress = whisper_args.get("begin_suppress_tokens", self.whisper.get("begin_suppress_tokens"))
+        if begin_suppress:
+            rules.append(SuppressTokens(list(begin_suppress), at_length=begin))
+        suppress = whisper_args.get("suppress_tokens", self.whisper.get("suppress_tokens"))
+        if suppress:
+            rules.append(SuppressTokens(list(suppress)))
+        if timestamps:
+            rules.append(
+                TimestampRules(self.no_timestamps_id, s.eos_token_ids[0], begin, self.whisper.get("max_initial_timestamp_index"))
+            )
+        s.rules = rules
+        return s
+
+    def _decoder_prompt(self, language: str | None, task: str | None, timestamps: bool) -> list[int]:
+        prompt = [self.generation_defaults.get("decoder_start_token_id", self.spec.decoder_start_token_id)]
+        if self.whisper.get("is_multilingual"):
+            lang_to_id = self.whisper.get("lang_to_id") or {}
+            code = language or "en"
+            token = code if code.startswith("<|") else f"<|{code}|>"
+            if token not in lang_to_id:
+                known = ", ".join(sorted(t.strip("<|>") for t in lang_to_id))
+                raise ValueError(f"unknown `language` {language!r}; this model knows: {known}")
+            prompt.append(lang_to_id[token])
+            task_to_id = self.whisper.get("task_to_id") or {}
+            task = task or "transcribe"
+            if task not in task_to_id:
+                raise ValueError(f"`task` must be one of {', '.join(task_to_id)}, got {task!r}")
+            prompt.append(task_to_id[task])
+        elif language not in (None, "en", "english") or task not in (None, "transcribe"):
+            raise ValueError("this is an English-only Whisper model: `language` must be 'en' and `task` 'transcribe'")
+        if not timestamps and self.no_timestamps_id is not None:
+            prompt.append(self.no_timestamps_id)
+        return prompt
+
+    # --- engine hooks (see Seq2SeqModel) -------------------------------------------------------------------------
+
+    def _row_length(self, row) -> int:
+        return self.spec.encoder.embed.positions.shape[0]
+
+    def _collate(self, rows, mask, chunk: list[int]) -> tuple[Tensor, None]:
+        return torch.stack([rows[i] for i in chunk]), None
+
+    def _encode(self, inputs: Tensor, mask) -> tuple[Tensor, None]:
+        # Whisper attends to every encoder position (the 30 s window is always full length)
+        return encode(self.spec.encoder, inputs.to(device=self.device, dtype=self.spec.lm_head.weight.dtype), None), None
+
+    def _prompt(self, batch: int, s: GenerationSettings) -> Tensor:
+        return torch.tensor(s.decoder_prompt, dtype=torch.long, device=self.device).expand(batch, -1).contiguous()
+
+    # --- token-level API -----------------------------------------------------------------------------------------
+
+    def _check_features(self, input_features) -> Tensor:
+        feats = torch.as_tensor(input_features)
+        if feats.dim() != 3 or feats.shape[1] != self.n_mels:
+            raise ValueError(
+                f"`input_features` must be [batch, {self.n_mels}, {self.frames}] log-mel features, got {tuple(feats.shape)}"
+            )
+        if feats.shape[2] != self.frames:
+            raise ValueError(
+                f"`input_features` must have {self.frames} frames (30 s, zero-padded), got {feats.shape[2]}; "
+                "use transcribe() for longer audio"
+            )
+        return feats.float()
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_features: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        max_batch_size: int | None = 16,
+        seed: int | None = None,
+        **kwargs,
+    ) -> torch.LongTensor:
+        """Like transformers' ``WhisperForConditionalGeneration.generate`` on windows of up to 30 s: a LongTensor
+        [batch * num_return_sequences, len] of the generated tokens (decoder prompt and final EOS left out,
+        right-padded with the pad token). Accepts ``language``, ``task``, ``return_timestamps``,
+        ``prompt_ids`` and the usual generation arguments. ``attention_mask`` is accepted and unused, as in
+        transformers (the encoder always sees the full 30 s window)."""
+        feats = self._check_features(input_features)
+        s = self.settings(**kwargs)
+        if feats.shape[0] == 0:
+            return torch.empty((0, 0), dtype=torch.long)
+        outputs = self._run(list(feats), None, s, max_batch_size, None, seed)
+        return pad_rows([self._strip(seq, s) for per_input in outputs for seq in per_input], s.pad_token_id)
+
+    def _strip(self, seq: Tensor, s: GenerationSettings) -> Tensor:
+        seq = seq[len(s.decoder_prompt) :]
+        if len(seq) and int(seq[-1]) in s.eos_token_ids:
+            seq = seq[:-1]
+        return seq
+
+    # --- audio API -------------------------------------------------------------------------------------------------
+
+    def features(self, audio) -> Tensor:
+        """Log-mel features [1, n_mels, 3000] of up to 30 s of audio (path, bytes or 16 kHz float array)."""
+        wave = audio_io.as_waveform(audio)
+        return audio_io.log_mel([wave[: audio_io.CHUNK_SAMPLES]], self.n_mels)
+
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode([t for t in ids if t < self.spec.eos_token_id], skip_special_tokens=True)
+
+    def _segments(self, ids: list[int], offset: float, window_end: float) -> tuple[list[Segment], float | None]:
+        """Split one window's generated ids at timestamp tokens. Returns the segments (times in seconds from the
+        start of the audio) and, where the window ended inside an unfinished segment, where to resume."""
+        first = self.timestamp_begin
+        if first is None or not any(t >= first for t in ids):
+            text = self._text(ids).strip()
+            return ([Segment(offset, window_end, text, ids)] if text else []), None
+        segments, start, tokens = [], None, []
+        last_closed = None
+        for t in ids:
+            if t >= first:
+                stamp = offset + (t - first) * SECONDS_PER_TIMESTAMP
+                if start is None:
+                    start = stamp
+                elif tokens:
+                    text = self._text(tokens).strip()
+                    if text:
+                        segments.append(Segment(start, min(stamp, window_end), text, tokens))
+                    last_closed, start, tokens = stamp, None, []
+                else:
+                    start = stamp  # a pair's second stamp: the next segment's start
+            else:
+                tokens.append(t)
+        resume = None
+        if tokens:  # text after the last timestamp: open segment to the end of the window (or resume there)
+            text = self._text(tokens).strip()
+            if last_closed is not None and window_end - offset >= audio_io.CHUNK_SAMPLES / audio_io.SAMPLE_RATE - 1e-6:
+                resume = last_closed  # a full window cut a segment: decode it again from its start
+            elif text:
+                segments.append(Segment(start if start is not None else offset, window_end, text, tokens))
+        return segments, resume
+
+    @torch.inference_mode()
+    def transcribe(
+        self,
+        audio,
+        *,
+        beam_size: int = 1,
+        timestamps: bool = False,
+        language: str | None = None,
+        task: str | None = None,
+        batch_size: int = 8,
+        condition_on_previous_text: bool = False,
+        progress: bool = False,
+        **kwargs,
+    ) -> Transcription | list[Transcription]:
+        """Transcribe one input (path, bytes or 16 kHz mono float array) or a list of them.
+
+        Audio of up to 30 s is one window. Longer audio is cut into consecutive 30 s windows, decoded in batches
+        of ``batch_size`` windows across all inputs (fast; a word on a window edge may be split), or, with
+        ``condition_on_previous_text=True``, window after window per input with the previous window's text as
+        the prompt and, with timestamps, resuming where the last complete segment ended (openai/whisper's
+        sequential mode; slower). Silence gives empty text. Other generation arguments (``max_new_tokens``,
+        ``length_penalty``, ...) pass through."""
+        single = not isinstance(audio, (list, tuple))
+        inputs = [audio] if single else list(audio)
+        waves = []
+        for i, a in enumerate(inputs):
+            name = str(a) if isinstance(a, (str, Path)) else f"input {i}"
+            waves.append(audio_io.as_waveform(a, name))
+        gen = dict(kwargs, num_beams=beam_size, language=language, task=task)
+        if condition_on_previous_text:
+            results = [self._transcribe_sequential(w, timestamps, gen, progress) for w in waves]
+        else:
+            results = self._transcribe_batched(waves, timestamps, gen, batch_size, progress)
+        return results[0] if single else results
+
+    def _transcribe_batched(self, waves, timestamps, gen, batch_size, progress) -> list[Transcription]:
+        step = audio_io.CHUNK_SAMPLES
+        windows = []  # (input index, start sample)
+        for i, w in enumerate(waves):
+            windows.extend((i, start) for start in range(0, max(len(w), 1), step))
+        s = self.settings(return_timestamps=timestamps, **gen)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(windows), unit="window", desc="transcribe")
+        per_input: list[list[Segment]] = [[] for _ in waves]
+        for b in range(0, len(windows), batch_size):
+            chunk = windows[b : b + batch_size]
+            feats = audio_io.log_mel([waves[i][start : start + step] for i, start in chunk], self.n_mels)
+            outputs = self._run(list(feats), None, s, batch_size, None, None)
+            for (i, start), seqs in zip(chunk, outputs):
+                ids = self._strip(seqs[0], s).tolist()
+                offset = start / audio_io.SAMPLE_RATE
+                end = min(len(waves[i]), start + step) / audio_io.SAMPLE_RATE
+                segments, _ = self._segments(ids, offset, end)
+                per_input[i].extend(segments)
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        return [self._result(segs, w) for segs, w in zip(per_input, waves)]
+
+    def _transcribe_sequential(self, wave, timestamps, gen, progress) -> Transcription:
+        rate, step = audio_io.SAMPLE_RATE, audio_io.CHUNK_SAMPLES
+        seek, segments, previous = 0, [], []
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=round(len(wave) / rate, 1), unit="s", desc="transcribe")
+        max_prompt = self.spec.max_positions // 2 - 1  # openai/whisper keeps the last 223 tokens
+        while seek < max(len(wave), 1):
+            window = wave[seek : seek + step]
+            prompt_ids = previous[-max_prompt:] if previous else None
+            s = self.settings(return_timestamps=timestamps, prompt_ids=prompt_ids, **gen)
+            ids = self._strip(self._run([audio_io.log_mel([window], self.n_mels)[0]], None, s, 1, None, None)[0][0], s).tolist()
+            offset = seek / rate
+            new, resume = self._segments(ids, offset, (seek + len(window)) / rate)
+            segments.extend(new)
+            previous.extend(t for seg in new for t in seg.tokens)
+            advance = step if resume is None else max(1, int(round((resume - offset) * rate)))
+            if bar is not None:
+                bar.update(round(min(advance, len(wave) - seek) / rate, 1))
+            seek += advance
+        if bar is not None:
+            bar.close()
+        return self._result(segments, wave)
+
+    def _result(self, segments: list[Segment], wave: np.ndarray) -> Transcription:
+        text = " ".join(seg.text for seg in segments).strip()
+        language = None if self.whisper.get("is_multilingual") else "en"
+        return Transcription(text, segments, len(wave) / audio_io.SAMPLE_RATE, language)
+
+
+def format_timestamp(seconds: float, separator: str) -> str:
+    ms = int(round(seconds * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{separator}{ms:03d}"
+
+
+def to_srt(result: Transcription) -> str:
+    blocks = []
+    for i, seg in enumerate(result.segments, 1):
+        blocks.append(f"{i}\n{format_timestamp(seg.start, ',')} --> {format_timestamp(seg.end, ',')}\n{seg.text}\n")
+    return "\n".join(blocks)
+
+
+def to_vtt(result: Transcription) -> str:
+    blocks = ["WEBVTT\n"]
+    for seg in result.segments:
+        blocks.append(f"{format_timestamp(seg.start, '.')} --> {format_timestamp(seg.end, '.')}\n{seg.text}\n")
+    return "\n".join(blocks)
+
+
+def formats() -> Sequence[str]:
+    return ("text", "srt", "vtt", "json")
