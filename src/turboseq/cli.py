@@ -1,4 +1,4 @@
-"""Command line: ``turboseq translate`` and ``turboseq bench``."""
+"""Command line: ``turboseq translate | generate | transcribe | embed | export | serve | bench``."""
 
 from __future__ import annotations
 
@@ -62,6 +62,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="float32 is token-identical to transformers; bfloat16 is faster (default: float32)")
         tr.add_argument("--truncation", action="store_true", help="cut inputs longer than the model's positions")
         tr.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    tc = verbs.add_parser(
+        "transcribe",
+        help="speech to text with a Whisper model",
+        description="Transcribe audio files (WAV, FLAC, MP3, M4A, OGG, ...) with a Whisper model directory (Hugging "
+        "Face, or CTranslate2 as faster-whisper uses). Audio over 30 s is cut into 30 s windows decoded in batches. "
+        "Output: text (one line per file), json (one object per file and line, with segments), srt or vtt "
+        "(subtitles; several files need --output-dir).",
+    )
+    tc.add_argument("--model", required=True, metavar="DIR", help="Whisper model directory")
+    tc.add_argument("files", nargs="+", metavar="FILE", help="audio files")
+    tc.add_argument("--format", default="text", choices=["text", "srt", "vtt", "json"], help="(default: text)")
+    tc.add_argument("--output-dir", metavar="DIR", help="write FILE's result to DIR/<name>.<format> instead of stdout")
+    tc.add_argument("--beam-size", type=_positive_int, default=1, help="beam size (default: 1, greedy)")
+    tc.add_argument("--batch-size", type=_positive_int, default=8, help="30 s windows per batch (default: 8)")
+    tc.add_argument("--timestamps", action="store_true", help="predict segment timestamps (on for srt/vtt/json)")
+    tc.add_argument("--language", help="spoken language code for multilingual models (default: en)")
+    tc.add_argument("--task", choices=["transcribe", "translate"], help="multilingual models: translate to English")
+    tc.add_argument("--condition-on-previous-text", action="store_true",
+                    help="decode long audio window after window, each prompted with the previous text (slower)")
+    tc.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="(default: float32)")
+    tc.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     em = verbs.add_parser(
         "embed",
@@ -164,6 +186,44 @@ def _translate(args) -> int:
     return 0
 
 
+def _transcribe(args) -> int:
+    import json
+
+    import turboseq
+    from turboseq.speech import SpeechModel, to_srt, to_vtt
+
+    if args.format in ("srt", "vtt") and len(args.files) > 1 and not args.output_dir:
+        raise ValueError(f"--format {args.format} with several files needs --output-dir (one subtitle file each)")
+    for file in args.files:  # fail before the model loads
+        if not Path(file).is_file():
+            raise ValueError(f"{file}: no such file")
+    model = turboseq.load(args.model, dtype=args.dtype)
+    if not isinstance(model, SpeechModel):
+        raise ValueError(f"{args.model}: `transcribe` needs a Whisper model, got {model.config.get('model_type')!r}")
+    timestamps = args.timestamps or args.format != "text"
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for file in args.files:
+        result = model.transcribe(
+            file, beam_size=args.beam_size, timestamps=timestamps, language=args.language, task=args.task,
+            batch_size=args.batch_size, condition_on_previous_text=args.condition_on_previous_text,
+            progress=not args.no_progress,
+        )
+        if args.format == "text":
+            text = result.text + "\n"
+        elif args.format == "json":
+            text = json.dumps({"file": file, **result.to_dict()}, ensure_ascii=False) + "\n"
+        else:
+            text = to_srt(result) if args.format == "srt" else to_vtt(result)
+        if out_dir is not None:
+            (out_dir / f"{Path(file).stem}.{'txt' if args.format == 'text' else args.format}").write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    return 0
+
+
 def _embed(args) -> int:
     import json
 
@@ -249,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             return _translate(args)
         if args.verb == "embed":
             return _embed(args)
+        if args.verb == "transcribe":
+            return _transcribe(args)
         if args.verb == "export":
             return _export(args)
         if args.verb == "serve":

@@ -202,37 +202,44 @@ class SpeechModel(Seq2SeqModel):
     def _text(self, ids: list[int]) -> str:
         return self.tokenizer.decode([t for t in ids if t < self.spec.eos_token_id], skip_special_tokens=True)
 
-    def _segments(self, ids: list[int], offset: float, window_end: float) -> tuple[list[Segment], float | None]:
-        """Split one window's generated ids at timestamp tokens. Returns the segments (times in seconds from the
-        start of the audio) and, where the window ended inside an unfinished segment, where to resume."""
+    def _segments(self, ids: list[int], offset: float, window_end: float, resumable: bool = False):
+        """Split one window's generated ids at timestamp tokens (openai/whisper's rules). Returns the segments
+        (times in seconds from the start of the audio) and, when ``resumable`` and the window ended after a
+        complete segment, the time to resume decoding from (the rest of the window is decoded again, so that
+        a segment cut by the window edge is not lost); None means: go on after this window."""
         first = self.timestamp_begin
-        if first is None or not any(t >= first for t in ids):
-            text = self._text(ids).strip()
-            return ([Segment(offset, window_end, text, ids)] if text else []), None
-        segments, start, tokens = [], None, []
-        last_closed = None
-        for t in ids:
-            if t >= first:
-                stamp = offset + (t - first) * SECONDS_PER_TIMESTAMP
-                if start is None:
-                    start = stamp
-                elif tokens:
-                    text = self._text(tokens).strip()
-                    if text:
-                        segments.append(Segment(start, min(stamp, window_end), text, tokens))
-                    last_closed, start, tokens = stamp, None, []
-                else:
-                    start = stamp  # a pair's second stamp: the next segment's start
-            else:
-                tokens.append(t)
-        resume = None
-        if tokens:  # text after the last timestamp: open segment to the end of the window (or resume there)
+        is_ts = [first is not None and t >= first for t in ids]
+
+        def time(t: int) -> float:
+            return offset + (t - first) * SECONDS_PER_TIMESTAMP
+
+        def segment(start: float, end: float, tokens: list[int]) -> list[Segment]:
             text = self._text(tokens).strip()
-            if last_closed is not None and window_end - offset >= audio_io.CHUNK_SAMPLES / audio_io.SAMPLE_RATE - 1e-6:
-                resume = last_closed  # a full window cut a segment: decode it again from its start
-            elif text:
-                segments.append(Segment(start if start is not None else offset, window_end, text, tokens))
-        return segments, resume
+            return [Segment(start, max(start, min(end, window_end)), text, tokens)] if text else []
+
+        pairs = [i for i in range(1, len(ids)) if is_ts[i] and is_ts[i - 1]]  # a segment ends at i - 1
+        single_ending = len(ids) >= 2 and is_ts[-1] and not is_ts[-2]
+        if not pairs:
+            stamps = [t for t, ts in zip(ids, is_ts) if ts]
+            start = time(stamps[0]) if stamps else offset
+            end = time(stamps[-1]) if len(stamps) > 1 else window_end
+            return segment(start, end, [t for t, ts in zip(ids, is_ts) if not ts]), None
+        bounds = pairs + ([len(ids)] if single_ending else [])
+        segments, last = [], 0
+        for b in bounds:
+            piece = ids[last:b]
+            segments += segment(time(piece[0]), time(piece[-1]), [t for t in piece if t < first])
+            last = b
+        rest = ids[last:]
+        resume = None
+        if not single_ending:
+            resume = time(ids[last - 1])
+            if resumable and resume > offset:
+                return segments, resume
+            if any(t < first for t in rest):  # text after the last complete segment: up to the window's end
+                start = time(rest[0]) if rest and rest[0] >= first else resume
+                segments += segment(start, window_end, [t for t in rest if t < first])
+        return segments, None
 
     @torch.inference_mode()
     def transcribe(
@@ -271,31 +278,38 @@ class SpeechModel(Seq2SeqModel):
 
     def _transcribe_batched(self, waves, timestamps, gen, batch_size, progress) -> list[Transcription]:
         step = audio_io.CHUNK_SAMPLES
-        windows = []  # (input index, start sample)
+        # (input, start sample, timestamps?): audio over 30 s is always decoded with timestamps, as in
+        # transformers and openai/whisper: without them Whisper often stops early on a full 30 s window
+        windows = []
         for i, w in enumerate(waves):
-            windows.extend((i, start) for start in range(0, max(len(w), 1), step))
-        s = self.settings(return_timestamps=timestamps, **gen)
+            stamps = timestamps or len(w) > step
+            windows.extend((i, start, stamps) for start in range(0, max(len(w), 1), step))
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(windows), unit="window", desc="transcribe")
-        per_input: list[list[Segment]] = [[] for _ in waves]
-        for b in range(0, len(windows), batch_size):
-            chunk = windows[b : b + batch_size]
-            feats = audio_io.log_mel([waves[i][start : start + step] for i, start in chunk], self.n_mels)
-            outputs = self._run(list(feats), None, s, batch_size, None, None)
-            for (i, start), seqs in zip(chunk, outputs):
-                ids = self._strip(seqs[0], s).tolist()
-                offset = start / audio_io.SAMPLE_RATE
-                end = min(len(waves[i]), start + step) / audio_io.SAMPLE_RATE
-                segments, _ = self._segments(ids, offset, end)
-                per_input[i].extend(segments)
+            bar = tqdm(total=len(windows), unit="window", desc="transcribe", disable=len(windows) < 2)
+        per_input: list[list[tuple[int, list[Segment]]]] = [[] for _ in waves]
+        for stamps in (False, True):
+            todo = [w for w in windows if w[2] == stamps and not is_silent(waves[w[0]][w[1] : w[1] + step])]
             if bar is not None:
-                bar.update(len(chunk))
+                bar.update(sum(1 for w in windows if w[2] == stamps) - len(todo))
+            s = self.settings(return_timestamps=stamps, **gen) if todo else None
+            for b in range(0, len(todo), batch_size):
+                chunk = todo[b : b + batch_size]
+                feats = audio_io.log_mel([waves[i][start : start + step] for i, start, _ in chunk], self.n_mels)
+                for (i, start, _), seqs in zip(chunk, self._run(list(feats), None, s, batch_size, None, None)):
+                    end = min(len(waves[i]), start + step) / audio_io.SAMPLE_RATE
+                    segments, _ = self._segments(self._strip(seqs[0], s).tolist(), start / audio_io.SAMPLE_RATE, end)
+                    per_input[i].append((start, segments))
+                if bar is not None:
+                    bar.update(len(chunk))
         if bar is not None:
             bar.close()
-        return [self._result(segs, w) for segs, w in zip(per_input, waves)]
+        return [
+            self._result([seg for _, segs in sorted(parts, key=lambda p: p[0]) for seg in segs], w)
+            for parts, w in zip(per_input, waves)
+        ]
 
     def _transcribe_sequential(self, wave, timestamps, gen, progress) -> Transcription:
         rate, step = audio_io.SAMPLE_RATE, audio_io.CHUNK_SAMPLES
@@ -304,15 +318,19 @@ class SpeechModel(Seq2SeqModel):
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=round(len(wave) / rate, 1), unit="s", desc="transcribe")
+            bar = tqdm(total=round(len(wave) / rate, 1), unit="s", desc="transcribe", disable=len(wave) <= step)
         max_prompt = self.spec.max_positions // 2 - 1  # openai/whisper keeps the last 223 tokens
-        while seek < max(len(wave), 1):
+        while seek < len(wave):
             window = wave[seek : seek + step]
+            if is_silent(window):
+                seek += step
+                continue
             prompt_ids = previous[-max_prompt:] if previous else None
-            s = self.settings(return_timestamps=timestamps, prompt_ids=prompt_ids, **gen)
+            s = self.settings(return_timestamps=timestamps or len(wave) > step, prompt_ids=prompt_ids, **gen)
             ids = self._strip(self._run([audio_io.log_mel([window], self.n_mels)[0]], None, s, 1, None, None)[0][0], s).tolist()
             offset = seek / rate
-            new, resume = self._segments(ids, offset, (seek + len(window)) / rate)
+            full = len(window) == step and seek + step < len(wave)  # more audio follows this window
+            new, resume = self._segments(ids, offset, (seek + len(window)) / rate, resumable=full)
             segments.extend(new)
             previous.extend(t for seg in new for t in seg.tokens)
             advance = step if resume is None else max(1, int(round((resume - offset) * rate)))
@@ -327,6 +345,15 @@ class SpeechModel(Seq2SeqModel):
         text = " ".join(seg.text for seg in segments).strip()
         language = None if self.whisper.get("is_multilingual") else "en"
         return Transcription(text, segments, len(wave) / audio_io.SAMPLE_RATE, language)
+
+
+# windows quieter than this (peak amplitude, about -60 dBFS) are silence: empty text, no decoding. Whisper
+# itself tends to invent a word ("you") for silent input; its no-speech probability is not used yet.
+SILENCE_PEAK = 1e-3
+
+
+def is_silent(window: np.ndarray) -> bool:
+    return len(window) == 0 or float(np.abs(window).max()) < SILENCE_PEAK
 
 
 def format_timestamp(seconds: float, separator: str) -> str:
