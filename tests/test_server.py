@@ -292,3 +292,88 @@ def test_client_disconnect_stops_its_rows(tmp_path):
         assert 'reason="client_disconnected"' in httpx.get(srv.url + "/metrics").text
     finally:
         srv.stop()
+
+
+# --- speech (Whisper tiny.en, real weights) -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def speech_server():
+    from turboseq.bench_speech import whisper_ct2_dir
+
+    srv = Server(whisper_ct2_dir(), "--max-batch-size", "4")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def speech_clips(tmp_path_factory):
+    from turboseq.bench_speech import SENTENCES, synthesize
+
+    return synthesize(SENTENCES[:4], tmp_path_factory.mktemp("server-speech"))
+
+
+def test_speech_task_format_and_batching(speech_server, speech_clips):
+    import base64
+
+    info = httpx.get(speech_server.url + "/info").json()
+    assert info["task"] == "automatic-speech-recognition"
+    alone = []
+    for clip in speech_clips:
+        r = httpx.post(speech_server.url + "/", content=clip.read_bytes(), headers={"content-type": "audio/wav"},
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        alone.append(r.json())
+    assert "raining" in alone[2]["text"].lower()
+    assert alone[0]["chunks"] and alone[0]["chunks"][0]["text"]
+
+    async def together():
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*[
+                client.post(speech_server.url + "/", content=c.read_bytes(), headers={"content-type": "audio/wav"})
+                for c in speech_clips
+            ])
+
+    assert [r.json() for r in asyncio.run(together())] == alone  # merged batches answer as alone
+    body = {"inputs": [base64.b64encode(speech_clips[1].read_bytes()).decode()],
+            "parameters": {"return_timestamps": True, "num_beams": 2}}
+    r = httpx.post(speech_server.url + "/", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    (answer,) = r.json()
+    start, end = answer["chunks"][0]["timestamp"]
+    assert 0 <= start < end < 6
+
+
+def test_openai_transcriptions(speech_server, speech_clips):
+    url = speech_server.url + "/v1/audio/transcriptions"
+    files = {"file": ("clip.wav", speech_clips[0].read_bytes(), "audio/wav")}
+    r = httpx.post(url, files=files, data={"model": "whisper-1"}, timeout=60)
+    assert r.status_code == 200 and "lazy" in r.json()["text"].lower()
+    assert httpx.post(url, files=files, data={"response_format": "text"}, timeout=60).text.strip() == r.json()["text"]
+    srt = httpx.post(url, files=files, data={"response_format": "srt"}, timeout=60).text
+    assert srt.startswith("1\n00:00:0") and " --> " in srt
+    vtt = httpx.post(url, files=files, data={"response_format": "vtt"}, timeout=60).text
+    assert vtt.startswith("WEBVTT\n\n00:00:0")
+    verbose = httpx.post(url, files=files, data={"response_format": "verbose_json"}, timeout=60).json()
+    assert verbose["segments"][0]["end"] > verbose["segments"][0]["start"]
+    bad = httpx.post(url, files=files, data={"response_format": "docx"}, timeout=60)
+    assert bad.status_code == 422 and "response_format" in bad.json()["error"]
+
+
+def test_speech_bad_input(speech_server):
+    url = speech_server.url
+    r = httpx.post(url + "/", content=b"this is not audio at all" * 50, headers={"content-type": "audio/wav"})
+    assert r.status_code == 400 and r.json()["error_type"] == "invalid_audio" and "input 0" in r.json()["error"]
+    r = httpx.post(url + "/", content=b"hello", headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and r.json()["error_type"] == "unsupported_media_type"
+    r = httpx.post(url + "/", json={"inputs": ["%%% not base64"]})
+    assert r.status_code == 400 and "base64" in r.json()["error"]
+    r = httpx.post(url + "/v1/audio/transcriptions", files={"file": ("x.mp3", b"\x00" * 3000, "audio/mpeg")})
+    assert r.status_code == 400 and r.json()["error_type"] == "invalid_audio"
+    r = httpx.post(url + "/v1/audio/transcriptions", data={"model": "whisper-1"},
+                   files={"other": ("a", b"x", "text/plain")})
+    assert r.status_code == 422
+    r = httpx.post(url + "/", json={"inputs": [], "parameters": {"return_timestamps": "yes"}})
+    assert r.status_code == 422 and "return_timestamps" in r.json()["error"]
+    r = httpx.post(url + "/generate_stream", json={"inputs": "x"})
+    assert r.status_code == 404

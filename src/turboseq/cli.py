@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="HTTP server with dynamic batching, streaming and metrics",
         description="Serve one model over HTTP (FastAPI + uvicorn): POST / and /models/NAME in Hugging Face's task "
-        "format, /v1/embeddings for encoders, /health, /info, /metrics. Concurrent requests with the same "
+        "format, /v1/embeddings for encoders, /v1/audio/transcriptions for Whisper, /health, /info, /metrics. Concurrent requests with the same "
         "parameters are merged into engine batches. SIGTERM: stop accepting, finish requests in flight, exit 0.",
     )
     sv.add_argument("--model", required=True, metavar="DIR", help="model directory")
@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-queue", type=_positive_int, default=256, help="waiting requests before 429")
     sv.add_argument("--request-timeout-s", type=float, default=60.0, help="per-request limit before 504")
     sv.add_argument("--max-input-tokens", type=_positive_int, help="per-input token limit (default: the model's)")
-    sv.add_argument("--max-payload-bytes", type=_positive_int, default=1 << 20, help="request body limit (413)")
+    sv.add_argument("--max-payload-bytes", type=_positive_int,
+                    help="request body limit, 413 above (default: 1 MiB; 25 MiB for speech models)")
     sv.add_argument("--no-batching", action="store_true", help="one request per engine call (for comparison)")
     sv.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="(default: float32)")
     sv.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")

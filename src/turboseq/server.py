@@ -43,7 +43,7 @@ class ServerConfig:
     max_queue: int = 256
     request_timeout_s: float = 60.0
     max_input_tokens: int | None = None  # default: the model's position limit
-    max_payload_bytes: int = 1 << 20
+    max_payload_bytes: int | None = None  # default: 1 MiB for text models, 25 MiB for speech (OpenAI's limit)
     batching: bool = True  # False: one request per engine call (for comparison)
 
 
@@ -80,13 +80,36 @@ class Engine:
     def __init__(self, model, name: str):
         import turboseq
 
+        from turboseq.speech import SpeechModel
+
         self.model, self.name = model, name
         self.is_encoder = isinstance(model, turboseq.EncoderModel)
+        self.is_speech = isinstance(model, SpeechModel)
         model_type = model.config.get("model_type")
-        self.task = "feature-extraction" if self.is_encoder else (
-            "translation" if model_type == "marian" else "text2text-generation"
-        )
+        if self.is_speech:
+            self.task = "automatic-speech-recognition"
+        elif self.is_encoder:
+            self.task = "feature-extraction"
+        else:
+            self.task = "translation" if model_type == "marian" else "text2text-generation"
         self.max_positions = model.spec.max_positions
+
+    def input_size(self, row) -> int:
+        """A row's share of the batch budget: its tokens, or for audio the encoder positions of its windows."""
+        if self.is_speech:
+            from turboseq.audio import CHUNK_SAMPLES
+
+            windows = max(1, -(-len(row) // CHUNK_SAMPLES))
+            return windows * self.model.spec.encoder.embed.positions.shape[0]
+        return len(row)
+
+    @staticmethod
+    def speech_kwargs(params: dict) -> dict:
+        """Request parameters -> ``SpeechModel.transcribe`` arguments (transformers' names accepted)."""
+        kwargs = {k: v for k, v in params.items() if k not in ("return_timestamps", "num_beams", "truncation")}
+        kwargs["timestamps"] = bool(params.get("return_timestamps", False))
+        kwargs["beam_size"] = params.get("num_beams", 1)
+        return kwargs
 
     def validate(self, params: dict) -> None:
         if self.is_encoder:
@@ -100,6 +123,8 @@ class Engine:
         if owned:
             raise ValueError(f"parameter(s) set by the server, not per request: {', '.join(sorted(owned))}")
         gen = {k: v for k, v in params.items() if k not in ("truncation", "seed")}
+        if self.is_speech and not isinstance(gen.get("return_timestamps", False), bool):
+            raise ValueError("`return_timestamps` must be a boolean")
         self.model.settings(**gen)  # raises ValueError naming the argument
 
     def run(self, rows: list, params: dict, abandoned=None) -> tuple[list, int]:
@@ -109,6 +134,16 @@ class Engine:
         if self.is_encoder:
             normalize = params.get("normalize", self.model.spec.pooling.normalize)
             return self.model.embed_ids(rows, normalize=normalize).tolist(), 0
+        if self.is_speech:  # rows are 16 kHz waveforms
+            kwargs = self.speech_kwargs(params)
+            kwargs.pop("seed", None)
+            results = self.model.transcribe(list(rows), batch_size=len(rows), **kwargs)
+            answers = [
+                {"text": r.text, "chunks": [{"timestamp": [round(c.start, 2), round(c.end, 2)], "text": c.text}
+                                            for c in r.segments]}
+                for r in results
+            ]
+            return answers, sum(len(c.tokens) for r in results for c in r.segments)
         gen = {k: v for k, v in params.items() if k != "truncation"}
         outputs = self.model.generate_rows(rows, max_batch_size=None, abandoned=abandoned, **gen)
         tok = self.model.tokenizer
@@ -155,7 +190,7 @@ class Batcher:
                 if job.key != first.key:
                     continue
                 n = len(job.rows)
-                width = max([longest] + [len(r) for r in job.rows])
+                width = max([longest] + [self.engine.input_size(r) for r in job.rows])
                 if taken and (rows + n > self.config.max_batch_size or (rows + n) * width > self.config.max_batch_tokens):
                     break
                 taken.append(job)
@@ -181,7 +216,7 @@ class Batcher:
             for job in jobs:
                 self.metrics.queue_wait.observe(now - job.enqueued)
             self.metrics.batch_size.observe(len(rows))
-            self.metrics.input_tokens.inc(sum(len(r) for r in rows))
+            self.metrics.input_tokens.inc(sum(self.engine.input_size(r) for r in rows))
             owners = [job for job in jobs for _ in job.rows]
 
             def abandoned() -> set[int]:
@@ -263,6 +298,8 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
     engine = Engine(model, name or Path(str(model.path)).name)
     metrics = Metrics()
     limit = min(config.max_input_tokens or engine.max_positions, engine.max_positions)
+    if config.max_payload_bytes is None:
+        config.max_payload_bytes = (25 << 20) if engine.is_speech else (1 << 20)
     state = {"ready": False, "draining": False, "batcher": None}
 
     async def lifespan(app):
@@ -362,22 +399,7 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
         empty = [] if engine.is_encoder else ""
         results: list = [empty] * len(inputs)
         if rows:
-            key = json.dumps({k: v for k, v in params.items() if k != "truncation"}, sort_keys=True)
-            job = _Job(rows, params, key, asyncio.get_running_loop().create_future())
-            start = time.perf_counter()
-            state["batcher"].submit(job)
-            watcher = asyncio.create_task(_watch_disconnect(request, job))
-            try:
-                outputs = await asyncio.wait_for(asyncio.shield(job.future), config.request_timeout_s)
-            except asyncio.TimeoutError:
-                job.cancelled = True
-                metrics.rejected.labels("timeout").inc()
-                raise RequestError(504, f"request took over {config.request_timeout_s} s", "timeout") from None
-            except _Cancelled:  # the client left; nobody reads this answer
-                raise RequestError(499, "client closed the request", "client_closed") from None
-            finally:
-                watcher.cancel()
-            metrics.request_duration.observe(time.perf_counter() - start)
+            outputs = await run_job(request, rows, params)
             for i, out in zip(live, outputs):
                 results[i] = out
         if engine.is_encoder:
@@ -396,8 +418,80 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
             await asyncio.sleep(0.05)
 
     async def handle(request: Request):
+        if engine.is_speech:
+            return JSONResponse(await transcribe(request))
         body = _parse_body(await request.body(), config.max_payload_bytes)
         return JSONResponse(await infer(request, body["inputs"], body["parameters"]))
+
+    async def run_job(request: Request, rows: list, params: dict) -> list:
+        """Queue ``rows`` as one job and wait for its answers (timeout, client departure and rejections)."""
+        key = json.dumps({k: v for k, v in params.items() if k != "truncation"}, sort_keys=True)
+        job = _Job(rows, params, key, asyncio.get_running_loop().create_future())
+        start = time.perf_counter()
+        state["batcher"].submit(job)
+        watcher = asyncio.create_task(_watch_disconnect(request, job))
+        try:
+            outputs = await asyncio.wait_for(asyncio.shield(job.future), config.request_timeout_s)
+        except asyncio.TimeoutError:
+            job.cancelled = True
+            metrics.rejected.labels("timeout").inc()
+            raise RequestError(504, f"request took over {config.request_timeout_s} s", "timeout") from None
+        except _Cancelled:  # the client left; nobody reads this answer
+            raise RequestError(499, "client closed the request", "client_closed") from None
+        finally:
+            watcher.cancel()
+        metrics.request_duration.observe(time.perf_counter() - start)
+        return outputs
+
+    def decode_audio(blobs: list[bytes]) -> list:
+        from turboseq.audio import AudioError, load_audio
+
+        waves = []
+        for i, blob in enumerate(blobs):
+            try:
+                waves.append(load_audio(blob, name=f"input {i}"))
+            except AudioError as err:
+                metrics.rejected.labels("invalid_audio").inc()
+                raise RequestError(400, str(err), "invalid_audio") from None
+        return waves
+
+    async def transcribe(request: Request, blob: bytes | None = None, params: dict | None = None):
+        """Speech requests: raw audio bytes as the body, or JSON {"inputs": base64 | [base64], "parameters"}."""
+        import base64
+        import binascii
+
+        if blob is None:
+            raw = await request.body()
+            if len(raw) > config.max_payload_bytes:
+                metrics.rejected.labels("payload_too_large").inc()
+                raise RequestError(413, f"request body of {len(raw)} bytes is over the limit of "
+                                   f"{config.max_payload_bytes}", "payload_too_large")
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype == "application/json":
+                body = _parse_body(raw, config.max_payload_bytes)
+                single = isinstance(json.loads(raw).get("inputs"), str)
+                params = body["parameters"]
+                try:
+                    blobs = [base64.b64decode(b, validate=True) for b in body["inputs"]]
+                except (binascii.Error, ValueError):
+                    raise RequestError(400, "`inputs` must be base64-encoded audio", "invalid_audio") from None
+            elif ctype in ("", "application/octet-stream") or ctype.startswith(("audio/", "video/")):
+                blobs, params, single = [raw], {}, True
+            else:
+                metrics.rejected.labels("unsupported_media_type").inc()
+                raise RequestError(415, f"unsupported content type {ctype!r}: send audio bytes (audio/*) or JSON",
+                                   "unsupported_media_type")
+        else:
+            blobs, single = [blob], False
+        params = params or {}
+        admit(params)
+        if len(blobs) > config.max_batch_size:
+            metrics.rejected.labels("too_many_inputs").inc()
+            raise RequestError(413, f"{len(blobs)} inputs in one request; the limit is {config.max_batch_size}",
+                               "too_many_inputs")
+        waves = decode_audio(blobs)
+        answers = await run_job(request, waves, params) if waves else []
+        return answers[0] if single else answers  # one audio in: one object out, as Hugging Face's API
 
     @app.post("/")
     async def root(request: Request):
@@ -415,8 +509,9 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
         {"generated_text", "finish_reason"}. Greedy or sampling only; the request runs as its own batch."""
         from fastapi.responses import StreamingResponse
 
-        if engine.is_encoder:
-            raise RequestError(404, f"{engine.name} is an embedding model: nothing to stream", "not_found")
+        if engine.is_encoder or engine.is_speech:
+            raise RequestError(404, f"{engine.name} is a {engine.task} model: streaming is for text generation",
+                               "not_found")
         body = _parse_body(await request.body(), config.max_payload_bytes)
         if len(body["inputs"]) != 1:
             raise RequestError(422, "`inputs` must be one string for streaming", "validation_error")
@@ -490,6 +585,61 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
         finally:
             stop["cancelled"] = True
 
+    @app.post("/v1/audio/transcriptions")
+    async def openai_transcriptions(request: Request):
+        """OpenAI's transcription API: multipart form with `file`; response_format json | text | srt | vtt |
+        verbose_json; optional `language`, `model`, `temperature` (0 only: decoding is deterministic)."""
+        from fastapi.responses import PlainTextResponse
+
+        from turboseq.speech import Segment, Transcription, to_srt, to_vtt
+
+        if not engine.is_speech:
+            raise RequestError(404, f"{engine.name} is a {engine.task} model: no transcription endpoint", "not_found")
+        size = int(request.headers.get("content-length") or 0)
+        if size > config.max_payload_bytes:
+            metrics.rejected.labels("payload_too_large").inc()
+            raise RequestError(413, f"request body of {size} bytes is over the limit of {config.max_payload_bytes}",
+                               "payload_too_large")
+        ctype = request.headers.get("content-type", "")
+        if not ctype.startswith("multipart/form-data"):
+            raise RequestError(415, "send multipart/form-data with a `file` field", "unsupported_media_type")
+        form = await request.form()
+        unknown = set(form) - {"file", "model", "response_format", "language", "temperature", "prompt"}
+        if unknown:
+            raise RequestError(422, f"unknown field(s): {', '.join(sorted(unknown))}", "validation_error")
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise RequestError(422, "`file` (an audio file upload) is required", "validation_error")
+        fmt = form.get("response_format", "json")
+        if fmt not in ("json", "text", "srt", "vtt", "verbose_json"):
+            raise RequestError(422, f"`response_format` must be json, text, srt, vtt or verbose_json, got {fmt!r}",
+                               "validation_error")
+        try:
+            temperature = float(form.get("temperature", 0) or 0)
+        except ValueError:
+            raise RequestError(422, "`temperature` must be a number", "validation_error") from None
+        if temperature != 0:
+            raise RequestError(422, "`temperature`: only 0 is supported", "validation_error")
+        if form.get("prompt"):
+            raise RequestError(422, "`prompt` is not supported yet", "validation_error")
+        params = {"return_timestamps": fmt != "text" and fmt != "json"}
+        if form.get("language"):
+            params["language"] = form["language"]
+        blob = await upload.read()
+        (answer,) = await transcribe(request, blob, params)  # a list: called with one upload
+        if fmt == "json":
+            return {"text": answer["text"]}
+        if fmt == "text":
+            return PlainTextResponse(answer["text"] + "\n")
+        segments = [Segment(c["timestamp"][0], c["timestamp"][1], c["text"]) for c in answer["chunks"]]
+        result = Transcription(answer["text"], segments, 0.0)
+        if fmt == "srt":
+            return PlainTextResponse(to_srt(result), media_type="application/x-subrip")
+        if fmt == "vtt":
+            return PlainTextResponse(to_vtt(result), media_type="text/vtt")
+        return {"task": "transcribe", "language": params.get("language", "en"), "text": answer["text"],
+                "segments": [{"id": i, "start": s.start, "end": s.end, "text": s.text} for i, s in enumerate(segments)]}
+
     @app.post("/v1/embeddings")
     async def openai_embeddings(request: Request):
         if not engine.is_encoder:
@@ -512,6 +662,13 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
 def _warm(engine: Engine, batch_size: int) -> None:
     """One small and one full-size batch before reporting ready: kernels are initialized and the process
     reaches its working set, so the first requests are not slow and memory does not climb under load."""
+    if engine.is_speech:  # one window alone, then a full batch of windows (silence is skipped: use noise)
+        import numpy as np
+
+        noise = (np.random.default_rng(0).standard_normal(16000 * 2) * 0.1).astype(np.float32)
+        for rows in ([noise], [noise] * min(batch_size, 4)):
+            engine.run(rows, {"max_new_tokens": 8})
+        return
     text = "Warm up the engine with a sentence of ordinary length, like the ones the server will see."
     row = engine.model.tokenizer(text)["input_ids"]
     for rows in ([row], [row] * batch_size):
