@@ -107,7 +107,7 @@ def test_missing_and_corrupt_model_dirs(tmp_path, marian_one):
     unsupported = tmp_path / "unsupported"
     unsupported.mkdir()
     (unsupported / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(ModelLoadError, match=r"unsupported model_type 'llama'; supported: bart, bert, marian, mbart, mt5, pegasus, roberta, t5, xlm-roberta"):
+    with pytest.raises(ModelLoadError, match=r"unsupported model_type 'llama'; supported: bart, bert, marian, mbart, mt5, pegasus, roberta, t5, whisper, xlm-roberta"):
         turboseq.load(unsupported)
 
     no_weights = tmp_path / "no_weights"
