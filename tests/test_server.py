@@ -3,7 +3,6 @@ answer, dynamic batching (answers equal single-request answers), backpressure, t
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess

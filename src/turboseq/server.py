@@ -589,7 +589,6 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
     async def openai_transcriptions(request: Request):
         """OpenAI's transcription API: multipart form with `file`; response_format json | text | srt | vtt |
         verbose_json; optional `language`, `model`, `temperature` (0 only: decoding is deterministic)."""
-        from fastapi.responses import PlainTextResponse
 
         from turboseq.speech import Segment, Transcription, to_srt, to_vtt
 

@@ -20,7 +20,6 @@ from turboseq.spec import (
     Embeddings,
     FeedForward,
     LayerNorm,
-    Linear,
     Pooling,
     SelfAttention,
     Stack,
