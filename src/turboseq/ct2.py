@@ -112,8 +112,3 @@ def _dequantize(variables: dict[str, Tensor]) -> dict[str, Tensor]:
         out[name] = t
     return out
 
-
-def scalar(variables: dict[str, Tensor], name: str, path: Path) -> int:
-    if name not in variables:
-        raise ModelLoadError(f"{path}: missing variable {name!r}")
-    return int(variables[name].item())

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -382,7 +380,3 @@ def to_vtt(result: Transcription) -> str:
     for seg in result.segments:
         blocks.append(f"{format_timestamp(seg.start, '.')} --> {format_timestamp(seg.end, '.')}\n{seg.text}\n")
     return "\n".join(blocks)
-
-
-def formats() -> Sequence[str]:
-    return ("text", "srt", "vtt", "json")

@@ -23,13 +23,6 @@ from turboseq.spec import AudioFrontEnd, Conv1d, Embeddings, Linear, Seq2SeqSpec
 MODEL_TYPES = ("whisper",)
 KIND = "speech"
 
-SAMPLE_RATE = 16000
-HOP_LENGTH = 160
-N_FFT = 400
-CHUNK_SECONDS = 30
-FRAMES_PER_CHUNK = CHUNK_SECONDS * SAMPLE_RATE // HOP_LENGTH  # 3000 mel frames per 30 s window
-SECONDS_PER_TIMESTAMP = 0.02  # timestamp tokens count 20 ms steps (two mel frames, one encoder position)
-
 
 def build(config: dict, ckpt: Checkpoint) -> Seq2SeqSpec:
     front_end = AudioFrontEnd(
@@ -191,6 +184,7 @@ def export_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
 
     from safetensors.torch import save_file
 
+    from turboseq.audio import CHUNK_SAMPLES, HOP_LENGTH, N_FFT, SAMPLE_RATE
     from turboseq.ct2 import read_model_bin
     from turboseq.loading import read_json
 
@@ -213,7 +207,7 @@ def export_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
                 "feature_size": config["num_mel_bins"],
                 "sampling_rate": SAMPLE_RATE,
                 "hop_length": HOP_LENGTH,
-                "chunk_length": CHUNK_SECONDS,
+                "chunk_length": CHUNK_SAMPLES // SAMPLE_RATE,
                 "n_fft": N_FFT,
                 "padding_value": 0.0,
                 "return_attention_mask": False,
