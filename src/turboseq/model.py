@@ -109,14 +109,19 @@ class Seq2SeqModel:
         results: list = [None] * n
         for chunk in make_batches(order, [self._row_length(r) for r in rows], max_batch_size, max_batch_tokens):
             inputs, chunk_mask = self._collate(rows, mask, chunk)
-            gone = None
+            gone = streamed = None
+            if on_tokens is not None:  # this chunk's rows -> input indices
+
+                def streamed(batch_rows, tokens, index=torch.tensor(chunk)):
+                    on_tokens(index[batch_rows.cpu()], tokens)
+
             if abandoned is not None:  # input indices -> this chunk's rows
 
                 def gone(chunk=chunk):
                     lost = abandoned()
                     return torch.tensor([i in lost for i in chunk]) if lost else None
 
-            for i, out in zip(chunk, self._decode_batch(inputs, chunk_mask, s, generator, on_tokens, gone)):
+            for i, out in zip(chunk, self._decode_batch(inputs, chunk_mask, s, generator, streamed, gone)):
                 results[i] = out
             if progress is not None:
                 progress.update(len(chunk))
@@ -204,13 +209,14 @@ class Seq2SeqModel:
         """Like ``generate`` for unpadded token id lists, but returns per input its ``num_return_sequences``
         sequences (decoder prompt included, up to and including EOS) instead of one padded tensor.
 
-        ``on_tokens(rows, tokens)`` streams greedy/sampled tokens as they are chosen (one input, one return
-        sequence, ``num_beams=1``): called after each step with the rows still decoding and their new tokens.
+        ``on_tokens(inputs, tokens)`` streams greedy/sampled tokens as they are chosen (``num_beams=1``, one
+        return sequence): called after each step with the indices of the inputs still decoding (a tensor) and
+        their new tokens.
         ``abandoned()`` may return a set of input indices nobody waits for any more: they leave the batch at the
         next step and their results are meaningless (a server drops requests whose client left)."""
         s = self.settings(**kwargs)
-        if on_tokens is not None and (s.is_beam or len(rows) != 1 or s.num_return_sequences != 1):
-            raise ValueError("streaming needs one input, num_beams=1 and num_return_sequences=1")
+        if on_tokens is not None and (s.is_beam or s.num_return_sequences != 1):
+            raise ValueError("streaming needs num_beams=1 and num_return_sequences=1")
         tensors = [torch.as_tensor(list(r), dtype=torch.long) for r in rows]
         if not tensors:
             return []

@@ -257,6 +257,7 @@ class SpeechModel(Seq2SeqModel):
         batch_size: int = 8,
         condition_on_previous_text: bool = False,
         progress: bool = False,
+        abandoned=None,
         **kwargs,
     ) -> Transcription | list[Transcription]:
         """Transcribe one input (path, bytes or 16 kHz mono float array) or a list of them.
@@ -266,7 +267,11 @@ class SpeechModel(Seq2SeqModel):
         ``condition_on_previous_text=True``, window after window per input with the previous window's text as
         the prompt and, with timestamps, resuming where the last complete segment ended (openai/whisper's
         sequential mode; slower). Silence gives empty text. Other generation arguments (``max_new_tokens``,
-        ``length_penalty``, ...) pass through."""
+        ``length_penalty``, ...) pass through.
+
+        ``abandoned()`` may return a set of input indices nobody waits for any more (a server's client left):
+        their windows leave the running batch at the next decoding step, later windows are skipped, and their
+        results are meaningless."""
         single = not isinstance(audio, (list, tuple))
         inputs = [audio] if single else list(audio)
         waves = []
@@ -274,13 +279,15 @@ class SpeechModel(Seq2SeqModel):
             name = str(a) if isinstance(a, (str, Path)) else f"input {i}"
             waves.append(audio_io.as_waveform(a, name))
         gen = dict(kwargs, num_beams=beam_size, language=language, task=task)
+        gone = abandoned or set
         if condition_on_previous_text:
-            results = [self._transcribe_sequential(w, timestamps, gen, progress) for w in waves]
+            results = [self._transcribe_sequential(w, timestamps, gen, progress, lambda i=i: i in gone())
+                       for i, w in enumerate(waves)]
         else:
-            results = self._transcribe_batched(waves, timestamps, gen, batch_size, progress)
+            results = self._transcribe_batched(waves, timestamps, gen, batch_size, progress, gone)
         return results[0] if single else results
 
-    def _transcribe_batched(self, waves, timestamps, gen, batch_size, progress) -> list[Transcription]:
+    def _transcribe_batched(self, waves, timestamps, gen, batch_size, progress, gone) -> list[Transcription]:
         step = audio_io.CHUNK_SAMPLES
         # (input, start sample, timestamps?): audio over 30 s is always decoded with timestamps, as in
         # transformers and openai/whisper: without them Whisper often stops early on a full 30 s window
@@ -300,9 +307,18 @@ class SpeechModel(Seq2SeqModel):
                 bar.update(sum(1 for w in windows if w[2] == stamps) - len(todo))
             s = self.settings(return_timestamps=stamps, **gen) if todo else None
             for b in range(0, len(todo), batch_size):
-                chunk = todo[b : b + batch_size]
+                lost = gone()
+                chunk = [w for w in todo[b : b + batch_size] if w[0] not in lost]
+                if not chunk:
+                    continue
                 feats = audio_io.log_mel([waves[i][start : start + step] for i, start, _ in chunk], self.n_mels)
-                for (i, start, _), seqs in zip(chunk, self._run(list(feats), None, s, batch_size, None, None)):
+
+                def chunk_gone(chunk=chunk):  # rows of this batch whose input was given up
+                    lost = gone()
+                    return {j for j, w in enumerate(chunk) if w[0] in lost} if lost else set()
+
+                outputs = self._run(list(feats), None, s, batch_size, None, None, abandoned=chunk_gone)
+                for (i, start, _), seqs in zip(chunk, outputs):
                     end = min(len(waves[i]), start + step) / audio_io.SAMPLE_RATE
                     segments, _ = self._segments(self._strip(seqs[0], s).tolist(), start / audio_io.SAMPLE_RATE, end)
                     per_input[i].append((start, segments))
@@ -315,7 +331,7 @@ class SpeechModel(Seq2SeqModel):
             for parts, w in zip(per_input, waves)
         ]
 
-    def _transcribe_sequential(self, wave, timestamps, gen, progress) -> Transcription:
+    def _transcribe_sequential(self, wave, timestamps, gen, progress, given_up) -> Transcription:
         rate, step = audio_io.SAMPLE_RATE, audio_io.CHUNK_SAMPLES
         seek, segments, previous = 0, [], []
         bar = None
@@ -324,14 +340,16 @@ class SpeechModel(Seq2SeqModel):
 
             bar = tqdm(total=round(len(wave) / rate, 1), unit="s", desc="transcribe", disable=len(wave) <= step)
         max_prompt = self.spec.max_positions // 2 - 1  # openai/whisper keeps the last 223 tokens
-        while seek < len(wave):
+        while seek < len(wave) and not given_up():
             window = wave[seek : seek + step]
             if is_silent(window):
                 seek += step
                 continue
             prompt_ids = previous[-max_prompt:] if previous else None
             s = self.settings(return_timestamps=timestamps or len(wave) > step, prompt_ids=prompt_ids, **gen)
-            ids = self._strip(self._run([audio_io.log_mel([window], self.n_mels)[0]], None, s, 1, None, None)[0][0], s).tolist()
+            feats = audio_io.log_mel([window], self.n_mels)
+            (seqs,) = self._run([feats[0]], None, s, 1, None, None, abandoned=lambda: {0} if given_up() else set())
+            ids = self._strip(seqs[0], s).tolist()
             offset = seek / rate
             full = len(window) == step and seek + step < len(wave)  # more audio follows this window
             new, resume = self._segments(ids, offset, (seek + len(window)) / rate, resumable=full)
