@@ -264,18 +264,24 @@ def test_generate_stream_equals_non_streamed(server, marian_one):
     assert "turboseq_time_to_first_token_seconds_count" in httpx.get(server.url + "/metrics").text
 
 
-def test_client_disconnect_stops_its_rows(tmp_path):
-    """A client that gives up on a long request: its rows leave the running batch, so a request sent after
-    it is answered quickly instead of waiting for the abandoned generation to finish."""
+@pytest.fixture(scope="module")
+def big_marian(tmp_path_factory):
+    """A Marian model big enough that long generations take seconds (1000 beam-search steps: several)."""
     from helpers import make_marian
 
     from turboseq.benchmodel import build_marian_tokenizer
 
-    # big enough that 1000 beam-search steps take several seconds
-    make_marian(tmp_path, seed=1, std=0.2, emb_std=0.2, vocab_size=1024, pad_token_id=1023, decoder_start_token_id=1023,
+    path = tmp_path_factory.mktemp("big-marian")
+    make_marian(path, seed=1, std=0.2, emb_std=0.2, vocab_size=1024, pad_token_id=1023, decoder_start_token_id=1023,
                 d_model=256, encoder_layers=2, decoder_layers=4, decoder_ffn_dim=1024, max_position_embeddings=1100)
-    build_marian_tokenizer(tmp_path, 1024, 1023, spm_pieces=600)
-    srv = Server(tmp_path)
+    build_marian_tokenizer(path, 1024, 1023, spm_pieces=600)
+    return path
+
+
+def test_client_disconnect_stops_its_rows(big_marian):
+    """A client that gives up on a long request: its rows leave the running batch, so a request sent after
+    it is answered quickly instead of waiting for the abandoned generation to finish."""
+    srv = Server(big_marian)
     try:
         long = {"inputs": SENTENCES[:4], "parameters": {"num_beams": 4, "min_new_tokens": 1000, "max_new_tokens": 1000}}
         short = {"inputs": SENTENCES[0], "parameters": {"max_new_tokens": 4}}
@@ -289,6 +295,112 @@ def test_client_disconnect_stops_its_rows(tmp_path):
         assert r.status_code == 200 and r.json() == alone.json()
         assert waited < 4.0, waited  # the abandoned 1000-step beam search alone takes far longer
         assert 'reason="client_closed"' in httpx.get(srv.url + "/metrics").text
+    finally:
+        srv.stop()
+
+
+async def _timed_stream(client: httpx.AsyncClient, url: str, body: dict) -> tuple[int, list[dict], list[float]]:
+    """POST /generate_stream: (status, events, seconds from sending to each event's arrival)."""
+    t0 = time.perf_counter()
+    events, times = [], []
+    async with client.stream("POST", url + "/generate_stream", json=body) as r:
+        if r.status_code != 200:
+            await r.aread()
+            return r.status_code, [r.json()], []
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[len("data: "):]))
+                times.append(time.perf_counter() - t0)
+    return 200, events, times
+
+
+def test_stream_under_load_is_batched_incremental_and_equal(big_marian):
+    """A stream sent with concurrent plain requests shares their engine batch; its first token arrives long
+    before its last (time to first token under load), and its text equals the request's answer alone."""
+    srv = Server(big_marian)
+    try:
+        params = {"num_beams": 1, "min_new_tokens": 200, "max_new_tokens": 200}
+        alone = {s: httpx.post(srv.url + "/", json={"inputs": s, "parameters": params}, timeout=60).json()[0]
+                 for s in SENTENCES[:4]}
+        before = _batch_stats(srv)
+
+        async def go():
+            async with httpx.AsyncClient(timeout=60) as client:
+                plain = [client.post(srv.url + "/", json={"inputs": s, "parameters": params}) for s in SENTENCES[1:4]]
+                stream = _timed_stream(client, srv.url, {"inputs": SENTENCES[0], "parameters": params})
+                return await asyncio.gather(stream, *plain)
+
+        (status, events, times), *answers = asyncio.run(go())
+        after = _batch_stats(srv)
+        assert status == 200 and [r.json()[0] for r in answers] == [alone[s] for s in SENTENCES[1:4]]
+        final = events[-1]
+        assert final["generated_text"] == alone[SENTENCES[0]]["translation_text"]
+        assert "".join(e["token"]["text"] for e in events[:-1]) == final["generated_text"]
+        assert len([e for e in events[:-1] if e["token"]["id"] is not None]) == 200
+        assert times[0] < 0.5 * times[-1], (times[0], times[-1])  # tokens arrive as they are made
+        assert after[1] - before[1] == 4 and after[0] - before[0] < 4  # the stream shared a batch
+        ttft = [l for l in httpx.get(srv.url + "/metrics").text.splitlines()
+                if l.startswith("turboseq_time_to_first_token_seconds_count")]
+        assert ttft == ["turboseq_time_to_first_token_seconds_count 1.0"]
+    finally:
+        srv.stop()
+
+
+def test_stream_waits_in_the_queue(marian_one):
+    """Streams count against the queue (429 when full) and the timeout (504 when no token came in time),
+    answered as JSON errors before the event stream starts."""
+    _, path = marian_one
+    srv = Server(path, "--max-queue", "1", "--batch-wait-ms", "400", "--request-timeout-s", "0.25")
+    try:
+        body = {"inputs": SENTENCES[0], "parameters": {"num_beams": 1, "max_new_tokens": 8}}
+
+        async def go():
+            async with httpx.AsyncClient(timeout=60) as client:
+                first = asyncio.create_task(_timed_stream(client, srv.url, body))
+                await asyncio.sleep(0.1)  # the first stream waits out the batch window in the queue
+                second = await _timed_stream(client, srv.url, body)
+                return await first, second
+
+        (status1, events1, _), (status2, events2, _) = asyncio.run(go())
+        assert status1 == 504 and events1[0]["error_type"] == "timeout"  # 400 ms batch window > 250 ms timeout
+        assert status2 == 429 and events2[0]["error_type"] == "queue_full"
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert 'reason="queue_full"' in metrics and 'reason="timeout"' in metrics
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def byte_level_bart(tmp_path_factory):
+    """A BART model with a byte-level BPE vocabulary: its random outputs include characters whose UTF-8 bytes
+    are split across tokens."""
+    from helpers import make_family_model
+
+    from turboseq.benchmodel import build_bart_tokenizer
+
+    path = tmp_path_factory.mktemp("bytebart")
+    make_family_model(path, "bart", seed=0, vocab_size=320, eos_rate=0.0)
+    build_bart_tokenizer(path, 320, bpe_size=300)
+    return path
+
+
+def test_stream_splits_multibyte_characters_safely(byte_level_bart):
+    import turboseq
+
+    model = turboseq.load(byte_level_bart)
+    tok = model.tokenizer
+    text, params = "The train leaves at eight.", {"num_beams": 1, "min_new_tokens": 40, "max_new_tokens": 40}
+    out = model.generate_rows([tok(text)["input_ids"]], **params)[0][0].tolist()[1:]
+    # the case under test occurs: a prefix ends inside a character that the next token completes
+    prefixes = [tok.decode(out[:k], skip_special_tokens=True) for k in range(1, len(out) + 1)]
+    assert any(a.endswith("\ufffd") and not b[: len(a)].endswith("\ufffd") for a, b in zip(prefixes, prefixes[1:]))
+    srv = Server(byte_level_bart)
+    try:
+        r = httpx.post(srv.url + "/generate_stream", json={"inputs": text, "parameters": params}, timeout=60)
+        events = _events(r.text)
+        plain = httpx.post(srv.url + "/", json={"inputs": text, "parameters": params}, timeout=60).json()
+        streamed = "".join(e["token"]["text"] for e in events[:-1])
+        assert streamed == events[-1]["generated_text"] == plain[0]["generated_text"] == prefixes[-1]
     finally:
         srv.stop()
 
@@ -376,3 +488,32 @@ def test_speech_bad_input(speech_server):
     assert r.status_code == 422 and "return_timestamps" in r.json()["error"]
     r = httpx.post(url + "/generate_stream", json={"inputs": "x"})
     assert r.status_code == 404
+
+
+def test_speech_client_disconnect_stops_its_windows(speech_server, speech_clips, tmp_path):
+    """A client that gives up on long audio: its windows leave the running batch and its later windows are
+    never decoded, so the next request is answered quickly."""
+    import base64
+    import wave
+
+    import numpy as np
+
+    from turboseq.audio import load_audio
+
+    speech = np.concatenate([load_audio(str(c)) for c in speech_clips])
+    long = (np.tile(speech, 1 + 16000 * 150 // len(speech))[: 16000 * 150] * 32767).astype(np.int16)  # 5 windows
+    path = tmp_path / "long.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(long.tobytes())
+    # beam 5 and 300 forced tokens per window: about 10 s of decoding here
+    body = {"inputs": [base64.b64encode(path.read_bytes()).decode()],
+            "parameters": {"num_beams": 5, "min_new_tokens": 300, "max_new_tokens": 300}}
+    short = speech_clips[0].read_bytes()
+    alone = httpx.post(speech_server.url + "/", content=short, headers={"content-type": "audio/wav"}, timeout=60)
+    t0 = time.perf_counter()
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(speech_server.url + "/", json=body, timeout=1.5)  # the client leaves after 1.5 s
+    r = httpx.post(speech_server.url + "/", content=short, headers={"content-type": "audio/wav"}, timeout=60)
+    waited = time.perf_counter() - t0
+    assert r.status_code == 200 and r.json() == alone.json()
+    assert waited < 5.0, waited

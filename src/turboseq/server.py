@@ -335,6 +335,7 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
     config = config or ServerConfig()
     task = task_for(model)
     task.max_input_tokens = min(config.max_input_tokens or task.max_input_tokens, task.max_input_tokens)
+    task.max_batch_size = config.max_batch_size
     if config.max_payload_bytes is None:
         config.max_payload_bytes = task.payload_bytes
     service = Service(task, name or Path(str(model.path)).name, config)

@@ -115,6 +115,7 @@ class Task:
     def __init__(self, model):
         self.model = model
         self.max_input_tokens = model.spec.max_positions  # the server lowers it to --max-input-tokens
+        self.max_batch_size = 32  # the server sets --max-batch-size
 
     def parse(self, raw: bytes, content_type: str, limit: int) -> Parsed:
         """The body of ``POST /`` as engine rows; raises RequestError."""
@@ -402,7 +403,8 @@ class SpeechTask(Task):
         return windows * self.model.spec.encoder.embed.positions.shape[0]
 
     def run(self, rows, params, abandoned=None, on_tokens=None):
-        results = self.model.transcribe(list(rows), batch_size=len(rows), abandoned=abandoned,
+        # long audio is several 30 s windows: they share engine batches of up to max_batch_size windows
+        results = self.model.transcribe(list(rows), batch_size=self.max_batch_size, abandoned=abandoned,
                                         **self.transcribe_kwargs(params))
         answers = [
             {"text": r.text, "chunks": [{"timestamp": [round(c.start, 2), round(c.end, 2)], "text": c.text}
