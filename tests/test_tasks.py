@@ -1,6 +1,8 @@
 """Serving tasks: a new kind of model plugs into the server by registering a Task (no server change), and
 the streaming detokenizer never emits half a character."""
 
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +18,9 @@ class Reverser:
         self.path = Path("/models/reverser")
         self.dtype = "float32"
         self.batches = []
+        self.warm_gate = threading.Event()  # warm-up waits for it
+        self.warm_gate.set()
+        self.warm_error = None
 
 
 @pytest.fixture()
@@ -46,6 +51,11 @@ def reverser_task():
         def respond(self, answers, parsed):
             return [{"reversed": a} for a in answers]
 
+        def warm(self, batch_size):
+            self.model.warm_gate.wait(30)
+            if self.model.warm_error:
+                raise RuntimeError(self.model.warm_error)
+
         def routes(self):
             return [Route("/v1/reverse", self.reverse)]
 
@@ -67,6 +77,7 @@ def test_a_registered_task_is_served_without_server_changes(reverser_task):
     model = Reverser()
     app = create_app(model, config=ServerConfig(max_batch_size=3))
     with TestClient(app) as client:  # runs the lifespan: batcher and warm-up
+        _wait_healthy(client)
         info = client.get("/info").json()
         assert info["task"] == "text-reversal" and info["model"] == "reverser" and not info["streaming"]
         assert "/v1/reverse" in info["routes"]
@@ -84,6 +95,55 @@ def test_a_registered_task_is_served_without_server_changes(reverser_task):
         assert r.status_code == 404 and "text-reversal" in r.json()["error"]
         assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 404
         assert 'turboseq_rejected_requests_total{reason="validation_error"} 1.0' in client.get("/metrics").text
+
+
+def _wait_healthy(client, seconds=10):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        r = client.get("/health")
+        if r.status_code == 200:
+            return r
+        time.sleep(0.02)
+    raise AssertionError(f"not healthy: {r.json()}")
+
+
+def test_health_is_503_while_warming_up_and_draining(reverser_task):
+    from fastapi.testclient import TestClient
+
+    from turboseq.server import create_app
+
+    model = Reverser()
+    model.warm_gate.clear()
+    app = create_app(model)
+    with TestClient(app) as client:  # the server answers while the warm-up runs
+        assert client.get("/health").status_code == 503 and client.get("/health").json()["status"] == "warming up"
+        r = client.post("/", json={"inputs": "ab"})
+        assert r.status_code == 503 and r.json() == {"error": "server is warming up", "error_type": "unavailable"}
+        model.warm_gate.set()
+        _wait_healthy(client)
+        assert client.post("/", json={"inputs": "ab"}).json() == [{"reversed": "ba"}]
+        app.state.service.draining = True  # what SIGTERM sets (the signal itself: test_server.py)
+        assert client.get("/health").status_code == 503 and client.get("/health").json()["status"] == "draining"
+        assert client.post("/", json={"inputs": "ab"}).status_code == 503
+
+
+def test_failed_warm_up_never_reports_ready(reverser_task):
+    from fastapi.testclient import TestClient
+
+    from turboseq.server import create_app
+
+    model = Reverser()
+    model.warm_error = "kernel exploded"
+    app = create_app(model)
+    failed = []
+    app.state.service.on_warmup_failure = lambda: failed.append(True)
+    with TestClient(app) as client:
+        deadline = time.time() + 10
+        while not failed and time.time() < deadline:
+            time.sleep(0.02)
+        r = client.get("/health")
+        assert failed and r.status_code == 503 and "kernel exploded" in r.json()["error"]
+        assert client.post("/", json={"inputs": "ab"}).status_code == 503
 
 
 def test_unregistered_model_class_is_a_clear_error():

@@ -187,13 +187,16 @@ class Service:
         self.task, self.name, self.config = task, name, config
         self.metrics = Metrics()
         self.ready = self.draining = False
+        self.warmup_error: str | None = None
+        self.on_warmup_failure: Callable[[], None] | None = None  # serve(): stop the process
         self.batcher: Batcher | None = None
 
     # --- admission ---------------------------------------------------------------------------------------------
 
     def ensure_ready(self) -> None:
         if self.draining or not self.ready:
-            raise RequestError(503, "server is draining" if self.draining else "server is warming up", "unavailable")
+            why = "draining" if self.draining else "warming up" if not self.warmup_error else "broken: warm-up failed"
+            raise RequestError(503, f"server is {why}", "unavailable")
 
     def validate(self, params: dict) -> None:
         try:
@@ -341,13 +344,27 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
     service = Service(task, name or Path(str(model.path)).name, config)
     metrics = service.metrics
 
+    async def warm_up(executor):
+        try:
+            if warmup:
+                await asyncio.get_running_loop().run_in_executor(executor, task.warm, config.max_batch_size)
+        except Exception as err:  # a model that cannot run one batch must not report ready
+            import logging
+
+            service.warmup_error = f"{type(err).__name__}: {err}"
+            logging.getLogger("uvicorn.error").error("turboseq: warm-up failed: %s", service.warmup_error)
+            if service.on_warmup_failure is not None:
+                service.on_warmup_failure()
+            return
+        service.ready = True
+
     async def lifespan(app):
         batcher = service.batcher = Batcher(task, config, metrics)
         batcher.task_handle = asyncio.create_task(batcher.run_forever())
-        if warmup:
-            await asyncio.get_running_loop().run_in_executor(batcher.executor, task.warm, config.max_batch_size)
-        service.ready = True
+        # warm up in the background: the server listens meanwhile and answers 503 "warming up"
+        warming = asyncio.create_task(warm_up(batcher.executor))
         yield
+        warming.cancel()
         batcher.task_handle.cancel()
         batcher.executor.shutdown(wait=True)
 
@@ -375,6 +392,9 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
     async def health():
         if service.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
+        if service.warmup_error:
+            return JSONResponse({"status": "failed", "error": f"warm-up failed: {service.warmup_error}"},
+                                status_code=503)
         if not service.ready:
             return JSONResponse({"status": "warming up"}, status_code=503)
         return {"status": "ok"}
@@ -457,10 +477,11 @@ def serve(model_dir: str, host: str, port: int, config: ServerConfig, dtype: str
         original(sig, frame)
 
     server.handle_exit = handle_exit
+    app.state.service.on_warmup_failure = lambda: setattr(server, "should_exit", True)
     # uvicorn re-raises the captured signal after its graceful shutdown, to the handler that was installed
     # before it: make that a no-op so that a drained server exits 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     server.run()
-    return 0
+    return 1 if app.state.service.warmup_error else 0
 
