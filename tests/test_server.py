@@ -186,23 +186,28 @@ def test_queue_full_and_timeout(marian_one):
 
 
 def test_sigterm_drains_in_flight_requests(marian_one):
-    """SIGTERM under load: every request already sent completes with 200; the process exits 0."""
+    """SIGTERM under load: every request already sent, streamed or not, completes; the process exits 0."""
     model, path = marian_one
     srv = Server(path)
     kwargs = dict(num_beams=2, min_new_tokens=20, max_new_tokens=20)
     expected = {s: model.translate([s], **kwargs)[0] for s in SENTENCES}
 
+    greedy = dict(num_beams=1, min_new_tokens=40, max_new_tokens=40)
+    streamed_alone = model.translate([SENTENCES[0]], **greedy)[0]
+
     async def go():
         async with httpx.AsyncClient(timeout=60) as client:
             tasks = [asyncio.create_task(client.post(srv.url + "/", json={"inputs": s, "parameters": kwargs}))
                      for s in SENTENCES * 2]
+            stream = asyncio.create_task(_timed_stream(client, srv.url, {"inputs": SENTENCES[0], "parameters": greedy}))
             await asyncio.sleep(0.3)
             srv.proc.send_signal(signal.SIGTERM)
-            return await asyncio.gather(*tasks)
+            return await asyncio.gather(*tasks), await stream
 
-    answers = asyncio.run(go())
+    answers, (status, events, _) = asyncio.run(go())
     assert [r.status_code for r in answers] == [200] * len(answers)
     assert [r.json()[0]["translation_text"] for r in answers] == [expected[s] for s in SENTENCES * 2]
+    assert status == 200 and events[-1]["generated_text"] == streamed_alone  # a stream in flight finishes too
     assert srv.proc.wait(30) == 0
 
 
