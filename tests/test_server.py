@@ -351,6 +351,30 @@ def test_stream_under_load_is_batched_incremental_and_equal(big_marian):
         srv.stop()
 
 
+def test_stream_client_leaving_stops_its_row(big_marian):
+    """A streaming client that leaves after a few tokens: its row leaves the batch, so the next request does
+    not wait for the rest of its 1000-token generation."""
+    srv = Server(big_marian)
+    try:
+        body = {"inputs": SENTENCES[0], "parameters": {"num_beams": 1, "min_new_tokens": 1000, "max_new_tokens": 1000}}
+        short = {"inputs": SENTENCES[1], "parameters": {"max_new_tokens": 4}}
+        alone = httpx.post(srv.url + "/", json=short, timeout=60).json()
+        t0 = time.perf_counter()
+        with httpx.stream("POST", srv.url + "/generate_stream", json=body, timeout=60) as r:
+            seen = 0
+            for line in r.iter_lines():
+                seen += line.startswith("data: ")
+                if seen == 3:
+                    break  # leave: the connection closes with the stream
+        r = httpx.post(srv.url + "/", json=short, timeout=60)
+        waited = time.perf_counter() - t0
+        assert r.status_code == 200 and r.json() == alone
+        assert waited < 1.5, waited  # measured: 0.08 s; the whole stream takes about 3.5 s here
+        assert 'reason="client_closed"' in httpx.get(srv.url + "/metrics").text
+    finally:
+        srv.stop()
+
+
 def test_stream_waits_in_the_queue(marian_one):
     """Streams count against the queue (429 when full) and the timeout (504 when no token came in time),
     answered as JSON errors before the event stream starts."""

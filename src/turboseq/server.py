@@ -322,8 +322,9 @@ class Service:
             self.metrics.rejected.labels("internal").inc()
             yield _event({"error": f"internal error: {type(err).__name__}: {err}", "error_type": "internal"})
         finally:
-            if not job.future.done():
-                job.cancelled = True  # the client left mid-stream: its row leaves the batch
+            if not job.future.done() and not job.cancelled:  # the client left mid-stream
+                job.cancelled = True  # its row leaves the batch at the next step
+                self.metrics.rejected.labels("client_closed").inc()
             job.watcher.cancel()
 
 
