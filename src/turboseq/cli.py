@@ -115,8 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="HTTP server with dynamic batching, streaming and metrics",
         description="Serve one model over HTTP (FastAPI + uvicorn): POST / and /models/NAME in Hugging Face's task "
-        "format, /v1/embeddings for encoders, /v1/audio/transcriptions for Whisper, /health, /info, /metrics. Concurrent requests with the same "
-        "parameters are merged into engine batches. SIGTERM: stop accepting, finish requests in flight, exit 0.",
+        "format, /generate_stream (server-sent events) for text generation, /v1/embeddings for encoders, "
+        "/v1/audio/transcriptions for Whisper, /health, /info, /metrics. The model is warmed up once listening "
+        "(/health is 503 until then). Concurrent requests with the same parameters are merged into engine batches. "
+        "SIGTERM: stop accepting, finish requests in flight, exit 0.",
     )
     sv.add_argument("--model", required=True, metavar="DIR", help="model directory")
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
