@@ -184,3 +184,33 @@ def test_abandoned_rows_leave_without_changing_the_others(marian, kwargs):
             assert all(len(a) <= len(b) for a, b in zip(dropped[i], full[i]))
         else:  # sampling draws noise for the whole batch, so the others keep their random stream too
             assert all(torch.equal(a, b) for a, b in zip(dropped[i], full[i]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"eos_token_id": "x"}, "`eos_token_id` must be token ids"),
+        ({"eos_token_id": [2, 500]}, "`eos_token_id` must be token ids in the vocabulary [0, 100)"),
+        ({"pad_token_id": 100}, "`pad_token_id` must be a token id"),
+        ({"forced_bos_token_id": True}, "`forced_bos_token_id`"),
+        ({"bad_words_ids": [[3, -1]]}, "`bad_words_ids`"),
+        ({"max_length": 1}, "no room for a new token"),
+        ({"do_sample": "yes"}, "`do_sample` must be true or false"),
+    ],
+)
+def test_resolve_rejects_bad_token_ids_flags_and_lengths(kwargs, words):
+    from turboseq.generation import resolve
+
+    with pytest.raises(ValueError) as err:
+        resolve({"eos_token_id": 2, "pad_token_id": 0}, kwargs, max_positions=64, vocab_size=100)
+    assert words in str(err.value)
+
+
+@pytest.mark.parametrize("seed", ["1", 1.5, -1, 2**63, True])
+def test_check_seed(seed):
+    from turboseq.generation import check_seed
+
+    with pytest.raises(ValueError, match="`seed` must be an integer"):
+        check_seed(seed)
+    check_seed(0)
+    check_seed(None)

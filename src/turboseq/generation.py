@@ -98,12 +98,29 @@ def _as_float(name: str, value) -> float:
     return float(value)
 
 
+def _token_ids(name: str, value, vocab_size: int | None, many: bool = False) -> list[int]:
+    """A token id (or, with ``many``, an id or a list of ids) inside the vocabulary."""
+    ids = value if many and isinstance(value, list) else [value]
+    for t in ids:
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0 or (vocab_size is not None and t >= vocab_size):
+            vocab = f" [0, {vocab_size})" if vocab_size is not None else ""
+            raise ValueError(f"`{name}` must be {'token ids' if many else 'a token id'} in the vocabulary{vocab}, "
+                             f"got {value!r}")
+    return ids
+
+
+def check_seed(seed) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise ValueError(f"`seed` must be an integer in [0, 2**63), got {seed!r}")
+
+
 def resolve(
     model_defaults: dict,
     kwargs: dict,
     *,
     max_positions: int,
     prompt_length: int = 1,
+    vocab_size: int | None = None,
 ) -> GenerationSettings:
     """Merge call arguments over the model's defaults, validate, and return settings for one call."""
     unknown = sorted(k for k in kwargs if k not in _DEFAULTS and k not in _IGNORED)
@@ -118,7 +135,10 @@ def resolve(
 
     num_beams = _as_int("num_beams", merged["num_beams"], 1)
     nrs = _as_int("num_return_sequences", merged["num_return_sequences"], 1)
-    do_sample = bool(merged["do_sample"])
+    for flag in ("do_sample", "renormalize_logits"):
+        if not isinstance(merged[flag], bool):
+            raise ValueError(f"`{flag}` must be true or false, got {merged[flag]!r}")
+    do_sample = merged["do_sample"]
     if not do_sample and nrs > num_beams:
         raise ValueError(
             f"`num_return_sequences` ({nrs}) must be <= `num_beams` ({num_beams}) unless `do_sample=True`"
@@ -151,6 +171,9 @@ def resolve(
         max_length = _as_int("max_length", merged["max_length"], 0)
     else:
         max_length = position_limit
+    if max_length <= prompt_length:
+        raise ValueError(f"`max_length` {max_length} leaves no room for a new token after the decoder prompt "
+                         f"({prompt_length} token{'s' if prompt_length > 1 else ''})")
     if max_length > position_limit:
         raise ValueError(
             f"`max_length` {max_length} (decoder prompt included) exceeds the model's {position_limit} positions"
@@ -161,7 +184,12 @@ def resolve(
         min_new = _as_int("min_new_tokens", min_new, 0)
 
     eos = merged["eos_token_id"]
-    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    eos_ids = [] if eos is None else _token_ids("eos_token_id", eos, vocab_size, many=True)
+    for key in ("pad_token_id", "decoder_start_token_id", "forced_bos_token_id"):
+        if merged[key] is not None:
+            _token_ids(key, merged[key], vocab_size)
+    if merged["forced_eos_token_id"] is not None:
+        _token_ids("forced_eos_token_id", merged["forced_eos_token_id"], vocab_size, many=True)
     pad = merged["pad_token_id"]
     if pad is None:
         pad = eos_ids[0] if eos_ids else 0
@@ -169,6 +197,8 @@ def resolve(
     if bad is not None:
         if not isinstance(bad, list) or not all(isinstance(w, list) and w for w in bad):
             raise ValueError(f"`bad_words_ids` must be a non-empty list of non-empty lists, got {bad!r}")
+        for word in bad:
+            _token_ids("bad_words_ids", word, vocab_size, many=True)
         bad = [w for w in bad if not (len(w) == 1 and w[0] in eos_ids)]  # EOS is never banned
     return GenerationSettings(
         max_length=max_length,

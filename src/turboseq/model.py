@@ -10,7 +10,7 @@ from torch import Tensor
 
 from turboseq import search
 from turboseq.cache import DecoderState
-from turboseq.generation import GenerationSettings, resolve
+from turboseq.generation import GenerationSettings, check_seed, resolve
 from turboseq.layers import LMHead, build_cross_kv, decode_step, encode
 from turboseq.spec import Seq2SeqSpec
 
@@ -45,7 +45,8 @@ class Seq2SeqModel:
 
     def settings(self, **kwargs) -> GenerationSettings:
         """The effective generation settings for a call with ``kwargs`` (model defaults applied)."""
-        return resolve(self.generation_defaults, kwargs, max_positions=self.spec.max_positions)
+        return resolve(self.generation_defaults, kwargs, max_positions=self.spec.max_positions,
+                       vocab_size=self.spec.vocab_size)
 
     @torch.inference_mode()
     def generate(
@@ -105,6 +106,7 @@ class Seq2SeqModel:
             order = list(range(n))  # input order: the random stream is consumed as transformers does
         else:
             order = sorted(range(n), key=lambda i: -len(rows[i]) if isinstance(rows, list) else 0)
+        check_seed(seed)
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         results: list = [None] * n
         for chunk in make_batches(order, [self._row_length(r) for r in rows], max_batch_size, max_batch_tokens):

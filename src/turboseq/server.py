@@ -18,7 +18,7 @@ import asyncio
 import json
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -45,7 +45,7 @@ class ServerConfig:
     batching: bool = True  # False: one request per engine call (for comparison)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: rows may be numpy arrays, which do not compare to a bool
 class _Job:
     rows: list  # engine rows, one per non-blank input
     params: dict
@@ -162,6 +162,8 @@ class Batcher:
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(err)
+                        if job.cancelled:
+                            job.future.exception()  # nobody waits for it: mark it read
                 continue
             self.metrics.generated_tokens.inc(generated)
             start = 0
@@ -169,8 +171,9 @@ class Batcher:
                 part = results[start : start + len(job.rows)]
                 start += len(job.rows)
                 if not job.future.done():
-                    if job.cancelled:  # cut short: not an answer
+                    if job.cancelled:  # cut short: not an answer, and nobody may read it
                         job.future.set_exception(_Cancelled())
+                        job.future.exception()  # marks it read: no "exception never retrieved" log
                     else:
                         job.future.set_result(part)
 
@@ -336,7 +339,7 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
 
     import turboseq
 
-    config = config or ServerConfig()
+    config = replace(config or ServerConfig())  # a copy: defaults below are this app's
     task = task_for(model)
     task.max_input_tokens = min(config.max_input_tokens or task.max_input_tokens, task.max_input_tokens)
     task.max_batch_size = config.max_batch_size

@@ -93,7 +93,8 @@ class SpeechModel(Seq2SeqModel):
             if not previous or previous[0] != self.whisper.get("prev_sot_token_id"):
                 previous = [self.whisper["prev_sot_token_id"]] + previous
             prompt = previous + prompt
-        s = resolve(self.generation_defaults, kwargs, max_positions=self.spec.max_positions, prompt_length=len(prompt))
+        s = resolve(self.generation_defaults, kwargs, max_positions=self.spec.max_positions, prompt_length=len(prompt),
+                    vocab_size=self.spec.vocab_size)
         s.decoder_prompt = prompt
         begin = len(prompt)
         rules: list = []

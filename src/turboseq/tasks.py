@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from turboseq.encoder import EncoderModel
+from turboseq.generation import check_seed
 from turboseq.model import Seq2SeqModel
 from turboseq.speech import SpeechModel
 
@@ -58,6 +59,11 @@ def text_list(value, name: str) -> list[str]:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise invalid(f"`{name}` must be a string or a list of strings")
+    for i, t in enumerate(value):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800" in the JSON
+            raise invalid(f"`{name}` item {i} is not valid Unicode (a lone surrogate)") from None
     return value
 
 
@@ -229,6 +235,7 @@ class GenerationTask(TextTask):
         owned = SERVER_OWNED & set(params)
         if owned:
             raise ValueError(f"parameter(s) set by the server, not per request: {', '.join(sorted(owned))}")
+        check_seed(params.get("seed"))
         self.model.settings(**self._generation_kwargs(params))  # raises ValueError naming the argument
 
     def batch_key(self, params: dict) -> str | None:
@@ -405,7 +412,14 @@ class SpeechTask(Task):
             raise ValueError(f"parameter(s) set by the server, not per request: {', '.join(sorted(owned))}")
         if not isinstance(params.get("return_timestamps", False), bool):
             raise ValueError("`return_timestamps` must be a boolean")
-        self.model.settings(**{k: v for k, v in params.items() if k not in ("truncation", "seed")})
+        if "seed" in params:
+            raise ValueError("`seed` is not supported for speech requests")
+        self.model.settings(**{k: v for k, v in params.items() if k != "truncation"})
+
+    def batch_key(self, params):
+        if self.model.settings(**{k: v for k, v in params.items() if k != "truncation"}).do_sample:
+            return None  # sampled requests run alone
+        return super().batch_key(params)
 
     def input_size(self, row):
         from turboseq.audio import CHUNK_SAMPLES
