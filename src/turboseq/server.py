@@ -262,9 +262,10 @@ class Service:
 
     async def stream(self, request: Request, parsed: Parsed):
         """Server-sent events for one input: one event per token ``{"token": {"id", "text", "special"}}``, then
-        ``{"generated_text", "finish_reason"}``. The request waits in the queue like any other (429 when full;
-        504 when no token came within the timeout) and may share a batch; the response starts with its first
-        token. Errors after that arrive as a last event ``{"error", "error_type"}``."""
+        ``{"generated_text", "finish_reason"}``. The request waits in the queue like any other (429 when full)
+        and may share a batch; the response starts with its first token (504 if none came within the request
+        timeout). The timeout covers the whole stream: errors after the first token, a timeout included, arrive
+        as a last event ``{"error", "error_type"}``."""
         from fastapi.responses import StreamingResponse
 
         self.admit(parsed)
