@@ -182,6 +182,10 @@ def _event(data: dict) -> str:
     return f"data: {json.dumps(data)}\n\n"
 
 
+def _internal_error_body(err: Exception) -> dict:
+    return {"error": f"internal error: {type(err).__name__}: {err}", "error_type": "internal"}
+
+
 class Service:
     """What every route shares: the task, limits, metrics, readiness, and running requests through the queue.
     Task routes (``Task.routes``) receive it."""
@@ -324,7 +328,7 @@ class Service:
             yield _event({"error": err.message, "error_type": err.kind})
         except Exception as err:
             self.metrics.rejected.labels("internal").inc()
-            yield _event({"error": f"internal error: {type(err).__name__}: {err}", "error_type": "internal"})
+            yield _event(_internal_error_body(err))
         finally:
             if not job.future.done() and not job.cancelled:  # the client left mid-stream
                 job.cancelled = True  # its row leaves the batch at the next step
@@ -384,8 +388,7 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
     @app.exception_handler(Exception)
     async def _internal_error(request, err: Exception):
         metrics.rejected.labels("internal").inc()
-        return JSONResponse({"error": f"internal error: {type(err).__name__}: {err}", "error_type": "internal"},
-                            status_code=500)
+        return JSONResponse(_internal_error_body(err), status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, err):

@@ -37,13 +37,19 @@ def invalid(message: str) -> RequestError:
 # --- request bodies ---------------------------------------------------------------------------------------------
 
 
-def check_size(raw: bytes, limit: int) -> None:
-    if len(raw) > limit:
-        raise RequestError(413, f"request body of {len(raw)} bytes is over the limit of {limit}", "payload_too_large")
+def check_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise RequestError(413, f"request body of {size} bytes is over the limit of {limit}", "payload_too_large")
+
+
+def check_not_server_owned(params: dict) -> None:
+    owned = SERVER_OWNED & set(params)
+    if owned:
+        raise ValueError(f"parameter(s) set by the server, not per request: {', '.join(sorted(owned))}")
 
 
 def decode_json(raw: bytes, limit: int):
-    check_size(raw, limit)
+    check_size(len(raw), limit)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -228,23 +234,22 @@ class GenerationTask(TextTask):
         self.name = "translation" if model.config.get("model_type") == "marian" else "text2text-generation"
         self.field = "translation_text" if self.name == "translation" else "generated_text"
 
-    def _generation_kwargs(self, params: dict) -> dict:
-        return {k: v for k, v in params.items() if k not in ("truncation", "seed")}
+    def _settings(self, params: dict):
+        """The request's generation settings (model defaults applied); raises ValueError naming a bad one."""
+        return self.model.settings(**{k: v for k, v in params.items() if k not in ("truncation", "seed")})
 
     def validate(self, params: dict) -> None:
-        owned = SERVER_OWNED & set(params)
-        if owned:
-            raise ValueError(f"parameter(s) set by the server, not per request: {', '.join(sorted(owned))}")
+        check_not_server_owned(params)
         check_seed(params.get("seed"))
-        self.model.settings(**self._generation_kwargs(params))  # raises ValueError naming the argument
+        self._settings(params)
 
     def batch_key(self, params: dict) -> str | None:
-        if self.model.settings(**self._generation_kwargs(params)).do_sample:
+        if self._settings(params).do_sample:
             return None  # sampled requests run alone, so that a seed means the same as when sent alone
         return json.dumps({k: v for k, v in params.items() if k != "truncation"}, sort_keys=True)
 
     def check_stream(self, params: dict) -> None:
-        s = self.model.settings(**self._generation_kwargs(params))
+        s = self._settings(params)
         if s.is_beam or s.num_return_sequences != 1:
             raise invalid("streaming supports num_beams=1 and num_return_sequences=1")
 
@@ -254,18 +259,18 @@ class GenerationTask(TextTask):
         decode = self.model.tokenizer.batch_decode
         texts = [decode([s.tolist() for s in seqs], skip_special_tokens=True) for seqs in outputs]
         generated = sum(len(s) - 1 for seqs in outputs for s in seqs)  # minus the decoder start token
-        nrs = self.model.settings(**self._generation_kwargs(params)).num_return_sequences
+        nrs = self._settings(params).num_return_sequences
         return [t[0] if nrs == 1 else t for t in texts], generated
 
     def empty(self, params):
-        nrs = self.model.settings(**self._generation_kwargs(params)).num_return_sequences
+        nrs = self._settings(params).num_return_sequences
         return "" if nrs == 1 else [""] * nrs
 
     def respond(self, answers, parsed):
         return [{self.field: a} for a in answers]
 
     def stream_decoder(self, params: dict) -> TextStream:
-        s = self.model.settings(**self._generation_kwargs(params))
+        s = self._settings(params)
         return TextStream(self.model.tokenizer, s.eos_token_ids)
 
     def warm(self, batch_size):
@@ -371,7 +376,7 @@ class SpeechTask(Task):
         import base64
         import binascii
 
-        check_size(raw, limit)
+        check_size(len(raw), limit)
         ctype = content_type.split(";")[0].strip().lower()
         if ctype == "application/json":
             inputs, params, single = task_body(raw, limit)
@@ -407,17 +412,18 @@ class SpeechTask(Task):
         return kwargs
 
     def validate(self, params):
-        owned = SERVER_OWNED & set(params)
-        if owned:
-            raise ValueError(f"parameter(s) set by the server, not per request: {', '.join(sorted(owned))}")
+        check_not_server_owned(params)
         if not isinstance(params.get("return_timestamps", False), bool):
             raise ValueError("`return_timestamps` must be a boolean")
         if "seed" in params:
             raise ValueError("`seed` is not supported for speech requests")
-        self.model.settings(**{k: v for k, v in params.items() if k != "truncation"})
+        self._settings(params)
+
+    def _settings(self, params: dict):
+        return self.model.settings(**{k: v for k, v in params.items() if k != "truncation"})
 
     def batch_key(self, params):
-        if self.model.settings(**{k: v for k, v in params.items() if k != "truncation"}).do_sample:
+        if self._settings(params).do_sample:
             return None  # sampled requests run alone
         return super().batch_key(params)
 
@@ -461,9 +467,7 @@ class SpeechTask(Task):
 
         service.ensure_ready()
         limit = service.config.max_payload_bytes
-        size = int(request.headers.get("content-length") or 0)
-        if size > limit:
-            raise RequestError(413, f"request body of {size} bytes is over the limit of {limit}", "payload_too_large")
+        check_size(int(request.headers.get("content-length") or 0), limit)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise RequestError(415, "send multipart/form-data with a `file` field", "unsupported_media_type")
         form = await request.form()
