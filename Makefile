@@ -3,14 +3,14 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 
-.PHONY: demo test bench lint clean system-deps
+.PHONY: demo test bench lint format clean system-deps
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	# the CPU build of torch that lies on disk; must come before anything that depends on torch
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[bench,test,serve]'
+	$(PIP) install -q -e '.[bench,test,serve,lint]'
 	touch $(STAMP)
 
 # espeak-ng synthesizes the speech that Whisper tests, bench and demo transcribe (Debian package)
@@ -23,7 +23,17 @@ system-deps:
 demo: $(STAMP) system-deps
 	$(PY) scripts/demo.py
 
-test: $(STAMP) system-deps
+# ruff (lint and format) and the import-linter contract of the layers (pyproject.toml)
+lint: $(STAMP)
+	.venv/bin/ruff check src tests scripts
+	.venv/bin/ruff format --check src tests scripts
+	.venv/bin/lint-imports --no-cache
+
+format: $(STAMP)
+	.venv/bin/ruff check --fix src tests scripts
+	.venv/bin/ruff format src tests scripts
+
+test: lint system-deps
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP) system-deps

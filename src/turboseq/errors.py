@@ -1,0 +1,19 @@
+"""The errors turboseq raises on bad input, each a ``ValueError`` whose message a user can act on."""
+
+from __future__ import annotations
+
+
+class ModelLoadError(ValueError):
+    """A model directory or file that cannot be loaded; the message names the file and the reason."""
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used; the message names the source and the reason."""
+
+
+class InputTooLong(ValueError):
+    """An input with more tokens than the model (or the server) accepts."""
+
+    def __init__(self, index: int, tokens: int, limit: int, hint: str = "pass truncation=True to cut it"):
+        super().__init__(f"input {index} has {tokens} tokens; the model accepts at most {limit} ({hint})")
+        self.index, self.tokens, self.limit = index, tokens, limit

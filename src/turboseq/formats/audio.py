@@ -1,0 +1,118 @@
+"""Audio in: decoding any common file to 16 kHz mono float32, and Whisper's log-mel features.
+
+Decoding uses PyAV (FFmpeg's libraries: WAV, FLAC, MP3, M4A/AAC, OGG/Opus, ...), downmixed and resampled by
+libswresample. ``log_mel`` reproduces transformers' ``WhisperFeatureExtractor`` (its torch path) operation for
+operation, so features are identical.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from turboseq.errors import AudioError
+
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP_LENGTH = 160
+CHUNK_SAMPLES = 30 * SAMPLE_RATE  # one 30 s window
+FRAMES_PER_CHUNK = CHUNK_SAMPLES // HOP_LENGTH  # 3000 mel frames
+
+
+def load_audio(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+    """Decode a file path or the bytes of a file into a 16 kHz mono float32 array in [-1, 1].
+
+    Raises ``AudioError`` naming the file for missing, corrupt or unsupported input.
+    """
+    import av
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label = name or "audio data"
+        if len(source) == 0:
+            raise AudioError(f"{label}: empty (0 bytes)")
+        handle = io.BytesIO(bytes(source))
+    else:
+        label = name or str(source)
+        path = Path(source)
+        if not path.exists():
+            raise AudioError(f"{label}: no such file")
+        if path.is_dir():
+            raise AudioError(f"{label}: is a directory, not an audio file")
+        if path.stat().st_size == 0:
+            raise AudioError(f"{label}: empty file (0 bytes)")
+        handle = str(path)
+    try:
+        container = av.open(handle, mode="r", metadata_errors="ignore")
+    except av.error.InvalidDataError:
+        raise AudioError(f"{label}: not a recognised audio format (corrupt or unsupported file)") from None
+    except (av.error.FFmpegError, OSError) as err:
+        raise AudioError(f"{label}: cannot open ({err})") from None
+    with container:
+        if not container.streams.audio:
+            raise AudioError(f"{label}: contains no audio stream")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        pieces = []
+        try:
+            for frame in container.decode(audio=0):
+                pieces.extend(f.to_ndarray() for f in resampler.resample(frame))
+            pieces.extend(f.to_ndarray() for f in resampler.resample(None))
+        except (av.error.FFmpegError, ValueError) as err:
+            raise AudioError(f"{label}: audio stream is corrupt ({err})") from None
+    if not pieces:
+        return np.zeros(0, dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(pieces, axis=1)[0], dtype=np.float32)
+
+
+def as_waveform(audio, name: str = "audio") -> np.ndarray:
+    """A path, bytes, or an array of 16 kHz mono samples -> float32 array."""
+    if isinstance(audio, (str, Path, bytes, bytearray, memoryview)):
+        return load_audio(audio, name if not isinstance(audio, (str, Path)) else None)
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().numpy()
+    array = np.asarray(audio)
+    if array.ndim != 1:
+        raise AudioError(f"{name}: expected a 1-D array of 16 kHz mono samples, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise AudioError(f"{name}: expected float samples in [-1, 1], got dtype {array.dtype}")
+    if not np.isfinite(array).all():
+        raise AudioError(f"{name}: samples contain NaN or infinity")
+    return array.astype(np.float32, copy=False)
+
+
+@lru_cache(maxsize=4)
+def mel_filters(n_mels: int) -> Tensor:
+    """Slaney-scale mel filter bank [n_freqs, n_mels], the one WhisperFeatureExtractor builds."""
+    from transformers.audio_utils import mel_filter_bank
+
+    bank = mel_filter_bank(
+        num_frequency_bins=1 + N_FFT // 2,
+        num_mel_filters=n_mels,
+        min_frequency=0.0,
+        max_frequency=8000.0,
+        sampling_rate=SAMPLE_RATE,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+    return torch.from_numpy(bank).to(torch.float32)
+
+
+def log_mel(windows: list[np.ndarray], n_mels: int = 80) -> Tensor:
+    """Whisper's input features [len(windows), n_mels, 3000] for windows of at most 30 s each (zero-padded
+    to 30 s, as the model was trained)."""
+    batch = torch.zeros(len(windows), CHUNK_SAMPLES, dtype=torch.float32)
+    for i, w in enumerate(windows):
+        n = min(len(w), CHUNK_SAMPLES)
+        batch[i, :n] = torch.from_numpy(np.ascontiguousarray(w[:n], dtype=np.float32))
+    window = torch.hann_window(N_FFT)
+    stft = torch.stft(batch, N_FFT, HOP_LENGTH, window=window, return_complex=True)
+    magnitudes = (stft[..., :-1].abs() ** 2).contiguous()  # [batch, n_freqs, 3000]
+    mel = mel_filters(n_mels).T @ magnitudes
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    top = log_spec.max(dim=2, keepdim=True)[0].max(dim=1, keepdim=True)[0]  # per window
+    log_spec = torch.maximum(log_spec, top - 8.0)
+    return (log_spec + 4.0) / 4.0

@@ -1,0 +1,148 @@
+"""Reading a model directory or file: what kind of model it is, its configs, and its spec.
+
+Every failure is a ``ModelLoadError`` naming the file. ``inspect`` reads only config.json (or an export's
+metadata), so a caller can refuse the wrong kind of model before any weight is read.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from turboseq.errors import ModelLoadError
+from turboseq.formats.families import FAMILIES
+from turboseq.formats.families.common import Checkpoint
+from turboseq.formats.hf import load_weights, read_json
+from turboseq.runtime.spec import EncoderSpec, Seq2SeqSpec
+
+# what each kind of model is, in words (CLI errors name it)
+KINDS = {
+    "seq2seq": "a text-to-text model",
+    "speech": "a speech-to-text (Whisper) model",
+    "encoder": "an encoder (embedding) model",
+    "export": "a turboseq export of an encoder",
+}
+EXPORT_FORMAT = "turboseq-encoder-export"  # the ``format`` of an export's turboseq.json
+
+
+@dataclass
+class ModelInfo:
+    """What ``inspect`` tells from a model's config alone."""
+
+    path: Path
+    kind: str  # a key of KINDS
+    model_type: str | None
+    source: str = "hf"  # "hf" (a Hugging Face directory), "ct2" (a CTranslate2 directory) or "export" (a file)
+
+    def describe(self) -> str:
+        name = f" ({self.model_type})" if self.model_type else ""
+        return f"{KINDS[self.kind]}{name}"
+
+
+@dataclass
+class ModelFiles(ModelInfo):
+    """Everything read from a model directory: configs and the spec, ready for the runtime."""
+
+    config: dict = field(default_factory=dict)
+    generation_config: dict | None = None
+    spec: Seq2SeqSpec | EncoderSpec | None = None
+    extra: dict = field(default_factory=dict)  # a family's own generation keys (Whisper's prompt and rules)
+
+
+def _check_dir(model_dir: Path) -> None:
+    if not model_dir.exists():
+        raise ModelLoadError(f"{model_dir}: no such model directory")
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"{model_dir}: not a directory (expected a Hugging Face model directory)")
+
+
+def export_metadata(path: Path) -> dict:
+    """The turboseq metadata of an export file, read with zipfile before torch sees the archive."""
+    not_export = (
+        f"{path}: a file, but not a turboseq export (expected a model directory, or a .pt2 file written by "
+        "`turboseq export`)"
+    )
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":
+            raise ModelLoadError(not_export)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "turboseq.json"]
+            meta = json.loads(archive.read(names[0]).decode("utf-8")) if names else None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise ModelLoadError(f"{path}: not a readable turboseq export ({type(err).__name__}: {err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise ModelLoadError(
+            f"{path}: a zip archive (a torch.export program?), but not one written by `turboseq export`"
+        )
+    return meta
+
+
+def inspect(path: str | Path) -> ModelInfo:
+    """The kind of model at ``path`` (a directory, or a ``turboseq export`` file), from its config alone."""
+    path = Path(path)
+    if path.is_file():
+        meta = export_metadata(path)
+        return ModelInfo(path, "export", meta.get("model_type"), "export")
+    _check_dir(path)
+    config = read_json(path / "config.json")
+    if "model_type" not in config and (path / "model.bin").is_file():
+        return ModelInfo(path, "speech", "whisper", "ct2")  # CTranslate2 directories: Whisper only (checked on load)
+    model_type = config.get("model_type")
+    return ModelInfo(path, getattr(_family(path, model_type), "KIND", "seq2seq"), model_type)
+
+
+def _family(model_dir: Path, model_type):
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise ModelLoadError(
+            f"{model_dir / 'config.json'}: unsupported model_type {model_type!r}; "
+            f"supported: {', '.join(sorted(FAMILIES))}"
+        )
+    return family
+
+
+def read_model_dir(path: str | Path) -> ModelFiles:
+    """Configs and spec of a Hugging Face (or CTranslate2 Whisper) model directory."""
+    model_dir = Path(path)
+    _check_dir(model_dir)
+    info = inspect(model_dir)
+    config = read_json(model_dir / "config.json")
+    if info.source == "ct2":
+        return read_ct2_dir(model_dir, config)
+    family, kind, model_type = FAMILIES[info.model_type], info.kind, info.model_type
+    generation_config = read_json(model_dir / "generation_config.json", required=False)
+    tensors, source = load_weights(model_dir)
+    try:
+        if kind == "encoder":  # encoders also read their pooling files
+            spec = family.build(config, Checkpoint(tensors, source), model_dir)
+        else:
+            spec = family.build(config, Checkpoint(tensors, source))
+    except KeyError as err:
+        raise ModelLoadError(f"{model_dir / 'config.json'}: missing key {err}") from None
+    extra = (
+        family.generation_extras(model_dir, config, generation_config) if hasattr(family, "generation_extras") else {}
+    )
+    return ModelFiles(model_dir, kind, model_type, "hf", config, generation_config, spec, extra)
+
+
+def read_ct2_dir(model_dir: Path, ct2_config: dict) -> ModelFiles:
+    """A CTranslate2 model directory (model.bin + config.json + tokenizer files), as ``read_model_dir``."""
+    from turboseq.formats.ct2 import read_model_bin
+    from turboseq.formats.families import whisper
+
+    name, _revision, variables = read_model_bin(model_dir / "model.bin")
+    if name != "WhisperSpec":
+        raise ModelLoadError(
+            f"{model_dir / 'model.bin'}: CTranslate2 model {name!r} is not supported; of CTranslate2 directories, "
+            "turboseq reads Whisper (WhisperSpec). Load other models from their Hugging Face directory"
+        )
+    config, generation_config = whisper.ct2_configs(model_dir, variables, ct2_config)
+    try:
+        spec = whisper.build(config, Checkpoint(whisper.ct2_to_hf(variables), str(model_dir / "model.bin")))
+    except KeyError as err:
+        raise ModelLoadError(f"{model_dir / 'model.bin'}: missing variable {err}") from None
+    extra = whisper.generation_extras(model_dir, config, generation_config)
+    return ModelFiles(model_dir, "speech", "whisper", "ct2", config, generation_config, spec, extra)

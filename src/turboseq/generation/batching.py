@@ -1,0 +1,88 @@
+"""Batching: inputs sorted by length into batches, outputs padded back, and the hooks a caller hands a batch.
+
+A caller (the server, a transcription of several files) numbers its rows its own way; the engine regroups
+them into batches, and sampled sequences or beams into more rows. ``RowHooks`` carries the caller's two
+callbacks through every regrouping as one index map, so each layer translates rows once, by ``select``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+
+def make_batches(
+    order: list[int], lengths: Sequence[int], max_size: int | None, max_tokens: int | None
+) -> Iterator[list[int]]:
+    """Split ``order`` into consecutive batches of at most ``max_size`` rows and ``max_tokens`` padded tokens."""
+    if max_size is not None and max_size < 1:
+        raise ValueError(f"`max_batch_size` must be >= 1, got {max_size}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"`max_batch_tokens` must be >= 1, got {max_tokens}")
+    batch: list[int] = []
+    width = 0
+    for i in order:
+        new_width = max(width, lengths[i])
+        too_many = max_size is not None and len(batch) + 1 > max_size
+        too_big = max_tokens is not None and new_width * (len(batch) + 1) > max_tokens
+        if batch and (too_many or too_big):
+            yield batch
+            batch, new_width = [], lengths[i]
+        batch.append(i)
+        width = new_width
+    if batch:
+        yield batch
+
+
+def pad_rows(rows: list[Tensor], fill: int) -> torch.LongTensor:
+    """Right-pad token rows with ``fill`` into one LongTensor [len(rows), longest]."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), fill, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r.cpu()
+    return out
+
+
+class RowHooks:
+    """A caller's callbacks into a running batch, seen through the map from batch rows to the caller's rows.
+
+    ``abandoned()`` returns the caller's rows nobody waits for any more (a collection, possibly empty, or
+    None): their batch rows leave at the next decoding step. ``on_tokens(rows, tokens)`` receives each new
+    token with its caller row (tensors), for streaming.
+    """
+
+    def __init__(
+        self,
+        abandoned: Callable[[], Collection[int] | None] | None = None,
+        on_tokens: Callable[[Tensor, Tensor], None] | None = None,
+        index: Tensor | None = None,
+    ):
+        self.abandoned, self.on_tokens = abandoned, on_tokens
+        self.index = index  # [batch rows] -> caller row; None: the identity
+
+    def select(self, rows: Sequence[int] | Tensor) -> RowHooks:
+        """The hooks of a batch whose row j is this batch's row ``rows[j]``."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return RowHooks(self.abandoned, self.on_tokens, rows if self.index is None else self.index[rows])
+
+    def lost(self) -> set[int]:
+        """The caller's rows given up so far."""
+        return set(self.abandoned() or ()) if self.abandoned is not None else set()
+
+    def caller_rows(self, rows: Tensor) -> Tensor:
+        rows = rows.cpu()
+        return rows if self.index is None else self.index[rows]
+
+    def gone(self, rows: Tensor) -> Tensor | None:
+        """Bool mask over this batch's ``rows`` of those given up, or None when none is."""
+        lost = self.lost()
+        if not lost:
+            return None
+        return torch.tensor([i in lost for i in self.caller_rows(rows).tolist()], dtype=torch.bool, device=rows.device)
+
+    def emit(self, rows: Tensor, tokens: Tensor) -> None:
+        """Pass the new ``tokens`` of this batch's ``rows`` to the caller."""
+        if self.on_tokens is not None:
+            self.on_tokens(self.caller_rows(rows), tokens)

@@ -1,0 +1,156 @@
+"""Encoder-only models (BERT, RoBERTa, XLM-R): hidden states, sentence embeddings, classification.
+
+Inputs of a call are sorted by length into batches; each batch is packed end to end so that no FLOPs go to
+padding in the dense layers (``runtime.layers.encode_packed``); results come back in input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from turboseq.formats.tokenizer import encode_texts, load_tokenizer
+from turboseq.generation.batching import make_batches
+from turboseq.models.progress import progress_bar
+from turboseq.runtime.layers import encode, encode_packed, linear
+from turboseq.runtime.spec import EncoderSpec
+
+
+class EncoderModel:
+    def __init__(self, spec: EncoderSpec, config: dict, path: Path, device, dtype: str):
+        self.spec, self.config, self.path, self.device, self.dtype = spec, config, Path(path), device, dtype
+        self._tokenizer = None
+
+    def __repr__(self) -> str:
+        return f"turboseq.EncoderModel({self.config.get('model_type')}, {str(self.path)!r}, dtype={self.dtype})"
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.path)
+        return self._tokenizer
+
+    # --- token level -------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None, packed: bool = True) -> Tensor:
+        """Last hidden states [batch, seq, d_model] of a right-padded batch (zeros at padded positions).
+        ``packed=False`` runs the plain padded path instead (same result up to float rounding)."""
+        ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device)
+        if ids.dim() != 2:
+            raise ValueError(f"`input_ids` must be [batch, seq], got shape {tuple(ids.shape)}")
+        mask = torch.ones_like(ids) if attention_mask is None else torch.as_tensor(attention_mask, device=self.device)
+        if mask.shape != ids.shape:
+            raise ValueError(f"`attention_mask` shape {tuple(mask.shape)} differs from `input_ids` {tuple(ids.shape)}")
+        if ids.shape[1] > self.spec.max_positions:
+            raise ValueError(f"inputs have {ids.shape[1]} tokens; the model accepts at most {self.spec.max_positions}")
+        if not packed:
+            return encode(self.spec.encoder, ids, mask) * mask[..., None]
+        lengths = mask.sum(dim=1)
+        if bool((mask != (torch.arange(ids.shape[1], device=ids.device) < lengths[:, None]).long()).any()):
+            raise ValueError("`attention_mask` must be right padding (ones, then zeros) for the packed path")
+        out = torch.zeros(
+            (*ids.shape, self.spec.d_model), dtype=self.spec.encoder.embed.tokens.dtype, device=ids.device
+        )
+        live = lengths > 0
+        if live.any():
+            hidden = encode_packed(self.spec.encoder, ids[mask.bool()], lengths[live])
+            out[mask.bool()] = hidden
+        return out
+
+    def _pool(self, hidden: Tensor, lengths: Tensor, normalize: bool) -> Tensor:
+        """Per-sequence vectors [batch, d_model] from packed states [total, d_model]."""
+        mode = self.spec.pooling.mode
+        batch = lengths.numel()
+        seq = torch.repeat_interleave(torch.arange(batch, device=hidden.device), lengths)
+        if mode == "cls":
+            vectors = hidden[torch.cumsum(lengths, 0) - lengths]
+        elif mode == "max":
+            vectors = hidden.new_full((batch, hidden.shape[1]), -torch.inf)
+            vectors = vectors.scatter_reduce(0, seq[:, None].expand_as(hidden), hidden, "amax")
+        else:
+            vectors = hidden.new_zeros((batch, hidden.shape[1])).index_add_(0, seq, hidden) / lengths[:, None]
+        return F.normalize(vectors, p=2, dim=1) if normalize else vectors
+
+    # --- text level --------------------------------------------------------------------------------------
+
+    def _encode_texts(self, texts: Sequence[str], truncation: bool) -> list[Tensor]:
+        rows = encode_texts(self.tokenizer, texts, self.spec.max_positions, truncation)
+        return [torch.tensor(ids, dtype=torch.long) for ids in rows]
+
+    @torch.inference_mode()
+    def _run(self, rows: list[Tensor], batch_size, max_batch_tokens, fn, progress_desc: str | None = None) -> list:
+        """Sort ``rows`` (token id tensors) by length into packed batches, apply ``fn(hidden, lengths)`` to each
+        batch's packed states, and return its per-row results in input order."""
+        lengths = [len(r) for r in rows]
+        order = sorted(range(len(rows)), key=lambda i: -lengths[i])
+        results: list = [None] * len(rows)
+        with progress_bar(progress_desc is not None, len(rows), "text", progress_desc) as bar:
+            for chunk in make_batches(order, lengths, batch_size, max_batch_tokens):
+                tokens = torch.cat([rows[i] for i in chunk]).to(self.device)
+                lens = torch.tensor([lengths[i] for i in chunk], device=self.device)
+                hidden = encode_packed(self.spec.encoder, tokens, lens)
+                for i, value in zip(chunk, fn(hidden, lens)):
+                    results[i] = value
+                bar.update(len(chunk))
+        return results
+
+    def embed_ids(
+        self, rows: Sequence[Sequence[int]], *, batch_size: int = 32, normalize: bool | None = None
+    ) -> Tensor:
+        """``embed`` for token id lists (special tokens included), e.g. from your own tokenizer call."""
+        norm = self.spec.pooling.normalize if normalize is None else normalize
+        tensors = [torch.as_tensor(list(r), dtype=torch.long) for r in rows]
+        if not tensors:
+            return torch.zeros((0, self.spec.d_model))
+        for i, t in enumerate(tensors):
+            if not 1 <= len(t) <= self.spec.max_positions:
+                raise ValueError(f"row {i} has {len(t)} tokens; rows need 1 to {self.spec.max_positions}")
+        vectors = self._run(tensors, batch_size, None, lambda hidden, lens: self._pool(hidden.float(), lens, norm))
+        return torch.stack(vectors).cpu()
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 32,
+        max_batch_tokens: int | None = None,
+        normalize: bool | None = None,
+        truncation: bool = False,
+        progress: bool = False,
+    ) -> Tensor:
+        """Sentence embeddings [len(texts), d_model] (float32), pooled as the model directory says
+        (sentence-transformers' modules.json; mean pooling otherwise). ``normalize`` defaults to whether the
+        directory has a Normalize module."""
+        norm = self.spec.pooling.normalize if normalize is None else normalize
+        if not len(texts):
+            return torch.zeros((0, self.spec.d_model))
+        vectors = self._run(
+            self._encode_texts(texts, truncation),
+            batch_size,
+            max_batch_tokens,
+            lambda hidden, lens: self._pool(hidden.float(), lens, norm),
+            "embed" if progress else None,
+        )
+        return torch.stack(vectors).cpu()
+
+    def classify(
+        self, texts: Sequence[str], *, batch_size: int = 32, truncation: bool = False, progress: bool = False
+    ) -> list[dict]:
+        """The top label and its softmax score per text: [{"label": ..., "score": ...}, ...]."""
+        head = self.spec.classifier
+        if head is None:
+            raise ValueError(f"{self.path}: the model has no sequence-classification head")
+        if not len(texts):
+            return []
+
+        def top(hidden, lens):
+            first = hidden[torch.cumsum(lens, 0) - lens]
+            probs = linear(torch.tanh(linear(first, head.dense)), head.out).float().softmax(-1)
+            return [{"label": head.labels[int(i)], "score": float(p[i])} for p, i in zip(probs, probs.argmax(-1))]
+
+        return self._run(self._encode_texts(texts, truncation), batch_size, None, top, "classify" if progress else None)

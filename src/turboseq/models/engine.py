@@ -1,0 +1,128 @@
+"""The encoder-decoder engine shared by the text (``models.text``) and speech (``models.speech``) front ends.
+
+Inputs are sorted by length into batches; per batch the encoder runs once, the cross-attention keys/values
+are built once per input (shared by its beams), and the search loop drives the decoder step against a
+preallocated cache. A front end says what its inputs are through four hooks: ``_row_length``, ``_collate``,
+``_encode`` and ``_prompt``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from turboseq.generation import search
+from turboseq.generation.batching import RowHooks, make_batches
+from turboseq.generation.processors import build_processors
+from turboseq.generation.settings import GenerationSettings, check_seed, resolve
+from turboseq.runtime.cache import DecoderState
+from turboseq.runtime.head import LMHead
+from turboseq.runtime.layers import build_cross_kv, decode_step
+from turboseq.runtime.spec import Seq2SeqSpec
+
+
+class EncoderDecoder:
+    """An encoder-decoder model on turboseq's runtime; the front ends subclass it. Build one with
+    ``turboseq.load``."""
+
+    def __init__(self, spec: Seq2SeqSpec, config: dict, generation_defaults: dict, path: Path, device, dtype: str):
+        self.spec = spec
+        self.config = config
+        self.generation_defaults = generation_defaults
+        self.path = path
+        self.device = device
+        self.dtype = dtype
+        self._tokenizer = None
+        self.head = LMHead(spec.lm_head)
+
+    def __repr__(self) -> str:
+        return (
+            f"turboseq.{type(self).__name__}({self.config.get('model_type')}, {str(self.path)!r}, dtype={self.dtype})"
+        )
+
+    def settings(self, **kwargs) -> GenerationSettings:
+        """The effective generation settings for a call with ``kwargs`` (model defaults applied)."""
+        return resolve(
+            self.generation_defaults, kwargs, max_positions=self.spec.max_positions, vocab_size=self.spec.vocab_size
+        )
+
+    def _run(
+        self,
+        rows,
+        mask,
+        s: GenerationSettings,
+        max_batch_size,
+        max_batch_tokens,
+        seed,
+        progress=None,
+        hooks: RowHooks | None = None,
+    ) -> list[list[Tensor]]:
+        """Decode every input of ``rows`` (a list, or a padded tensor kept as is); per input its sequences.
+        ``hooks`` number the inputs as ``rows`` does."""
+        n = len(rows)
+        if s.do_sample:
+            order = list(range(n))  # input order: the random stream is consumed as transformers does
+        else:
+            order = sorted(range(n), key=lambda i: -len(rows[i]) if isinstance(rows, list) else 0)
+        check_seed(seed)
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        results: list = [None] * n
+        for chunk in make_batches(order, [self._row_length(r) for r in rows], max_batch_size, max_batch_tokens):
+            inputs, chunk_mask = self._collate(rows, mask, chunk)
+            chunk_hooks = None if hooks is None else hooks.select(chunk)
+            for i, out in zip(chunk, self._decode_batch(inputs, chunk_mask, s, generator, chunk_hooks)):
+                results[i] = out
+            if progress is not None:
+                progress.update(len(chunk))
+        return results
+
+    # --- the front end's hooks ---------------------------------------------------------------------------
+
+    def _row_length(self, row) -> int:
+        """Encoder positions of one input, for batching by token budget."""
+        raise NotImplementedError
+
+    def _collate(self, rows, mask, chunk: list[int]) -> tuple[Tensor, Tensor | None]:
+        """The encoder inputs and mask of the inputs ``chunk``."""
+        raise NotImplementedError
+
+    def _encode(self, inputs: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Encoder hidden states [batch, src_len, d_model] and the cross-attention key mask (None: all keys)."""
+        raise NotImplementedError
+
+    def _prompt(self, batch: int, s: GenerationSettings) -> Tensor:
+        """The decoder prompt [batch, prompt_len]."""
+        raise NotImplementedError
+
+    # --- one batch ---------------------------------------------------------------------------------------
+
+    def _decode_batch(
+        self, inputs: Tensor, mask: Tensor | None, s: GenerationSettings, generator, hooks: RowHooks | None = None
+    ) -> list[list[Tensor]]:
+        spec = self.spec
+        hidden, cross_mask = self._encode(inputs, mask)
+        cross_kv = build_cross_kv(spec, hidden)
+        batch = hidden.shape[0]
+        attn = spec.decoder.layers[0].self_attn
+        head_dim = attn.qkv.weight.shape[0] // (3 * attn.num_heads)
+        procs = build_processors(s, spec.vocab_size)
+        prompt = self._prompt(batch, s)
+        group = s.num_beams if s.is_beam else 1
+        copies = 1 if s.is_beam else s.num_return_sequences
+        if copies > 1:  # sampled sequences: one decoder row (and one cross K/V entry) each
+            expand = torch.arange(batch, device=self.device).repeat_interleave(copies)
+            cross_kv = [(k.index_select(0, expand), v.index_select(0, expand)) for k, v in cross_kv]
+            cross_mask = None if cross_mask is None else cross_mask.index_select(0, expand)
+            prompt = prompt.index_select(0, expand)
+            hooks = None if hooks is None else hooks.select(expand.cpu())
+        state = DecoderState(cross_kv, cross_mask, group, attn.num_heads, head_dim, s.max_length)
+
+        def step(tokens: Tensor) -> Tensor:
+            return decode_step(spec, state, tokens)
+
+        if s.is_beam:
+            return search.beam_search(step, state.select, self.head, prompt, s, procs, generator, hooks)
+        seqs = search.greedy_or_sample(step, state.select, self.head, prompt, s, procs, generator, hooks)
+        return [seqs[i * copies : (i + 1) * copies] for i in range(batch)]

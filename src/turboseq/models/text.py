@@ -1,0 +1,170 @@
+"""Text-to-text models (Marian, T5, BART, ...): ``generate`` in transformers' format, ``generate_rows`` for
+unpadded token ids, and ``translate``/``generate_text`` over text."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from turboseq.formats.tokenizer import encode_texts, load_tokenizer
+from turboseq.generation.batching import RowHooks, pad_rows
+from turboseq.generation.settings import GenerationSettings
+from turboseq.models.engine import EncoderDecoder
+from turboseq.models.progress import progress_bar
+from turboseq.runtime.layers import encode
+
+
+class Seq2SeqModel(EncoderDecoder):
+    """A text-to-text encoder-decoder model. Build it with ``turboseq.load``."""
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.path)
+        return self._tokenizer
+
+    # --- the engine's hooks: token ids in, the start token as prompt ----------------------------------------
+
+    def _row_length(self, row) -> int:
+        return len(row)
+
+    def _collate(self, rows, mask, chunk: list[int]) -> tuple[Tensor, Tensor | None]:
+        """Unpadded rows are right-padded to the longest of the chunk; a padded tensor keeps its own mask."""
+        if not isinstance(rows, list):
+            return rows[chunk], mask[chunk]
+        width = max(len(rows[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), self.spec.pad_token_id, dtype=torch.long)
+        chunk_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for j, i in enumerate(chunk):
+            ids[j, : len(rows[i])] = rows[i]
+            chunk_mask[j, : len(rows[i])] = 1
+        return ids, chunk_mask
+
+    def _encode(self, inputs: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        inputs, mask = inputs.to(self.device), mask.to(self.device)
+        return encode(self.spec.encoder, inputs, mask), mask.bool()[:, None, None, :]
+
+    def _prompt(self, batch: int, s: GenerationSettings) -> Tensor:
+        start = s.decoder_start_token_id if s.decoder_start_token_id is not None else self.spec.decoder_start_token_id
+        return torch.full((batch, 1), start, dtype=torch.long, device=self.device)
+
+    # --- token-level API ---------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: Tensor | Sequence[Sequence[int]],
+        attention_mask: Tensor | None = None,
+        *,
+        max_batch_size: int | None = 32,
+        max_batch_tokens: int | None = None,
+        seed: int | None = None,
+        **kwargs,
+    ) -> torch.LongTensor:
+        """Generate like ``transformers`` ``model.generate``: a LongTensor [batch * num_return_sequences, len]
+        starting with the decoder start token, padded after EOS and right-padded to the longest row.
+
+        Inputs are regrouped by length into batches of at most ``max_batch_size`` sentences (and
+        ``max_batch_tokens`` padded source tokens); results come back in input order. With ``do_sample``
+        the random stream is torch's global one (or ``seed``'s own generator), drawn as transformers does.
+        """
+        s = self.settings(**kwargs)
+        ids = torch.as_tensor(input_ids, dtype=torch.long)
+        if ids.dim() != 2:
+            raise ValueError(f"`input_ids` must be 2-D [batch, length], got shape {tuple(ids.shape)}")
+        if attention_mask is None:
+            pad = self.spec.pad_token_id
+            mask = ids.ne(pad) if (ids == pad).any() and pad not in s.eos_token_ids else torch.ones_like(ids)
+        else:
+            mask = torch.as_tensor(attention_mask).long()
+            if mask.shape != ids.shape:
+                raise ValueError(f"`attention_mask` shape {tuple(mask.shape)} != `input_ids` shape {tuple(ids.shape)}")
+        if ids.shape[0] == 0:
+            return torch.empty((0, 0), dtype=torch.long)
+        if ids.shape[1] > self.spec.max_positions:
+            raise ValueError(f"input has {ids.shape[1]} tokens; the model accepts at most {self.spec.max_positions}")
+        if ((ids < 0) | (ids >= self.spec.encoder.embed.tokens.shape[0])).any():
+            raise ValueError(f"`input_ids` has ids outside the vocabulary [0, {self.spec.vocab_size})")
+        # right-padded rows are cut to their length, so batches can be regrouped without changing results
+        lengths = mask.sum(dim=1)
+        right_padded = bool((mask == (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()).all())
+        rows = [ids[i, : int(lengths[i])] for i in range(ids.shape[0])] if right_padded else None
+        outputs = self._run(rows if rows is not None else ids, mask, s, max_batch_size, max_batch_tokens, seed)
+        return pad_rows([seq for per_input in outputs for seq in per_input], s.output_fill_token_id)
+
+    @torch.inference_mode()
+    def generate_rows(
+        self,
+        rows: Sequence[Sequence[int]],
+        *,
+        max_batch_size: int | None = 32,
+        max_batch_tokens: int | None = None,
+        seed: int | None = None,
+        on_tokens=None,
+        abandoned=None,
+        settings: GenerationSettings | None = None,
+        **kwargs,
+    ) -> list[list[Tensor]]:
+        """Like ``generate`` for unpadded token id lists, but returns per input its ``num_return_sequences``
+        sequences (decoder prompt included, up to and including EOS) instead of one padded tensor.
+
+        ``on_tokens(inputs, tokens)`` streams greedy/sampled tokens as they are chosen (``num_beams=1``, one
+        return sequence): called after each step with the indices of the inputs still decoding (a tensor) and
+        their new tokens.
+        ``abandoned()`` may return a set of input indices nobody waits for any more: they leave the batch at the
+        next step and their results are meaningless (a server drops requests whose client left).
+        ``settings``: generation settings already resolved by ``settings(**kwargs)`` (then no other kwargs)."""
+        if settings is not None and kwargs:
+            raise TypeError("pass generation arguments or `settings`, not both")
+        s = settings if settings is not None else self.settings(**kwargs)
+        if on_tokens is not None and (s.is_beam or s.num_return_sequences != 1):
+            raise ValueError("streaming needs num_beams=1 and num_return_sequences=1")
+        tensors = [torch.as_tensor(list(r), dtype=torch.long) for r in rows]
+        if not tensors:
+            return []
+        hooks = RowHooks(abandoned, on_tokens) if abandoned is not None or on_tokens is not None else None
+        return self._run(tensors, None, s, max_batch_size, max_batch_tokens, seed, hooks=hooks)
+
+    # --- text API ----------------------------------------------------------------------------------------
+
+    def translate(self, texts: Sequence[str], **kwargs) -> list:
+        """Translate sentences; returns one string per input (a list of strings per input when
+        ``num_return_sequences`` > 1). Empty or whitespace-only inputs give "" without running the model.
+        Options as ``generate_text``."""
+        return self.generate_text(texts, _desc="translate", **kwargs)
+
+    def generate_text(
+        self,
+        texts: Sequence[str],
+        *,
+        truncation: bool = False,
+        batch_size: int = 32,
+        max_batch_tokens: int | None = None,
+        progress: bool = False,
+        seed: int | None = None,
+        _desc: str = "generate",
+        **kwargs,
+    ) -> list:
+        """Text-to-text generation: tokenize, ``generate`` (any generation kwargs), decode without special
+        tokens. One string per input, or a list of ``num_return_sequences`` strings per input. Task prefixes
+        such as T5's "summarize: " belong to the input text. Empty or whitespace-only inputs give "" without
+        running the model; inputs longer than the model's positions raise (or are cut with
+        ``truncation=True``); ``progress=True`` shows a progress bar on stderr."""
+        if isinstance(texts, str):
+            raise TypeError("`texts` must be a list of strings, not a single string")
+        s = self.settings(**kwargs)
+        todo = [i for i, t in enumerate(texts) if t.strip()]
+        encoded = encode_texts(self.tokenizer, [texts[i] for i in todo], self.spec.max_positions, truncation, todo)
+        rows = [torch.tensor(ids, dtype=torch.long) for ids in encoded]
+        with progress_bar(progress, len(texts), "input", _desc) as bar:
+            bar.update(len(texts) - len(todo))
+            outputs = self._run(rows, None, s, batch_size, max_batch_tokens, seed, progress=bar) if rows else []
+        empty = [""] * s.num_return_sequences
+        result: list = [list(empty) for _ in texts]
+        for i, seqs in zip(todo, outputs):
+            result[i] = self.tokenizer.batch_decode([seq.tolist() for seq in seqs], skip_special_tokens=True)
+        if s.num_return_sequences == 1:
+            return [r[0] for r in result]
+        return result

@@ -1,0 +1,71 @@
+"""The LM head: the output projection, and an exact shortcut for greedy decoding."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from turboseq.runtime.layers import can_prepack, linear
+from turboseq.runtime.spec import Linear
+
+
+class LMHead:
+    """The output projection, plus an exact shortcut for greedy decoding.
+
+    ``greedy`` finds the argmax of the processed float32 logits without a float32 product over the whole
+    vocabulary: a bfloat16 product (several times faster) gives every logit within a proven error bound
+    ``err`` (per row: |W h - Wb hb| <= |h| max|W_v - Wb_v| + |h - hb| max|Wb_v| + accumulation slack). Only
+    tokens whose upper bound reaches the best lower bound can win; their logits are recomputed in float32 and
+    the winner is picked among them, so the result is the float32 argmax.
+    """
+
+    # beyond this share of the vocabulary as candidates, the full float32 product is cheaper
+    MAX_CANDIDATE_FRACTION = 0.05
+
+    def __init__(self, lin: Linear):
+        self.lin = lin
+        self.screened_steps = 0  # steps decided by screening (observability for tests and tuning)
+        self.screen = lin.weight.dtype == torch.float32
+        if self.screen:
+            self.weight_bf16 = lin.weight.to(torch.bfloat16)
+            rounding = (lin.weight - self.weight_bf16.float()).norm(dim=1).max().item()
+            norm_bf16 = self.weight_bf16.float().norm(dim=1).max().item()
+            self.rounding, self.norm_bf16 = rounding, norm_bf16
+            # rounding of a float32-accumulated dot product of length n is below n * 2**-24 * |a| |b| (x2 margin)
+            self.slack = 2.0 * lin.weight.shape[1] * 2.0**-24 * norm_bf16
+
+        self.packed_bf16 = None
+        if self.screen and can_prepack(self.weight_bf16):
+            self.packed_bf16 = Linear(
+                self.weight_bf16, packed=torch.ops.mkldnn._reorder_linear_weight(self.weight_bf16)
+            )
+
+    def logits(self, h: Tensor) -> Tensor:
+        return linear(h, self.lin)
+
+    def greedy(self, h: Tensor, input_ids: Tensor, procs) -> Tensor | None:
+        """Argmax token per row of the processed logits, or None when screening does not apply."""
+        if not self.screen:
+            return None
+        hb = h.to(torch.bfloat16)
+        approx = (
+            linear(hb, self.packed_bf16) if self.packed_bf16 is not None else F.linear(hb, self.weight_bf16)
+        ).float()
+        if self.lin.bias is not None:
+            approx += self.lin.bias
+        h_norm = h.norm(dim=1, keepdim=True)
+        err = h_norm * (self.rounding + self.slack) + (h - hb.float()).norm(dim=1, keepdim=True) * self.norm_bf16
+        # the caller passes only processors that ban or force tokens (``bans_only``): they keep the bound
+        screened = procs(input_ids, approx.clone())
+        candidates = screened >= screened.max(dim=1, keepdim=True).values - 2 * err
+        columns = candidates.any(dim=0).nonzero().squeeze(1)
+        if columns.numel() > self.MAX_CANDIDATE_FRACTION * approx.shape[1]:
+            return None
+        exact = F.linear(h, self.lin.weight.index_select(0, columns))
+        if self.lin.bias is not None:
+            exact += self.lin.bias.index_select(0, columns)
+        approx[:, columns] = exact
+        self.screened_steps += 1
+        # non-candidates keep values provably below the best candidate; processors run on exact candidates
+        return procs(input_ids, approx).argmax(dim=-1)

@@ -1,0 +1,225 @@
+"""What a transformer is made of, as plain dataclasses of tensors.
+
+Family modules (``turboseq.formats.families.*``) only map checkpoint tensors into these objects; the runtime
+(``turboseq.runtime.layers``) decides behaviour from what is present here (a bias or not, pre- or post-norm, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Linear:
+    weight: Tensor  # [out_features, in_features]
+    bias: Tensor | None = None
+    # the weight reordered for oneDNN's matmul (set by ``runtime.layers.prepack``; not part of the mapping)
+    packed: Tensor | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class LayerNorm:
+    weight: Tensor
+    bias: Tensor | None
+    eps: float = 1e-5
+    rms: bool = False  # T5's norm: scale by the root mean square only (no mean subtraction, no bias)
+
+
+@dataclass
+class SelfAttention:
+    qkv: Linear  # fused q, k, v projections: weight [3 * inner, d_model] (inner = heads * head_dim)
+    out: Linear
+    num_heads: int
+    scale: float | None = None  # on q.k; None means 1 / sqrt(head_dim) (T5 uses 1.0)
+
+
+@dataclass
+class CrossAttention:
+    q: Linear
+    kv: Linear  # fused k, v projections of the encoder output: weight [2 * inner, d_model]
+    out: Linear
+    num_heads: int
+    scale: float | None = None
+
+
+@dataclass
+class FeedForward:
+    fc1: Linear
+    fc2: Linear
+    activation: str  # "relu" | "gelu" | "silu" ...
+    up: Linear | None = None  # gated FFN (T5 v1.1): fc2(act(fc1 x) * up x)
+
+
+@dataclass
+class EncoderLayer:
+    self_attn: SelfAttention
+    self_attn_norm: LayerNorm
+    ffn: FeedForward
+    ffn_norm: LayerNorm
+
+
+@dataclass
+class DecoderLayer:
+    self_attn: SelfAttention
+    self_attn_norm: LayerNorm
+    cross_attn: CrossAttention
+    cross_attn_norm: LayerNorm
+    ffn: FeedForward
+    ffn_norm: LayerNorm
+
+
+@dataclass
+class Embeddings:
+    tokens: Tensor  # [vocab, d_model]
+    scale: float = 1.0  # multiplies token embeddings (sqrt(d_model) where the family scales them)
+    positions: Tensor | None = None  # [max_positions, d_model], added after scaling
+    norm: LayerNorm | None = None  # layernorm_embedding of BART-style models
+    token_type: Tensor | None = None  # [d_model]: BERT's segment-0 embedding, added before the positions
+
+
+@dataclass
+class Conv1d:
+    weight: Tensor  # [out_channels, in_channels, kernel]
+    bias: Tensor | None
+    stride: int = 1
+    padding: int = 0
+
+
+@dataclass
+class AudioFrontEnd:
+    """Whisper's encoder input: log-mel frames [batch, mels, frames] through GELU convolutions, then fixed
+    positions added (the encoder's counterpart of ``Embeddings``)."""
+
+    convs: list  # list[Conv1d]
+    positions: Tensor  # [encoder positions, d_model]
+
+
+@dataclass
+class RelativePositionBias:
+    """T5's learned attention bias per (bucketed) query-key distance, shared by all layers of a stack."""
+
+    table: Tensor  # [num_buckets, heads]
+    bidirectional: bool  # encoder: distances both ways; decoder: only keys at or before the query
+    max_distance: int = 128
+
+    @property
+    def num_buckets(self) -> int:
+        return self.table.shape[0]
+
+
+@dataclass
+class Stack:
+    embed: Embeddings | AudioFrontEnd
+    layers: list  # list[EncoderLayer] or list[DecoderLayer]
+    pre_norm: bool  # pre-norm (x + f(norm(x))) or post-norm (norm(x + f(x)))
+    final_norm: LayerNorm | None = None
+    relative_bias: RelativePositionBias | None = None
+
+
+@dataclass
+class Seq2SeqSpec:
+    """An encoder-decoder transformer with a language-model head."""
+
+    encoder: Stack
+    decoder: Stack
+    lm_head: Linear  # [vocab, d_model]; bias holds final_logits_bias where the family has one
+    max_positions: int
+    vocab_size: int
+    pad_token_id: int
+    eos_token_id: int
+    decoder_start_token_id: int
+    head_scale: float = 1.0  # multiplies the decoder output before the LM head (T5 with tied embeddings)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def d_model(self) -> int:
+        return self.lm_head.weight.shape[1]
+
+
+@dataclass
+class Pooling:
+    """How a sentence vector is made from token states (sentence-transformers' Pooling + Normalize)."""
+
+    mode: str = "mean"  # "mean" | "cls" | "max"
+    normalize: bool = False
+
+
+@dataclass
+class Classifier:
+    """A sequence-classification head on the first token: ``out(tanh(dense(h_cls)))``."""
+
+    dense: Linear
+    out: Linear
+    labels: list[str]
+
+
+@dataclass
+class EncoderSpec:
+    """An encoder-only transformer (BERT, RoBERTa, XLM-R) with its pooling and optional classifier."""
+
+    encoder: Stack
+    max_positions: int
+    pad_token_id: int
+    pooling: Pooling
+    classifier: Classifier | None = None
+
+    @property
+    def d_model(self) -> int:
+        return self.encoder.embed.tokens.shape[1]
+
+
+def sinusoidal_positions(num_positions: int, dim: int) -> Tensor:
+    """Marian's table: sines in the first half of each vector, cosines in the second (not interleaved).
+
+    Computed in float64 and rounded once, as transformers does, so positions are bit-identical.
+    """
+    import numpy as np
+
+    pos = np.arange(num_positions, dtype=np.float64)[:, None]
+    j = np.arange(dim)
+    angles = pos / np.power(10000, 2 * (j // 2) / dim)
+    out = torch.empty(num_positions, dim, dtype=torch.float32)
+    half = math.ceil(dim / 2)
+    out[:, :half] = torch.from_numpy(np.sin(angles[:, 0::2])).float()
+    out[:, half:] = torch.from_numpy(np.cos(angles[:, 1::2])).float()
+    return out
+
+
+def map_tensors(obj, fn, _done: dict | None = None):
+    """Apply ``fn`` to every tensor inside a spec tree, in place (used for dtype/device moves).
+
+    A tensor shared by several fields (tied embeddings) is converted once and stays shared.
+    """
+    done = {} if _done is None else _done
+    if isinstance(obj, list):
+        for item in obj:
+            map_tensors(item, fn, done)
+        return
+    if not hasattr(obj, "__dataclass_fields__"):
+        return
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.name == "packed":  # derived from the weight after all conversions (``runtime.layers.prepack``)
+            continue
+        if isinstance(value, Tensor):
+            if id(value) not in done:
+                done[id(value)] = (value, fn(value))  # keep `value` alive so its id is not reused
+            setattr(obj, f.name, done[id(value)][1])
+        else:
+            map_tensors(value, fn, done)
+
+
+def linears(obj):
+    """Every ``Linear`` inside a spec tree."""
+    if isinstance(obj, Linear):
+        yield obj
+    elif isinstance(obj, list):
+        for item in obj:
+            yield from linears(item)
+    elif hasattr(obj, "__dataclass_fields__"):
+        for f in fields(obj):
+            yield from linears(getattr(obj, f.name))

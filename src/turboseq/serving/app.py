@@ -1,0 +1,363 @@
+"""HTTP inference server: FastAPI + uvicorn, dynamic batching, streaming, metrics, backpressure, graceful drain.
+
+The server is the same for every kind of model: what is specific to text, audio or vectors lives in the
+model's ``serving.tasks.Task`` (parsing, settings, batch budget, running a batch, answer shape, extra routes).
+
+Requests wait in one bounded queue (``serving.batcher``). A single worker takes the oldest request and, for at
+most ``batch_wait_ms``, merges every queued request with the same batch key (equal generation parameters) into
+one engine batch (``max_batch_size`` inputs, ``max_batch_tokens`` of budget), runs it in a thread and routes
+each answer back. Streamed requests go through the same queue and may share a batch with plain ones; their
+tokens are routed to their event stream as they are chosen. Batch invariance of the engine makes a
+request's answer equal to its answer when sent alone (sampled requests are never merged, so that a seed
+means the same as alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from fastapi import Request  # module level: FastAPI resolves handler annotations here
+
+import turboseq.serving.speech  # noqa: F401  (registers the built-in tasks)
+import turboseq.serving.text  # noqa: F401
+from turboseq.serving.batcher import Batcher, Cancelled, Job, Metrics
+from turboseq.serving.config import ServerConfig
+from turboseq.serving.requests import Parsed, RequestError
+from turboseq.serving.tasks import Task, task_for
+from turboseq.version import __version__
+
+__all__ = ["ServerConfig", "RequestError", "create_app", "serve"]
+
+
+def _event(data: dict) -> str:
+    return f"data: {json.dumps(data)}\n\n"
+
+
+def _internal_error_body(err: Exception) -> dict:
+    return {"error": f"internal error: {type(err).__name__}: {err}", "error_type": "internal"}
+
+
+class Service:
+    """What every route shares: the task, limits, metrics, readiness, and running requests through the queue.
+    Task routes (``Task.routes``) receive it."""
+
+    def __init__(self, task: Task, name: str, config: ServerConfig):
+        self.task, self.name, self.config = task, name, config
+        self.metrics = Metrics()
+        self.ready = self.draining = False
+        self.warmup_error: str | None = None
+        self.on_warmup_failure: Callable[[], None] | None = None  # serve(): stop the process
+        self.batcher: Batcher | None = None
+
+    # --- admission ---------------------------------------------------------------------------------------------
+
+    def ensure_ready(self) -> None:
+        if self.draining or not self.ready:
+            why = "draining" if self.draining else "warming up" if not self.warmup_error else "broken: warm-up failed"
+            raise RequestError(503, f"server is {why}", "unavailable")
+
+    def admit(self, parsed: Parsed) -> None:
+        """Resolve the request's parameters once (``parsed.prepared``) and check its size."""
+        try:
+            parsed.prepared = self.task.prepare(parsed.params)
+        except (ValueError, TypeError) as err:
+            raise RequestError(422, str(err), "validation_error") from None
+        if parsed.count > self.config.max_batch_size:
+            raise RequestError(
+                413,
+                f"{parsed.count} inputs in one request; the limit is {self.config.max_batch_size}",
+                "too_many_inputs",
+            )
+
+    # --- running -----------------------------------------------------------------------------------------------
+
+    async def infer(self, request: Request, parsed: Parsed) -> list:
+        """One answer per input of ``parsed`` (blank inputs get the task's empty answer)."""
+        self.admit(parsed)
+        answers = [self.task.empty(parsed.prepared.settings)] * parsed.count
+        if parsed.rows:
+            job = self._submit(request, parsed)
+            try:
+                outputs = await asyncio.wait_for(asyncio.shield(job.future), self.config.request_timeout_s)
+            except asyncio.TimeoutError:
+                job.cancelled = True
+                raise self._timeout() from None
+            except Cancelled:
+                raise self._client_closed() from None
+            finally:
+                job.watcher.cancel()
+            self.metrics.request_duration.observe(time.perf_counter() - job.enqueued)
+            for slot, out in zip(parsed.slots, outputs):
+                answers[slot] = out
+        return answers
+
+    def _submit(self, request: Request, parsed: Parsed, on_token=None) -> Job:
+        job = Job(parsed.rows, parsed.prepared, asyncio.get_running_loop().create_future(), on_token)
+        self.batcher.submit(job)
+        job.watcher = asyncio.create_task(self._watch_disconnect(request, job))
+        return job
+
+    async def _watch_disconnect(self, request: Request, job: Job) -> None:
+        while not job.future.done():
+            if await request.is_disconnected():
+                job.cancelled = True  # queued: it never reaches the engine; running: its rows leave the batch
+                if job in self.batcher.queue and not job.future.done():
+                    job.future.set_exception(Cancelled())  # still queued: release its handler now
+                return
+            await asyncio.sleep(0.05)
+
+    def _timeout(self) -> RequestError:
+        return RequestError(504, f"request took over {self.config.request_timeout_s} s", "timeout")
+
+    @staticmethod
+    def _client_closed() -> RequestError:
+        return RequestError(499, "client closed the request", "client_closed")
+
+    # --- streaming ---------------------------------------------------------------------------------------------
+
+    async def stream(self, request: Request, parsed: Parsed):
+        """Server-sent events for one input: one event per token ``{"token": {"id", "text", "special"}}``, then
+        ``{"generated_text", "finish_reason"}``. The request waits in the queue like any other (429 when full)
+        and may share a batch; the response starts with its first token (504 if none came within the request
+        timeout). The timeout covers the whole stream: errors after the first token, a timeout included, arrive
+        as a last event ``{"error", "error_type"}``."""
+        from fastapi.responses import StreamingResponse
+
+        self.admit(parsed)
+        if parsed.count != 1:
+            raise RequestError(422, "`inputs` must be one string for streaming", "validation_error")
+        self.task.check_stream(parsed.prepared.settings)
+        decoder = self.task.stream_decoder(parsed.prepared.settings)
+        media = "text/event-stream"
+        if not parsed.rows:  # a blank input: no tokens
+
+            async def blank():
+                yield _event({"generated_text": "", "finish_reason": "length"})
+
+            return StreamingResponse(blank(), media_type=media)
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue = asyncio.Queue()
+        job = self._submit(request, parsed, lambda _row, token: loop.call_soon_threadsafe(tokens.put_nowait, token))
+        job.future.add_done_callback(lambda _: tokens.put_nowait(None))  # after every token of the batch
+        deadline = job.enqueued + self.config.request_timeout_s
+        try:
+            first = await self._next_token(tokens, job, deadline)
+        except BaseException:
+            job.cancelled = True
+            job.watcher.cancel()
+            raise
+        self.metrics.time_to_first_token.observe(time.perf_counter() - job.enqueued)
+        return StreamingResponse(self._events(job, tokens, first, decoder, deadline), media_type=media)
+
+    async def _next_token(self, tokens: asyncio.Queue, job: Job, deadline: float) -> int | None:
+        """The job's next token; None when it finished. Raises on timeout, departure or engine failure."""
+        try:
+            token = await asyncio.wait_for(tokens.get(), max(0.0, deadline - time.perf_counter()))
+        except asyncio.TimeoutError:
+            job.cancelled = True
+            raise self._timeout() from None
+        if token is None:
+            try:
+                job.future.result()
+            except Cancelled:
+                raise self._client_closed() from None
+        return token
+
+    async def _events(self, job: Job, tokens: asyncio.Queue, token: int | None, decoder, deadline: float):
+        try:
+            while token is not None:
+                yield _event({"token": decoder.push(token)})
+                token = await self._next_token(tokens, job, deadline)
+            (final,) = job.future.result()
+            rest = decoder.rest(final)
+            if rest:  # a trailing incomplete character, resolved by the final decode
+                yield _event({"token": {"id": None, "text": rest, "special": False}})
+            yield _event({"generated_text": final, "finish_reason": decoder.finish_reason})
+            self.metrics.request_duration.observe(time.perf_counter() - job.enqueued)
+        except RequestError as err:  # the headers are sent: report it as the last event
+            self.metrics.rejected.labels(err.kind).inc()
+            yield _event({"error": err.message, "error_type": err.kind})
+        except Exception as err:
+            self.metrics.rejected.labels("internal").inc()
+            yield _event(_internal_error_body(err))
+        finally:
+            if not job.future.done() and not job.cancelled:  # the client left mid-stream
+                job.cancelled = True  # its row leaves the batch at the next step
+                self.metrics.rejected.labels("client_closed").inc()
+            job.watcher.cancel()
+
+
+def create_app(model, name: str | None = None, config: ServerConfig | None = None, warmup: bool = True):
+    """The FastAPI app serving ``model`` (a loaded turboseq model) with its registered task."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    config = replace(config or ServerConfig())  # a copy: defaults below are this app's
+    task = task_for(model)
+    task.max_input_tokens = min(config.max_input_tokens or task.max_input_tokens, task.max_input_tokens)
+    task.max_batch_size = config.max_batch_size
+    if config.max_payload_bytes is None:
+        config.max_payload_bytes = task.payload_bytes
+    service = Service(task, name or Path(str(model.path)).name, config)
+    metrics = service.metrics
+
+    async def warm_up(executor):
+        try:
+            if warmup:
+                await asyncio.get_running_loop().run_in_executor(executor, task.warm, config.max_batch_size)
+        except Exception as err:  # a model that cannot run one batch must not report ready
+            import logging
+
+            service.warmup_error = f"{type(err).__name__}: {err}"
+            logging.getLogger("uvicorn.error").error("turboseq: warm-up failed: %s", service.warmup_error)
+            if service.on_warmup_failure is not None:
+                service.on_warmup_failure()
+            return
+        service.ready = True
+
+    async def lifespan(app):
+        batcher = service.batcher = Batcher(task, config, metrics)
+        batcher.task_handle = asyncio.create_task(batcher.run_forever())
+        # warm up in the background: the server listens meanwhile and answers 503 "warming up"
+        warming = asyncio.create_task(warm_up(batcher.executor))
+        yield
+        warming.cancel()
+        batcher.task_handle.cancel()
+        batcher.executor.shutdown(wait=True)
+
+    app = FastAPI(title="turboseq", version=__version__, lifespan=lifespan)
+    app.state.service = service
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request, err: RequestError):
+        metrics.rejected.labels(err.kind).inc()
+        return JSONResponse({"error": err.message, "error_type": err.kind}, status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request, err: Exception):
+        metrics.rejected.labels("internal").inc()
+        return JSONResponse(_internal_error_body(err), status_code=500)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, err):
+        kind = "not_found" if err.status_code == 404 else "http_error"
+        message = f"no route {request.method} {request.url.path}" if err.status_code == 404 else str(err.detail)
+        return JSONResponse({"error": message, "error_type": kind}, status_code=err.status_code)
+
+    @app.get("/health")
+    async def health():
+        if service.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        if service.warmup_error:
+            return JSONResponse(
+                {"status": "failed", "error": f"warm-up failed: {service.warmup_error}"}, status_code=503
+            )
+        if not service.ready:
+            return JSONResponse({"status": "warming up"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def info():
+        return {
+            "model": service.name,
+            "model_type": model.config.get("model_type"),
+            "task": task.name,
+            "dtype": model.dtype,
+            "version": __version__,
+            "streaming": task.streams,
+            "routes": ["/", f"/models/{service.name}"]
+            + (["/generate_stream"] if task.streams else [])
+            + [r.path for r in task.routes()],
+            "limits": {
+                "max_batch_size": config.max_batch_size,
+                "max_batch_tokens": config.max_batch_tokens,
+                "batch_wait_ms": config.batch_wait_ms,
+                "max_queue": config.max_queue,
+                "request_timeout_s": config.request_timeout_s,
+                "max_input_tokens": task.max_input_tokens,
+                "max_payload_bytes": config.max_payload_bytes,
+            },
+        }
+
+    @app.get("/metrics")
+    async def prometheus():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def parse(request: Request) -> Parsed:
+        service.ensure_ready()
+        return task.parse(await request.body(), request.headers.get("content-type", ""), config.max_payload_bytes)
+
+    async def handle(request: Request):
+        parsed = await parse(request)
+        return JSONResponse(task.respond(await service.infer(request, parsed), parsed))
+
+    @app.post("/")
+    async def root(request: Request):
+        return await handle(request)
+
+    @app.post("/models/{model_name:path}")
+    async def named(model_name: str, request: Request):
+        if model_name != service.name:
+            raise RequestError(404, f"unknown model {model_name!r}; this server serves {service.name!r}", "not_found")
+        return await handle(request)
+
+    @app.post("/generate_stream")
+    async def generate_stream(request: Request):
+        if not task.streams:
+            raise RequestError(
+                404, f"{service.name} is a {task.name} model: streaming is for text generation", "not_found"
+            )
+        return await service.stream(request, await parse(request))
+
+    def endpoint(handler):
+        async def run(request: Request):
+            return await handler(service, request)
+
+        return run
+
+    for route in task.routes():
+        app.add_api_route(route.path, endpoint(route.handler), methods=["POST"])
+    return app
+
+
+def serve(model_dir: str, host: str, port: int, config: ServerConfig, dtype: str = "float32", log_level="info"):
+    """Run the server until SIGTERM/SIGINT; on either, /health turns 503, new requests get 503, requests in
+    flight finish, and the process exits 0."""
+    import os
+
+    import uvicorn
+
+    from turboseq.load import load
+
+    # oneDNN keeps a compiled kernel per matmul shape; a server sees every row count as batches shrink, and the
+    # default cache (1024 kernels) grows RSS with them. 64 recent shapes keep the throughput (checked with
+    # python -m turboseq.bench.loadtest). The environment wins if set.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    model = load(model_dir, dtype=dtype)
+    app = create_app(model, config=config)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=None)
+    )
+    original = server.handle_exit
+
+    def handle_exit(sig, frame):
+        app.state.service.draining = True
+        original(sig, frame)
+
+    server.handle_exit = handle_exit
+    app.state.service.on_warmup_failure = lambda: setattr(server, "should_exit", True)
+    # uvicorn re-raises the captured signal after its graceful shutdown, to the handler that was installed
+    # before it: make that a no-op so that a drained server exits 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server.run()
+    return 1 if app.state.service.warmup_error else 0

@@ -1,0 +1,112 @@
+"""Serving tasks: everything the HTTP server needs to know about one kind of model.
+
+The server (``serving.app``, ``serving.batcher``) owns HTTP, the queue, dynamic batching, timeouts,
+disconnects, drain and metrics, and knows nothing of text, audio or vectors. A ``Task`` says how a request
+body becomes engine rows, how its parameters resolve into settings (once, carried with the job), how much
+of the batch budget a row takes, how a batch runs, how answers are shaped, which extra routes (OpenAI's)
+exist and how to warm up. Tasks are registered per model class (``@register(ModelClass)``): a new kind of
+model plugs in by registering its task, with no server change. The built-in ones live in ``serving.text``
+and ``serving.speech``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from turboseq.serving.requests import Parsed, Prepared, RequestError, invalid
+
+__all__ = ["Task", "Route", "register", "task_for", "Parsed", "Prepared", "RequestError", "invalid", "TASKS"]
+
+
+@dataclass
+class Route:
+    """An extra endpoint of a task: ``handler(service, request)`` is awaited; ``service`` is the server's
+    (``app.Service``: ``ensure_ready``, ``infer``, ``config``, ``metrics``)."""
+
+    path: str
+    handler: Callable
+
+
+class Task:
+    name = "unknown"  # Hugging Face pipeline task, shown by /info
+    payload_bytes = 1 << 20  # default body limit
+    streams = False  # whether /generate_stream serves this task
+
+    def __init__(self, model):
+        self.model = model
+        self.max_input_tokens = model.spec.max_positions  # the server lowers it to --max-input-tokens
+        self.max_batch_size = 32  # the server sets --max-batch-size
+
+    def parse(self, raw: bytes, content_type: str, limit: int) -> Parsed:
+        """The body of ``POST /`` as engine rows; raises RequestError."""
+        raise NotImplementedError
+
+    def prepare(self, params: dict) -> Prepared:
+        """The request's parameters resolved into the task's settings, and its batch key; raises
+        ValueError/TypeError naming a bad parameter. By default the parameters are the settings, and requests
+        with equal parameters share batches."""
+        return Prepared(params, json.dumps(params, sort_keys=True))
+
+    def input_size(self, row) -> int:
+        """A row's share of the batch budget (``--max-batch-tokens``)."""
+        return len(row)
+
+    def run(self, rows: list, settings: Any, abandoned=None, on_tokens=None) -> tuple[list, int]:
+        """One engine batch: (one answer per row, tokens generated). ``abandoned()`` names rows nobody waits
+        for any more; ``on_tokens(rows, tokens)`` receives streamed tokens (streaming tasks only)."""
+        raise NotImplementedError
+
+    def empty(self, settings: Any):
+        """The answer to a blank input."""
+        return None
+
+    def respond(self, answers: list, parsed: Parsed):
+        """The JSON body of ``POST /`` from one answer per input."""
+        return answers
+
+    def warm(self, batch_size: int) -> None:
+        """Run a small and a full-size batch: kernels initialize and memory reaches its working set."""
+
+    # streaming tasks (``streams = True``) also give:
+    def check_stream(self, settings: Any) -> None:
+        """Raises RequestError when these settings cannot be streamed."""
+        raise NotImplementedError
+
+    def stream_decoder(self, settings: Any):
+        """An object with ``push(token) -> {"id", "text", "special"}``, ``rest(final_text) -> str`` and
+        ``finish_reason`` (see ``serving.text.TextStream``)."""
+        raise NotImplementedError
+
+    def routes(self) -> list[Route]:
+        return []
+
+
+TASKS: dict[type, type[Task]] = {}
+
+
+def register(model_class: type):
+    """Class decorator: serve models of ``model_class`` (and subclasses) with this task."""
+
+    def add(task_class: type[Task]) -> type[Task]:
+        TASKS[model_class] = task_class
+        return task_class
+
+    return add
+
+
+def task_for(model) -> Task:
+    for cls in type(model).__mro__:  # the most specific registration wins
+        if cls in TASKS:
+            return TASKS[cls](model)
+    raise ValueError(f"no serving task is registered for {type(model).__name__}")
+
+
+def doubling(limit: int) -> list[int]:
+    """1, 2, 4, ... below ``limit``, then ``limit``: the batch sizes a warm-up runs."""
+    sizes = [1]
+    while sizes[-1] * 2 < limit:
+        sizes.append(sizes[-1] * 2)
+    return sizes + ([limit] if limit > 1 else [])

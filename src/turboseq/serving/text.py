@@ -1,0 +1,202 @@
+"""The text tasks: generation (translation, text-to-text, streamed token by token) and embeddings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from turboseq.errors import InputTooLong
+from turboseq.formats.tokenizer import encode_texts
+from turboseq.generation.settings import GenerationSettings, check_seed
+from turboseq.models.encoder import EncoderModel
+from turboseq.models.text import Seq2SeqModel
+from turboseq.serving.requests import (
+    Parsed,
+    Prepared,
+    RequestError,
+    check_not_server_owned,
+    decode_json,
+    invalid,
+    json_fields,
+    task_body,
+    text_list,
+)
+from turboseq.serving.tasks import Route, Task, doubling, register
+
+
+class TextTask(Task):
+    def parse(self, raw: bytes, content_type: str, limit: int) -> Parsed:
+        inputs, params, single = task_body(raw, limit)
+        return self.tokenize(inputs, params, single)
+
+    def tokenize(self, inputs: list[str], params: dict, single: bool = False) -> Parsed:
+        """Token ids of the non-blank inputs, each within the input token limit (or cut with truncation)."""
+        truncation = params.get("truncation", False)
+        if not isinstance(truncation, bool):
+            raise invalid("`parameters.truncation` must be a boolean")
+        slots = [i for i, t in enumerate(inputs) if t.strip()]
+        try:
+            rows = encode_texts(
+                self.model.tokenizer,
+                [inputs[i] for i in slots],
+                self.max_input_tokens,
+                truncation,
+                slots,
+                hint="set parameters.truncation to cut it",
+            )
+        except InputTooLong as err:
+            raise RequestError(
+                422,
+                f"input {err.index} has {err.tokens} tokens; the server accepts at most "
+                f"{err.limit} (set parameters.truncation to cut it)",
+                "input_too_long",
+            ) from None
+        return Parsed(rows, slots, len(inputs), params, single)
+
+    def warm_text(self) -> list[int]:
+        text = "Warm up the engine with a sentence of ordinary length, like the ones the server will see."
+        return self.model.tokenizer(text)["input_ids"]
+
+
+@dataclass
+class GenerationRequest:
+    """A generation request's settings, resolved once."""
+
+    settings: GenerationSettings
+    seed: int | None
+
+
+@register(Seq2SeqModel)
+class GenerationTask(TextTask):
+    """Translation (Marian) and text-to-text generation: ``[{"translation_text" | "generated_text": ...}]``."""
+
+    streams = True
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.name = "translation" if model.config.get("model_type") == "marian" else "text2text-generation"
+        self.field = "translation_text" if self.name == "translation" else "generated_text"
+
+    def prepare(self, params: dict) -> Prepared:
+        check_not_server_owned(params)
+        seed = params.get("seed")
+        check_seed(seed)
+        s = self.model.settings(**{k: v for k, v in params.items() if k not in ("truncation", "seed")})
+        # sampled requests run alone, so that a seed means the same as when sent alone
+        key = (
+            None if s.do_sample else json.dumps({k: v for k, v in params.items() if k != "truncation"}, sort_keys=True)
+        )
+        return Prepared(GenerationRequest(s, seed), key)
+
+    def check_stream(self, request: GenerationRequest) -> None:
+        if request.settings.is_beam or request.settings.num_return_sequences != 1:
+            raise invalid("streaming supports num_beams=1 and num_return_sequences=1")
+
+    def run(self, rows, request: GenerationRequest, abandoned=None, on_tokens=None):
+        outputs = self.model.generate_rows(
+            rows,
+            max_batch_size=None,
+            abandoned=abandoned,
+            on_tokens=on_tokens,
+            seed=request.seed,
+            settings=request.settings,
+        )
+        decode = self.model.tokenizer.batch_decode
+        texts = [decode([s.tolist() for s in seqs], skip_special_tokens=True) for seqs in outputs]
+        generated = sum(len(s) - 1 for seqs in outputs for s in seqs)  # minus the decoder start token
+        nrs = request.settings.num_return_sequences
+        return [t[0] if nrs == 1 else t for t in texts], generated
+
+    def empty(self, request: GenerationRequest):
+        nrs = request.settings.num_return_sequences
+        return "" if nrs == 1 else [""] * nrs
+
+    def respond(self, answers, parsed):
+        return [{self.field: a} for a in answers]
+
+    def stream_decoder(self, request: GenerationRequest) -> TextStream:
+        return TextStream(self.model.tokenizer, request.settings.eos_token_ids)
+
+    def warm(self, batch_size):
+        # batches of 1, 2, 4, ... up to batch_size rows, the model's default beams, 32 forced new tokens: the
+        # allocator's heap grows to the working set of varied batches here, not under the first minutes of load
+        row = self.warm_text()
+        for n in doubling(batch_size):
+            self.model.generate_rows([row] * n, max_batch_size=None, min_new_tokens=32, max_new_tokens=32)
+
+
+class TextStream:
+    """Incremental detokenization for streaming: each pushed token yields the text it adds, never half a
+    character (a byte-level or byte-fallback token that ends inside a UTF-8 sequence adds nothing until the
+    character completes), so that the pieces concatenate to the full decoded text."""
+
+    def __init__(self, tokenizer, eos_token_ids):
+        self.tokenizer, self.eos = tokenizer, set(eos_token_ids)
+        self.special = set(tokenizer.all_special_ids)
+        self.ids: list[int] = []
+        self.sent = ""  # a prefix of the decoded text
+
+    def push(self, token: int) -> dict:
+        self.ids.append(token)
+        decoded = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        piece = ""
+        if not decoded.endswith("\ufffd") and decoded.startswith(self.sent):
+            piece, self.sent = decoded[len(self.sent) :], decoded
+        return {"id": token, "text": piece, "special": token in self.special}
+
+    def rest(self, final: str) -> str:
+        """What is left to send of ``final`` (a trailing incomplete character resolved at the end)."""
+        return final[len(self.sent) :] if final.startswith(self.sent) else ""
+
+    @property
+    def finish_reason(self) -> str:
+        return "eos_token" if self.ids and self.ids[-1] in self.eos else "length"
+
+
+@register(EncoderModel)
+class EmbeddingTask(TextTask):
+    """Sentence embeddings: ``[[float, ...], ...]``; OpenAI's ``/v1/embeddings``."""
+
+    name = "feature-extraction"
+
+    def prepare(self, params):
+        unknown = set(params) - {"normalize", "truncation"}
+        if unknown:
+            raise ValueError(f"unknown parameter(s) for an embedding model: {', '.join(sorted(unknown))}")
+        normalize = params.get("normalize", self.model.spec.pooling.normalize)
+        if not isinstance(normalize, bool):
+            raise ValueError("`normalize` must be a boolean")
+        return Prepared(normalize, json.dumps(normalize))
+
+    def run(self, rows, normalize, abandoned=None, on_tokens=None):
+        return self.model.embed_ids(rows, normalize=normalize).tolist(), 0
+
+    def empty(self, normalize):
+        return []
+
+    def warm(self, batch_size):
+        row = self.warm_text()
+        for n in doubling(batch_size):
+            self.run([row] * n, self.model.spec.pooling.normalize)
+
+    def routes(self):
+        return [Route("/v1/embeddings", self.openai_embeddings)]
+
+    async def openai_embeddings(self, service, request):
+        service.ensure_ready()
+        body = json_fields(
+            decode_json(await request.body(), service.config.max_payload_bytes),
+            {"input", "model", "encoding_format", "user"},
+            "input",
+        )
+        if body.get("encoding_format", "float") != "float":
+            raise invalid('`encoding_format`: only "float" is supported')
+        parsed = self.tokenize(text_list(body["input"], "input"), {})
+        vectors = await service.infer(request, parsed)
+        tokens = sum(len(ids) for ids in parsed.rows)
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+            "model": service.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }

@@ -1,0 +1,62 @@
+"""Audio in: decoding, resampling and Whisper's log-mel features (identical to transformers')."""
+
+import wave
+
+import numpy as np
+import pytest
+import torch
+
+from turboseq.errors import AudioError
+from turboseq.formats.audio import load_audio, log_mel
+
+
+def test_log_mel_equals_transformers_feature_extractor(waves):
+    from transformers import WhisperFeatureExtractor
+
+    fe = WhisperFeatureExtractor()
+    long = np.concatenate(waves * 4)  # over 30 s: both cut at 30 s
+    batch = [waves[0], waves[5], long, np.zeros(100, np.float32)]
+    expected = fe(batch, sampling_rate=16000, return_tensors="pt").input_features
+    assert torch.equal(log_mel(batch), expected)
+
+
+def test_audio_is_downmixed_and_resampled(tmp_path, waves):
+    # the clip as 44.1 kHz stereo with the right channel silent: decoded back to 16 kHz mono
+    mono = waves[0]
+    import av
+
+    path = tmp_path / "stereo.flac"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("flac", rate=44100, layout="stereo")
+        resampler = av.AudioResampler(format="s16", layout="stereo", rate=44100)
+        interleaved = np.stack([mono, np.zeros_like(mono)], axis=1).reshape(1, -1).astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(interleaved, format="flt", layout="stereo")
+        frame.sample_rate = 16000
+        for f in resampler.resample(frame) + resampler.resample(None):
+            for packet in stream.encode(f):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    back = load_audio(path)
+    assert abs(len(back) - len(mono)) < 400  # same duration at 16 kHz (resampler delay aside)
+    assert 0.3 < np.abs(back).max() / np.abs(mono).max() < 0.8  # a loud and a silent channel mixed
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"", "empty"),
+        (b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 10, "not a recognised audio format|corrupt"),
+        (bytes(range(256)) * 40, "not a recognised audio format|corrupt"),
+    ],
+)
+def test_bad_audio_files_name_the_file_and_reason(tmp_path, whisper, content, reason):
+    path = tmp_path / "bad.wav"
+    path.write_bytes(content)
+    with pytest.raises(AudioError, match=f"bad.wav: ({reason})"):
+        whisper.transcribe(path)
+
+
+def test_wav_written_by_synthesize_is_16k_mono(clips):
+    with wave.open(str(clips[0])) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)

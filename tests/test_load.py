@@ -1,0 +1,46 @@
+"""``turboseq.load`` and ``turboseq.inspect``: the kind of model decided once, options checked at the edge."""
+
+import pytest
+
+import turboseq
+from turboseq.errors import ModelLoadError
+
+
+def test_bad_dtype_and_no_tokenizer(tmp_path, marian_one):
+    _, good = marian_one
+    with pytest.raises(ValueError, match="dtype"):
+        turboseq.load(good, dtype="int3")
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((good / name).read_bytes())
+    model = turboseq.load(tmp_path)
+    with pytest.raises(ModelLoadError, match="no tokenizer files"):
+        model.translate(["Hello."])
+
+
+def test_inspect_tells_the_kind_from_the_config_alone(marian_one, minilm, ct2_dir, tmp_path):
+    """The kind is decided once, from config.json (no weights read): a directory without weights still inspects."""
+    _, marian = marian_one
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text((marian / "config.json").read_text())
+    for path, kind, model_type in (
+        (marian, "seq2seq", "marian"),
+        (bare, "seq2seq", "marian"),
+        (minilm[3], "encoder", "bert"),
+        (ct2_dir, "speech", "whisper"),
+    ):
+        info = turboseq.inspect(path)
+        assert (info.kind, info.model_type) == (kind, model_type)
+    assert turboseq.inspect(marian).describe() == "a text-to-text model (marian)"
+    loaded = {type(turboseq.load(p)).__name__ for p in (marian, minilm[3], ct2_dir)}
+    assert loaded == {"Seq2SeqModel", "EncoderModel", "SpeechModel"}
+
+
+def test_a_file_that_is_not_an_export_is_refused_before_torch_reads_it(tmp_path):
+    file = tmp_path / "weights.pt2"
+    file.write_bytes(b"not a zip archive at all")
+    with pytest.raises(ModelLoadError, match="a file, but not a turboseq export"):
+        turboseq.load(file)
+    file.write_bytes(b"PK\x03\x04 a truncated zip")
+    with pytest.raises(ModelLoadError, match="not a readable turboseq export"):
+        turboseq.load(file)
