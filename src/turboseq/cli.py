@@ -7,6 +7,37 @@ import sys
 from pathlib import Path
 
 
+def _number(text: str, low: float, high: float = float("inf"), low_included: bool = False) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (low <= value if low_included else low < value) or not value <= high:
+        bound = f">= {low:g}" if low_included else f"> {low:g}"
+        raise argparse.ArgumentTypeError(
+            f"must be {bound}" + (f" and <= {high:g}" if high != float("inf") else "") + f", got {text}"
+        )
+    return value
+
+
+def _seconds(text: str) -> float:
+    return _number(text, 0.0)
+
+
+def _wait_ms(text: str) -> float:
+    return _number(text, 0.0, 10_000.0, low_included=True)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in 0-65535, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -152,17 +183,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.add_argument("--model", required=True, metavar="DIR", help="model directory")
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    sv.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    sv.add_argument("--port", type=_port, default=8000, help="port (default: 8000)")
     sv.add_argument("--max-batch-size", type=_positive_int, default=32, help="inputs per engine batch and per request")
     sv.add_argument("--max-batch-tokens", type=_positive_int, default=8192, help="padded input tokens per engine batch")
-    sv.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    sv.add_argument("--batch-wait-ms", type=_wait_ms, default=5.0, help="how long a batch waits for more requests")
     sv.add_argument("--max-queue", type=_positive_int, default=256, help="waiting requests before 429")
-    sv.add_argument("--request-timeout-s", type=float, default=60.0, help="per-request limit before 504")
+    sv.add_argument("--request-timeout-s", type=_seconds, default=60.0, help="per-request limit before 504")
     sv.add_argument("--max-input-tokens", type=_positive_int, help="per-input token limit (default: the model's)")
     sv.add_argument(
         "--max-payload-bytes",
         type=_positive_int,
         help="request body limit, 413 above (default: 1 MiB; 25 MiB for speech models)",
+    )
+    limits = sv.add_argument_group("limits per request (422 past them; see README, Limits and security)")
+    limits.add_argument("--max-beams", type=_positive_int, default=16, help="num_beams (default: 16)")
+    limits.add_argument(
+        "--max-return-sequences", type=_positive_int, default=16, help="num_return_sequences (default: 16)"
+    )
+    limits.add_argument("--max-new-tokens", type=_positive_int, help="new tokens (default: the model's positions)")
+    limits.add_argument(
+        "--max-request-cost",
+        type=_positive_int,
+        default=65536,
+        help="inputs x max(beams, sequences) x decoder positions (default: 65536)",
+    )
+    limits.add_argument(
+        "--max-audio-seconds", type=_seconds, default=3600.0, help="per audio input; 413 past it (default: 3600)"
+    )
+    conns = sv.add_argument_group("connections")
+    conns.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=512,
+        help="open connections; more get 503 at once (default: 512)",
+    )
+    conns.add_argument(
+        "--header-timeout-s", type=_seconds, default=10.0, help="to receive a request's headers (default: 10)"
+    )
+    conns.add_argument(
+        "--body-timeout-s", type=_seconds, default=30.0, help="to receive a request's body; 408 past it (default: 30)"
+    )
+    conns.add_argument(
+        "--keep-alive-timeout-s",
+        type=_seconds,
+        default=5.0,
+        help="an idle keep-alive connection is closed after this (default: 5)",
     )
     sv.add_argument("--no-batching", action="store_true", help="one request per engine call (for comparison)")
     _dtype_option(sv)
@@ -332,6 +397,15 @@ def _serve(args) -> int:
         max_input_tokens=args.max_input_tokens,
         max_payload_bytes=args.max_payload_bytes,
         batching=not args.no_batching,
+        max_beams=args.max_beams,
+        max_return_sequences=args.max_return_sequences,
+        max_new_tokens=args.max_new_tokens,
+        max_request_cost=args.max_request_cost,
+        max_audio_seconds=args.max_audio_seconds,
+        max_connections=args.max_connections,
+        header_timeout_s=args.header_timeout_s,
+        body_timeout_s=args.body_timeout_s,
+        keep_alive_timeout_s=args.keep_alive_timeout_s,
     )
     return serve(args.model, args.host, args.port, config, dtype=args.dtype, log_level=args.log_level)
 

@@ -11,6 +11,10 @@ class AudioError(ValueError):
     """Audio that cannot be used; the message names the source and the reason."""
 
 
+class AudioTooLong(AudioError):
+    """Audio longer than a set limit (decoding stops as soon as it passes it)."""
+
+
 class InputTooLong(ValueError):
     """An input with more tokens than the model (or the server) accepts."""
 

@@ -16,7 +16,7 @@ from turboseq.models.speech import SpeechModel
 from turboseq.models.text import Seq2SeqModel
 from turboseq.runtime.layers import ACTIVATIONS, prepack
 from turboseq.runtime.memory import tune_malloc
-from turboseq.runtime.spec import EncoderSpec, Seq2SeqSpec, linears, map_tensors
+from turboseq.runtime.spec import EncoderSpec, Seq2SeqSpec, linears, map_tensors, shape_problems
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -74,6 +74,10 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Model
                 f"{Path(path) / 'config.json'}: unsupported activation {layer.ffn.activation!r}; "
                 f"supported: {', '.join(ACTIVATIONS)}"
             )
+    problems = shape_problems(spec)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ModelLoadError(f"{Path(path) / 'config.json'}: the weights do not match the config: {problems[0]}{more}")
     _place(spec, torch_device, DTYPES[dtype])
     model_dir = Path(path)
     if files.kind == "encoder":

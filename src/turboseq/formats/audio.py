@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from turboseq.errors import AudioError
+from turboseq.errors import AudioError, AudioTooLong
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -24,10 +24,11 @@ CHUNK_SAMPLES = 30 * SAMPLE_RATE  # one 30 s window
 FRAMES_PER_CHUNK = CHUNK_SAMPLES // HOP_LENGTH  # 3000 mel frames
 
 
-def load_audio(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+def load_audio(source: str | Path | bytes, name: str | None = None, max_seconds: float | None = None) -> np.ndarray:
     """Decode a file path or the bytes of a file into a 16 kHz mono float32 array in [-1, 1].
 
-    Raises ``AudioError`` naming the file for missing, corrupt or unsupported input.
+    Raises ``AudioError`` naming the file for missing, corrupt or unsupported input, or a file that decodes to no
+    samples at all; ``AudioTooLong`` as soon as the decoded audio passes ``max_seconds`` (decoding stops there).
     """
     import av
 
@@ -56,15 +57,22 @@ def load_audio(source: str | Path | bytes, name: str | None = None) -> np.ndarra
         if not container.streams.audio:
             raise AudioError(f"{label}: contains no audio stream")
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-        pieces = []
+        pieces, samples = [], 0
+        limit = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
         try:
             for frame in container.decode(audio=0):
-                pieces.extend(f.to_ndarray() for f in resampler.resample(frame))
+                for piece in resampler.resample(frame):
+                    pieces.append(piece.to_ndarray())
+                    samples += pieces[-1].shape[1]
+                if limit is not None and samples > limit:
+                    raise AudioTooLong(f"{label}: longer than the limit of {max_seconds:g} s")
             pieces.extend(f.to_ndarray() for f in resampler.resample(None))
         except (av.error.FFmpegError, ValueError) as err:
+            if isinstance(err, AudioError):
+                raise
             raise AudioError(f"{label}: audio stream is corrupt ({err})") from None
-    if not pieces:
-        return np.zeros(0, dtype=np.float32)
+    if not pieces or sum(p.shape[1] for p in pieces) == 0:
+        raise AudioError(f"{label}: no audio samples (an empty or truncated stream)")
     return np.ascontiguousarray(np.concatenate(pieces, axis=1)[0], dtype=np.float32)
 
 

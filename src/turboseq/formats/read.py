@@ -6,8 +6,6 @@ metadata), so a caller can refuse the wrong kind of model before any weight is r
 
 from __future__ import annotations
 
-import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from turboseq.errors import ModelLoadError
 from turboseq.formats.families import FAMILIES
 from turboseq.formats.families.common import Checkpoint
 from turboseq.formats.hf import load_weights, read_json
+from turboseq.formats.pt2 import read_export_metadata
 from turboseq.runtime.spec import EncoderSpec, Seq2SeqSpec
 
 # what each kind of model is, in words (CLI errors name it)
@@ -24,7 +23,6 @@ KINDS = {
     "encoder": "an encoder (embedding) model",
     "export": "a turboseq export of an encoder",
 }
-EXPORT_FORMAT = "turboseq-encoder-export"  # the ``format`` of an export's turboseq.json
 
 
 @dataclass
@@ -58,33 +56,11 @@ def _check_dir(model_dir: Path) -> None:
         raise ModelLoadError(f"{model_dir}: not a directory (expected a Hugging Face model directory)")
 
 
-def export_metadata(path: Path) -> dict:
-    """The turboseq metadata of an export file, read with zipfile before torch sees the archive."""
-    not_export = (
-        f"{path}: a file, but not a turboseq export (expected a model directory, or a .pt2 file written by "
-        "`turboseq export`)"
-    )
-    with open(path, "rb") as handle:
-        if handle.read(4) != b"PK\x03\x04":
-            raise ModelLoadError(not_export)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "turboseq.json"]
-            meta = json.loads(archive.read(names[0]).decode("utf-8")) if names else None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-        raise ModelLoadError(f"{path}: not a readable turboseq export ({type(err).__name__}: {err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        raise ModelLoadError(
-            f"{path}: a zip archive (a torch.export program?), but not one written by `turboseq export`"
-        )
-    return meta
-
-
 def inspect(path: str | Path) -> ModelInfo:
     """The kind of model at ``path`` (a directory, or a ``turboseq export`` file), from its config alone."""
     path = Path(path)
     if path.is_file():
-        meta = export_metadata(path)
+        meta = read_export_metadata(path)
         return ModelInfo(path, "export", meta.get("model_type"), "export")
     _check_dir(path)
     config = read_json(path / "config.json")

@@ -16,6 +16,19 @@ def load_tokenizer(model_dir: Path):
             f"{model_dir}: no tokenizer files (looked for {', '.join(_TOKENIZER_FILES)}); "
             "token-level generate() works without one"
         )
+    config_file = model_dir / "tokenizer_config.json"
+    if config_file.is_file():
+        import json
+
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ModelLoadError(f"{config_file}: not valid JSON ({err})") from None
+        if isinstance(config, dict) and config.get("auto_map"):
+            raise ModelLoadError(
+                f"{config_file}: the tokenizer is custom code (auto_map), which turboseq never runs; "
+                "use a model directory with a standard tokenizer"
+            )
     from transformers import AutoTokenizer
 
     try:

@@ -7,6 +7,7 @@ decoder cache is reordered in place, and nothing is computed for rows whose resu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -20,6 +21,14 @@ from turboseq.generation.settings import GenerationSettings
 # step(tokens [rows, new_len]) -> hidden [rows, d_model]; select(rows, sentences) keeps/reorders decoder rows
 Step = Callable[[Tensor], Tensor]
 Select = Callable[[Tensor, Tensor], None]
+
+
+def _length_norm(length: int, penalty: float) -> float:
+    """``length ** penalty`` as transformers computes it, or infinity where a huge penalty overflows a float."""
+    try:
+        return length**penalty
+    except OverflowError:
+        return math.inf
 
 
 def _exponential_noise(shape, generator: torch.Generator | None, device) -> Tensor:
@@ -162,7 +171,7 @@ def beam_search(
 
         # finished hypotheses: merge the candidates that just finished among the top nb
         just_finished = hits & top_nb[None, :]
-        cand = topk_scores / ((cur_len + 1 - prompt_len) ** s.length_penalty)
+        cand = topk_scores / _length_norm(cur_len + 1 - prompt_len, s.length_penalty)
         full = is_finished.all(dim=-1, keepdim=True) & early_true
         cand = cand + full.float() * -1.0e9
         cand = cand + (~improvable).float() * -1.0e9
@@ -181,7 +190,7 @@ def beam_search(
             best_len = s.max_length - prompt_len
         else:
             best_len = cur_len - prompt_len
-        best_running = running_scores[:, :1] / (best_len**s.length_penalty)
+        best_running = running_scores[:, :1] / _length_norm(best_len, s.length_penalty)
         worst_finished = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True)[0], -1.0e9)
         improvable = improvable & (best_running > worst_finished).any(dim=-1, keepdim=True)
 

@@ -8,6 +8,7 @@ model's position limit instead of cutting at 20 tokens.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 # transformers' defaults for fields neither the model nor the call sets
@@ -94,18 +95,29 @@ class GenerationSettings:
         return self.beam_fill_token_id if self.is_beam else self.pad_token_id
 
 
+_INT_LIMIT = 2**31 - 1  # beyond it torch's index arithmetic fails anyway
+
+
 def _as_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"`{name}` must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+    if value > _INT_LIMIT:
+        raise ValueError(f"`{name}` must be <= {_INT_LIMIT}, got {value}")
     return value
 
 
 def _as_float(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"`{name}` must be a number, got {value!r}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}")
+    return number
 
 
 def _token_ids(name: str, value, vocab_size: int | None, many: bool = False) -> list[int]:

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from turboseq.errors import ModelLoadError
-from turboseq.formats.read import EXPORT_FORMAT as FORMAT
+from turboseq.formats.pt2 import EXPORT_FORMAT as FORMAT
+from turboseq.formats.pt2 import read_export_metadata
 from turboseq.runtime.layers import encode
 from turboseq.runtime.spec import EncoderSpec, linears
 from turboseq.version import __version__
@@ -150,7 +151,9 @@ class ExportedEncoder:
 
 
 def load_exported(path: str | Path) -> ExportedEncoder:
+    """An export file loaded back, after ``formats.pt2`` checked that nothing in it gets unpickled."""
     path = Path(path)
+    read_export_metadata(path)
     extra = {"turboseq.json": "", **{f"tokenizer__{name}": "" for name in _TOKENIZER_FILES}}
     try:
         with warnings.catch_warnings():

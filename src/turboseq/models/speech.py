@@ -56,13 +56,19 @@ class SpeechModel(EncoderDecoder):
 
     def settings(self, **kwargs) -> GenerationSettings:
         whisper_args = {k: kwargs.pop(k) for k in _WHISPER_ARGS if k in kwargs}
+        for name in ("language", "task"):
+            if whisper_args.get(name) is not None and not isinstance(whisper_args[name], str):
+                raise ValueError(f"`{name}` must be a string, got {whisper_args[name]!r}")
+        for name in ("suppress_tokens", "begin_suppress_tokens", "prompt_ids"):
+            if whisper_args.get(name) is not None:
+                whisper_args[name] = self._token_list(name, whisper_args[name])
         timestamps = bool(whisper_args.get("return_timestamps") or self.whisper.get("return_timestamps") or False)
         if timestamps and self.no_timestamps_id is None:
             raise ValueError("this model's generation config has no `no_timestamps_token_id`; timestamps unavailable")
         prompt = self._decoder_prompt(whisper_args.get("language"), whisper_args.get("task"), timestamps)
         previous = whisper_args.get("prompt_ids")
         if previous is not None:  # text to condition on: <|startofprev|> text, before the prompt
-            previous = [int(t) for t in previous]
+            previous = list(previous)
             if not previous or previous[0] != self.whisper.get("prev_sot_token_id"):
                 previous = [self.whisper["prev_sot_token_id"]] + previous
             prompt = previous + prompt
@@ -91,6 +97,17 @@ class SpeechModel(EncoderDecoder):
             )
         s.rules = rules
         return s
+
+    def _token_list(self, name: str, value) -> list[int]:
+        """A list (or 1-D tensor) of token ids inside the vocabulary, as plain ints."""
+        if isinstance(value, Tensor):
+            value = value.tolist()
+        vocab = self.spec.vocab_size
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in value
+        ):
+            raise ValueError(f"`{name}` must be a list of token ids in the vocabulary [0, {vocab}), got {value!r}")
+        return list(value)
 
     def _decoder_prompt(self, language: str | None, task: str | None, timestamps: bool) -> list[int]:
         prompt = [self.generation_defaults.get("decoder_start_token_id", self.spec.decoder_start_token_id)]

@@ -223,3 +223,68 @@ def linears(obj):
     elif hasattr(obj, "__dataclass_fields__"):
         for f in fields(obj):
             yield from linears(getattr(obj, f.name))
+
+
+def shape_problems(spec: Seq2SeqSpec | EncoderSpec) -> list[str]:
+    """Where the weights disagree with each other or with the config that shaped the spec (head counts, model
+    width): each entry names the part. Empty when every product the runtime will compute fits."""
+    problems: list[str] = []
+
+    def expect(what: str, tensor: Tensor | None, shape: tuple) -> None:
+        if tensor is not None and tuple(tensor.shape) != shape:
+            problems.append(f"{what} has shape {tuple(tensor.shape)}, expected {shape}")
+
+    def norm(what: str, n: LayerNorm | None, d: int) -> None:
+        if n is not None:
+            expect(f"{what} weight", n.weight, (d,))
+            expect(f"{what} bias", n.bias, (d,))
+
+    def stack(name: str, st: Stack, d: int) -> None:
+        emb = st.embed
+        if isinstance(emb, Embeddings):
+            expect(f"{name} token embeddings", emb.tokens, (emb.tokens.shape[0], d))
+            if emb.positions is not None:
+                expect(f"{name} positions", emb.positions, (emb.positions.shape[0], d))
+            norm(f"{name} embedding norm", emb.norm, d)
+        else:
+            expect(f"{name} positions", emb.positions, (emb.positions.shape[0], d))
+        for i, layer in enumerate(st.layers):
+            where = f"{name} layer {i}"
+            attn = layer.self_attn
+            inner, rest = divmod(attn.qkv.weight.shape[0], 3)
+            if rest or inner % attn.num_heads:
+                problems.append(
+                    f"{where} self-attention: {attn.qkv.weight.shape[0]} fused q/k/v rows do not split "
+                    f"into 3 x {attn.num_heads} heads"
+                )
+            expect(f"{where} self-attention q/k/v", attn.qkv.weight, (3 * inner, d))
+            expect(f"{where} self-attention output", attn.out.weight, (d, inner))
+            cross = getattr(layer, "cross_attn", None)
+            if cross is not None:
+                inner_x = cross.q.weight.shape[0]
+                if inner_x % cross.num_heads:
+                    problems.append(
+                        f"{where} cross-attention: {inner_x} query rows do not split into {cross.num_heads} heads"
+                    )
+                expect(f"{where} cross-attention q", cross.q.weight, (inner_x, d))
+                expect(f"{where} cross-attention k/v", cross.kv.weight, (2 * inner_x, d))
+                expect(f"{where} cross-attention output", cross.out.weight, (d, inner_x))
+                norm(f"{where} cross-attention norm", layer.cross_attn_norm, d)
+            ff = layer.ffn.fc1.weight.shape[0]
+            expect(f"{where} feed-forward in", layer.ffn.fc1.weight, (ff, d))
+            expect(f"{where} feed-forward out", layer.ffn.fc2.weight, (d, ff))
+            if layer.ffn.up is not None:
+                expect(f"{where} feed-forward gate", layer.ffn.up.weight, (ff, d))
+            norm(f"{where} self-attention norm", layer.self_attn_norm, d)
+            norm(f"{where} feed-forward norm", layer.ffn_norm, d)
+        norm(f"{name} final norm", st.final_norm, d)
+        if st.relative_bias is not None and st.layers:
+            heads = st.layers[0].self_attn.num_heads
+            expect(f"{name} relative position bias", st.relative_bias.table, (st.relative_bias.num_buckets, heads))
+
+    d = spec.d_model
+    stack("encoder", spec.encoder, d)
+    if isinstance(spec, Seq2SeqSpec):
+        stack("decoder", spec.decoder, d)
+        expect("LM head", spec.lm_head.weight, (spec.lm_head.weight.shape[0], d))
+    return problems

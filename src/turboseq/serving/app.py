@@ -28,7 +28,7 @@ import turboseq.serving.speech  # noqa: F401  (registers the built-in tasks)
 import turboseq.serving.text  # noqa: F401
 from turboseq.serving.batcher import Batcher, Cancelled, Job, Metrics
 from turboseq.serving.config import ServerConfig
-from turboseq.serving.requests import Parsed, RequestError
+from turboseq.serving.requests import Parsed, RequestError, read_body
 from turboseq.serving.tasks import Task, task_for
 from turboseq.version import __version__
 
@@ -39,8 +39,14 @@ def _event(data: dict) -> str:
     return f"data: {json.dumps(data)}\n\n"
 
 
-def _internal_error_body(err: Exception) -> dict:
-    return {"error": f"internal error: {type(err).__name__}: {err}", "error_type": "internal"}
+def _internal_error(err: BaseException) -> dict:
+    """A bug's answer: a generic body with an id; the details go to the log under that id, not to the client."""
+    import logging
+    import uuid
+
+    error_id = uuid.uuid4().hex[:12]
+    logging.getLogger("turboseq.server").error("internal error %s", error_id, exc_info=err)
+    return {"error": f"internal error (id {error_id})", "error_type": "internal"}
 
 
 class Service:
@@ -54,8 +60,17 @@ class Service:
         self.warmup_error: str | None = None
         self.on_warmup_failure: Callable[[], None] | None = None  # serve(): stop the process
         self.batcher: Batcher | None = None
+        self.parser = None  # the parser thread's executor (set by the app's lifespan)
 
     # --- admission ---------------------------------------------------------------------------------------------
+
+    async def read_body(self, request: Request) -> bytes:
+        """The body, within the payload limit and the body timeout."""
+        return await read_body(request, self.config.max_payload_bytes, self.config.body_timeout_s)
+
+    async def off_loop(self, fn, *args):
+        """``fn(*args)`` in the parser thread: tokenizing or decoding a large body never blocks other requests."""
+        return await asyncio.get_running_loop().run_in_executor(self.parser, fn, *args)
 
     def ensure_ready(self) -> None:
         if self.draining or not self.ready:
@@ -63,17 +78,18 @@ class Service:
             raise RequestError(503, f"server is {why}", "unavailable")
 
     def admit(self, parsed: Parsed) -> None:
-        """Resolve the request's parameters once (``parsed.prepared``) and check its size."""
-        try:
-            parsed.prepared = self.task.prepare(parsed.params)
-        except (ValueError, TypeError) as err:
-            raise RequestError(422, str(err), "validation_error") from None
+        """Check the request's size, resolve its parameters once (``parsed.prepared``), and check its cost."""
         if parsed.count > self.config.max_batch_size:
             raise RequestError(
                 413,
                 f"{parsed.count} inputs in one request; the limit is {self.config.max_batch_size}",
                 "too_many_inputs",
             )
+        try:
+            parsed.prepared = self.task.prepare(parsed.params)
+        except (ValueError, TypeError) as err:
+            raise RequestError(422, str(err), "validation_error") from None
+        self.task.check_cost(parsed, self.config)
 
     # --- running -----------------------------------------------------------------------------------------------
 
@@ -185,7 +201,7 @@ class Service:
             yield _event({"error": err.message, "error_type": err.kind})
         except Exception as err:
             self.metrics.rejected.labels("internal").inc()
-            yield _event(_internal_error_body(err))
+            yield _event(_internal_error(err))
         finally:
             if not job.future.done() and not job.cancelled:  # the client left mid-stream
                 job.cancelled = True  # its row leaves the batch at the next step
@@ -200,9 +216,11 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     config = replace(config or ServerConfig())  # a copy: defaults below are this app's
+    config.check()
     task = task_for(model)
     task.max_input_tokens = min(config.max_input_tokens or task.max_input_tokens, task.max_input_tokens)
     task.max_batch_size = config.max_batch_size
+    task.max_audio_seconds = config.max_audio_seconds  # speech tasks decode no more than this per input
     if config.max_payload_bytes is None:
         config.max_payload_bytes = task.payload_bytes
     service = Service(task, name or Path(str(model.path)).name, config)
@@ -223,6 +241,10 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
         service.ready = True
 
     async def lifespan(app):
+        from concurrent.futures import ThreadPoolExecutor
+
+        # bodies are parsed (tokenized, audio decoded) in a thread of their own, off the event loop
+        service.parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turboseq-parse")
         batcher = service.batcher = Batcher(task, config, metrics)
         batcher.task_handle = asyncio.create_task(batcher.run_forever())
         # warm up in the background: the server listens meanwhile and answers 503 "warming up"
@@ -231,6 +253,7 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
         warming.cancel()
         batcher.task_handle.cancel()
         batcher.executor.shutdown(wait=True)
+        service.parser.shutdown(wait=False)
 
     app = FastAPI(title="turboseq", version=__version__, lifespan=lifespan)
     app.state.service = service
@@ -241,9 +264,9 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
         return JSONResponse({"error": err.message, "error_type": err.kind}, status_code=err.status, headers=err.headers)
 
     @app.exception_handler(Exception)
-    async def _internal_error(request, err: Exception):
+    async def _bug(request, err: Exception):
         metrics.rejected.labels("internal").inc()
-        return JSONResponse(_internal_error_body(err), status_code=500)
+        return JSONResponse(_internal_error(err), status_code=500, headers={"Connection": "close"})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, err):
@@ -275,15 +298,7 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
             "routes": ["/", f"/models/{service.name}"]
             + (["/generate_stream"] if task.streams else [])
             + [r.path for r in task.routes()],
-            "limits": {
-                "max_batch_size": config.max_batch_size,
-                "max_batch_tokens": config.max_batch_tokens,
-                "batch_wait_ms": config.batch_wait_ms,
-                "max_queue": config.max_queue,
-                "request_timeout_s": config.request_timeout_s,
-                "max_input_tokens": task.max_input_tokens,
-                "max_payload_bytes": config.max_payload_bytes,
-            },
+            "limits": {**config.limits(), "max_input_tokens": task.max_input_tokens},
         }
 
     @app.get("/metrics")
@@ -294,7 +309,10 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
 
     async def parse(request: Request) -> Parsed:
         service.ensure_ready()
-        return task.parse(await request.body(), request.headers.get("content-type", ""), config.max_payload_bytes)
+        body = await service.read_body(request)
+        return await service.off_loop(
+            task.parse, body, request.headers.get("content-type", ""), config.max_payload_bytes
+        )
 
     async def handle(request: Request):
         parsed = await parse(request)
@@ -330,13 +348,20 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
 
 
 def serve(model_dir: str, host: str, port: int, config: ServerConfig, dtype: str = "float32", log_level="info"):
-    """Run the server until SIGTERM/SIGINT; on either, /health turns 503, new requests get 503, requests in
-    flight finish, and the process exits 0."""
+    """Run the server until SIGTERM/SIGINT; on either, the server stops listening (new connections are refused),
+    idle keep-alive connections are closed, requests in flight (streams included) finish, and the process exits
+    0. Until the listener closes, /health answers 503 and new requests on open connections get 503."""
+    import logging
     import os
 
     import uvicorn
 
     from turboseq.load import load
+    from turboseq.serving.connections import GuardedH11, RateLimitedErrors, raise_open_file_limit
+
+    config.check()
+    raise_open_file_limit()  # room for --max-connections sockets besides the model's files
+    logging.getLogger("asyncio").addFilter(RateLimitedErrors())
 
     # oneDNN keeps a compiled kernel per matmul shape; a server sees every row count as batches shrink, and the
     # default cache (1024 kernels) grows RSS with them. 64 recent shapes keep the throughput (checked with
@@ -344,8 +369,18 @@ def serve(model_dir: str, host: str, port: int, config: ServerConfig, dtype: str
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     model = load(model_dir, dtype=dtype)
     app = create_app(model, config=config)
+    protocol = GuardedH11.configure(config.max_connections, config.header_timeout_s, config.body_timeout_s)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=None)
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            timeout_graceful_shutdown=None,
+            http=protocol,
+            timeout_keep_alive=config.keep_alive_timeout_s,
+            h11_max_incomplete_event_size=64 * 1024,
+        )
     )
     original = server.handle_exit
 

@@ -1,17 +1,65 @@
-"""The server's limits and switches (``turboseq serve`` flags)."""
+"""The server's limits and switches (``turboseq serve`` flags), checked once when the server starts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass
 class ServerConfig:
-    max_batch_size: int = 32
-    max_batch_tokens: int = 8192
+    # batching
+    max_batch_size: int = 32  # inputs per engine batch and per request
+    max_batch_tokens: int = 8192  # padded input tokens per engine batch
     batch_wait_ms: float = 5.0
-    max_queue: int = 256
+    max_queue: int = 256  # waiting requests before 429
     request_timeout_s: float = 60.0
+    batching: bool = True  # False: one request per engine call (for comparison)
+    # what one request may ask for (422 past a limit, naming it)
     max_input_tokens: int | None = None  # default: the model's position limit
     max_payload_bytes: int | None = None  # default: the task's (1 MiB for text, 25 MiB for speech)
-    batching: bool = True  # False: one request per engine call (for comparison)
+    max_beams: int = 16
+    max_return_sequences: int = 16
+    max_new_tokens: int | None = None  # default: the model's position limit
+    max_request_cost: int = 65536  # inputs x max(beams, sequences) x decoder positions
+    max_audio_seconds: float = 3600.0  # per audio input (413 past it)
+    # connections
+    max_connections: int = 512  # open connections; more are answered 503 and closed at once
+    header_timeout_s: float = 10.0  # from a request's first byte (or the connection's opening) to its last header
+    body_timeout_s: float = 30.0  # to receive a request's whole body
+    keep_alive_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
+
+    def check(self) -> None:
+        """Raises ValueError naming the first setting out of range."""
+        positive = (
+            "max_batch_size",
+            "max_batch_tokens",
+            "max_queue",
+            "max_beams",
+            "max_return_sequences",
+            "max_request_cost",
+            "max_connections",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+        for name in ("max_input_tokens", "max_payload_bytes", "max_new_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+        for name in (
+            "request_timeout_s",
+            "max_audio_seconds",
+            "header_timeout_s",
+            "body_timeout_s",
+            "keep_alive_timeout_s",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ValueError(f"`{name}` must be a number > 0, got {value!r}")
+        if not isinstance(self.batch_wait_ms, (int, float)) or not 0 <= self.batch_wait_ms <= 10_000:
+            raise ValueError(f"`batch_wait_ms` must be in [0, 10000], got {self.batch_wait_ms!r}")
+
+    def limits(self) -> dict:
+        """Every setting, for /info."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -40,6 +40,35 @@ def check_not_server_owned(params: dict) -> None:
         raise ValueError(f"parameter(s) set by the server, not per request: {', '.join(sorted(owned))}")
 
 
+async def read_body(request, limit: int, timeout_s: float) -> bytes:
+    """The request's body, counted as it arrives: 413 as soon as it passes ``limit`` bytes (chunked uploads
+    included, whatever Content-Length says), 408 when it has not fully arrived within ``timeout_s``."""
+    import asyncio
+
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        check_size(int(declared), limit)
+    chunks, size = [], 0
+    stream = request.stream().__aiter__()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(deadline - loop.time(), 0.0))
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise RequestError(
+                408, f"request body not received within {timeout_s:g} s", "timeout", {"Connection": "close"}
+            ) from None
+        size += len(chunk)
+        check_size(size, limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # starlette reads a consumed body from here (request.body(), request.form())
+    return body
+
+
 def decode_json(raw: bytes, limit: int):
     check_size(len(raw), limit)
     try:
@@ -50,8 +79,17 @@ def decode_json(raw: bytes, limit: int):
         ) from None
     try:
         return json.loads(text)
+    except RecursionError:
+        raise RequestError(400, "malformed JSON: nested too deeply", "invalid_json") from None
     except ValueError as err:
         raise RequestError(400, f"malformed JSON: {err}", "invalid_json") from None
+
+
+def check_json_content_type(content_type: str) -> None:
+    """JSON bodies must say so (or say nothing): an image or a form is not parsed as JSON."""
+    ctype = content_type.split(";")[0].strip().lower()
+    if ctype not in ("", "application/json") and not ctype.endswith("+json"):
+        raise RequestError(415, f"unsupported content type {ctype!r}: send application/json", "unsupported_media_type")
 
 
 def text_list(value, name: str) -> list[str]:

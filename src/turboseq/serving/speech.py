@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
-from turboseq.errors import AudioError
+from turboseq.errors import AudioError, AudioTooLong
 from turboseq.formats.audio import CHUNK_SAMPLES, load_audio
+from turboseq.generation.settings import GenerationSettings
 from turboseq.models.speech import SpeechModel
 from turboseq.models.transcript import Transcription, to_srt, to_vtt
 from turboseq.serving.requests import (
@@ -21,7 +23,15 @@ from turboseq.serving.requests import (
     invalid,
     task_body,
 )
-from turboseq.serving.tasks import Route, Task, register
+from turboseq.serving.tasks import Route, Task, check_generation_cost, register
+
+
+@dataclass
+class SpeechRequest:
+    """A transcription request's ``transcribe`` arguments and its generation settings, resolved once."""
+
+    kwargs: dict
+    settings: GenerationSettings
 
 
 @register(SpeechModel)
@@ -31,6 +41,7 @@ class SpeechTask(Task):
 
     name = "automatic-speech-recognition"
     payload_bytes = 25 << 20  # OpenAI's limit
+    max_audio_seconds = 3600.0  # the server sets --max-audio-seconds
 
     def parse(self, raw, content_type, limit):
         check_size(len(raw), limit)
@@ -49,15 +60,21 @@ class SpeechTask(Task):
             )
         return Parsed(self.decode(blobs), list(range(len(blobs))), len(blobs), params, single)
 
-    @staticmethod
-    def decode(blobs: list[bytes]) -> list:
+    def decode(self, blobs: list[bytes]) -> list:
+        """16 kHz waveforms of the audio files; decoding stops as soon as one passes --max-audio-seconds."""
         waves = []
         for i, blob in enumerate(blobs):
             try:
-                waves.append(load_audio(blob, name=f"input {i}"))
+                waves.append(load_audio(blob, name=f"input {i}", max_seconds=self.max_audio_seconds))
+            except AudioTooLong as err:
+                raise RequestError(413, f"{err} (--max-audio-seconds)", "audio_too_long") from None
             except AudioError as err:
                 raise RequestError(400, str(err), "invalid_audio") from None
         return waves
+
+    def check_cost(self, parsed, limits) -> None:
+        # per 30 s window: long audio is bounded by --max-audio-seconds, and its windows by --max-batch-size
+        check_generation_cost(parsed.prepared.settings.settings, 1, limits)
 
     def prepare(self, params):
         """``SpeechModel.transcribe`` arguments from the request's parameters (transformers' names accepted)."""
@@ -69,17 +86,19 @@ class SpeechTask(Task):
         kwargs = {k: v for k, v in params.items() if k not in ("return_timestamps", "num_beams", "truncation")}
         kwargs["timestamps"] = params.get("return_timestamps", False)
         kwargs["beam_size"] = params.get("num_beams", 1)
-        sampled = self.model.settings(**{k: v for k, v in params.items() if k != "truncation"}).do_sample
+        s = self.model.settings(**{k: v for k, v in params.items() if k != "truncation"})
         # sampled requests run alone
-        return Prepared(kwargs, None if sampled else json.dumps(params, sort_keys=True))
+        return Prepared(SpeechRequest(kwargs, s), None if s.do_sample else json.dumps(params, sort_keys=True))
 
     def input_size(self, row):
         windows = max(1, -(-len(row) // CHUNK_SAMPLES))
         return windows * self.model.spec.encoder.embed.positions.shape[0]
 
-    def run(self, rows, kwargs, abandoned=None, on_tokens=None) -> tuple[list[Transcription], int]:
+    def run(self, rows, request: SpeechRequest, abandoned=None, on_tokens=None) -> tuple[list[Transcription], int]:
         # long audio is several 30 s windows: they share engine batches of up to max_batch_size windows
-        results = self.model.transcribe(list(rows), batch_size=self.max_batch_size, abandoned=abandoned, **kwargs)
+        results = self.model.transcribe(
+            list(rows), batch_size=self.max_batch_size, abandoned=abandoned, **request.kwargs
+        )
         return results, sum(len(c.tokens) for r in results for c in r.segments)
 
     def respond(self, answers: list[Transcription], parsed):
@@ -107,14 +126,24 @@ class SpeechTask(Task):
         from fastapi.responses import PlainTextResponse
 
         service.ensure_ready()
-        limit = service.config.max_payload_bytes
-        check_size(int(request.headers.get("content-length") or 0), limit)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise RequestError(415, "send multipart/form-data with a `file` field", "unsupported_media_type")
-        form = await request.form()
+        await service.read_body(request)  # counted as it arrives; the form parser then reads it from memory
+        try:
+            form = await request.form(max_files=2, max_fields=16)
+        except Exception as err:  # starlette's parser raises its own types for malformed or oversized forms
+            raise RequestError(
+                400, f"malformed multipart form ({getattr(err, 'detail', err)})", "invalid_form"
+            ) from None
         unknown = set(form) - {"file", "model", "response_format", "language", "temperature", "prompt"}
         if unknown:
             raise invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
+        for name in form:
+            values = form.getlist(name)
+            if len(values) > 1:
+                raise invalid(f"`{name}` appears {len(values)} times; send it once")
+            if name != "file" and not isinstance(values[0], str):
+                raise invalid(f"`{name}` must be a plain form field, not a file")
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise invalid("`file` (an audio file upload) is required")
@@ -133,7 +162,7 @@ class SpeechTask(Task):
         if form.get("language"):
             params["language"] = form["language"]
         blob = await upload.read()
-        parsed = Parsed(self.decode([blob]), [0], 1, params, True)
+        parsed = Parsed(await service.off_loop(self.decode, [blob]), [0], 1, params, True)
         (result,) = await service.infer(request, parsed)
         if fmt == "json":
             return {"text": result.text}

@@ -50,6 +50,10 @@ class Task:
         with equal parameters share batches."""
         return Prepared(params, json.dumps(params, sort_keys=True))
 
+    def check_cost(self, parsed: Parsed, limits) -> None:
+        """Raises RequestError (422, naming the limit) when the request asks for more work than the server's
+        ``limits`` (``ServerConfig``) allow. Called once its settings are resolved, before it is queued."""
+
     def input_size(self, row) -> int:
         """A row's share of the batch budget (``--max-batch-tokens``)."""
         return len(row)
@@ -102,6 +106,35 @@ def task_for(model) -> Task:
         if cls in TASKS:
             return TASKS[cls](model)
     raise ValueError(f"no serving task is registered for {type(model).__name__}")
+
+
+def over_limit(message: str) -> RequestError:
+    return RequestError(422, message, "over_limit")
+
+
+def check_generation_cost(s, inputs: int, limits) -> None:
+    """The limits every generation request meets (``s``: its ``GenerationSettings``; ``inputs``: the engine rows
+    it brings, before beams or sampled copies): beams, return sequences, new tokens, and their product."""
+    if s.num_beams > limits.max_beams:
+        raise over_limit(f"`num_beams` {s.num_beams} is over the server's limit of {limits.max_beams} (--max-beams)")
+    if s.num_return_sequences > limits.max_return_sequences:
+        raise over_limit(
+            f"`num_return_sequences` {s.num_return_sequences} is over the server's limit of "
+            f"{limits.max_return_sequences} (--max-return-sequences)"
+        )
+    new_tokens = s.max_length - s.prompt_length
+    if limits.max_new_tokens is not None and new_tokens > limits.max_new_tokens:
+        raise over_limit(
+            f"{new_tokens} new tokens (max_new_tokens or max_length) is over the server's limit of "
+            f"{limits.max_new_tokens} (--max-new-tokens)"
+        )
+    rows = max(s.num_beams, s.num_return_sequences)
+    cost = inputs * rows * s.max_length
+    if cost > limits.max_request_cost:
+        raise over_limit(
+            f"request cost {cost} ({inputs} inputs x {rows} beams or sequences x {s.max_length} "
+            f"positions) is over the server's limit of {limits.max_request_cost} (--max-request-cost)"
+        )
 
 
 def doubling(limit: int) -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 
 from turboseq.errors import InputTooLong
@@ -14,6 +15,7 @@ from turboseq.serving.requests import (
     Parsed,
     Prepared,
     RequestError,
+    check_json_content_type,
     check_not_server_owned,
     decode_json,
     invalid,
@@ -21,11 +23,18 @@ from turboseq.serving.requests import (
     task_body,
     text_list,
 )
-from turboseq.serving.tasks import Route, Task, doubling, register
+from turboseq.serving.tasks import Route, Task, check_generation_cost, doubling, register
 
 
 class TextTask(Task):
+    def __init__(self, model):
+        super().__init__(model)
+        # the parser thread encodes, the engine thread and the streams decode: a fast tokenizer's state may not
+        # be used from two threads at once
+        self.tokenizer_lock = threading.Lock()
+
     def parse(self, raw: bytes, content_type: str, limit: int) -> Parsed:
+        check_json_content_type(content_type)
         inputs, params, single = task_body(raw, limit)
         return self.tokenize(inputs, params, single)
 
@@ -35,15 +44,26 @@ class TextTask(Task):
         if not isinstance(truncation, bool):
             raise invalid("`parameters.truncation` must be a boolean")
         slots = [i for i, t in enumerate(inputs) if t.strip()]
+        # a text far longer than any allowed token count is refused before the tokenizer spends time on it
+        chars = 64 * self.max_input_tokens
+        for i in slots:
+            if len(inputs[i]) > chars and not truncation:
+                raise RequestError(
+                    422,
+                    f"input {i} has {len(inputs[i])} characters, far over the server's limit of "
+                    f"{self.max_input_tokens} tokens (set parameters.truncation to cut it)",
+                    "input_too_long",
+                )
         try:
-            rows = encode_texts(
-                self.model.tokenizer,
-                [inputs[i] for i in slots],
-                self.max_input_tokens,
-                truncation,
-                slots,
-                hint="set parameters.truncation to cut it",
-            )
+            with self.tokenizer_lock:
+                rows = encode_texts(
+                    self.model.tokenizer,
+                    [inputs[i] for i in slots],
+                    self.max_input_tokens,
+                    truncation,
+                    slots,
+                    hint="set parameters.truncation to cut it",
+                )
         except InputTooLong as err:
             raise RequestError(
                 422,
@@ -55,7 +75,8 @@ class TextTask(Task):
 
     def warm_text(self) -> list[int]:
         text = "Warm up the engine with a sentence of ordinary length, like the ones the server will see."
-        return self.model.tokenizer(text)["input_ids"]
+        with self.tokenizer_lock:
+            return self.model.tokenizer(text)["input_ids"]
 
 
 @dataclass
@@ -88,6 +109,9 @@ class GenerationTask(TextTask):
         )
         return Prepared(GenerationRequest(s, seed), key)
 
+    def check_cost(self, parsed: Parsed, limits) -> None:
+        check_generation_cost(parsed.prepared.settings.settings, len(parsed.rows), limits)
+
     def check_stream(self, request: GenerationRequest) -> None:
         if request.settings.is_beam or request.settings.num_return_sequences != 1:
             raise invalid("streaming supports num_beams=1 and num_return_sequences=1")
@@ -102,7 +126,8 @@ class GenerationTask(TextTask):
             settings=request.settings,
         )
         decode = self.model.tokenizer.batch_decode
-        texts = [decode([s.tolist() for s in seqs], skip_special_tokens=True) for seqs in outputs]
+        with self.tokenizer_lock:
+            texts = [decode([s.tolist() for s in seqs], skip_special_tokens=True) for seqs in outputs]
         generated = sum(len(s) - 1 for seqs in outputs for s in seqs)  # minus the decoder start token
         nrs = request.settings.num_return_sequences
         return [t[0] if nrs == 1 else t for t in texts], generated
@@ -115,7 +140,7 @@ class GenerationTask(TextTask):
         return [{self.field: a} for a in answers]
 
     def stream_decoder(self, request: GenerationRequest) -> TextStream:
-        return TextStream(self.model.tokenizer, request.settings.eos_token_ids)
+        return TextStream(self.model.tokenizer, request.settings.eos_token_ids, self.tokenizer_lock)
 
     def warm(self, batch_size):
         # batches of 1, 2, 4, ... up to batch_size rows, the model's default beams, 32 forced new tokens: the
@@ -130,15 +155,17 @@ class TextStream:
     character (a byte-level or byte-fallback token that ends inside a UTF-8 sequence adds nothing until the
     character completes), so that the pieces concatenate to the full decoded text."""
 
-    def __init__(self, tokenizer, eos_token_ids):
+    def __init__(self, tokenizer, eos_token_ids, lock=None):
         self.tokenizer, self.eos = tokenizer, set(eos_token_ids)
+        self.lock = lock or threading.Lock()
         self.special = set(tokenizer.all_special_ids)
         self.ids: list[int] = []
         self.sent = ""  # a prefix of the decoded text
 
     def push(self, token: int) -> dict:
         self.ids.append(token)
-        decoded = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        with self.lock:
+            decoded = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         piece = ""
         if not decoded.endswith("\ufffd") and decoded.startswith(self.sent):
             piece, self.sent = decoded[len(self.sent) :], decoded
@@ -184,14 +211,15 @@ class EmbeddingTask(TextTask):
 
     async def openai_embeddings(self, service, request):
         service.ensure_ready()
+        check_json_content_type(request.headers.get("content-type", ""))
         body = json_fields(
-            decode_json(await request.body(), service.config.max_payload_bytes),
+            decode_json(await service.read_body(request), service.config.max_payload_bytes),
             {"input", "model", "encoding_format", "user"},
             "input",
         )
         if body.get("encoding_format", "float") != "float":
             raise invalid('`encoding_format`: only "float" is supported')
-        parsed = self.tokenize(text_list(body["input"], "input"), {})
+        parsed = await service.off_loop(self.tokenize, text_list(body["input"], "input"), {})
         vectors = await service.infer(request, parsed)
         tokens = sum(len(ids) for ids in parsed.rows)
         return {
