@@ -203,3 +203,30 @@ def test_input_that_is_not_utf8_is_named(marian_one, tmp_path):
         2,
         f"turboseq: error: {binary}: not UTF-8 text (invalid start byte at byte 2)\n",
     )
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--port", "99999"], "argument --port: must be a port number in 0-65535, got 99999"),
+        (["--request-timeout-s", "0"], "argument --request-timeout-s: must be > 0, got 0"),
+        (["--batch-wait-ms", "-5"], "argument --batch-wait-ms: must be >= 0 and <= 10000, got -5"),
+        (["--header-timeout-s", "nan"], "argument --header-timeout-s: must be > 0"),
+        (["--max-beams", "0"], "argument --max-beams: must be >= 1, got 0"),
+    ],
+)
+def test_serve_flags_are_checked_before_the_model_loads(tmp_path, flags, words):
+    res = run_cli("serve", "--model", tmp_path / "not-even-there", *flags)
+    assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr
+
+
+def test_weights_that_do_not_match_the_config_fail_at_load_in_one_line(marian_one, tmp_path):
+    _, good = marian_one
+    for name in ("generation_config.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((good / name).read_bytes())
+    config = json.loads((good / "config.json").read_text())
+    config["d_model"] = 32  # the weights are 64 wide
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    res = run_cli("translate", "--model", tmp_path, stdin="Hello\n")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert f"{tmp_path / 'config.json'}: the weights do not match the config: encoder positions has shape" in res.stderr

@@ -1,6 +1,7 @@
 """Load test for `turboseq serve`: N concurrent clients for T seconds against a server on a loopback port.
 
     python -m turboseq.bench.loadtest [--model DIR] [--clients 16] [--seconds 30] [--batching on|off|both]
+    python -m turboseq.bench.loadtest --soak [--seconds 60]     (normal load with and without hostile traffic)
 
 Starts the server (the opus-mt-shaped bench model by default), asks it for every sentence's answer alone,
 then lets the clients send single sentences back to back. Reports throughput, p50/p95/p99 latency, errors,
@@ -14,73 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
+from turboseq.bench.clients import normal_load, rss_mb
 from turboseq.serving.process import ServerProcess
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-async def _load(
-    url: str, sentences: list[str], expected: dict, params: dict, clients: int, seconds: float, pid: int
-) -> dict:
-    import httpx
-
-    rss_samples = []
-
-    async def sample_rss():
-        while True:
-            rss_samples.append(round(_rss_mb(pid), 1))
-            await asyncio.sleep(seconds / 10)
-
-    latencies, errors, mismatches = [], 0, 0
-    stop = time.perf_counter() + seconds
-
-    async def client(k: int, http: httpx.AsyncClient):
-        nonlocal errors, mismatches
-        i = k
-        while time.perf_counter() < stop:
-            text = sentences[i % len(sentences)]
-            i += clients
-            t0 = time.perf_counter()
-            try:
-                r = await http.post(url + "/", json={"inputs": text, "parameters": params})
-            except httpx.HTTPError:
-                errors += 1
-                continue
-            if r.status_code != 200:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - t0)
-            if r.json()[0] != expected[text]:
-                mismatches += 1
-
-    start = time.perf_counter()
-    sampler = asyncio.create_task(sample_rss())
-    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=clients)) as http:
-        await asyncio.gather(*(client(k, http) for k in range(clients)))
-    sampler.cancel()
-    wall = time.perf_counter() - start
-    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
-    return dict(
-        requests=len(latencies),
-        seconds=wall,
-        requests_per_s=len(latencies) / wall,
-        p50_s=q[49],
-        p95_s=q[94],
-        p99_s=q[98],
-        errors=errors,
-        mismatches=mismatches,
-        rss_samples_mb=rss_samples,
-    )
 
 
 def run(model_dir: Path, clients: int, seconds: float, batching: bool, params: dict, sentences: list[str]) -> dict:
@@ -95,9 +34,9 @@ def run(model_dir: Path, clients: int, seconds: float, batching: bool, params: d
             if r.status_code != 200:
                 raise RuntimeError(f"single request failed ({r.status_code}): {r.text}")
             expected[text] = r.json()[0]
-        rss_before = _rss_mb(server.pid)  # the server as it is once ready (it warms itself up)
-        result = asyncio.run(_load(url, sentences, expected, params, clients, seconds, server.pid))
-        rss_after = _rss_mb(server.pid)
+        rss_before = rss_mb(server.pid)  # the server as it is once ready (it warms itself up)
+        result = asyncio.run(normal_load(url, sentences, expected, params, clients, seconds, server.pid))
+        rss_after = rss_mb(server.pid)
     finally:
         code = server.stop()
     result.update(
@@ -142,9 +81,20 @@ def main(argv=None) -> int:
         help="generation parameters of every request, JSON",
     )
     parser.add_argument("--out", default="bench-out/loadtest.json")
+    parser.add_argument("--soak", action="store_true",
+                        help="normal load alone, then beside hostile traffic, on one server (turboseq.bench.soak)")
     args = parser.parse_args(argv)
     model_dir = Path(args.model) if args.model else bench_model_dir("marian")
     params = json.loads(args.parameters)
+    if args.soak:
+        from turboseq.bench.soak import format_soak, passed, run_soak
+
+        report = run_soak(model_dir, args.clients, args.seconds, params, bench_sentences())
+        print(json.dumps(report), flush=True)
+        print("\n" + format_soak(report))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).with_name("soak.json").write_text(json.dumps(report, indent=2))
+        return 0 if passed(report) else 1
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.batching]
     results = []
     for batching in modes:

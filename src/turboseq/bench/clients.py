@@ -1,0 +1,69 @@
+"""The load tests' normal clients: single sentences sent back to back, answers checked, RSS sampled."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from pathlib import Path
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def normal_load(
+    url: str, sentences: list[str], expected: dict, params: dict, clients: int, seconds: float, pid: int
+) -> dict:
+    import httpx
+
+    rss_samples = []
+
+    async def sample_rss():
+        while True:
+            rss_samples.append(round(rss_mb(pid), 1))
+            await asyncio.sleep(seconds / 10)
+
+    latencies, errors, mismatches = [], 0, 0
+    stop = time.perf_counter() + seconds
+
+    async def client(k: int, http: httpx.AsyncClient):
+        nonlocal errors, mismatches
+        i = k
+        while time.perf_counter() < stop:
+            text = sentences[i % len(sentences)]
+            i += clients
+            t0 = time.perf_counter()
+            try:
+                r = await http.post(url + "/", json={"inputs": text, "parameters": params})
+            except httpx.HTTPError:
+                errors += 1
+                continue
+            if r.status_code != 200:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - t0)
+            if r.json()[0] != expected[text]:
+                mismatches += 1
+
+    start = time.perf_counter()
+    sampler = asyncio.create_task(sample_rss())
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=clients)) as http:
+        await asyncio.gather(*(client(k, http) for k in range(clients)))
+    sampler.cancel()
+    wall = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
+    return dict(
+        requests=len(latencies),
+        seconds=wall,
+        requests_per_s=len(latencies) / wall,
+        p50_s=q[49],
+        p95_s=q[94],
+        p99_s=q[98],
+        errors=errors,
+        mismatches=mismatches,
+        rss_samples_mb=rss_samples,
+    )
