@@ -50,13 +50,22 @@ def test_a_remote_code_tokenizer_is_named_as_such(marian_one, tmp_path):
     import json
 
     _, good = marian_one
-    for name in ("config.json", "generation_config.json", "model.safetensors", "source.spm", "target.spm",
-                 "vocab.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "source.spm",
+        "target.spm",
+        "vocab.json",
+    ):
         (tmp_path / name).write_bytes((good / name).read_bytes())
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["x.MyTok", None]}}))
     model = turboseq.load(tmp_path)
-    with pytest.raises(ModelLoadError, match=r"tokenizer_config\.json: the tokenizer is custom code \(auto_map\), "
-                                             "which turboseq never runs"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"tokenizer_config\.json: the tokenizer is custom code \(auto_map\), "
+        "which turboseq never runs",
+    ):
         model.translate(["Hello."])
 
 
@@ -64,7 +73,11 @@ def test_generation_numbers_must_be_finite(marian_one):
     import math
 
     model, _ = marian_one
-    for kwargs in (dict(temperature=math.nan, do_sample=True), dict(length_penalty=-math.inf, num_beams=2),
-                   dict(repetition_penalty=math.nan), dict(num_beams=10**30)):
+    for kwargs in (
+        dict(temperature=math.nan, do_sample=True),
+        dict(length_penalty=-math.inf, num_beams=2),
+        dict(repetition_penalty=math.nan),
+        dict(num_beams=10**30),
+    ):
         with pytest.raises(ValueError, match="finite number|must be <="):
             model.settings(**kwargs)

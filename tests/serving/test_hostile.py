@@ -441,10 +441,33 @@ def _embed_cases():
         ("unknown-model", "/models/nope", dict(json={"inputs": "a"}), 404, "not_found", "unknown model"),
         ("transcriptions", "/v1/audio/transcriptions", dict(content=b"x"), 404, "not_found", "no route"),
     ]
+    # a generation client pointed at an embedding server: every generation parameter is refused by name
+    for name, params, _status, _kind, _words in PARAM_CASES:
+        if name == "parameters-not-object":
+            continue
+        key = json.loads(params.replace("NaN", "0").replace("-Infinity", "0").replace("Infinity", "0"))
+        words = "unknown parameter(s) for an embedding model" if set(key) - {"normalize", "truncation"} else "`"
+        cases.append(
+            (
+                f"generation-{name}",
+                "/",
+                dict(
+                    content=f'{{"inputs": "a", "parameters": {params}}}'.encode(),
+                    headers={"content-type": "application/json"},
+                ),
+                422,
+                "validation_error",
+                words,
+            )
+        )
     return cases
 
 
 EMBED_CASES = _embed_cases()
+
+
+def test_at_least_sixty_distinct_hostile_embedding_requests():
+    assert len({c[0] for c in EMBED_CASES}) == len(EMBED_CASES) >= 60
 
 
 @pytest.mark.parametrize("name, path, kwargs, status, kind, words", EMBED_CASES, ids=[c[0] for c in EMBED_CASES])

@@ -81,8 +81,11 @@ def main(argv=None) -> int:
         help="generation parameters of every request, JSON",
     )
     parser.add_argument("--out", default="bench-out/loadtest.json")
-    parser.add_argument("--soak", action="store_true",
-                        help="normal load alone, then beside hostile traffic, on one server (turboseq.bench.soak)")
+    parser.add_argument(
+        "--soak",
+        action="store_true",
+        help="normal load alone, then beside hostile traffic, on one server (turboseq.bench.soak)",
+    )
     args = parser.parse_args(argv)
     model_dir = Path(args.model) if args.model else bench_model_dir("marian")
     params = json.loads(args.parameters)

@@ -149,13 +149,19 @@ def run_soak(model_dir, clients: int, seconds: float, params: dict, sentences: l
     finally:
         code = server.stop()
     return {
-        "clients": clients, "seconds": seconds,
+        "clients": clients,
+        "seconds": seconds,
         "calm": {k: calm[k] for k in ("requests", "requests_per_s", "p50_s", "p99_s", "errors", "mismatches")},
         "hostile": {k: storm[k] for k in ("requests", "requests_per_s", "p50_s", "p99_s", "errors", "mismatches")},
         "p99_ratio": storm["p99_s"] / calm["p99_s"],
-        "hostile_answers": hostile["answers"], "server_errors": hostile["server_errors"],
-        "rss_start_mb": rss_start, "rss_end_mb": rss_end, "rss_max_mb": max(calm["rss_samples_mb"] + storm["rss_samples_mb"]),
-        "rss_change": (rss_end - rss_start) / rss_start, "health_after": health, "exit_code": code,
+        "hostile_answers": hostile["answers"],
+        "server_errors": hostile["server_errors"],
+        "rss_start_mb": rss_start,
+        "rss_end_mb": rss_end,
+        "rss_max_mb": max(calm["rss_samples_mb"] + storm["rss_samples_mb"]),
+        "rss_change": (rss_end - rss_start) / rss_start,
+        "health_after": health,
+        "exit_code": code,
     }
 
 
@@ -163,19 +169,29 @@ def format_soak(r: dict) -> str:
     lines = ["| phase | requests | req/s | p50 ms | p99 ms | errors | wrong answers |", "|---|---|---|---|---|---|---|"]
     for phase in ("calm", "hostile"):
         p = r[phase]
-        lines.append(f"| {'normal load only' if phase == 'calm' else 'normal load + hostile traffic'} | "
-                     f"{p['requests']} | {p['requests_per_s']:.1f} | {p['p50_s'] * 1e3:.0f} | {p['p99_s'] * 1e3:.0f} | "
-                     f"{p['errors']} | {p['mismatches']} |")
+        lines.append(
+            f"| {'normal load only' if phase == 'calm' else 'normal load + hostile traffic'} | "
+            f"{p['requests']} | {p['requests_per_s']:.1f} | {p['p50_s'] * 1e3:.0f} | {p['p99_s'] * 1e3:.0f} | "
+            f"{p['errors']} | {p['mismatches']} |"
+        )
     lines.append("")
-    lines.append(f"p99 hostile / calm: {r['p99_ratio']:.2f}x; 5xx to anyone: {len(r['server_errors'])}; RSS "
-                 f"{r['rss_start_mb']:.0f} MB at the start, {r['rss_max_mb']:.0f} max, {r['rss_end_mb']:.0f} after "
-                 f"({r['rss_change'] * 100:+.1f}%); /health after: {r['health_after']}; exit code {r['exit_code']}")
+    lines.append(
+        f"p99 hostile / calm: {r['p99_ratio']:.2f}x; 5xx to anyone: {len(r['server_errors'])}; RSS "
+        f"{r['rss_start_mb']:.0f} MB at the start, {r['rss_max_mb']:.0f} max, {r['rss_end_mb']:.0f} after "
+        f"({r['rss_change'] * 100:+.1f}%); /health after: {r['health_after']}; exit code {r['exit_code']}"
+    )
     lines.append("hostile answers: " + ", ".join(f"{k} x{v}" for k, v in r["hostile_answers"].items()))
     return "\n".join(lines)
 
 
 def passed(r: dict) -> bool:
     """The bar: no wrong answers, no normal-request errors, no 5xx, p99 within 2x, RSS back within 10%."""
-    return (r["calm"]["errors"] == r["hostile"]["errors"] == 0 and r["calm"]["mismatches"] == r["hostile"]["mismatches"] == 0
-            and not r["server_errors"] and r["p99_ratio"] <= 2.0 and abs(r["rss_change"]) <= 0.10
-            and r["health_after"] == 200 and r["exit_code"] == 0)
+    return (
+        r["calm"]["errors"] == r["hostile"]["errors"] == 0
+        and r["calm"]["mismatches"] == r["hostile"]["mismatches"] == 0
+        and not r["server_errors"]
+        and r["p99_ratio"] <= 2.0
+        and abs(r["rss_change"]) <= 0.10
+        and r["health_after"] == 200
+        and r["exit_code"] == 0
+    )

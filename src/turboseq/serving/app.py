@@ -79,12 +79,7 @@ class Service:
 
     def admit(self, parsed: Parsed) -> None:
         """Check the request's size, resolve its parameters once (``parsed.prepared``), and check its cost."""
-        if parsed.count > self.config.max_batch_size:
-            raise RequestError(
-                413,
-                f"{parsed.count} inputs in one request; the limit is {self.config.max_batch_size}",
-                "too_many_inputs",
-            )
+        self.task.check_count(parsed.count)
         try:
             parsed.prepared = self.task.prepare(parsed.params)
         except (ValueError, TypeError) as err:

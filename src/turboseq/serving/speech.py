@@ -58,6 +58,7 @@ class SpeechTask(Task):
             raise RequestError(
                 415, f"unsupported content type {ctype!r}: send audio bytes (audio/*) or JSON", "unsupported_media_type"
             )
+        self.check_count(len(blobs))  # before any decoding
         return Parsed(self.decode(blobs), list(range(len(blobs))), len(blobs), params, single)
 
     def decode(self, blobs: list[bytes]) -> list:

@@ -50,6 +50,14 @@ class Task:
         with equal parameters share batches."""
         return Prepared(params, json.dumps(params, sort_keys=True))
 
+    def check_count(self, count: int) -> None:
+        """413 for more inputs than one engine batch takes (``Service.admit`` checks it too; tasks call it
+        before tokenizing or decoding anything)."""
+        if count > self.max_batch_size:
+            raise RequestError(
+                413, f"{count} inputs in one request; the limit is {self.max_batch_size}", "too_many_inputs"
+            )
+
     def check_cost(self, parsed: Parsed, limits) -> None:
         """Raises RequestError (422, naming the limit) when the request asks for more work than the server's
         ``limits`` (``ServerConfig``) allow. Called once its settings are resolved, before it is queued."""

@@ -36,6 +36,7 @@ class TextTask(Task):
     def parse(self, raw: bytes, content_type: str, limit: int) -> Parsed:
         check_json_content_type(content_type)
         inputs, params, single = task_body(raw, limit)
+        self.check_count(len(inputs))  # before any tokenizing
         return self.tokenize(inputs, params, single)
 
     def tokenize(self, inputs: list[str], params: dict, single: bool = False) -> Parsed:
@@ -219,7 +220,9 @@ class EmbeddingTask(TextTask):
         )
         if body.get("encoding_format", "float") != "float":
             raise invalid('`encoding_format`: only "float" is supported')
-        parsed = await service.off_loop(self.tokenize, text_list(body["input"], "input"), {})
+        inputs = text_list(body["input"], "input")
+        self.check_count(len(inputs))
+        parsed = await service.off_loop(self.tokenize, inputs, {})
         vectors = await service.infer(request, parsed)
         tokens = sum(len(ids) for ids in parsed.rows)
         return {
