@@ -262,9 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args, verb: str):
-    """The model at ``--model``; the wrong kind of model for ``verb`` is refused from its config alone."""
-    from turboseq.load import inspect, load
+def _check_kind(args, verb: str) -> None:
+    """Refuses the wrong kind of model for ``verb``, from its config alone (before any weight is read)."""
+    from turboseq.load import inspect
 
     info = inspect(args.model)
     if info.kind not in VERB_KINDS[verb]:
@@ -272,8 +272,13 @@ def _load(args, verb: str):
         raise ValueError(
             f"{args.model} is {info.describe()}; `turboseq {verb}` does not serve it (its verbs: {', '.join(others)})"
         )
-    if verb == "serve":
-        return None  # the server loads it itself
+
+
+def _load(args, verb: str):
+    """The model at ``--model``, once its kind is checked for ``verb``."""
+    from turboseq.load import load
+
+    _check_kind(args, verb)
     return load(args.model, dtype=getattr(args, "dtype", "float32"))
 
 
@@ -387,7 +392,7 @@ def _serve(args) -> int:
     from turboseq.serving.app import serve
     from turboseq.serving.config import ServerConfig
 
-    _load(args, "serve")
+    _check_kind(args, "serve")  # the server loads the model itself
     config = ServerConfig(
         max_batch_size=args.max_batch_size,
         max_batch_tokens=args.max_batch_tokens,

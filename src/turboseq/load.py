@@ -63,8 +63,7 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Model
     if torch_device.type == "cpu":
         tune_malloc()
     if Path(path).is_file():
-        inspect(path)  # refuses files that are not turboseq exports before torch reads them
-        return load_exported(path)
+        return load_exported(path)  # it refuses any file that is not a safe turboseq export before torch reads it
     files = read_model_dir(path)
     spec = files.spec
     stacks = [spec.encoder] + ([spec.decoder] if isinstance(spec, Seq2SeqSpec) else [])

@@ -69,9 +69,10 @@ def _check_member(path: Path, archive: zipfile.ZipFile, name: str) -> None:
     raise unsafe
 
 
-def read_export_metadata(path: str | Path) -> dict:
-    """The turboseq metadata of an export file, after checking that torch can load it without unpickling
-    anything but plain tensors. Raises ``ModelLoadError`` for any other file."""
+def read_export_metadata(path: str | Path, check_members: bool = True) -> dict:
+    """The turboseq metadata of an export file; raises ``ModelLoadError`` for any other file. With
+    ``check_members`` (what must precede ``torch.export.load``), also checks that torch can load it without
+    unpickling anything but plain tensors; without, only the metadata is read (enough to tell the kind)."""
     path = Path(path)
     with open(path, "rb") as handle:
         if handle.read(4) != b"PK\x03\x04":
@@ -85,7 +86,7 @@ def read_export_metadata(path: str | Path) -> dict:
                 raise ModelLoadError(
                     f"{path}: a zip archive (a torch.export program?), but not one written by `turboseq export`"
                 )
-            for name in names:
+            for name in names if check_members else ():
                 _check_member(path, archive, name)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
         if isinstance(err, ModelLoadError):

@@ -60,14 +60,19 @@ def inspect(path: str | Path) -> ModelInfo:
     """The kind of model at ``path`` (a directory, or a ``turboseq export`` file), from its config alone."""
     path = Path(path)
     if path.is_file():
-        meta = read_export_metadata(path)
+        meta = read_export_metadata(path, check_members=False)  # load_exported checks the members
         return ModelInfo(path, "export", meta.get("model_type"), "export")
+    return _inspect_dir(path)[0]
+
+
+def _inspect_dir(path: Path) -> tuple[ModelInfo, dict]:
+    """A model directory's kind and its config.json."""
     _check_dir(path)
     config = read_json(path / "config.json")
     if "model_type" not in config and (path / "model.bin").is_file():
-        return ModelInfo(path, "speech", "whisper", "ct2")  # CTranslate2 directories: Whisper only (checked on load)
+        return ModelInfo(path, "speech", "whisper", "ct2"), config  # CTranslate2: Whisper only (checked on load)
     model_type = config.get("model_type")
-    return ModelInfo(path, getattr(_family(path, model_type), "KIND", "seq2seq"), model_type)
+    return ModelInfo(path, getattr(_family(path, model_type), "KIND", "seq2seq"), model_type), config
 
 
 def _family(model_dir: Path, model_type):
@@ -83,9 +88,7 @@ def _family(model_dir: Path, model_type):
 def read_model_dir(path: str | Path) -> ModelFiles:
     """Configs and spec of a Hugging Face (or CTranslate2 Whisper) model directory."""
     model_dir = Path(path)
-    _check_dir(model_dir)
-    info = inspect(model_dir)
-    config = read_json(model_dir / "config.json")
+    info, config = _inspect_dir(model_dir)
     if info.source == "ct2":
         return read_ct2_dir(model_dir, config)
     family, kind, model_type = FAMILIES[info.model_type], info.kind, info.model_type

@@ -153,8 +153,13 @@ class ExportedEncoder:
 def load_exported(path: str | Path) -> ExportedEncoder:
     """An export file loaded back, after ``formats.pt2`` checked that nothing in it gets unpickled."""
     path = Path(path)
-    read_export_metadata(path)
-    extra = {"turboseq.json": "", **{f"tokenizer__{name}": "" for name in _TOKENIZER_FILES}}
+    meta = read_export_metadata(path)  # the format and every member, before torch opens the archive
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{path}: export format version {meta.get('format_version')} (turboseq {meta.get('turboseq_version')}); "
+            f"this turboseq reads version {FORMAT_VERSION}: export the model again"
+        )
+    extra = {f"tokenizer__{name}": "" for name in _TOKENIZER_FILES}
     try:
         with warnings.catch_warnings():
             # torch notes that views of one storage are grouped; they are CPU tensors, nothing to fix
@@ -162,16 +167,5 @@ def load_exported(path: str | Path) -> ExportedEncoder:
             program = torch.export.load(path, extra_files=extra)
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise ModelLoadError(f"{path}: not a readable turboseq export ({type(err).__name__}: {err})") from None
-    try:
-        meta = json.loads(extra["turboseq.json"])
-    except ValueError:
-        meta = {}
-    if meta.get("format") != FORMAT:
-        raise ModelLoadError(f"{path}: a torch.export program, but not one written by `turboseq export`")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelLoadError(
-            f"{path}: export format version {meta.get('format_version')} (turboseq {meta.get('turboseq_version')}); "
-            f"this turboseq reads version {FORMAT_VERSION}: export the model again"
-        )
     tokenizer_files = {k.split("__", 1)[1]: v for k, v in extra.items() if k.startswith("tokenizer__") and v}
     return ExportedEncoder(path, program.module(), meta, tokenizer_files)
