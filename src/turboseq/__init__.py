@@ -7,6 +7,7 @@ The public face: ``load`` a model directory, then ``generate`` (transformers' fo
 
 from turboseq.errors import AudioError, InputTooLong, ModelLoadError
 from turboseq.load import inspect, load
+from turboseq.models.causal import CausalLM
 from turboseq.models.encoder import EncoderModel
 from turboseq.models.exported import ExportedEncoder
 from turboseq.models.speech import SpeechModel
@@ -19,6 +20,7 @@ __all__ = [
     "inspect",
     "Seq2SeqModel",
     "SpeechModel",
+    "CausalLM",
     "EncoderModel",
     "ExportedEncoder",
     "Segment",

@@ -10,17 +10,18 @@ import torch
 from turboseq.errors import ModelLoadError
 from turboseq.formats.read import ModelInfo, inspect, read_model_dir
 from turboseq.generation.settings import generation_defaults
+from turboseq.models.causal import CausalLM
 from turboseq.models.encoder import EncoderModel
 from turboseq.models.exported import ExportedEncoder, load_exported
 from turboseq.models.speech import SpeechModel
 from turboseq.models.text import Seq2SeqModel
 from turboseq.runtime.layers import ACTIVATIONS, prepack
 from turboseq.runtime.memory import tune_malloc
-from turboseq.runtime.spec import EncoderSpec, Seq2SeqSpec, linears, map_tensors, shape_problems
+from turboseq.runtime.spec import CausalLMSpec, EncoderSpec, Seq2SeqSpec, linears, map_tensors, shape_problems
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-Model = Seq2SeqModel | SpeechModel | EncoderModel | ExportedEncoder
+Model = Seq2SeqModel | SpeechModel | CausalLM | EncoderModel | ExportedEncoder
 
 __all__ = ["DTYPES", "Model", "ModelInfo", "inspect", "load"]
 
@@ -39,7 +40,7 @@ def _check_options(device: str, dtype: str) -> torch.device:
         raise ValueError(f"`device` {device!r} is not a torch device ({err})") from None
 
 
-def _place(spec: Seq2SeqSpec | EncoderSpec, device: torch.device, dtype: torch.dtype) -> None:
+def _place(spec: Seq2SeqSpec | EncoderSpec | CausalLMSpec, device: torch.device, dtype: torch.dtype) -> None:
     """Move the weights to ``device`` and ``dtype``, and lay them out for the fastest matmul there.
 
     CPU weights are reordered once for oneDNN's matmul. Where that is not available, Linear weights keep their
@@ -56,8 +57,8 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Model
     """Load a local Hugging Face model directory (config.json + weights [+ tokenizer files]), a CTranslate2
     Whisper directory (model.bin, as faster-whisper uses), or a ``turboseq export`` file.
 
-    Returns a ``Seq2SeqModel`` (text to text), ``SpeechModel`` (Whisper), ``EncoderModel`` (embeddings,
-    classification) or ``ExportedEncoder``. ``dtype``: "float32" (token-identical to transformers) or
+    Returns a ``Seq2SeqModel`` (text to text), ``SpeechModel`` (Whisper), ``CausalLM`` (GPT-2, Llama, Qwen2,
+    Mistral), ``EncoderModel`` (embeddings, classification) or ``ExportedEncoder``. ``dtype``: "float32" (token-identical to transformers) or
     "bfloat16" (faster, not identical)."""
     torch_device = _check_options(device, dtype)
     if torch_device.type == "cpu":
@@ -66,7 +67,7 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Model
         return load_exported(path)  # it refuses any file that is not a safe turboseq export before torch reads it
     files = read_model_dir(path)
     spec = files.spec
-    stacks = [spec.encoder] + ([spec.decoder] if isinstance(spec, Seq2SeqSpec) else [])
+    stacks = [getattr(spec, name) for name in ("encoder", "decoder") if hasattr(spec, name)]
     for layer in [layer for stack in stacks for layer in stack.layers]:
         if layer.ffn.activation not in ACTIVATIONS:
             raise ModelLoadError(
@@ -82,6 +83,8 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Model
     if files.kind == "encoder":
         return EncoderModel(spec, files.config, model_dir, torch_device, dtype)
     defaults = generation_defaults(files.generation_config, files.config)
+    if files.kind == "causal":
+        return CausalLM(spec, files.config, defaults, model_dir, torch_device, dtype)
     if files.kind == "speech":
         return SpeechModel(spec, files.config, defaults, model_dir, torch_device, dtype, files.extra)
     return Seq2SeqModel(spec, files.config, defaults, model_dir, torch_device, dtype)

@@ -14,13 +14,14 @@ from turboseq.formats.families import FAMILIES
 from turboseq.formats.families.common import Checkpoint
 from turboseq.formats.hf import load_weights, read_json
 from turboseq.formats.pt2 import read_export_metadata
-from turboseq.runtime.spec import EncoderSpec, Seq2SeqSpec
+from turboseq.runtime.spec import CausalLMSpec, EncoderSpec, Seq2SeqSpec
 
 # what each kind of model is, in words (CLI errors name it)
 KINDS = {
     "seq2seq": "a text-to-text model",
     "speech": "a speech-to-text (Whisper) model",
     "encoder": "an encoder (embedding) model",
+    "causal": "a text-generation (decoder-only) model",
     "export": "a turboseq export of an encoder",
 }
 
@@ -45,7 +46,7 @@ class ModelFiles(ModelInfo):
 
     config: dict = field(default_factory=dict)
     generation_config: dict | None = None
-    spec: Seq2SeqSpec | EncoderSpec | None = None
+    spec: Seq2SeqSpec | EncoderSpec | CausalLMSpec | None = None
     extra: dict = field(default_factory=dict)  # a family's own generation keys (Whisper's prompt and rules)
 
 

@@ -1,5 +1,7 @@
 """Logits processors: one class per rule, called as ``proc(input_ids [rows, cur_len], scores [rows, vocab])``.
 
+``input_ids`` may hold ids >= vocab where a decoder-only prompt was left-padded: no rule matches them.
+
 Every rule mirrors its transformers counterpart (same names, order and arithmetic), so float32 results are
 token-identical. A processor may write into ``scores``: the search loops own the tensors they pass.
 
@@ -35,9 +37,12 @@ class RepetitionPenalty(LogitsProcessor):
         self.penalty = penalty
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        score = torch.gather(scores, 1, input_ids)
-        score = torch.where(score < 0, score * self.penalty, score / self.penalty)
-        return scores.scatter(1, input_ids, score)
+        # ids >= vocab (left padding of decoder-only prompts) are not penalized, as transformers ignores padding
+        vocab = scores.shape[1]
+        seen = torch.zeros((scores.shape[0], vocab + 1), dtype=torch.bool, device=scores.device)
+        seen.scatter_(1, input_ids.clamp(max=vocab), True)
+        penalized = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
+        return torch.where(seen[:, :vocab], penalized, scores)
 
 
 class NoRepeatNGram(LogitsProcessor):

@@ -47,8 +47,11 @@ def greedy_or_sample(
     procs,
     generator: torch.Generator | None = None,
     hooks: RowHooks | None = None,
+    stop: Callable[[Tensor], Tensor] | None = None,
 ) -> list[Tensor]:
     """One row per sequence. Returns each row's tokens (prompt included, up to and including EOS).
+
+    ``stop(seqs [rows, length]) -> bool [rows]`` ends rows on other grounds than EOS (stop strings).
 
     ``hooks`` (over the prompt's rows): streamed tokens of the rows still decoding go to ``hooks.emit`` after
     every step; rows ``hooks.gone()`` marks (nobody waits for them any more) leave the batch at the next step,
@@ -84,6 +87,8 @@ def greedy_or_sample(
             hooks.emit(active, next_tokens)
         cur_len += 1
         done = torch.isin(next_tokens, eos)
+        if stop is not None:
+            done |= stop(seqs[active, :cur_len])
         gone = hooks.gone(active) if hooks is not None else None
         if gone is not None:
             done |= gone

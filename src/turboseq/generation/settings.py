@@ -9,7 +9,7 @@ model's position limit instead of cutting at 20 tokens.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # transformers' defaults for fields neither the model nor the call sets
 _DEFAULTS = {
@@ -34,6 +34,7 @@ _DEFAULTS = {
     "eos_token_id": None,
     "pad_token_id": None,
     "decoder_start_token_id": None,
+    "stop_strings": None,
 }
 
 # accepted and ignored: they only shape transformers' return objects or its cache, or do nothing in turboseq
@@ -75,6 +76,8 @@ class GenerationSettings:
     pad_token_id: int
     decoder_start_token_id: int
     prompt_length: int = 1
+    max_new_tokens: int | None = None  # where it set max_length: a longer prompt moves max_length with it
+    stop_strings: list[str] | None = None  # text that ends a sequence (decoder-only models, needs a tokenizer)
     decoder_prompt: list[int] | None = None  # the whole decoder prompt where it is more than the start token
     # a family's own logits rules (Whisper's token suppression and timestamp rules): applied after the generic
     # processors and before the sampling warpers, where transformers merges custom processors
@@ -181,12 +184,15 @@ def resolve(
 
     # Lengths count the decoder prompt, as in transformers; max_new_tokens wins over max_length.
     position_limit = max_positions
+    max_new = None
     if kwargs.get("max_new_tokens") is not None:
-        max_length = prompt_length + _as_int("max_new_tokens", kwargs["max_new_tokens"], 1)
+        max_new = _as_int("max_new_tokens", kwargs["max_new_tokens"], 1)
+        max_length = prompt_length + max_new
     elif kwargs.get("max_length") is not None:
         max_length = _as_int("max_length", kwargs["max_length"], 0)
     elif merged["max_new_tokens"] is not None:
-        max_length = prompt_length + _as_int("max_new_tokens", merged["max_new_tokens"], 1)
+        max_new = _as_int("max_new_tokens", merged["max_new_tokens"], 1)
+        max_length = prompt_length + max_new
     elif merged["max_length"] is not None:
         max_length = _as_int("max_length", merged["max_length"], 0)
     else:
@@ -222,6 +228,15 @@ def resolve(
         for word in bad:
             _token_ids("bad_words_ids", word, vocab_size, many=True)
         bad = [w for w in bad if not (len(w) == 1 and w[0] in eos_ids)]  # EOS is never banned
+    stops = merged["stop_strings"]
+    if stops is not None:
+        stops = [stops] if isinstance(stops, str) else stops
+        if not isinstance(stops, list) or not stops or not all(isinstance(t, str) and t for t in stops):
+            raise ValueError(
+                f"`stop_strings` must be a non-empty string or list of them, got {merged['stop_strings']!r}"
+            )
+        if num_beams > 1:
+            raise ValueError("`stop_strings` works with num_beams=1 (greedy or sampling)")
     return GenerationSettings(
         max_length=max_length,
         min_length=min_length,
@@ -244,7 +259,23 @@ def resolve(
         pad_token_id=pad,
         decoder_start_token_id=merged["decoder_start_token_id"],
         prompt_length=prompt_length,
+        max_new_tokens=max_new,
+        stop_strings=stops,
     )
+
+
+def for_prompt(s: GenerationSettings, width: int, max_positions: int) -> GenerationSettings:
+    """The settings of a decoder-only batch whose (padded) prompts are ``width`` tokens: lengths count the
+    prompt, as transformers counts them for ``*ForCausalLM.generate``."""
+    max_length = width + s.max_new_tokens if s.max_new_tokens is not None else s.max_length
+    if max_length > max_positions:
+        raise ValueError(
+            f"a prompt of {width} tokens plus {max_length - width} new tokens exceeds the model's "
+            f"{max_positions} positions"
+        )
+    if max_length <= width:
+        raise ValueError(f"`max_length` {max_length} leaves no room for a new token after a prompt of {width} tokens")
+    return replace(s, max_length=max_length, prompt_length=width)
 
 
 def generation_defaults(generation_config: dict | None, config: dict) -> dict:

@@ -1,9 +1,10 @@
-"""The encoder-decoder engine shared by the text (``models.text``) and speech (``models.speech``) front ends.
+"""The generation engine: ``Engine`` sorts inputs by length into batches and runs each through the search
+loops; ``EncoderDecoder`` is its encoder-decoder form, shared by the text (``models.text``) and speech
+(``models.speech``) front ends; the decoder-only form is ``models.causal.CausalLM``.
 
-Inputs are sorted by length into batches; per batch the encoder runs once, the cross-attention keys/values
-are built once per input (shared by its beams), and the search loop drives the decoder step against a
-preallocated cache. A front end says what its inputs are through four hooks: ``_row_length``, ``_collate``,
-``_encode`` and ``_prompt``.
+Per encoder-decoder batch the encoder runs once, the cross-attention keys/values are built once per input
+(shared by its beams), and the search loop drives the decoder step against a preallocated cache. A front end
+says what its inputs are through four hooks: ``_row_length``, ``_collate``, ``_encode`` and ``_prompt``.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from turboseq.runtime.layers import build_cross_kv, decode_step
 from turboseq.runtime.spec import Seq2SeqSpec
 
 
-class EncoderDecoder:
-    """An encoder-decoder model on turboseq's runtime; the front ends subclass it. Build one with
-    ``turboseq.load``."""
+class Engine:
+    """What every generation model shares: its spec, defaults, LM head, and the batching loop ``_run``; a
+    subclass decodes one batch (``_decode_batch``) and says how its inputs are measured and collated."""
 
-    def __init__(self, spec: Seq2SeqSpec, config: dict, generation_defaults: dict, path: Path, device, dtype: str):
+    def __init__(self, spec, config: dict, generation_defaults: dict, path: Path, device, dtype: str):
         self.spec = spec
         self.config = config
         self.generation_defaults = generation_defaults
@@ -78,6 +79,28 @@ class EncoderDecoder:
                 progress.update(len(chunk))
         return results
 
+    def _row_length(self, row) -> int:
+        raise NotImplementedError
+
+    def _collate(self, rows, mask, chunk: list[int]) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+    def _decode_batch(
+        self, inputs: Tensor, mask: Tensor | None, s: GenerationSettings, generator, hooks: RowHooks | None = None
+    ) -> list[list[Tensor]]:
+        raise NotImplementedError
+
+
+class EncoderDecoder(Engine):
+    """An encoder-decoder model on turboseq's runtime; the front ends subclass it. Build one with
+    ``turboseq.load``."""
+
+    def settings(self, **kwargs) -> GenerationSettings:
+        s = super().settings(**kwargs)
+        if s.stop_strings is not None:
+            raise ValueError("`stop_strings` is supported for decoder-only models; use `eos_token_id` here")
+        return s
+
     # --- the front end's hooks ---------------------------------------------------------------------------
 
     def _row_length(self, row) -> int:
@@ -106,7 +129,6 @@ class EncoderDecoder:
         cross_kv = build_cross_kv(spec, hidden)
         batch = hidden.shape[0]
         attn = spec.decoder.layers[0].self_attn
-        head_dim = attn.qkv.weight.shape[0] // (3 * attn.num_heads)
         procs = build_processors(s, spec.vocab_size)
         prompt = self._prompt(batch, s)
         group = s.num_beams if s.is_beam else 1
@@ -117,7 +139,7 @@ class EncoderDecoder:
             cross_mask = None if cross_mask is None else cross_mask.index_select(0, expand)
             prompt = prompt.index_select(0, expand)
             hooks = None if hooks is None else hooks.select(expand.cpu())
-        state = DecoderState(cross_kv, cross_mask, group, attn.num_heads, head_dim, s.max_length)
+        state = DecoderState(cross_kv, cross_mask, group, attn.kv_heads, attn.head_dim, s.max_length)
 
         def step(tokens: Tensor) -> Tensor:
             return decode_step(spec, state, tokens)

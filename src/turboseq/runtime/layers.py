@@ -16,6 +16,7 @@ from torch import Tensor
 from turboseq.runtime.cache import DecoderState
 from turboseq.runtime.spec import (
     AudioFrontEnd,
+    CausalLMSpec,
     Embeddings,
     FeedForward,
     LayerNorm,
@@ -287,21 +288,31 @@ def build_cross_kv(spec: Seq2SeqSpec, encoder_out: Tensor) -> list[tuple[Tensor,
     return kv
 
 
-def decode_step(spec: Seq2SeqSpec, state: DecoderState, tokens: Tensor) -> Tensor:
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE on x [rows, len, heads, head_dim] with cos/sin [rows or 1, len, 1, head_dim], as transformers'
+    ``apply_rotary_pos_emb`` computes it."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def decode_step(spec: Seq2SeqSpec | CausalLMSpec, state: DecoderState, tokens: Tensor) -> Tensor:
     """Feed ``tokens`` [rows, new_len] to the decoder; returns the last position's hidden state [rows, d_model]
     (the input of the LM head, ``runtime.head.LMHead``).
 
-    Rows are grouped by sentence (``state.group`` consecutive rows per sentence, e.g. the beams); the
-    cross-attention of a sentence runs once for all of its rows, with the rows as the query axis.
+    Encoder-decoder: rows are grouped by sentence (``state.group`` consecutive rows per sentence, e.g. the
+    beams); the cross-attention of a sentence runs once for all of its rows, with the rows as the query axis.
+    Decoder-only: the first call is the prompt (prefill), left-padded rows masked and positioned by
+    ``state``; layers without cross-attention skip it.
     """
     stack = spec.decoder
     rows, new_len = tokens.shape
     start = state.length
     state.reserve(start + new_len)
-    x = embed(stack.embed, tokens, start)  # [rows, new_len, d_model]
+    positions = state.positions(new_len)  # [rows, new_len] or None: start ..
+    x = embed(stack.embed, tokens, start, positions)  # [rows, new_len, d_model]
     end = start + new_len
-    causal = new_len > 1  # a multi-token prompt: causal inside it (the cache is empty then)
-    mask = None
+    mask = state.self_mask(new_len)
+    causal = mask is None and new_len > 1  # a multi-token prompt: causal inside it (the cache is empty then)
     if stack.relative_bias is not None:
         # only the new positions' rows of the bias, from the cache length: [1, heads, new_len, end]
         mask = relative_position_bias(stack.relative_bias, start, new_len, end).to(x.dtype)
@@ -310,14 +321,29 @@ def decode_step(spec: Seq2SeqSpec, state: DecoderState, tokens: Tensor) -> Tenso
                 torch.ones(new_len, end, dtype=torch.bool, device=x.device).triu(start + 1), -math.inf
             )
             causal = False
+    cos = sin = None
+    if stack.rotary is not None:
+        where = positions if positions is not None else torch.arange(start, end, device=x.device)[None]
+        cos, sin = stack.rotary.cos[where][:, :, None], stack.rotary.sin[where][:, :, None]
     for i, layer in enumerate(stack.layers):
 
         def self_attention(h, attn: SelfAttention = layer.self_attn, i: int = i):
-            # [rows, new_len, 3, heads, head_dim]: k and v go to the cache in this layout, no permute
-            qkv = linear(h, attn.qkv).view(rows, new_len, 3, attn.num_heads, -1)
-            q = qkv[:, :, 0].transpose(1, 2)
-            keys, values = state.write(i, qkv[:, :, 1], qkv[:, :, 2])
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal, scale=attn.scale)
+            heads, kv_heads = attn.num_heads, attn.kv_heads
+            # [rows, new_len, heads + 2 * kv_heads, head_dim]: k and v go to the cache in this layout
+            qkv = linear(h, attn.qkv).view(rows, new_len, heads + 2 * kv_heads, -1)
+            q, k, v = qkv[:, :, :heads], qkv[:, :, heads : heads + kv_heads], qkv[:, :, heads + kv_heads :]
+            if cos is not None:
+                q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            keys, values = state.write(i, k, v)
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                keys,
+                values,
+                attn_mask=mask,
+                is_causal=causal,
+                scale=attn.scale,
+                enable_gqa=kv_heads != heads,
+            )
             return linear(_merge_heads(out), attn.out)
 
         def cross_attention(h, i: int = i, attn=layer.cross_attn):
@@ -329,7 +355,8 @@ def decode_step(spec: Seq2SeqSpec, state: DecoderState, tokens: Tensor) -> Tenso
             return linear(out.transpose(1, 2).reshape(rows, new_len, heads * head_dim), attn.out)
 
         x = _sublayer(x, layer.self_attn_norm, stack.pre_norm, self_attention)
-        x = _sublayer(x, layer.cross_attn_norm, stack.pre_norm, cross_attention)
+        if layer.cross_attn is not None:
+            x = _sublayer(x, layer.cross_attn_norm, stack.pre_norm, cross_attention)
         x = _sublayer(x, layer.ffn_norm, stack.pre_norm, lambda h, f=layer.ffn: feed_forward(h, f))
     state.length = end
     x = x[:, -1]

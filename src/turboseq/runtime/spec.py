@@ -31,10 +31,20 @@ class LayerNorm:
 
 @dataclass
 class SelfAttention:
-    qkv: Linear  # fused q, k, v projections: weight [3 * inner, d_model] (inner = heads * head_dim)
+    # fused q, k, v projections: weight [(heads + 2 * kv_heads) * head_dim, d_model]
+    qkv: Linear
     out: Linear
     num_heads: int
     scale: float | None = None  # on q.k; None means 1 / sqrt(head_dim) (T5 uses 1.0)
+    num_kv_heads: int | None = None  # grouped-query attention: fewer key/value heads than query heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.qkv.weight.shape[0] // (self.num_heads + 2 * self.kv_heads)
 
 
 @dataclass
@@ -66,10 +76,10 @@ class EncoderLayer:
 class DecoderLayer:
     self_attn: SelfAttention
     self_attn_norm: LayerNorm
-    cross_attn: CrossAttention
-    cross_attn_norm: LayerNorm
     ffn: FeedForward
     ffn_norm: LayerNorm
+    cross_attn: CrossAttention | None = None  # None in a decoder-only stack
+    cross_attn_norm: LayerNorm | None = None
 
 
 @dataclass
@@ -112,12 +122,22 @@ class RelativePositionBias:
 
 
 @dataclass
+class Rotary:
+    """Rotary position embeddings (RoPE) applied to queries and keys: cos/sin per position, computed once
+    from the config's rope_theta and scaling (``rotary_tables``)."""
+
+    cos: Tensor  # [max_positions, head_dim]
+    sin: Tensor  # [max_positions, head_dim]
+
+
+@dataclass
 class Stack:
     embed: Embeddings | AudioFrontEnd
     layers: list  # list[EncoderLayer] or list[DecoderLayer]
     pre_norm: bool  # pre-norm (x + f(norm(x))) or post-norm (norm(x + f(x)))
     final_norm: LayerNorm | None = None
     relative_bias: RelativePositionBias | None = None
+    rotary: Rotary | None = None
 
 
 @dataclass
@@ -133,6 +153,25 @@ class Seq2SeqSpec:
     eos_token_id: int
     decoder_start_token_id: int
     head_scale: float = 1.0  # multiplies the decoder output before the LM head (T5 with tied embeddings)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def d_model(self) -> int:
+        return self.lm_head.weight.shape[1]
+
+
+@dataclass
+class CausalLMSpec:
+    """A decoder-only transformer (GPT-2, Llama, ...) with a language-model head."""
+
+    decoder: Stack
+    lm_head: Linear  # [vocab, d_model]
+    max_positions: int
+    vocab_size: int
+    pad_token_id: int | None
+    eos_token_id: int | list[int] | None
+    bos_token_id: int | None
+    head_scale: float = 1.0
     extra: dict = field(default_factory=dict)
 
     @property
@@ -189,6 +228,32 @@ def sinusoidal_positions(num_positions: int, dim: int) -> Tensor:
     return out
 
 
+def rotary_tables(head_dim: int, max_positions: int, theta: float, scaling: dict | None = None) -> Rotary:
+    """cos/sin tables as transformers computes them: float32 inverse frequencies (``theta ** (2i / dim)``),
+    one product per position, the two halves repeated. ``scaling``: the config's rope_scaling ("linear" and
+    "llama3" rescale the frequencies; "default" or None leaves them)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    kind = None if not scaling else scaling.get("rope_type", scaling.get("type"))
+    if kind == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif kind == "llama3":
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old_len / low, old_len / high
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        inv_freq = torch.where(medium, smoothed, scaled)
+    elif kind not in (None, "default"):
+        raise ValueError(f"unsupported rope_scaling type {kind!r} (supported: default, linear, llama3)")
+    positions = torch.arange(max_positions, dtype=torch.int64).float()
+    freqs = positions[:, None] * inv_freq[None, :]  # [positions, head_dim / 2]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return Rotary(emb.cos(), emb.sin())
+
+
 def map_tensors(obj, fn, _done: dict | None = None):
     """Apply ``fn`` to every tensor inside a spec tree, in place (used for dtype/device moves).
 
@@ -225,7 +290,7 @@ def linears(obj):
             yield from linears(getattr(obj, f.name))
 
 
-def shape_problems(spec: Seq2SeqSpec | EncoderSpec) -> list[str]:
+def shape_problems(spec: Seq2SeqSpec | EncoderSpec | CausalLMSpec) -> list[str]:
     """Where the weights disagree with each other or with the config that shaped the spec (head counts, model
     width): each entry names the part. Empty when every product the runtime will compute fits."""
     problems: list[str] = []
@@ -251,13 +316,14 @@ def shape_problems(spec: Seq2SeqSpec | EncoderSpec) -> list[str]:
         for i, layer in enumerate(st.layers):
             where = f"{name} layer {i}"
             attn = layer.self_attn
-            inner, rest = divmod(attn.qkv.weight.shape[0], 3)
-            if rest or inner % attn.num_heads:
+            split = attn.num_heads + 2 * attn.kv_heads
+            inner = attn.qkv.weight.shape[0] // split * attn.num_heads
+            if attn.qkv.weight.shape[0] % split or attn.num_heads % attn.kv_heads:
                 problems.append(
                     f"{where} self-attention: {attn.qkv.weight.shape[0]} fused q/k/v rows do not split "
-                    f"into 3 x {attn.num_heads} heads"
+                    f"into {attn.num_heads} query and 2 x {attn.kv_heads} key/value heads"
                 )
-            expect(f"{where} self-attention q/k/v", attn.qkv.weight, (3 * inner, d))
+            expect(f"{where} self-attention q/k/v", attn.qkv.weight, (split * (inner // attn.num_heads), d))
             expect(f"{where} self-attention output", attn.out.weight, (d, inner))
             cross = getattr(layer, "cross_attn", None)
             if cross is not None:
@@ -283,8 +349,9 @@ def shape_problems(spec: Seq2SeqSpec | EncoderSpec) -> list[str]:
             expect(f"{name} relative position bias", st.relative_bias.table, (st.relative_bias.num_buckets, heads))
 
     d = spec.d_model
-    stack("encoder", spec.encoder, d)
-    if isinstance(spec, Seq2SeqSpec):
+    if not isinstance(spec, CausalLMSpec):
+        stack("encoder", spec.encoder, d)
+    if not isinstance(spec, EncoderSpec):
         stack("decoder", spec.decoder, d)
         expect("LM head", spec.lm_head.weight, (spec.lm_head.weight.shape[0], d))
     return problems

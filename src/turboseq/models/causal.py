@@ -1,0 +1,278 @@
+"""Decoder-only language models (GPT-2, Llama, Qwen2, Mistral): ``generate`` in ``*ForCausalLM.generate``'s
+format, ``generate_rows`` for unpadded prompts, and ``generate_text`` over text.
+
+The same engine as the encoder-decoders (``models.engine``) without the encoder: prompts are left-padded per
+batch (positions counted from each row's first real token, its padding masked), prefilled in one pass into the
+preallocated cache (once per prompt, then copied to its beams or samples), then decoded one token per step by
+the shared search loops, finished rows leaving the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from turboseq.errors import InputTooLong
+from turboseq.formats.tokenizer import load_tokenizer
+from turboseq.generation import search
+from turboseq.generation.batching import RowHooks, pad_rows
+from turboseq.generation.processors import build_processors
+from turboseq.generation.settings import GenerationSettings, for_prompt
+from turboseq.generation.stops import StopStrings
+from turboseq.models.engine import Engine
+from turboseq.models.progress import progress_bar
+from turboseq.runtime.cache import DecoderState
+from turboseq.runtime.layers import decode_step
+from turboseq.runtime.spec import CausalLMSpec
+
+
+def _left_padding(mask: Tensor) -> Tensor:
+    """Per row, the number of leading zeros of ``mask`` [batch, len]; raises unless every row is zeros then
+    ones (left padding, as decoder-only generation needs)."""
+    padding = mask.shape[1] - mask.sum(dim=1)
+    expected = (torch.arange(mask.shape[1])[None, :] >= padding[:, None]).long()
+    if not torch.equal(mask.long(), expected):
+        raise ValueError(
+            "decoder-only models need left-padded prompts: `attention_mask` rows must be zeros then ones "
+            "(tokenizer padding_side='left')"
+        )
+    empty = (padding == mask.shape[1]).nonzero()
+    if empty.numel():
+        raise ValueError(f"prompt {int(empty[0])} is empty (its attention_mask row is all zeros)")
+    return padding
+
+
+class CausalLM(Engine):
+    """A decoder-only language model. Build it with ``turboseq.load``."""
+
+    spec: CausalLMSpec
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.path)
+        return self._tokenizer
+
+    # --- the engine's hooks: prompts are left-padded per batch -----------------------------------------------
+
+    def _row_length(self, row) -> int:
+        return len(row)
+
+    def _collate(self, rows, mask, chunk: list[int]) -> tuple[Tensor, Tensor | None]:
+        if not isinstance(rows, list):
+            return rows[chunk], mask[chunk]
+        width = max(len(rows[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), self._fill_id(), dtype=torch.long)
+        chunk_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for j, i in enumerate(chunk):
+            ids[j, width - len(rows[i]) :] = rows[i]
+            chunk_mask[j, width - len(rows[i]) :] = 1
+        return ids, chunk_mask
+
+    def _fill_id(self) -> int:
+        """What left-pads prompts: the pad token, or EOS where the model has none (as transformers does)."""
+        s = self.settings()
+        return s.pad_token_id
+
+    def _decode_batch(
+        self, inputs: Tensor, mask: Tensor | None, s: GenerationSettings, generator, hooks: RowHooks | None = None
+    ) -> list[list[Tensor]]:
+        """Per prompt its sequences, prompt included and its left padding removed."""
+        spec = self.spec
+        inputs = inputs.to(self.device)
+        batch, width = inputs.shape
+        s = for_prompt(s, width, spec.max_positions)
+        padding = None if mask is None or bool(mask.all()) else (width - mask.sum(dim=1)).to(self.device)
+        procs = build_processors(s, spec.vocab_size)
+        group = s.num_beams if s.is_beam else 1
+        copies = 1 if s.is_beam else s.num_return_sequences
+        # the search loops see padding as id `vocab_size`, which no logits rule matches (transformers' repetition
+        # penalty ignores padding too); the prefill reads it as id 0, masked
+        prompt = inputs if padding is None else inputs.masked_fill(~mask.to(self.device).bool(), spec.vocab_size)
+        if copies > 1:  # sampled sequences: one decoder row each
+            expand = torch.arange(batch, device=self.device).repeat_interleave(copies)
+            prompt = prompt.index_select(0, expand)
+            hooks = None if hooks is None else hooks.select(expand.cpu())
+        attn = spec.decoder.layers[0].self_attn
+        state = DecoderState(
+            None,
+            None,
+            group,
+            attn.kv_heads,
+            attn.head_dim,
+            s.max_length,
+            initial_capacity=width + 64,
+            layers=len(spec.decoder.layers),
+            rows=batch,
+            like=spec.lm_head.weight,
+            padding=padding,
+        )
+        fan_out = group * copies  # decoder rows per prompt
+
+        def step(tokens: Tensor) -> Tensor:
+            if state.length == 0 and padding is not None:
+                tokens = tokens.masked_fill(tokens >= spec.vocab_size, 0)
+            if state.length == 0 and fan_out > 1:
+                # the prompt once per input, then its cache copied to the input's beams or samples
+                hidden = decode_step(spec, state, tokens[::fan_out])
+                rows = torch.arange(batch, device=self.device).repeat_interleave(fan_out)
+                state.select(rows)
+                return hidden.index_select(0, rows)
+            return decode_step(spec, state, tokens)
+
+        if s.is_beam:
+            seqs = search.beam_search(step, state.select, self.head, prompt, s, procs, generator, hooks)
+        else:
+            stop = None
+            if s.stop_strings:
+                tokenizer = self.tokenizer
+                vocab = spec.vocab_size
+
+                def decode(ids: list[int]) -> str:
+                    return tokenizer.decode([t for t in ids if t < vocab], skip_special_tokens=True)
+
+                stop = StopStrings(s.stop_strings, decode)
+            flat = search.greedy_or_sample(step, state.select, self.head, prompt, s, procs, generator, hooks, stop)
+            seqs = [flat[i * copies : (i + 1) * copies] for i in range(batch)]
+        cut = [0] * batch if padding is None else padding.tolist()
+        return [[seq[cut[i] :] for seq in per_input] for i, per_input in enumerate(seqs)]
+
+    # --- token-level API ---------------------------------------------------------------------------------
+
+    def _check_ids(self, ids: Tensor) -> None:
+        if ((ids < 0) | (ids >= self.spec.decoder.embed.tokens.shape[0])).any():
+            raise ValueError(f"`input_ids` has ids outside the vocabulary [0, {self.spec.vocab_size})")
+
+    def _empty_prompt(self) -> list[int]:
+        if self.spec.bos_token_id is None:
+            raise ValueError("an empty prompt needs a start token, and the model has no `bos_token_id`")
+        return [self.spec.bos_token_id]
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: Tensor | Sequence[Sequence[int]],
+        attention_mask: Tensor | None = None,
+        *,
+        max_batch_size: int | None = 32,
+        seed: int | None = None,
+        **kwargs,
+    ) -> torch.LongTensor:
+        """Generate like ``transformers`` ``*ForCausalLM.generate``: a LongTensor [batch * num_return_sequences,
+        len] holding each prompt as given (left padding included) and its new tokens, padded after EOS and
+        right-padded to the longest row. Lengths count the prompt: ``max_length`` includes it,
+        ``max_new_tokens`` does not.
+
+        Prompts run as given, in batches of at most ``max_batch_size`` in input order (a padded batch keeps its
+        padding, so results equal transformers' on the same tensor). Without ``attention_mask``, pad tokens are
+        masked where the pad token is not EOS, as transformers infers it. An input of width 0 starts from the
+        BOS token.
+        """
+        s = self.settings(**kwargs)
+        ids = torch.as_tensor(input_ids, dtype=torch.long)
+        if ids.dim() != 2:
+            raise ValueError(f"`input_ids` must be 2-D [batch, length], got shape {tuple(ids.shape)}")
+        if ids.shape[0] == 0:
+            return torch.empty((0, 0), dtype=torch.long)
+        if ids.shape[1] == 0:
+            ids = torch.tensor([self._empty_prompt()] * ids.shape[0], dtype=torch.long)
+            attention_mask = None
+        if attention_mask is None:
+            pad = s.pad_token_id
+            mask = ids.ne(pad).long() if (ids == pad).any() and pad not in s.eos_token_ids else torch.ones_like(ids)
+        else:
+            mask = torch.as_tensor(attention_mask).long()
+            if mask.shape != ids.shape:
+                raise ValueError(f"`attention_mask` shape {tuple(mask.shape)} != `input_ids` shape {tuple(ids.shape)}")
+        padding = _left_padding(mask)
+        self._check_ids(ids)
+        outputs = self._run(ids, mask, s, max_batch_size, None, seed)
+        rows = [
+            torch.cat((ids[i, : int(padding[i])], seq.cpu()))
+            for i, per_input in enumerate(outputs)
+            for seq in per_input
+        ]
+        return pad_rows(rows, s.output_fill_token_id)
+
+    @torch.inference_mode()
+    def generate_rows(
+        self,
+        rows: Sequence[Sequence[int]],
+        *,
+        max_batch_size: int | None = 32,
+        max_batch_tokens: int | None = None,
+        seed: int | None = None,
+        on_tokens=None,
+        abandoned=None,
+        settings: GenerationSettings | None = None,
+        **kwargs,
+    ) -> list[list[Tensor]]:
+        """Like ``generate`` for unpadded prompts (token id lists), regrouped by length into left-padded
+        batches: per prompt its ``num_return_sequences`` sequences (prompt included, up to and including EOS).
+        An empty prompt starts from the BOS token. ``on_tokens``, ``abandoned`` and ``settings`` as
+        ``Seq2SeqModel.generate_rows``."""
+        if settings is not None and kwargs:
+            raise TypeError("pass generation arguments or `settings`, not both")
+        s = settings if settings is not None else self.settings(**kwargs)
+        if on_tokens is not None and (s.is_beam or s.num_return_sequences != 1):
+            raise ValueError("streaming needs num_beams=1 and num_return_sequences=1")
+        tensors = [torch.as_tensor(list(r) or self._empty_prompt(), dtype=torch.long) for r in rows]
+        if not tensors:
+            return []
+        for t in tensors:
+            self._check_ids(t)
+        hooks = RowHooks(abandoned, on_tokens) if abandoned is not None or on_tokens is not None else None
+        return self._run(tensors, None, s, max_batch_size, max_batch_tokens, seed, hooks=hooks)
+
+    # --- text API ----------------------------------------------------------------------------------------
+
+    def encode_prompts(self, texts: Sequence[str], room: int, truncation: bool = False) -> list[list[int]]:
+        """Token ids of each prompt (the tokenizer's special tokens included) with ``room`` positions left for
+        new tokens; a longer prompt raises ``InputTooLong``, or with ``truncation`` keeps its last tokens."""
+        if isinstance(texts, str):
+            raise TypeError("`texts` must be a list of strings, not a single string")
+        limit = self.spec.max_positions - room
+        if limit < 1:
+            raise ValueError(f"{room} new tokens leave no room for a prompt in the model's {self.spec.max_positions}")
+        rows = self.tokenizer(list(texts))["input_ids"] if len(texts) else []
+        for i, ids in enumerate(rows):
+            if len(ids) > limit:
+                if not truncation:
+                    raise InputTooLong(i, len(ids), limit, "pass truncation=True to keep its end")
+                rows[i] = ids[len(ids) - limit :]
+        return rows
+
+    def generate_text(
+        self,
+        texts: Sequence[str],
+        *,
+        return_full_text: bool = False,
+        truncation: bool = False,
+        batch_size: int = 32,
+        max_batch_tokens: int | None = None,
+        progress: bool = False,
+        seed: int | None = None,
+        **kwargs,
+    ) -> list:
+        """Continue each prompt: tokenize, generate (any generation kwargs), decode the new tokens without
+        special tokens (``return_full_text=True``: the prompt's text too). One string per prompt, or a list of
+        ``num_return_sequences`` strings per prompt. An empty prompt starts from the BOS token. Prompts that do
+        not leave room for the new tokens in the model's positions raise (``truncation=True`` keeps their
+        end); ``progress=True`` shows a progress bar on stderr."""
+        if isinstance(texts, str):
+            raise TypeError("`texts` must be a list of strings, not a single string")
+        s = self.settings(**kwargs)
+        room = s.max_new_tokens if s.max_new_tokens is not None else 1
+        encoded = self.encode_prompts(texts, room, truncation)
+        rows = [torch.tensor(ids or self._empty_prompt(), dtype=torch.long) for ids in encoded]
+        with progress_bar(progress, len(texts), "prompt", "generate") as bar:
+            outputs = self._run(rows, None, s, batch_size, max_batch_tokens, seed, progress=bar) if rows else []
+        result = []
+        for row, seqs in zip(rows, outputs):
+            start = 0 if return_full_text else len(row)
+            result.append(self.tokenizer.batch_decode([seq[start:].tolist() for seq in seqs], skip_special_tokens=True))
+        if s.num_return_sequences == 1:
+            return [r[0] for r in result]
+        return result
