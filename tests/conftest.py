@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import FAMILY_SEEDS, MARIAN_CONFIGS, make_family_model, make_marian
+from tests.helpers import CAUSAL_CONFIGS, FAMILY_SEEDS, MARIAN_CONFIGS, make_causal, make_family_model, make_marian
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -47,6 +47,31 @@ def marian(request, tmp_path_factory):
 def seq2seq(request, tmp_path_factory):
     """(name, turboseq model, transformers reference, directory) for every text-to-text family and config."""
     return (request.param, *_build(request.param, tmp_path_factory))
+
+
+@pytest.fixture(scope="session", params=list(CAUSAL_CONFIGS))
+def causal(request, tmp_path_factory):
+    """(name, turboseq model, transformers reference, directory) for every decoder-only test config."""
+    import turboseq
+
+    name = "causal-" + request.param
+    if name not in _BUILT:
+        path = tmp_path_factory.mktemp(name)
+        ref = make_causal(path, request.param)
+        _BUILT[name] = (turboseq.load(path), ref, path)
+    return (request.param, *_BUILT[name])
+
+
+@pytest.fixture(scope="session")
+def gpt2_text(tmp_path_factory):
+    """A small GPT-2 with a byte-level BPE tokenizer: (turboseq model, transformers reference, tokenizer, dir)."""
+    from transformers import AutoTokenizer
+
+    import turboseq
+
+    path = tmp_path_factory.mktemp("gpt2-text")
+    ref = make_causal(path, "gpt2", vocab_size=512, tokenizer=True)
+    return turboseq.load(path), ref, AutoTokenizer.from_pretrained(path), path
 
 
 @pytest.fixture(scope="session")

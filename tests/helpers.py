@@ -401,3 +401,103 @@ def run_cli(*args, stdin: str | bytes = ""):
 
 # seeds picked so that sentences end at varied lengths (checked by generation/test_parity.test_lengths_vary)
 FAMILY_SEEDS = {"t5": 3, "flan-t5": 1, "bart": 4, "mbart": 6, "pegasus": 5}
+
+
+# Decoder-only shapes covering the families' switches: GPT-2 with and without per-layer attention scaling;
+# Llama with grouped-query attention (fewer key/value heads), a non-default rope_theta, llama3 rope scaling,
+# a tied head; Qwen2 with q/k/v biases and one key/value head. Weights are drawn large (as make_marian's) so
+# that top-2 logits are far apart.
+CAUSAL_CONFIGS = {
+    "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=96, seed=11),
+    "gpt2-scaled-2h": dict(
+        model_type="gpt2", n_embd=48, n_layer=3, n_head=2, n_positions=80, scale_attn_by_inverse_layer_idx=True, seed=12
+    ),
+    "llama-gqa": dict(
+        model_type="llama",
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=96,
+        rope_theta=5000.0,
+        seed=13,
+    ),
+    "llama-tied-scaled": dict(
+        model_type="llama",
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=6,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        rope_theta=100000.0,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=32,
+        ),
+        seed=14,
+    ),
+    "qwen2": dict(
+        model_type="qwen2",
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=96,
+        rope_theta=20000.0,
+        seed=15,
+    ),
+}
+
+
+def make_causal(path, name: str, vocab_size: int = 300, tokenizer: bool = False):
+    """A random-init decoder-only model of ``CAUSAL_CONFIGS[name]`` saved as a Hugging Face directory (with a
+    GPT-2-style tokenizer of ``vocab_size`` if asked); returns the transformers reference loaded from it.
+
+    The token id that greedy search picks first, after some steps, in most probe rows becomes EOS, so that
+    rows finish at different steps."""
+    import transformers
+
+    cfg = dict(CAUSAL_CONFIGS[name])
+    model_type, seed = cfg.pop("model_type"), cfg.pop("seed")
+    config_cls, model_cls = {
+        "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
+        "llama": ("LlamaConfig", "LlamaForCausalLM"),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    }[model_type]
+    if tokenizer:
+        from turboseq.bench.models import build_gpt2_tokenizer
+
+        build_gpt2_tokenizer(path, vocab_size, bpe_size=min(400, vocab_size - 1))
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_cls)(vocab_size=vocab_size, bos_token_id=vocab_size - 1, **cfg)
+    model = getattr(transformers, model_cls)(config).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname or "ln_" in pname:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p) if pname.endswith("weight") else 0.1 * torch.randn_like(p))
+            elif any(k in pname for k in ("embed", "wte", "wpe", "lm_head")):
+                p.normal_(0.0, 0.3)
+            elif p.dim() == 2:
+                fan_in = p.shape[0] if model_type == "gpt2" else p.shape[1]  # GPT-2's Conv1D is [in, out]
+                p.normal_(0.0, 1.2 / fan_in**0.5)
+            else:
+                p.normal_(0.0, 0.05)
+        g = torch.Generator().manual_seed(seed)
+        probe = torch.randint(0, vocab_size - 1, (16, 6), generator=g)
+        out = model.generate(probe, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)[:, 6:]
+    counts: dict = {}
+    for row in out.tolist():
+        for t in dict.fromkeys(row[3:]):  # tokens of the row after its first steps, once each
+            counts[t] = counts.get(t, 0) + 1
+    eos = max(counts, key=lambda t: (counts[t] if counts[t] < 14 else 0, -t))
+    model.config.eos_token_id = eos
+    model.generation_config = transformers.GenerationConfig(bos_token_id=vocab_size - 1, eos_token_id=eos)
+    model.save_pretrained(path)
+    return getattr(transformers, model_cls).from_pretrained(path).eval()

@@ -31,10 +31,10 @@ def test_missing_and_corrupt_model_dirs(tmp_path, marian_one):
 
     unsupported = tmp_path / "unsupported"
     unsupported.mkdir()
-    (unsupported / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (unsupported / "config.json").write_text(json.dumps({"model_type": "falcon"}))
     with pytest.raises(
         ModelLoadError,
-        match=r"unsupported model_type 'llama'; supported: bart, bert, marian, mbart, mt5, pegasus, roberta, t5, whisper, xlm-roberta",
+        match=r"unsupported model_type 'falcon'; supported: bart, bert, gpt2, llama, marian, mbart, mistral, mt5, pegasus, qwen2, roberta, t5, whisper, xlm-roberta",
     ):
         turboseq.load(unsupported)
 

@@ -171,6 +171,31 @@ def build_bart_tokenizer(out_dir: Path, vocab_size: int, bpe_size: int = 1000) -
     tok.save_pretrained(out_dir)
 
 
+def build_gpt2_tokenizer(out_dir: Path, vocab_size: int, bpe_size: int = 1000) -> None:
+    """A byte-level BPE tokenizer in GPT-2's layout (<|endoftext|> as BOS, EOS and UNK) trained on the bundled
+    sentences, its vocabulary padded with filler entries up to ``vocab_size`` (the special token last, as
+    GPT-2 has it at 50256 of 50257)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2TokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(bench_sentences(), vocab_size=bpe_size, show_progress=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bpe.save_model(str(out_dir))
+    vocab = json.loads((out_dir / "vocab.json").read_text(encoding="utf-8"))
+    filler = 0
+    while len(vocab) < vocab_size - 1:
+        vocab[f"<filler{filler}>"] = len(vocab)
+        filler += 1
+    vocab["<|endoftext|>"] = len(vocab)
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    merges_text = (out_dir / "merges.txt").read_text(encoding="utf-8")
+    merges = [tuple(line.split(" ")) for line in merges_text.splitlines() if line and not line.startswith("#")]
+    tok = GPT2TokenizerFast(vocab=vocab, merges=merges)
+    tok.model_max_length = 1024
+    tok.save_pretrained(out_dir)
+
+
 T5_SMALL = dict(
     vocab_size=32128,
     d_model=512,

@@ -21,7 +21,6 @@ from turboseq.generation.settings import GenerationSettings, check_seed, resolve
 from turboseq.runtime.cache import DecoderState
 from turboseq.runtime.head import LMHead
 from turboseq.runtime.layers import build_cross_kv, decode_step
-from turboseq.runtime.spec import Seq2SeqSpec
 
 
 class Engine:

@@ -15,7 +15,6 @@ means the same as alone).
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 from collections.abc import Callable
@@ -24,19 +23,16 @@ from pathlib import Path
 
 from fastapi import Request  # module level: FastAPI resolves handler annotations here
 
-import turboseq.serving.speech  # noqa: F401  (registers the built-in tasks)
+import turboseq.serving.causal  # noqa: F401  (registers the built-in tasks)
+import turboseq.serving.speech  # noqa: F401
 import turboseq.serving.text  # noqa: F401
 from turboseq.serving.batcher import Batcher, Cancelled, Job, Metrics
 from turboseq.serving.config import ServerConfig
 from turboseq.serving.requests import Parsed, RequestError, read_body
-from turboseq.serving.tasks import Task, task_for
+from turboseq.serving.tasks import StreamEvents, Task, task_for
 from turboseq.version import __version__
 
 __all__ = ["ServerConfig", "RequestError", "create_app", "serve"]
-
-
-def _event(data: dict) -> str:
-    return f"data: {json.dumps(data)}\n\n"
 
 
 def _internal_error(err: BaseException) -> dict:
@@ -132,7 +128,7 @@ class Service:
 
     # --- streaming ---------------------------------------------------------------------------------------------
 
-    async def stream(self, request: Request, parsed: Parsed):
+    async def stream(self, request: Request, parsed: Parsed, events: StreamEvents | None = None):
         """Server-sent events for one input: one event per token ``{"token": {"id", "text", "special"}}``, then
         ``{"generated_text", "finish_reason"}``. The request waits in the queue like any other (429 when full)
         and may share a batch; the response starts with its first token (504 if none came within the request
@@ -140,6 +136,7 @@ class Service:
         as a last event ``{"error", "error_type"}``."""
         from fastapi.responses import StreamingResponse
 
+        events = events or StreamEvents()
         self.admit(parsed)
         if parsed.count != 1:
             raise RequestError(422, "`inputs` must be one string for streaming", "validation_error")
@@ -149,7 +146,8 @@ class Service:
         if not parsed.rows:  # a blank input: no tokens
 
             async def blank():
-                yield _event({"generated_text": "", "finish_reason": "length"})
+                for event in events.end("", "length"):
+                    yield event
 
             return StreamingResponse(blank(), media_type=media)
         loop = asyncio.get_running_loop()
@@ -164,7 +162,7 @@ class Service:
             job.watcher.cancel()
             raise
         self.metrics.time_to_first_token.observe(time.perf_counter() - job.enqueued)
-        return StreamingResponse(self._events(job, tokens, first, decoder, deadline), media_type=media)
+        return StreamingResponse(self._events(job, tokens, first, decoder, deadline, events), media_type=media)
 
     async def _next_token(self, tokens: asyncio.Queue, job: Job, deadline: float) -> int | None:
         """The job's next token; None when it finished. Raises on timeout, departure or engine failure."""
@@ -180,23 +178,31 @@ class Service:
                 raise self._client_closed() from None
         return token
 
-    async def _events(self, job: Job, tokens: asyncio.Queue, token: int | None, decoder, deadline: float):
+    async def _events(
+        self, job: Job, tokens: asyncio.Queue, token: int | None, decoder, deadline: float, events: StreamEvents
+    ):
         try:
             while token is not None:
-                yield _event({"token": decoder.push(token)})
+                for event in events.token(decoder.push(token)):
+                    yield event
                 token = await self._next_token(tokens, job, deadline)
-            (final,) = job.future.result()
+            (answer,) = job.future.result()
+            final, reason = self.task.stream_end(answer, decoder)
             rest = decoder.rest(final)
             if rest:  # a trailing incomplete character, resolved by the final decode
-                yield _event({"token": {"id": None, "text": rest, "special": False}})
-            yield _event({"generated_text": final, "finish_reason": decoder.finish_reason})
+                for event in events.token({"id": None, "text": rest, "special": False}):
+                    yield event
+            for event in events.end(final, reason):
+                yield event
             self.metrics.request_duration.observe(time.perf_counter() - job.enqueued)
         except RequestError as err:  # the headers are sent: report it as the last event
             self.metrics.rejected.labels(err.kind).inc()
-            yield _event({"error": err.message, "error_type": err.kind})
+            for event in events.error({"error": err.message, "error_type": err.kind}):
+                yield event
         except Exception as err:
             self.metrics.rejected.labels("internal").inc()
-            yield _event(_internal_error(err))
+            for event in events.error(_internal_error(err)):
+                yield event
         finally:
             if not job.future.done() and not job.cancelled:  # the client left mid-stream
                 job.cancelled = True  # its row leaves the batch at the next step

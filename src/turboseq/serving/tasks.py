@@ -87,6 +87,10 @@ class Task:
         """Raises RequestError when these settings cannot be streamed."""
         raise NotImplementedError
 
+    def stream_end(self, answer, decoder) -> tuple[str, str]:
+        """A finished stream's full text and finish reason, from its answer and its decoder."""
+        return answer, decoder.finish_reason
+
     def stream_decoder(self, settings: Any):
         """An object with ``push(token) -> {"id", "text", "special"}``, ``rest(final_text) -> str`` and
         ``finish_reason`` (see ``serving.text.TextStream``)."""
@@ -94,6 +98,25 @@ class Task:
 
     def routes(self) -> list[Route]:
         return []
+
+
+def sse_event(data: dict) -> str:
+    """One server-sent event carrying ``data`` as JSON."""
+    return f"data: {json.dumps(data)}\n\n"
+
+
+class StreamEvents:
+    """How a stream's events are written: TGI's ``/generate_stream`` format (a task route may pass another, e.g.
+    OpenAI's completion chunks)."""
+
+    def token(self, token: dict) -> list[str]:
+        return [sse_event({"token": token})]
+
+    def end(self, text: str, reason: str) -> list[str]:
+        return [sse_event({"generated_text": text, "finish_reason": reason})]
+
+    def error(self, body: dict) -> list[str]:
+        return [sse_event(body)]
 
 
 TASKS: dict[type, type[Task]] = {}

@@ -1,0 +1,288 @@
+"""Text generation with decoder-only models: Hugging Face's text-generation format (``POST /``,
+``/generate_stream``, as TGI answers it) and OpenAI's ``/v1/completions``."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, replace
+
+from turboseq.generation.settings import GenerationSettings, check_seed
+from turboseq.models.causal import CausalLM
+from turboseq.serving.requests import (
+    Parsed,
+    Prepared,
+    RequestError,
+    check_json_content_type,
+    check_not_server_owned,
+    decode_json,
+    invalid,
+    json_fields,
+    text_list,
+)
+from turboseq.serving.tasks import Route, StreamEvents, check_generation_cost, over_limit, register, sse_event
+from turboseq.serving.text import GenerationTask, TextStream
+
+DEFAULT_NEW_TOKENS = 100  # TGI's default where a request sets no length
+OPENAI_DEFAULT_TOKENS = 16  # OpenAI's max_tokens default
+
+
+@dataclass
+class CompletionRequest:
+    settings: GenerationSettings
+    seed: int | None
+    return_full_text: bool = False
+    trim_stop: bool = False  # OpenAI: the text ends before the stop string
+
+
+@dataclass
+class Continuation:
+    """One prompt's answer: its texts (one per returned sequence), why each ended, and token counts."""
+
+    texts: list[str]
+    reasons: list[str]  # "eos_token" | "stop_sequence" | "length"
+    prompt_tokens: int
+    new_tokens: list[int]
+
+
+def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    hits = [i for i in (text.find(t) for t in stops) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+@register(CausalLM)
+class CompletionTask(GenerationTask):
+    """Prompt continuation: ``[{"generated_text": ...}]`` (``return_full_text`` false by default, as TGI), a blank
+    prompt starting from the BOS token; ``/generate_stream``; OpenAI's ``/v1/completions``."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.name, self.field = "text-generation", "generated_text"
+
+    def tokenize(self, inputs: list[str], params: dict, single: bool = False) -> Parsed:
+        truncation = params.get("truncation", False)
+        if not isinstance(truncation, bool):
+            raise invalid("`parameters.truncation` must be a boolean")
+        limit = self.max_input_tokens
+        for i, text in enumerate(inputs):
+            if len(text) > 64 * limit and not truncation:
+                raise RequestError(
+                    422,
+                    f"input {i} has {len(text)} characters, far over the server's limit of {limit} tokens "
+                    "(set parameters.truncation to keep its end)",
+                    "input_too_long",
+                )
+        with self.tokenizer_lock:
+            rows = self.model.tokenizer(list(inputs))["input_ids"] if inputs else []
+        for i, ids in enumerate(rows):
+            if len(ids) > limit:
+                if not truncation:
+                    raise RequestError(
+                        422,
+                        f"input {i} has {len(ids)} tokens; the server accepts at most {limit} "
+                        "(set parameters.truncation to keep its end)",
+                        "input_too_long",
+                    )
+                rows[i] = ids[len(ids) - limit :]
+        return Parsed(rows, list(range(len(inputs))), len(inputs), params, single)
+
+    def prepare(self, params: dict) -> Prepared:
+        check_not_server_owned(params)
+        params = dict(params)
+        seed = params.pop("seed", None)
+        check_seed(seed)
+        full = params.pop("return_full_text", False)
+        trim = params.pop("_trim_stop", False)
+        for name, value in (("return_full_text", full), ("_trim_stop", trim)):
+            if not isinstance(value, bool):
+                raise ValueError(f"`{name}` must be a boolean, got {value!r}")
+        if "stop" in params:  # TGI's name
+            params["stop_strings"] = params.pop("stop") or None
+        params.pop("truncation", None)
+        if params.get("max_new_tokens") is None and params.get("max_length") is None:
+            params["max_new_tokens"] = DEFAULT_NEW_TOKENS
+        s = self.model.settings(**params)
+        # sampled requests run alone, so that a seed means the same as when sent alone
+        key = None if s.do_sample else json.dumps([params, full, trim], sort_keys=True)
+        return Prepared(CompletionRequest(s, seed, full, trim), key)
+
+    def check_cost(self, parsed: Parsed, limits) -> None:
+        s = parsed.prepared.settings.settings
+        longest = max((len(r) or 1 for r in parsed.rows), default=1)
+        positions = self.model.spec.max_positions
+        if s.max_new_tokens is None and longest >= s.max_length:
+            raise over_limit(f"`max_length` {s.max_length} leaves no room after a prompt of {longest} tokens")
+        total = longest + s.max_new_tokens if s.max_new_tokens is not None else s.max_length
+        if total > positions:
+            raise over_limit(
+                f"a prompt of {longest} tokens plus {total - longest} new tokens exceeds the model's {positions} "
+                "positions"
+            )
+        check_generation_cost(replace(s, max_length=total, prompt_length=longest), len(parsed.rows), limits)
+
+    def run(self, rows, request: CompletionRequest, abandoned=None, on_tokens=None):
+        s = request.settings
+        outputs = self.model.generate_rows(
+            rows, max_batch_size=None, abandoned=abandoned, on_tokens=on_tokens, seed=request.seed, settings=s
+        )
+        answers, generated = [], 0
+        eos = set(s.eos_token_ids)
+        for row, seqs in zip(rows, outputs):
+            start = len(row) or 1  # an empty prompt started from BOS
+            texts, reasons, counts = [], [], []
+            for seq in seqs:
+                new = seq[start:].tolist()
+                with self.tokenizer_lock:
+                    new_text = self.model.tokenizer.decode(new, skip_special_tokens=True)
+                    full = self.model.tokenizer.decode(seq.tolist(), skip_special_tokens=True)
+                # the prompt's text as the full decode has it (a tokenizer may join the two differently)
+                prompt_text = full[: len(full) - len(new_text)] if full.endswith(new_text) else full
+                reason = "eos_token" if new and new[-1] in eos else "length"
+                if reason == "length" and s.stop_strings and any(t in new_text for t in s.stop_strings):
+                    reason = "stop_sequence"
+                if request.trim_stop and s.stop_strings:
+                    new_text = _cut_at_stop(new_text, s.stop_strings)[0]
+                text = prompt_text + new_text if request.return_full_text else new_text
+                texts.append(text)
+                reasons.append(reason)
+                counts.append(len(new))
+            generated += sum(counts)
+            answers.append(Continuation(texts, reasons, len(row), counts))
+        return answers, generated
+
+    def respond(self, answers, parsed):
+        return [{self.field: a.texts[0] if len(a.texts) == 1 else a.texts} for a in answers]
+
+    def stream_end(self, answer: Continuation, decoder) -> tuple[str, str]:
+        return answer.texts[0], answer.reasons[0]
+
+    def stream_decoder(self, request: CompletionRequest) -> TextStream:
+        return TextStream(self.model.tokenizer, request.settings.eos_token_ids, self.tokenizer_lock)
+
+    def warm(self, batch_size):
+        row = self.warm_text()
+        for n in (1, batch_size) if batch_size > 1 else (1,):
+            self.model.generate_rows([row] * n, max_batch_size=None, max_new_tokens=16, min_new_tokens=16)
+
+    # --- OpenAI /v1/completions -----------------------------------------------------------------------------
+
+    def routes(self):
+        return [Route("/v1/completions", self.openai_completions)]
+
+    async def openai_completions(self, service, request):
+        service.ensure_ready()
+        check_json_content_type(request.headers.get("content-type", ""))
+        body = json_fields(
+            decode_json(await service.read_body(request), service.config.max_payload_bytes),
+            {
+                "model", "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "stream", "seed", "echo",
+                "user", "presence_penalty", "frequency_penalty", "logprobs", "best_of", "suffix",
+            },
+            "prompt",
+        )  # fmt: skip
+        for name, neutral in (("presence_penalty", 0), ("frequency_penalty", 0), ("logprobs", None), ("suffix", None)):
+            if body.get(name, neutral) not in (neutral, None):
+                raise invalid(f"`{name}` is not supported")
+        n = body.get("n", 1)
+        if body.get("best_of") not in (None, n):
+            raise invalid("`best_of` is not supported (other than equal to `n`)")
+        prompts = text_list(body["prompt"], "prompt")
+        temperature = body.get("temperature", 1.0)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
+            raise invalid(f"`temperature` must be a number >= 0, got {temperature!r}")
+        stream = body.get("stream", False)
+        echo = body.get("echo", False)
+        for name, value in (("stream", stream), ("echo", echo)):
+            if not isinstance(value, bool):
+                raise invalid(f"`{name}` must be a boolean")
+        stop = body.get("stop")
+        stops = [stop] if isinstance(stop, str) else stop
+        if stops is not None and (
+            not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(t, str) and t for t in stops)
+        ):
+            raise invalid("`stop` must be a string or a list of up to 4 non-empty strings")
+        params = {
+            "max_new_tokens": body.get("max_tokens", OPENAI_DEFAULT_TOKENS),
+            "num_return_sequences": n,
+            "return_full_text": echo,
+            "_trim_stop": True,
+            "stop_strings": stops or None,
+        }
+        if temperature > 0:
+            params.update(do_sample=True, temperature=temperature, top_p=body.get("top_p", 1.0), top_k=0)
+        elif n != 1:
+            raise invalid("`n` > 1 needs `temperature` > 0 (greedy decoding gives one answer)")
+        if body.get("seed") is not None:
+            params["seed"] = body["seed"]
+        self.check_count(len(prompts))
+        parsed = await service.off_loop(self.tokenize, prompts, {})
+        parsed.params = params
+        created, name = int(time.time()), service.name
+        completion_id = "cmpl-" + uuid.uuid4().hex[:24]
+
+        def chunk(text: str, reason: str | None) -> dict:
+            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
+            return {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": name,
+                "choices": [choice],
+            }
+
+        if stream:
+            if len(prompts) != 1 or n != 1:
+                raise invalid("streaming takes one prompt and n=1")
+
+            class OpenAIEvents(StreamEvents):
+                """Completion chunks; with stop strings, text is held back until it cannot start one."""
+
+                hold = max((len(t) for t in stops or ()), default=1) - 1
+                sent = ""
+                pending = ""
+
+                def token(self, token: dict) -> list[str]:
+                    self.pending += token["text"]
+                    if stops:
+                        cut, _ = _cut_at_stop(self.sent + self.pending, stops)
+                        ready = cut[len(self.sent) : max(len(self.sent), len(cut) - self.hold)]
+                    else:
+                        ready = self.pending
+                    if not ready:
+                        return []
+                    self.sent += ready
+                    self.pending = self.pending[len(ready) :]
+                    return [sse_event(chunk(ready, None))]
+
+                def end(self, text: str, reason: str) -> list[str]:
+                    body = text[len(self.sent) :] if text.startswith(self.sent) else ""
+                    return [sse_event(chunk(body, "length" if reason == "length" else "stop")), "data: [DONE]\n\n"]
+
+            return await service.stream(request, parsed, OpenAIEvents())
+        answers = await service.infer(request, parsed)
+        choices = []
+        for i, answer in enumerate(answers):
+            for j, (text, reason) in enumerate(zip(answer.texts, answer.reasons)):
+                choices.append(
+                    {
+                        "text": text,
+                        "index": i * n + j,
+                        "logprobs": None,
+                        "finish_reason": "length" if reason == "length" else "stop",
+                    }
+                )
+        prompt_tokens = sum(a.prompt_tokens for a in answers)
+        completion_tokens = sum(sum(a.new_tokens) for a in answers)
+        return {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": name,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
