@@ -476,7 +476,9 @@ def make_causal(path, name: str, vocab_size: int = 300, tokenizer: bool = False)
 
         build_gpt2_tokenizer(path, vocab_size, bpe_size=min(400, vocab_size - 1))
     torch.manual_seed(seed)
-    config = getattr(transformers, config_cls)(vocab_size=vocab_size, bos_token_id=vocab_size - 1, **cfg)
+    config = getattr(transformers, config_cls)(
+        vocab_size=vocab_size, bos_token_id=vocab_size - 1, eos_token_id=0, **cfg
+    )
     model = getattr(transformers, model_cls)(config).eval()
     with torch.no_grad():
         for pname, p in model.named_parameters():

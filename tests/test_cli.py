@@ -230,3 +230,15 @@ def test_weights_that_do_not_match_the_config_fail_at_load_in_one_line(marian_on
     res = run_cli("translate", "--model", tmp_path, stdin="Hello\n")
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert f"{tmp_path / 'config.json'}: the weights do not match the config: encoder positions has shape" in res.stderr
+
+
+def test_cli_generate_continues_prompts(gpt2_text, tmp_path):
+    model, _, _, path = gpt2_text
+    prompts = ["The weather is nice today.", "", "I would like a cup of coffee"]
+    out = run_cli("generate", "--model", path, "--max-new-tokens", "6", stdin="\n".join(prompts) + "\n")
+    assert out.returncode == 0, out.stderr
+    expected = [t.replace("\n", " ") for t in model.generate_text(prompts, max_new_tokens=6)]
+    assert out.stdout.splitlines() == expected
+    out = run_cli("translate", "--model", path, stdin="hi\n")
+    assert out.returncode == 2
+    assert "is a text-generation (decoder-only) model (gpt2); `turboseq translate` does not serve it" in out.stderr

@@ -203,6 +203,8 @@ def resolve(
             f"({prompt_length} token{'s' if prompt_length > 1 else ''})"
         )
     if max_length > position_limit:
+        if not prompt_length:  # decoder-only: lengths are checked again with each batch's prompts
+            raise ValueError(f"{max_length} new tokens exceed the model's {position_limit} positions")
         raise ValueError(
             f"`max_length` {max_length} (decoder prompt included) exceeds the model's {position_limit} positions"
         )

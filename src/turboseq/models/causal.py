@@ -19,7 +19,7 @@ from turboseq.formats.tokenizer import load_tokenizer
 from turboseq.generation import search
 from turboseq.generation.batching import RowHooks, pad_rows
 from turboseq.generation.processors import build_processors
-from turboseq.generation.settings import GenerationSettings, for_prompt
+from turboseq.generation.settings import GenerationSettings, for_prompt, resolve
 from turboseq.generation.stops import StopStrings
 from turboseq.models.engine import Engine
 from turboseq.models.progress import progress_bar
@@ -48,6 +48,17 @@ class CausalLM(Engine):
     """A decoder-only language model. Build it with ``turboseq.load``."""
 
     spec: CausalLMSpec
+
+    def settings(self, **kwargs) -> GenerationSettings:
+        """The effective generation settings for a call with ``kwargs`` (model defaults applied); each batch
+        then counts its prompt into ``max_length`` (``generation.settings.for_prompt``)."""
+        return resolve(
+            self.generation_defaults,
+            kwargs,
+            max_positions=self.spec.max_positions,
+            prompt_length=0,
+            vocab_size=self.spec.vocab_size,
+        )
 
     @property
     def tokenizer(self):

@@ -1,10 +1,8 @@
-"""Command line: ``turboseq translate | generate | transcribe | embed | export | serve | bench``."""
+"""The command line's parser: verbs, their options and the checks on option values."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 
 def _number(text: str, low: float, high: float = float("inf"), low_included: bool = False) -> float:
@@ -55,14 +53,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+CAUSAL_NEW_TOKENS = 64  # `turboseq generate` with a decoder-only model and no --max-new-tokens
+
 # which kinds of model each verb serves (``formats.read.KINDS``)
 VERB_KINDS = {
     "translate": ("seq2seq",),
-    "generate": ("seq2seq",),
+    "generate": ("seq2seq", "causal"),
     "transcribe": ("speech",),
     "embed": ("encoder", "export"),
     "export": ("encoder",),
-    "serve": ("seq2seq", "speech", "encoder", "export"),
+    "serve": ("seq2seq", "causal", "speech", "encoder", "export"),
 }
 
 
@@ -97,25 +97,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     for verb, what, help_text in (
         ("translate", "translation", "translate text, one sentence per line"),
-        ("generate", "output", "text-to-text generation (T5, BART, ...), one input per line"),
+        (
+            "generate",
+            "output",
+            "text generation (T5, BART, ...; GPT-2, Llama: prompt continuation), one input per line",
+        ),
     ):
         tr = verbs.add_parser(
             verb,
             help=help_text,
             description=f"Read one input per line from FILE or stdin and write one {what} per line to FILE or "
             "stdout, in the same order; empty input lines give empty output lines. Task prefixes (T5's "
-            '"summarize: ", "translate English to German: ") are part of the input.',
+            '"summarize: ", "translate English to German: ") are part of the input. With a decoder-only model '
+            "(GPT-2, Llama, Qwen2, Mistral) each line is a prompt and its continuation is written; an empty line "
+            f"starts from the BOS token; without --max-new-tokens, {CAUSAL_NEW_TOKENS} new tokens.",
         )
         tr.add_argument(
             "--model",
             required=True,
             metavar="DIR",
-            help="Hugging Face model directory (Marian, T5/mT5, BART/mBART, PEGASUS)",
+            help="Hugging Face model directory (Marian, T5/mT5, BART/mBART, PEGASUS"
+            + ("; GPT-2, Llama, Qwen2, Mistral)" if verb == "generate" else ")"),
         )
         _text_io_options(tr, "output")
         tr.add_argument("--num-beams", type=_positive_int, help="beam size (default: the model's generation_config)")
         tr.add_argument("--max-new-tokens", type=_positive_int, help=f"maximum tokens per {what}")
         tr.add_argument("--no-repeat-ngram-size", type=int, help="ban repeated n-grams of this size")
+        if verb == "generate":
+            tr.add_argument("--do-sample", action="store_true", help="sample instead of greedy/beam search")
+            tr.add_argument("--temperature", type=float, help="sampling temperature")
+            tr.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+            tr.add_argument("--top-p", type=float, help="sample among the most likely tokens of this total probability")
+            tr.add_argument("--repetition-penalty", type=float, help="penalize tokens already in the text")
+            tr.add_argument("--seed", type=int, help="random seed for sampling")
+            tr.add_argument(
+                "--stop", action="append", metavar="TEXT", help="stop a continuation at this text (repeatable)"
+            )
         tr.add_argument("--batch-size", type=_positive_int, default=32, help="inputs per batch (default: 32)")
         tr.add_argument(
             "--max-batch-tokens", type=_positive_int, help="padded source tokens per batch (default: no limit)"
@@ -260,229 +277,3 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--out", default="bench-out", metavar="DIR", help="where to write bench.json/md/png")
     be.add_argument("--profile", action="store_true", help="print the top operators of the slow and fast paths")
     return parser
-
-
-def _check_kind(args, verb: str) -> None:
-    """Refuses the wrong kind of model for ``verb``, from its config alone (before any weight is read)."""
-    from turboseq.load import inspect
-
-    info = inspect(args.model)
-    if info.kind not in VERB_KINDS[verb]:
-        others = [f"turboseq {v}" for v, kinds in VERB_KINDS.items() if info.kind in kinds]
-        raise ValueError(
-            f"{args.model} is {info.describe()}; `turboseq {verb}` does not serve it (its verbs: {', '.join(others)})"
-        )
-
-
-def _load(args, verb: str):
-    """The model at ``--model``, once its kind is checked for ``verb``."""
-    from turboseq.load import load
-
-    _check_kind(args, verb)
-    return load(args.model, dtype=getattr(args, "dtype", "float32"))
-
-
-def _read_lines(path: str | None) -> list[str]:
-    """The lines of ``path`` (or stdin), as UTF-8 text."""
-    data = Path(path).read_bytes() if path else sys.stdin.buffer.read()
-    try:
-        return data.decode("utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path or 'stdin'}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-
-
-def _write(path: str | Path | None, text: str) -> None:
-    """``text`` to the file ``path``, or to stdout."""
-    if path:
-        Path(path).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-
-def _translate(args) -> int:
-    model = _load(args, args.verb)
-    lines = _read_lines(args.input)
-    kwargs = {}
-    for name in ("num_beams", "max_new_tokens", "no_repeat_ngram_size"):
-        if getattr(args, name) is not None:
-            kwargs[name] = getattr(args, name)
-    run = model.translate if args.verb == "translate" else model.generate_text
-    outputs = run(
-        lines,
-        batch_size=args.batch_size,
-        max_batch_tokens=args.max_batch_tokens,
-        truncation=args.truncation,
-        progress=bool(args.input) and not args.no_progress,
-        **kwargs,
-    )
-    _write(args.output, "".join(out.replace("\n", " ") + "\n" for out in outputs))
-    return 0
-
-
-def _transcribe(args) -> int:
-    import json
-
-    from turboseq.models.transcript import to_srt, to_vtt
-
-    if args.format in ("srt", "vtt") and len(args.files) > 1 and not args.output_dir:
-        raise ValueError(f"--format {args.format} with several files needs --output-dir (one subtitle file each)")
-    for file in args.files:  # fail before the model loads
-        if Path(file).is_dir():
-            raise ValueError(f"{file}: is a directory, not an audio file")
-        if not Path(file).is_file():
-            raise ValueError(f"{file}: no such file")
-    model = _load(args, "transcribe")
-    timestamps = args.timestamps or args.format != "text"
-    out_dir = Path(args.output_dir) if args.output_dir else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    for file in args.files:
-        result = model.transcribe(
-            file,
-            beam_size=args.beam_size,
-            timestamps=timestamps,
-            language=args.language,
-            task=args.task,
-            batch_size=args.batch_size,
-            condition_on_previous_text=args.condition_on_previous_text,
-            progress=not args.no_progress,
-        )
-        if args.format == "text":
-            text = result.text + "\n"
-        elif args.format == "json":
-            text = json.dumps({"file": file, **result.to_dict()}, ensure_ascii=False) + "\n"
-        else:
-            text = to_srt(result) if args.format == "srt" else to_vtt(result)
-        suffix = "txt" if args.format == "text" else args.format
-        _write(out_dir / f"{Path(file).stem}.{suffix}" if out_dir is not None else None, text)
-    return 0
-
-
-def _embed(args) -> int:
-    import json
-
-    model = _load(args, "embed")
-    lines = _read_lines(args.input)
-    kwargs = dict(batch_size=args.batch_size, truncation=args.truncation)
-    from turboseq.models.encoder import EncoderModel
-
-    if isinstance(model, EncoderModel):
-        kwargs.update(
-            normalize=None if args.normalize is None else args.normalize == "yes",
-            progress=bool(args.input) and not args.no_progress,
-        )
-    elif args.normalize is not None:
-        raise ValueError(f"{args.model}: --normalize does not apply to an export (normalized as exported)")
-    vectors = model.embed(lines, **kwargs)
-    _write(args.output, "".join(json.dumps([round(v, 7) for v in row]) + "\n" for row in vectors.tolist()))
-    return 0
-
-
-def _export(args) -> int:
-    from turboseq.models.exported import export_encoder
-
-    model = _load(args, "export")
-    out = export_encoder(model, args.out)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
-    return 0
-
-
-def _serve(args) -> int:
-    from turboseq.serving.app import serve
-    from turboseq.serving.config import ServerConfig
-
-    _check_kind(args, "serve")  # the server loads the model itself
-    config = ServerConfig(
-        max_batch_size=args.max_batch_size,
-        max_batch_tokens=args.max_batch_tokens,
-        batch_wait_ms=args.batch_wait_ms,
-        max_queue=args.max_queue,
-        request_timeout_s=args.request_timeout_s,
-        max_input_tokens=args.max_input_tokens,
-        max_payload_bytes=args.max_payload_bytes,
-        batching=not args.no_batching,
-        max_beams=args.max_beams,
-        max_return_sequences=args.max_return_sequences,
-        max_new_tokens=args.max_new_tokens,
-        max_request_cost=args.max_request_cost,
-        max_audio_seconds=args.max_audio_seconds,
-        max_connections=args.max_connections,
-        header_timeout_s=args.header_timeout_s,
-        body_timeout_s=args.body_timeout_s,
-        keep_alive_timeout_s=args.keep_alive_timeout_s,
-    )
-    return serve(args.model, args.host, args.port, config, dtype=args.dtype, log_level=args.log_level)
-
-
-def _bench(args) -> int:
-    from turboseq.bench import ENCODER_ARCHS, SPEECH_ARCHS
-
-    if args.arch in SPEECH_ARCHS:
-        from turboseq.bench.speech import run_speech_bench
-
-        run_speech_bench(out_dir=Path(args.out))
-        return 0
-    if args.arch in ENCODER_ARCHS:
-        from turboseq.bench.encoder import run_encoder_bench
-
-        run_encoder_bench(
-            args.arch,
-            batch=max(args.batches),
-            min_seconds=args.min_seconds,
-            out_dir=Path(args.out),
-            profile=args.profile,
-        )
-        return 0
-    from turboseq.bench.seq2seq import MODES, available_engines, run_bench
-
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
-    if bad:
-        raise ValueError(f"unknown mode(s) {', '.join(bad)}; available: {', '.join(MODES)}")
-    engines = available_engines()
-    if args.engines:
-        wanted = [e.strip() for e in args.engines.split(",") if e.strip()]
-        missing = [e for e in wanted if e not in engines]
-        if missing:
-            raise ValueError(f"engine(s) not available: {', '.join(missing)}; available: {', '.join(engines)}")
-        engines = wanted
-    run_bench(
-        arch=args.arch,
-        batches=args.batches,
-        modes=modes,
-        engines=engines,
-        new_tokens=args.new_tokens,
-        min_seconds=args.min_seconds,
-        out_dir=Path(args.out),
-        profile=args.profile,
-    )
-    return 0
-
-
-VERBS = {
-    "translate": _translate,
-    "generate": _translate,
-    "transcribe": _transcribe,
-    "embed": _embed,
-    "export": _export,
-    "serve": _serve,
-    "bench": _bench,
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return VERBS[args.verb](args)
-    except (ValueError, OSError) as err:  # ModelLoadError, AudioError, InputTooLong are ValueErrors
-        message = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else str(err)
-        print(f"turboseq: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("turboseq: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

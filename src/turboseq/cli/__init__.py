@@ -1,0 +1,244 @@
+"""Command line: ``turboseq translate | generate | transcribe | embed | export | serve | bench``.
+
+The parser (verbs, options) is ``cli.parser``; here each verb loads its model and runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from turboseq.cli.parser import CAUSAL_NEW_TOKENS, VERB_KINDS, build_parser
+
+__all__ = ["main", "build_parser", "VERB_KINDS"]
+
+
+def _check_kind(args, verb: str) -> None:
+    """Refuses the wrong kind of model for ``verb``, from its config alone (before any weight is read)."""
+    from turboseq.load import inspect
+
+    info = inspect(args.model)
+    if info.kind not in VERB_KINDS[verb]:
+        others = [f"turboseq {v}" for v, kinds in VERB_KINDS.items() if info.kind in kinds]
+        raise ValueError(
+            f"{args.model} is {info.describe()}; `turboseq {verb}` does not serve it (its verbs: {', '.join(others)})"
+        )
+
+
+def _load(args, verb: str):
+    """The model at ``--model``, once its kind is checked for ``verb``."""
+    from turboseq.load import load
+
+    _check_kind(args, verb)
+    return load(args.model, dtype=getattr(args, "dtype", "float32"))
+
+
+def _read_lines(path: str | None) -> list[str]:
+    """The lines of ``path`` (or stdin), as UTF-8 text."""
+    data = Path(path).read_bytes() if path else sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path or 'stdin'}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def _write(path: str | Path | None, text: str) -> None:
+    """``text`` to the file ``path``, or to stdout."""
+    if path:
+        Path(path).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+def _translate(args) -> int:
+    from turboseq.models.causal import CausalLM
+
+    model = _load(args, args.verb)
+    lines = _read_lines(args.input)
+    kwargs = {}
+    names = ["num_beams", "max_new_tokens", "no_repeat_ngram_size"]
+    if args.verb == "generate":
+        names += ["temperature", "top_k", "top_p", "repetition_penalty", "seed"]
+        kwargs["do_sample"] = args.do_sample or None
+        if args.stop:
+            kwargs["stop_strings"] = args.stop
+    for name in names:
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    if isinstance(model, CausalLM) and "max_new_tokens" not in kwargs:
+        kwargs["max_new_tokens"] = CAUSAL_NEW_TOKENS
+    run = model.translate if args.verb == "translate" else model.generate_text
+    outputs = run(
+        lines,
+        batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        truncation=args.truncation,
+        progress=bool(args.input) and not args.no_progress,
+        **kwargs,
+    )
+    _write(args.output, "".join(out.replace("\n", " ") + "\n" for out in outputs))
+    return 0
+
+
+def _transcribe(args) -> int:
+    import json
+
+    from turboseq.models.transcript import to_srt, to_vtt
+
+    if args.format in ("srt", "vtt") and len(args.files) > 1 and not args.output_dir:
+        raise ValueError(f"--format {args.format} with several files needs --output-dir (one subtitle file each)")
+    for file in args.files:  # fail before the model loads
+        if Path(file).is_dir():
+            raise ValueError(f"{file}: is a directory, not an audio file")
+        if not Path(file).is_file():
+            raise ValueError(f"{file}: no such file")
+    model = _load(args, "transcribe")
+    timestamps = args.timestamps or args.format != "text"
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for file in args.files:
+        result = model.transcribe(
+            file,
+            beam_size=args.beam_size,
+            timestamps=timestamps,
+            language=args.language,
+            task=args.task,
+            batch_size=args.batch_size,
+            condition_on_previous_text=args.condition_on_previous_text,
+            progress=not args.no_progress,
+        )
+        if args.format == "text":
+            text = result.text + "\n"
+        elif args.format == "json":
+            text = json.dumps({"file": file, **result.to_dict()}, ensure_ascii=False) + "\n"
+        else:
+            text = to_srt(result) if args.format == "srt" else to_vtt(result)
+        suffix = "txt" if args.format == "text" else args.format
+        _write(out_dir / f"{Path(file).stem}.{suffix}" if out_dir is not None else None, text)
+    return 0
+
+
+def _embed(args) -> int:
+    import json
+
+    model = _load(args, "embed")
+    lines = _read_lines(args.input)
+    kwargs = dict(batch_size=args.batch_size, truncation=args.truncation)
+    from turboseq.models.encoder import EncoderModel
+
+    if isinstance(model, EncoderModel):
+        kwargs.update(
+            normalize=None if args.normalize is None else args.normalize == "yes",
+            progress=bool(args.input) and not args.no_progress,
+        )
+    elif args.normalize is not None:
+        raise ValueError(f"{args.model}: --normalize does not apply to an export (normalized as exported)")
+    vectors = model.embed(lines, **kwargs)
+    _write(args.output, "".join(json.dumps([round(v, 7) for v in row]) + "\n" for row in vectors.tolist()))
+    return 0
+
+
+def _export(args) -> int:
+    from turboseq.models.exported import export_encoder
+
+    model = _load(args, "export")
+    out = export_encoder(model, args.out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
+
+
+def _serve(args) -> int:
+    from turboseq.serving.app import serve
+    from turboseq.serving.config import ServerConfig
+
+    _check_kind(args, "serve")  # the server loads the model itself
+    config = ServerConfig(
+        max_batch_size=args.max_batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        batch_wait_ms=args.batch_wait_ms,
+        max_queue=args.max_queue,
+        request_timeout_s=args.request_timeout_s,
+        max_input_tokens=args.max_input_tokens,
+        max_payload_bytes=args.max_payload_bytes,
+        batching=not args.no_batching,
+        max_beams=args.max_beams,
+        max_return_sequences=args.max_return_sequences,
+        max_new_tokens=args.max_new_tokens,
+        max_request_cost=args.max_request_cost,
+        max_audio_seconds=args.max_audio_seconds,
+        max_connections=args.max_connections,
+        header_timeout_s=args.header_timeout_s,
+        body_timeout_s=args.body_timeout_s,
+        keep_alive_timeout_s=args.keep_alive_timeout_s,
+    )
+    return serve(args.model, args.host, args.port, config, dtype=args.dtype, log_level=args.log_level)
+
+
+def _bench(args) -> int:
+    from turboseq.bench import ENCODER_ARCHS, SPEECH_ARCHS
+
+    if args.arch in SPEECH_ARCHS:
+        from turboseq.bench.speech import run_speech_bench
+
+        run_speech_bench(out_dir=Path(args.out))
+        return 0
+    if args.arch in ENCODER_ARCHS:
+        from turboseq.bench.encoder import run_encoder_bench
+
+        run_encoder_bench(
+            args.arch,
+            batch=max(args.batches),
+            min_seconds=args.min_seconds,
+            out_dir=Path(args.out),
+            profile=args.profile,
+        )
+        return 0
+    from turboseq.bench.seq2seq import MODES, available_engines, run_bench
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"unknown mode(s) {', '.join(bad)}; available: {', '.join(MODES)}")
+    engines = available_engines()
+    if args.engines:
+        wanted = [e.strip() for e in args.engines.split(",") if e.strip()]
+        missing = [e for e in wanted if e not in engines]
+        if missing:
+            raise ValueError(f"engine(s) not available: {', '.join(missing)}; available: {', '.join(engines)}")
+        engines = wanted
+    run_bench(
+        arch=args.arch,
+        batches=args.batches,
+        modes=modes,
+        engines=engines,
+        new_tokens=args.new_tokens,
+        min_seconds=args.min_seconds,
+        out_dir=Path(args.out),
+        profile=args.profile,
+    )
+    return 0
+
+
+VERBS = {
+    "translate": _translate,
+    "generate": _translate,
+    "transcribe": _transcribe,
+    "embed": _embed,
+    "export": _export,
+    "serve": _serve,
+    "bench": _bench,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return VERBS[args.verb](args)
+    except (ValueError, OSError) as err:  # ModelLoadError, AudioError, InputTooLong are ValueErrors
+        message = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else str(err)
+        print(f"turboseq: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("turboseq: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,5 @@
+import sys
+
+from turboseq.cli import main
+
+sys.exit(main())
