@@ -94,6 +94,9 @@ def layer_norm(x: Tensor, norm: LayerNorm) -> Tensor:
 
 
 def feed_forward(x: Tensor, ffn: FeedForward) -> Tensor:
+    if ffn.glu:
+        gate, up = linear(x, ffn.fc1).chunk(2, dim=-1)
+        return linear(ACTIVATIONS[ffn.activation](gate) * up, ffn.fc2)
     h = linear(x, ffn.fc1, ffn.activation)
     if ffn.up is not None:
         h = h * linear(x, ffn.up)
@@ -331,9 +334,10 @@ def decode_step(spec: Seq2SeqSpec | CausalLMSpec, state: DecoderState, tokens: T
             heads, kv_heads = attn.num_heads, attn.kv_heads
             # [rows, new_len, heads + 2 * kv_heads, head_dim]: k and v go to the cache in this layout
             qkv = linear(h, attn.qkv).view(rows, new_len, heads + 2 * kv_heads, -1)
-            q, k, v = qkv[:, :, :heads], qkv[:, :, heads : heads + kv_heads], qkv[:, :, heads + kv_heads :]
-            if cos is not None:
-                q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            qk, v = qkv[:, :, : heads + kv_heads], qkv[:, :, heads + kv_heads :]
+            if cos is not None:  # queries and keys rotated together
+                qk = _rotate(qk, cos, sin)
+            q, k = qk[:, :, :heads], qk[:, :, heads:]
             keys, values = state.write(i, k, v)
             out = F.scaled_dot_product_attention(
                 q.transpose(1, 2),

@@ -62,6 +62,8 @@ class FeedForward:
     fc2: Linear
     activation: str  # "relu" | "gelu" | "silu" ...
     up: Linear | None = None  # gated FFN (T5 v1.1): fc2(act(fc1 x) * up x)
+    # gated FFN in one product (Llama's SwiGLU): fc1 holds the gate's rows then the up rows, fc2(act(g) * u)
+    glu: bool = False
 
 
 @dataclass
@@ -336,8 +338,8 @@ def shape_problems(spec: Seq2SeqSpec | EncoderSpec | CausalLMSpec) -> list[str]:
                 expect(f"{where} cross-attention k/v", cross.kv.weight, (2 * inner_x, d))
                 expect(f"{where} cross-attention output", cross.out.weight, (d, inner_x))
                 norm(f"{where} cross-attention norm", layer.cross_attn_norm, d)
-            ff = layer.ffn.fc1.weight.shape[0]
-            expect(f"{where} feed-forward in", layer.ffn.fc1.weight, (ff, d))
+            ff = layer.ffn.fc1.weight.shape[0] // (2 if layer.ffn.glu else 1)
+            expect(f"{where} feed-forward in", layer.ffn.fc1.weight, ((2 if layer.ffn.glu else 1) * ff, d))
             expect(f"{where} feed-forward out", layer.ffn.fc2.weight, (d, ff))
             if layer.ffn.up is not None:
                 expect(f"{where} feed-forward gate", layer.ffn.up.weight, (ff, d))

@@ -65,7 +65,7 @@ def build(config: dict, ckpt: Checkpoint) -> CausalLMSpec:
             DecoderLayer(
                 self_attn=SelfAttention(fuse(q, k, v), o, heads, num_kv_heads=kv_heads),
                 self_attn_norm=norm(p + "input_layernorm."),
-                ffn=FeedForward(mlp["gate"], mlp["down"], act, up=mlp["up"]),
+                ffn=FeedForward(fuse(mlp["gate"], mlp["up"]), mlp["down"], act, glu=True),
                 ffn_norm=norm(p + "post_attention_layernorm."),
             )
         )
