@@ -146,7 +146,7 @@ class Engines:
 
         else:
             generator = self._ct2(engine)
-            tokens = [generator_tokens(self.ts, row) for row in ids.tolist()]
+            tokens = [self.ts.tokenizer.convert_ids_to_tokens(row) for row in ids.tolist()]
 
             def run():
                 return generator.generate_batch(
@@ -158,10 +158,6 @@ class Engines:
                 )
 
         return run
-
-
-def generator_tokens(model, ids: list[int]) -> list[str]:
-    return model.tokenizer.convert_ids_to_tokens(ids)
 
 
 def check_equal_work(engines: Engines, ids: torch.Tensor, new_tokens: int) -> None:
@@ -187,8 +183,6 @@ def run_causal_bench(
     min_seconds: float,
     out_dir: Path,
 ) -> list[Cell]:
-    from turboseq.load import load  # noqa: F401  (the engines load through it)
-
     model_dir = causal_model_dir(arch)
     bench = Engines(model_dir, engines)
     vocab = bench.ts.spec.vocab_size

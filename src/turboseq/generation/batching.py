@@ -45,6 +45,19 @@ def pad_rows(rows: list[Tensor], fill: int) -> torch.LongTensor:
     return out
 
 
+def pad_batch(rows: Sequence[Tensor], chunk: list[int], fill: int, left: bool = False) -> tuple[Tensor, Tensor]:
+    """The rows ``chunk`` of ``rows`` padded with ``fill`` to the longest of them, on the right (or the
+    ``left``, as decoder-only prompts are): ids and mask, each a LongTensor [len(chunk), longest]."""
+    width = max(len(rows[i]) for i in chunk)
+    ids = torch.full((len(chunk), width), fill, dtype=torch.long)
+    mask = torch.zeros((len(chunk), width), dtype=torch.long)
+    for j, i in enumerate(chunk):
+        where = slice(width - len(rows[i]), width) if left else slice(0, len(rows[i]))
+        ids[j, where] = rows[i]
+        mask[j, where] = 1
+    return ids, mask
+
+
 class RowHooks:
     """A caller's callbacks into a running batch, seen through the map from batch rows to the caller's rows.
 

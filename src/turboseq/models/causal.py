@@ -15,9 +15,8 @@ import torch
 from torch import Tensor
 
 from turboseq.errors import InputTooLong
-from turboseq.formats.tokenizer import load_tokenizer
 from turboseq.generation import search
-from turboseq.generation.batching import RowHooks, pad_rows
+from turboseq.generation.batching import RowHooks, pad_batch, pad_rows
 from turboseq.generation.processors import build_processors
 from turboseq.generation.settings import GenerationSettings, for_prompt, resolve
 from turboseq.generation.stops import StopStrings
@@ -60,12 +59,6 @@ class CausalLM(Engine):
             vocab_size=self.spec.vocab_size,
         )
 
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.path)
-        return self._tokenizer
-
     # --- the engine's hooks: prompts are left-padded per batch -----------------------------------------------
 
     def _row_length(self, row) -> int:
@@ -74,18 +67,8 @@ class CausalLM(Engine):
     def _collate(self, rows, mask, chunk: list[int]) -> tuple[Tensor, Tensor | None]:
         if not isinstance(rows, list):
             return rows[chunk], mask[chunk]
-        width = max(len(rows[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), self._fill_id(), dtype=torch.long)
-        chunk_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for j, i in enumerate(chunk):
-            ids[j, width - len(rows[i]) :] = rows[i]
-            chunk_mask[j, width - len(rows[i]) :] = 1
-        return ids, chunk_mask
-
-    def _fill_id(self) -> int:
-        """What left-pads prompts: the pad token, or EOS where the model has none (as transformers does)."""
-        s = self.settings()
-        return s.pad_token_id
+        # the pad token, or EOS where the model has none (as transformers pads)
+        return pad_batch(rows, chunk, self.settings().pad_token_id, left=True)
 
     def _decode_batch(
         self, inputs: Tensor, mask: Tensor | None, s: GenerationSettings, generator, hooks: RowHooks | None = None
@@ -239,14 +222,11 @@ class CausalLM(Engine):
 
     # --- text API ----------------------------------------------------------------------------------------
 
-    def encode_prompts(self, texts: Sequence[str], room: int, truncation: bool = False) -> list[list[int]]:
-        """Token ids of each prompt (the tokenizer's special tokens included) with ``room`` positions left for
-        new tokens; a longer prompt raises ``InputTooLong``, or with ``truncation`` keeps its last tokens."""
+    def encode_prompts(self, texts: Sequence[str], limit: int, truncation: bool = False) -> list[list[int]]:
+        """Token ids of each prompt (the tokenizer's special tokens included), at most ``limit`` each; a longer
+        prompt raises ``InputTooLong``, or with ``truncation`` keeps its last tokens."""
         if isinstance(texts, str):
             raise TypeError("`texts` must be a list of strings, not a single string")
-        limit = self.spec.max_positions - room
-        if limit < 1:
-            raise ValueError(f"{room} new tokens leave no room for a prompt in the model's {self.spec.max_positions}")
         rows = self.tokenizer(list(texts))["input_ids"] if len(texts) else []
         for i, ids in enumerate(rows):
             if len(ids) > limit:
@@ -272,11 +252,12 @@ class CausalLM(Engine):
         ``num_return_sequences`` strings per prompt. An empty prompt starts from the BOS token. Prompts that do
         not leave room for the new tokens in the model's positions raise (``truncation=True`` keeps their
         end); ``progress=True`` shows a progress bar on stderr."""
-        if isinstance(texts, str):
-            raise TypeError("`texts` must be a list of strings, not a single string")
         s = self.settings(**kwargs)
         room = s.max_new_tokens if s.max_new_tokens is not None else 1
-        encoded = self.encode_prompts(texts, room, truncation)
+        limit = self.spec.max_positions - room
+        if limit < 1:
+            raise ValueError(f"{room} new tokens leave no room for a prompt in the model's {self.spec.max_positions}")
+        encoded = self.encode_prompts(texts, limit, truncation)
         rows = [torch.tensor(ids or self._empty_prompt(), dtype=torch.long) for ids in encoded]
         with progress_bar(progress, len(texts), "prompt", "generate") as bar:
             outputs = self._run(rows, None, s, batch_size, max_batch_tokens, seed, progress=bar) if rows else []

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from turboseq.formats.tokenizer import load_tokenizer
 from turboseq.generation import search
 from turboseq.generation.batching import RowHooks, make_batches
 from turboseq.generation.processors import build_processors
@@ -41,6 +42,13 @@ class Engine:
         return (
             f"turboseq.{type(self).__name__}({self.config.get('model_type')}, {str(self.path)!r}, dtype={self.dtype})"
         )
+
+    @property
+    def tokenizer(self):
+        """The model directory's tokenizer, loaded on first use."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.path)
+        return self._tokenizer
 
     def settings(self, **kwargs) -> GenerationSettings:
         """The effective generation settings for a call with ``kwargs`` (model defaults applied)."""
@@ -100,15 +108,7 @@ class EncoderDecoder(Engine):
             raise ValueError("`stop_strings` is supported for decoder-only models; use `eos_token_id` here")
         return s
 
-    # --- the front end's hooks ---------------------------------------------------------------------------
-
-    def _row_length(self, row) -> int:
-        """Encoder positions of one input, for batching by token budget."""
-        raise NotImplementedError
-
-    def _collate(self, rows, mask, chunk: list[int]) -> tuple[Tensor, Tensor | None]:
-        """The encoder inputs and mask of the inputs ``chunk``."""
-        raise NotImplementedError
+    # --- the front end's hooks (besides the engine's _row_length and _collate) --------------------------------
 
     def _encode(self, inputs: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Encoder hidden states [batch, src_len, d_model] and the cross-attention key mask (None: all keys)."""

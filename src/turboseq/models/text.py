@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from turboseq.formats.tokenizer import encode_texts, load_tokenizer
-from turboseq.generation.batching import RowHooks, pad_rows
+from turboseq.formats.tokenizer import encode_texts
+from turboseq.generation.batching import RowHooks, pad_batch, pad_rows
 from turboseq.generation.settings import GenerationSettings
 from turboseq.models.engine import EncoderDecoder
 from turboseq.models.progress import progress_bar
@@ -18,12 +18,6 @@ from turboseq.runtime.layers import encode
 
 class Seq2SeqModel(EncoderDecoder):
     """A text-to-text encoder-decoder model. Build it with ``turboseq.load``."""
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.path)
-        return self._tokenizer
 
     # --- the engine's hooks: token ids in, the start token as prompt ----------------------------------------
 
@@ -34,13 +28,7 @@ class Seq2SeqModel(EncoderDecoder):
         """Unpadded rows are right-padded to the longest of the chunk; a padded tensor keeps its own mask."""
         if not isinstance(rows, list):
             return rows[chunk], mask[chunk]
-        width = max(len(rows[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), self.spec.pad_token_id, dtype=torch.long)
-        chunk_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for j, i in enumerate(chunk):
-            ids[j, : len(rows[i])] = rows[i]
-            chunk_mask[j, : len(rows[i])] = 1
-        return ids, chunk_mask
+        return pad_batch(rows, chunk, self.spec.pad_token_id)
 
     def _encode(self, inputs: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         inputs, mask = inputs.to(self.device), mask.to(self.device)

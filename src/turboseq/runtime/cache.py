@@ -103,16 +103,12 @@ class DecoderState:
         once into the rows of its beams or samples; buffers are compacted (or grown) in place.
         """
         n = self.length
-        if rows.numel() > self.self_k[0].shape[0]:  # more rows than the buffers hold: grow them
-            for buffers in (self.self_k, self.self_v):
-                for i, buf in enumerate(buffers):
-                    grown = buf.new_empty(rows.numel(), *buf.shape[1:])
-                    grown[:, :n] = buf[: self.rows, :n].index_select(0, rows)
-                    buffers[i] = grown
-        else:
-            for buffers in (self.self_k, self.self_v):
-                for buf in buffers:
-                    buf[: rows.numel(), :n] = buf[: self.rows, :n].index_select(0, rows)
+        for buffers in (self.self_k, self.self_v):
+            for i, buf in enumerate(buffers):
+                kept = buf[: self.rows, :n].index_select(0, rows)
+                if rows.numel() > buf.shape[0]:  # more rows than the buffer holds: grow it
+                    buf = buffers[i] = buf.new_empty(rows.numel(), *buf.shape[1:])
+                buf[: rows.numel(), :n] = kept
         self.rows = rows.numel()
         if self.padding is not None:
             self.padding = self.padding.index_select(0, rows)

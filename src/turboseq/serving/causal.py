@@ -8,6 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 
+from turboseq.errors import InputTooLong
 from turboseq.generation.settings import GenerationSettings, check_seed
 from turboseq.models.causal import CausalLM
 from turboseq.serving.requests import (
@@ -46,9 +47,10 @@ class Continuation:
     new_tokens: list[int]
 
 
-def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+def _cut_at_stop(text: str, stops: list[str]) -> str:
+    """``text`` up to its first stop string (OpenAI's answers end before it)."""
     hits = [i for i in (text.find(t) for t in stops) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
+    return text[: min(hits)] if hits else text
 
 
 @register(CausalLM)
@@ -73,18 +75,16 @@ class CompletionTask(GenerationTask):
                     "(set parameters.truncation to keep its end)",
                     "input_too_long",
                 )
-        with self.tokenizer_lock:
-            rows = self.model.tokenizer(list(inputs))["input_ids"] if inputs else []
-        for i, ids in enumerate(rows):
-            if len(ids) > limit:
-                if not truncation:
-                    raise RequestError(
-                        422,
-                        f"input {i} has {len(ids)} tokens; the server accepts at most {limit} "
-                        "(set parameters.truncation to keep its end)",
-                        "input_too_long",
-                    )
-                rows[i] = ids[len(ids) - limit :]
+        try:
+            with self.tokenizer_lock:
+                rows = self.model.encode_prompts(inputs, limit, truncation)
+        except InputTooLong as err:
+            raise RequestError(
+                422,
+                f"input {err.index} has {err.tokens} tokens; the server accepts at most {err.limit} "
+                "(set parameters.truncation to keep its end)",
+                "input_too_long",
+            ) from None
         return Parsed(rows, list(range(len(inputs))), len(inputs), params, single)
 
     def prepare(self, params: dict) -> Prepared:
@@ -135,14 +135,18 @@ class CompletionTask(GenerationTask):
                 new = seq[start:].tolist()
                 with self.tokenizer_lock:
                     new_text = self.model.tokenizer.decode(new, skip_special_tokens=True)
-                    full = self.model.tokenizer.decode(seq.tolist(), skip_special_tokens=True)
+                    full = (
+                        self.model.tokenizer.decode(seq.tolist(), skip_special_tokens=True)
+                        if request.return_full_text
+                        else ""
+                    )
                 # the prompt's text as the full decode has it (a tokenizer may join the two differently)
                 prompt_text = full[: len(full) - len(new_text)] if full.endswith(new_text) else full
                 reason = "eos_token" if new and new[-1] in eos else "length"
                 if reason == "length" and s.stop_strings and any(t in new_text for t in s.stop_strings):
                     reason = "stop_sequence"
                 if request.trim_stop and s.stop_strings:
-                    new_text = _cut_at_stop(new_text, s.stop_strings)[0]
+                    new_text = _cut_at_stop(new_text, s.stop_strings)
                 text = prompt_text + new_text if request.return_full_text else new_text
                 texts.append(text)
                 reasons.append(reason)
@@ -245,7 +249,7 @@ class CompletionTask(GenerationTask):
                 def token(self, token: dict) -> list[str]:
                     self.pending += token["text"]
                     if stops:
-                        cut, _ = _cut_at_stop(self.sent + self.pending, stops)
+                        cut = _cut_at_stop(self.sent + self.pending, stops)
                         ready = cut[len(self.sent) : max(len(self.sent), len(cut) - self.hold)]
                     else:
                         ready = self.pending
