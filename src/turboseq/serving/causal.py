@@ -23,7 +23,7 @@ from turboseq.serving.requests import (
     text_list,
 )
 from turboseq.serving.tasks import Route, StreamEvents, check_generation_cost, over_limit, register, sse_event
-from turboseq.serving.text import GenerationTask, TextStream
+from turboseq.serving.text import GenerationTask
 
 DEFAULT_NEW_TOKENS = 100  # TGI's default where a request sets no length
 OPENAI_DEFAULT_TOKENS = 16  # OpenAI's max_tokens default
@@ -160,9 +160,6 @@ class CompletionTask(GenerationTask):
 
     def stream_end(self, answer: Continuation, decoder) -> tuple[str, str]:
         return answer.texts[0], answer.reasons[0]
-
-    def stream_decoder(self, request: CompletionRequest) -> TextStream:
-        return TextStream(self.model.tokenizer, request.settings.eos_token_ids, self.tokenizer_lock)
 
     def warm(self, batch_size):
         row = self.warm_text()
