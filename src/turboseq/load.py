@@ -15,55 +15,56 @@ from turboseq.models.encoder import EncoderModel
 from turboseq.models.exported import ExportedEncoder, load_exported
 from turboseq.models.speech import SpeechModel
 from turboseq.models.text import Seq2SeqModel
-from turboseq.runtime.layers import ACTIVATIONS, prepack
+from turboseq.runtime.compute import COMPUTE_TYPES, ComputeType, prepare, resolve_compute_type, supported_compute_types
+from turboseq.runtime.layers import ACTIVATIONS
 from turboseq.runtime.memory import tune_malloc
-from turboseq.runtime.spec import CausalLMSpec, EncoderSpec, Seq2SeqSpec, linears, map_tensors, shape_problems
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+from turboseq.runtime.spec import CausalLMSpec, EncoderSpec, Seq2SeqSpec, map_tensors, shape_problems
 
 Model = Seq2SeqModel | SpeechModel | CausalLM | EncoderModel | ExportedEncoder
 
-__all__ = ["DTYPES", "Model", "ModelInfo", "inspect", "load"]
+__all__ = ["COMPUTE_TYPES", "Model", "ModelInfo", "inspect", "load", "supported_compute_types"]
 
 
-def _check_options(device: str, dtype: str) -> torch.device:
-    if dtype == "float16":
-        raise ValueError(
-            "`dtype` float16 is not offered: T5-family activations overflow its range (a known transformers "
-            "issue) and CPUs gain nothing from it; use bfloat16 for a fast mode"
-        )
-    if dtype not in DTYPES:
-        raise ValueError(f"`dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}")
+def _check_options(device: str, dtype: str | None, compute_type: str | None) -> tuple[torch.device, ComputeType]:
     try:
-        return torch.device(device)
+        torch_device = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"`device` {device!r} is not a torch device ({err})") from None
+    if dtype is not None and compute_type is not None and dtype != compute_type:
+        raise ValueError(f"`dtype` {dtype!r} and `compute_type` {compute_type!r} disagree; pass one of them")
+    if dtype is not None and dtype not in ("float32", "bfloat16"):
+        # the older name of the option: float32 or bfloat16 only
+        if dtype == "float16":
+            resolve_compute_type(dtype, torch_device)
+        raise ValueError(f"`dtype` must be one of float32, bfloat16, got {dtype!r} (see `compute_type` for int8)")
+    return torch_device, resolve_compute_type(compute_type or dtype or "float32", torch_device)
 
 
-def _place(spec: Seq2SeqSpec | EncoderSpec | CausalLMSpec, device: torch.device, dtype: torch.dtype) -> None:
-    """Move the weights to ``device`` and ``dtype``, and lay them out for the fastest matmul there.
-
-    CPU weights are reordered once for oneDNN's matmul. Where that is not available, Linear weights keep their
-    [out, in] shape but are stored transposed (column-major): F.linear then hands BLAS a contiguous [in, out]
-    matrix, much faster for the few-row products of decoding. Embedding lookups stay row-major."""
-    map_tensors(spec, lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype).contiguous())
-    prepack(spec)
-    for lin in linears(spec):
-        if lin.packed is None:
-            lin.weight = lin.weight.t().contiguous().t()
+def _place(spec: Seq2SeqSpec | EncoderSpec | CausalLMSpec, device: torch.device, ct: ComputeType) -> None:
+    """Move the weights to ``device`` in float32, then lay them out for the products of ``ct``
+    (``runtime.compute.prepare``)."""
+    map_tensors(
+        spec, lambda t: t.to(device=device, dtype=torch.float32 if t.is_floating_point() else t.dtype).contiguous()
+    )
+    prepare(spec, ct)
 
 
-def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Model:
+def load(path: str | Path, device: str = "cpu", dtype: str | None = None, compute_type: str | None = None) -> Model:
     """Load a local Hugging Face model directory (config.json + weights [+ tokenizer files]), a CTranslate2
     Whisper directory (model.bin, as faster-whisper uses), or a ``turboseq export`` file.
 
     Returns a ``Seq2SeqModel`` (text to text), ``SpeechModel`` (Whisper), ``CausalLM`` (GPT-2, Llama, Qwen2,
-    Mistral), ``EncoderModel`` (embeddings, classification) or ``ExportedEncoder``. ``dtype``: "float32" (token-identical to transformers) or
-    "bfloat16" (faster, not identical)."""
-    torch_device = _check_options(device, dtype)
+    Mistral), ``EncoderModel`` (embeddings, classification) or ``ExportedEncoder``.
+
+    ``compute_type`` (CTranslate2's names): "float32" (the default; token-identical to transformers),
+    "bfloat16", "int8", "int8_bfloat16" (faster, not identical: README, fast mode) or "auto" (the fastest this
+    machine supports). ``dtype`` is the older name of the option ("float32" or "bfloat16")."""
+    torch_device, ct = _check_options(device, dtype, compute_type)
     if torch_device.type == "cpu":
         tune_malloc()
     if Path(path).is_file():
+        if ct.reduced:
+            raise ValueError(f"{path}: an exported file runs in the precision it was exported in; omit `compute_type`")
         return load_exported(path)  # it refuses any file that is not a safe turboseq export before torch reads it
     files = read_model_dir(path)
     spec = files.spec
@@ -78,13 +79,13 @@ def load(path: str | Path, device: str = "cpu", dtype: str = "float32") -> Model
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ModelLoadError(f"{Path(path) / 'config.json'}: the weights do not match the config: {problems[0]}{more}")
-    _place(spec, torch_device, DTYPES[dtype])
+    _place(spec, torch_device, ct)
     model_dir = Path(path)
     if files.kind == "encoder":
-        return EncoderModel(spec, files.config, model_dir, torch_device, dtype)
+        return EncoderModel(spec, files.config, model_dir, torch_device, ct.name)
     defaults = generation_defaults(files.generation_config, files.config)
     if files.kind == "causal":
-        return CausalLM(spec, files.config, defaults, model_dir, torch_device, dtype)
+        return CausalLM(spec, files.config, defaults, model_dir, torch_device, ct.name)
     if files.kind == "speech":
-        return SpeechModel(spec, files.config, defaults, model_dir, torch_device, dtype, files.extra)
-    return Seq2SeqModel(spec, files.config, defaults, model_dir, torch_device, dtype)
+        return SpeechModel(spec, files.config, defaults, model_dir, torch_device, ct.name, files.extra)
+    return Seq2SeqModel(spec, files.config, defaults, model_dir, torch_device, ct.name)

@@ -29,7 +29,7 @@ def _load(args, verb: str):
     from turboseq.load import load
 
     _check_kind(args, verb)
-    return load(args.model, dtype=getattr(args, "dtype", "float32"))
+    return load(args.model, dtype=getattr(args, "dtype", None), compute_type=getattr(args, "compute_type", None))
 
 
 def _read_lines(path: str | None) -> list[str]:
@@ -172,7 +172,15 @@ def _serve(args) -> int:
         body_timeout_s=args.body_timeout_s,
         keep_alive_timeout_s=args.keep_alive_timeout_s,
     )
-    return serve(args.model, args.host, args.port, config, dtype=args.dtype, log_level=args.log_level)
+    return serve(
+        args.model,
+        args.host,
+        args.port,
+        config,
+        dtype=args.dtype,
+        compute_type=args.compute_type,
+        log_level=args.log_level,
+    )
 
 
 def _engines(args, available: list[str]) -> list[str]:

@@ -68,11 +68,13 @@ VERB_KINDS = {
 
 def _dtype_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--dtype",
-        default="float32",
-        choices=["float32", "bfloat16"],
-        help="float32 is token-identical to transformers; bfloat16 is faster (default: float32)",
+        "--compute-type",
+        default=None,
+        metavar="TYPE",
+        help="float32 (default; token-identical to transformers), bfloat16, int8, int8_bfloat16 (faster, not "
+        "identical: README, fast mode) or auto (the fastest this CPU runs)",
     )
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="older name of --compute-type")
 
 
 def _text_io_options(p: argparse.ArgumentParser, what: str) -> None:

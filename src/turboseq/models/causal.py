@@ -100,7 +100,7 @@ class CausalLM(Engine):
             initial_capacity=width + 64,
             layers=len(spec.decoder.layers),
             rows=batch,
-            like=spec.lm_head.weight,
+            like=torch.empty(0, dtype=self.attention_dtype, device=self.device),
             padding=padding,
         )
         fan_out = group * copies  # decoder rows per prompt

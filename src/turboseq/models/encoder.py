@@ -21,12 +21,21 @@ from turboseq.runtime.spec import EncoderSpec
 
 
 class EncoderModel:
-    def __init__(self, spec: EncoderSpec, config: dict, path: Path, device, dtype: str):
-        self.spec, self.config, self.path, self.device, self.dtype = spec, config, Path(path), device, dtype
+    def __init__(self, spec: EncoderSpec, config: dict, path: Path, device, compute_type: str):
+        self.spec, self.config, self.path, self.device = spec, config, Path(path), device
+        self.compute_type = compute_type  # runtime.compute: float32, bfloat16, int8, int8_bfloat16
         self._tokenizer = None
 
+    @property
+    def dtype(self) -> str:
+        """The older name of ``compute_type``."""
+        return self.compute_type
+
     def __repr__(self) -> str:
-        return f"turboseq.EncoderModel({self.config.get('model_type')}, {str(self.path)!r}, dtype={self.dtype})"
+        return (
+            f"turboseq.EncoderModel({self.config.get('model_type')}, {str(self.path)!r}, "
+            f"compute_type={self.compute_type})"
+        )
 
     @property
     def tokenizer(self):
@@ -54,7 +63,7 @@ class EncoderModel:
         if bool((mask != (torch.arange(ids.shape[1], device=ids.device) < lengths[:, None]).long()).any()):
             raise ValueError("`attention_mask` must be right padding (ones, then zeros) for the packed path")
         out = torch.zeros(
-            (*ids.shape, self.spec.d_model), dtype=self.spec.encoder.embed.tokens.dtype, device=ids.device
+            (*ids.shape, self.spec.d_model), dtype=torch.float32, device=ids.device
         )
         live = lengths > 0
         if live.any():

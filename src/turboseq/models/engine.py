@@ -20,6 +20,7 @@ from turboseq.generation.batching import RowHooks, make_batches
 from turboseq.generation.processors import build_processors
 from turboseq.generation.settings import GenerationSettings, check_seed, resolve
 from turboseq.runtime.cache import DecoderState
+from turboseq.runtime.compute import resolve_compute_type
 from turboseq.runtime.head import LMHead
 from turboseq.runtime.layers import build_cross_kv, decode_step
 
@@ -28,19 +29,27 @@ class Engine:
     """What every generation model shares: its spec, defaults, LM head, and the batching loop ``_run``; a
     subclass decodes one batch (``_decode_batch``) and says how its inputs are measured and collated."""
 
-    def __init__(self, spec, config: dict, generation_defaults: dict, path: Path, device, dtype: str):
+    def __init__(self, spec, config: dict, generation_defaults: dict, path: Path, device, compute_type: str):
         self.spec = spec
         self.config = config
         self.generation_defaults = generation_defaults
         self.path = path
         self.device = device
-        self.dtype = dtype
+        self.compute_type = compute_type  # runtime.compute: float32, bfloat16, int8, int8_bfloat16
+        # the KV cache's dtype
+        self.attention_dtype = resolve_compute_type(compute_type, device).attention
         self._tokenizer = None
         self.head = LMHead(spec.lm_head)
 
+    @property
+    def dtype(self) -> str:
+        """The older name of ``compute_type``."""
+        return self.compute_type
+
     def __repr__(self) -> str:
         return (
-            f"turboseq.{type(self).__name__}({self.config.get('model_type')}, {str(self.path)!r}, dtype={self.dtype})"
+            f"turboseq.{type(self).__name__}({self.config.get('model_type')}, {str(self.path)!r}, "
+            f"compute_type={self.compute_type})"
         )
 
     @property

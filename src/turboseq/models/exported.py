@@ -65,6 +65,11 @@ class _EmbeddingProgram(torch.nn.Module):
 def export_encoder(model, out: str | Path) -> Path:
     """Write ``model`` (an ``EncoderModel``) to ``out``; returns the path."""
     spec: EncoderSpec = model.spec
+    if model.compute_type != "float32":
+        raise ValueError(
+            f"export takes a float32 model (this one was loaded with compute_type={model.compute_type}): "
+            "its packed reduced-precision weights are not exportable"
+        )
     out = Path(out)
     saved = [(lin, lin.packed) for lin in linears(spec)]
     try:
@@ -111,6 +116,12 @@ class ExportedEncoder:
 
     def __repr__(self) -> str:
         return f"turboseq.ExportedEncoder({self.meta.get('model_type')}, {str(self.path)!r})"
+
+    @property
+    def compute_type(self) -> str:
+        return self.meta.get("dtype", "float32")
+
+    dtype = compute_type
 
     @property
     def tokenizer(self):

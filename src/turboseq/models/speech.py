@@ -141,7 +141,7 @@ class SpeechModel(EncoderDecoder):
     def _encode(self, inputs: Tensor, mask) -> tuple[Tensor, None]:
         # Whisper attends to every encoder position (the 30 s window is always full length)
         return encode(
-            self.spec.encoder, inputs.to(device=self.device, dtype=self.spec.lm_head.weight.dtype), None
+            self.spec.encoder, inputs.to(device=self.device, dtype=torch.float32), None
         ), None
 
     def _prompt(self, batch: int, s: GenerationSettings) -> Tensor:

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from turboseq.runtime.layers import can_prepack, linear
+from turboseq.runtime.compute import prepack
+from turboseq.runtime.layers import linear
 from turboseq.runtime.spec import Linear
 
 
@@ -26,7 +27,8 @@ class LMHead:
     def __init__(self, lin: Linear):
         self.lin = lin
         self.screened_steps = 0  # steps decided by screening (observability for tests and tuning)
-        self.screen = lin.weight.dtype == torch.float32
+        # float32 only (reduced compute types take their own argmax; their dense weight is a stand-in)
+        self.screen = lin.weight.dtype == torch.float32 and not lin.int8 and lin.weight.device.type != "meta"
         if self.screen:
             self.weight_bf16 = lin.weight.to(torch.bfloat16)
             rounding = (lin.weight - self.weight_bf16.float()).norm(dim=1).max().item()
@@ -35,23 +37,19 @@ class LMHead:
             # rounding of a float32-accumulated dot product of length n is below n * 2**-24 * |a| |b| (x2 margin)
             self.slack = 2.0 * lin.weight.shape[1] * 2.0**-24 * norm_bf16
 
-        self.packed_bf16 = None
-        if self.screen and can_prepack(self.weight_bf16):
-            self.packed_bf16 = Linear(
-                self.weight_bf16, packed=torch.ops.mkldnn._reorder_linear_weight(self.weight_bf16)
-            )
+            self.lin_bf16 = Linear(self.weight_bf16)
+            prepack(self.lin_bf16)
 
     def logits(self, h: Tensor) -> Tensor:
-        return linear(h, self.lin)
+        """float32 logits [rows, vocab] in every compute type."""
+        return linear(h, self.lin).float()
 
     def greedy(self, h: Tensor, input_ids: Tensor, procs) -> Tensor | None:
         """Argmax token per row of the processed logits, or None when screening does not apply."""
         if not self.screen:
             return None
         hb = h.to(torch.bfloat16)
-        approx = (
-            linear(hb, self.packed_bf16) if self.packed_bf16 is not None else F.linear(hb, self.weight_bf16)
-        ).float()
+        approx = linear(hb, self.lin_bf16).float()
         if self.lin.bias is not None:
             approx += self.lin.bias
         h_norm = h.norm(dim=1, keepdim=True)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from turboseq.runtime.cache import DecoderState
+from turboseq.runtime.compute import int8_linear
 from turboseq.runtime.spec import (
     AudioFrontEnd,
     CausalLMSpec,
@@ -25,7 +26,6 @@ from turboseq.runtime.spec import (
     SelfAttention,
     Seq2SeqSpec,
     Stack,
-    linears,
 )
 
 
@@ -56,33 +56,27 @@ _FUSED = {
 
 
 def linear(x: Tensor, lin: Linear, activation: str | None = None) -> Tensor:
-    """``activation(x @ W.T + b)``; one fused oneDNN call when the weight is prepacked."""
-    if lin.packed is not None:
+    """``activation(x @ W.T + b)`` in the linear's precision (``runtime.compute``): one fused oneDNN call when
+    the weight is prepacked, fbgemm's int8 product when it is quantized. The input is cast to the weight's
+    precision; q/k/v projections leave in ``lin.out_dtype``."""
+    if lin.int8:
+        y = int8_linear(x, lin)
+        if activation is not None:
+            y = ACTIVATIONS[activation](y)
+    elif lin.packed is not None:
+        if x.dtype != lin.weight.dtype:
+            x = x.to(lin.weight.dtype)
         post_op, algorithm = _FUSED.get(activation, ("none", ""))
         y = torch.ops.mkldnn._linear_pointwise(x, lin.packed, lin.bias, post_op, [], algorithm)
-        return y if activation is None or activation in _FUSED else ACTIVATIONS[activation](y)
-    y = F.linear(x, lin.weight, lin.bias)
-    return y if activation is None else ACTIVATIONS[activation](y)
-
-
-def can_prepack(weight: Tensor) -> bool:
-    return (
-        weight.device.type == "cpu"
-        and weight.dtype in (torch.float32, torch.bfloat16)
-        and torch.backends.mkldnn.is_available()
-    )
-
-
-def prepack(spec) -> None:
-    """Reorder every CPU linear weight once into oneDNN's blocked layout.
-
-    oneDNN's matmul on a prepacked weight is several times faster than the BLAS call behind F.linear for the
-    16-256 rows of batched decoding, and no slower for one row (figures: ``turboseq bench --profile``). Same
-    precision (float32 accumulation); only the summation order differs.
-    """
-    for lin in linears(spec):
-        if can_prepack(lin.weight):
-            lin.packed = torch.ops.mkldnn._reorder_linear_weight(lin.weight.contiguous())
+        if activation is not None and activation not in _FUSED:
+            y = ACTIVATIONS[activation](y)
+    else:
+        if x.dtype != lin.weight.dtype:
+            x = x.to(lin.weight.dtype)
+        y = F.linear(x, lin.weight, lin.bias)
+        if activation is not None:
+            y = ACTIVATIONS[activation](y)
+    return y if lin.out_dtype is None else y.to(lin.out_dtype)
 
 
 def layer_norm(x: Tensor, norm: LayerNorm) -> Tensor:
@@ -139,7 +133,7 @@ def relative_position_bias(bias: RelativePositionBias, query_start: int, query_l
 def embed(emb: Embeddings, ids: Tensor, start: int = 0, positions: Tensor | None = None) -> Tensor:
     """Token embeddings (scaled) plus positions ``start .. start + len - 1`` for ids [batch, len], or plus
     the given ``positions`` (one per id, any shape: packed sequences)."""
-    x = F.embedding(ids, emb.tokens)
+    x = F.embedding(ids, emb.tokens).float()  # reduced compute types store the table in bfloat16
     if emb.scale != 1.0:
         x = x * emb.scale
     if emb.token_type is not None:

@@ -17,8 +17,12 @@ from torch import Tensor
 class Linear:
     weight: Tensor  # [out_features, in_features]
     bias: Tensor | None = None
-    # the weight reordered for oneDNN's matmul (set by ``runtime.layers.prepack``; not part of the mapping)
-    packed: Tensor | None = field(default=None, repr=False, compare=False)
+    keep_float32: bool = False  # the family pins this product to float32 in every compute type
+    # set by ``runtime.compute.prepare``, not part of the mapping: the weight laid out for the product (oneDNN's
+    # reordered tensor, or fbgemm's int8 parameters when ``int8``), and the dtype q/k/v leave in
+    packed: object = field(default=None, repr=False, compare=False)
+    int8: bool = field(default=False, repr=False, compare=False)
+    out_dtype: torch.dtype | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -270,7 +274,7 @@ def map_tensors(obj, fn, _done: dict | None = None):
         return
     for f in fields(obj):
         value = getattr(obj, f.name)
-        if f.name == "packed":  # derived from the weight after all conversions (``runtime.layers.prepack``)
+        if f.name == "packed":  # derived from the weight after all conversions (``runtime.compute.prepare``)
             continue
         if isinstance(value, Tensor):
             if id(value) not in done:

@@ -293,7 +293,8 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
             "model": service.name,
             "model_type": model.config.get("model_type"),
             "task": task.name,
-            "dtype": model.dtype,
+            "compute_type": model.compute_type,
+            "dtype": model.compute_type,
             "version": __version__,
             "streaming": task.streams,
             "routes": ["/", f"/models/{service.name}"]
@@ -348,7 +349,15 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
     return app
 
 
-def serve(model_dir: str, host: str, port: int, config: ServerConfig, dtype: str = "float32", log_level="info"):
+def serve(
+    model_dir: str,
+    host: str,
+    port: int,
+    config: ServerConfig,
+    dtype: str | None = None,
+    log_level="info",
+    compute_type: str | None = None,
+):
     """Run the server until SIGTERM/SIGINT; on either, the server stops listening (new connections are refused),
     idle keep-alive connections are closed, requests in flight (streams included) finish, and the process exits
     0. Until the listener closes, /health answers 503 and new requests on open connections get 503."""
@@ -368,7 +377,7 @@ def serve(model_dir: str, host: str, port: int, config: ServerConfig, dtype: str
     # default cache (1024 kernels) grows RSS with them. 64 recent shapes keep the throughput (checked with
     # python -m turboseq.bench.loadtest). The environment wins if set.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
-    model = load(model_dir, dtype=dtype)
+    model = load(model_dir, dtype=dtype, compute_type=compute_type)
     app = create_app(model, config=config)
     protocol = GuardedH11.configure(config.max_connections, config.header_timeout_s, config.body_timeout_s)
     server = uvicorn.Server(

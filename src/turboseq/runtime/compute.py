@@ -1,0 +1,239 @@
+"""Compute types: the precision of a model's products, chosen once at load (CTranslate2's names).
+
+- ``float32``: everything in float32, token-identical to transformers (the default).
+- ``bfloat16``: every linear (fused q/k/v, cross-attention K/V, FFNs, output projection) in bfloat16 on
+  oneDNN's prepacked weights; attention and the KV cache in bfloat16.
+- ``int8``: int8 weights (one scale per output channel) and int8 activations quantized per row at run time,
+  int32 accumulation (fbgemm's VNNI kernels); attention, the cache and everything else in float32.
+- ``int8_bfloat16``: the int8 products of ``int8``, attention and the KV cache in bfloat16.
+
+In every reduced type the residual stream, norms, softmax/log-softmax and beam scores stay float32: a linear
+casts its input to its own precision and the residual sum promotes the result back (bfloat16 + float32 is
+float32). A family can pin a linear to float32 (``Linear.keep_float32``: T5's FFN output, whose inputs carry
+outliers far beyond the other activations). Embedding tables are stored in bfloat16 in the reduced types and
+looked up into float32. Nothing here touches process-wide settings (matmul precision, oneDNN math mode).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+from torch import Tensor
+
+from turboseq.runtime.spec import Embeddings, Linear, linears
+
+COMPUTE_TYPES = ("float32", "bfloat16", "int8", "int8_bfloat16")
+
+
+@dataclass(frozen=True)
+class ComputeType:
+    name: str
+    gemm: torch.dtype  # the linears' precision: float32, bfloat16, or int8
+    attention: torch.dtype  # q/k/v, the KV cache and the attention products
+
+    @property
+    def reduced(self) -> bool:
+        return self.name != "float32"
+
+
+_TYPES = {
+    "float32": ComputeType("float32", torch.float32, torch.float32),
+    "bfloat16": ComputeType("bfloat16", torch.bfloat16, torch.bfloat16),
+    "int8": ComputeType("int8", torch.int8, torch.float32),
+    "int8_bfloat16": ComputeType("int8_bfloat16", torch.int8, torch.bfloat16),
+}
+
+
+@cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def _has_vnni() -> bool:
+    return bool({"avx512_vnni", "avx_vnni"} & _cpu_flags())
+
+
+def supported_compute_types(device: torch.device | str = "cpu") -> list[str]:
+    """The compute types this machine runs on ``device``, fastest last."""
+    if torch.device(device).type != "cpu":
+        return ["float32", "bfloat16"]  # the int8 kernels here are CPU kernels
+    names = ["float32"]
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        names.append("bfloat16")
+    if "fbgemm" in torch.backends.quantized.supported_engines:
+        names.append("int8")
+        if "bfloat16" in names:
+            names.append("int8_bfloat16")
+    return names
+
+
+def resolve_compute_type(name: str, device: torch.device | str = "cpu") -> ComputeType:
+    """The compute type called ``name`` ("auto": the fastest supported one), or a ValueError naming the valid
+    ones."""
+    supported = supported_compute_types(device)
+    if name == "auto":
+        # int8 products with float32 attention: the fastest here at every batch size (README: fast mode)
+        return _TYPES["int8" if "int8" in supported else supported[-1]]
+    if name == "float16":
+        raise ValueError(
+            "compute type float16 is not offered: T5-family activations overflow its range (a known transformers "
+            "issue) and CPUs gain nothing from it; use bfloat16 or int8 for a fast mode"
+        )
+    if name not in _TYPES:
+        raise ValueError(f"unknown compute type {name!r}; valid: {', '.join(COMPUTE_TYPES)}, auto")
+    if name not in supported:
+        raise ValueError(
+            f"compute type {name!r} is not supported on this {torch.device(device).type} "
+            f"(supported here: {', '.join(supported)}, auto)"
+        )
+    return _TYPES[name]
+
+
+# --- preparing a spec ---------------------------------------------------------------------------------------
+
+
+def prepack(lin: Linear) -> None:
+    """Reorder a CPU weight once into oneDNN's blocked layout (several times faster than BLAS for the 16-256
+    rows of batched decoding, no slower for one row; same precision, only the summation order differs)."""
+    if lin.weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
+        lin.packed = torch.ops.mkldnn._reorder_linear_weight(lin.weight.contiguous())
+
+
+def _quantize(lin: Linear) -> None:
+    """int8 weights with one scale per output channel, packed for fbgemm (the bias is added after the
+    per-row rescale in ``int8_linear``)."""
+    w = lin.weight.float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
+    zero = torch.zeros(w.shape[0], dtype=torch.long)
+    # a deprecation warning says quantized tensors go away in some later torch; the range pinned in
+    # pyproject keeps them, and the bench's profile tracks the alternative (torch._int_mm)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        qweight = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+    lin.packed = torch.ops.quantized.linear_prepack(qweight, None)
+    lin.int8 = True
+
+
+def prepare(spec, ct: ComputeType) -> None:
+    """Lay every linear out for the fastest product of ``ct`` (weights already on their device, float32 or
+    the checkpoint's float type). Float32 keeps its dense weights (the LM head's exact greedy shortcut and the
+    encoder export read them); reduced types keep only the packed form (a shape-only stand-in stays)."""
+    embeddings = [e for e in _embeddings(spec)]
+    if ct.reduced:
+        for emb in embeddings:
+            emb.tokens = emb.tokens.to(torch.bfloat16)  # looked up into float32 (``runtime.layers.embed``)
+    for lin in linears(spec):
+        reduced = ct.reduced and not lin.keep_float32
+        if reduced and ct.gemm == torch.int8 and lin.weight.device.type == "cpu":
+            _quantize(lin)
+        else:
+            if reduced:
+                lin.weight = lin.weight.to(torch.bfloat16)
+            prepack(lin)
+        if reduced and lin.packed is not None:
+            lin.weight = lin.weight.to("meta")  # shape and dtype only: the packed copy is the weight now
+        elif lin.packed is None and lin.weight.device.type == "cpu":
+            # no oneDNN: F.linear hands BLAS a contiguous [in, out] matrix, faster for few-row products
+            lin.weight = lin.weight.t().contiguous().t()
+    # q/k/v and the cross-attention K/V come out in the attention precision (the cache's)
+    for attn in _attentions(spec):
+        for lin in (getattr(attn, "qkv", None), getattr(attn, "q", None), getattr(attn, "kv", None)):
+            if lin is not None and ct.reduced:
+                lin.out_dtype = ct.attention
+
+
+def _embeddings(obj):
+    if isinstance(obj, Embeddings):
+        yield obj
+    elif isinstance(obj, list):
+        for item in obj:
+            yield from _embeddings(item)
+    elif hasattr(obj, "__dataclass_fields__"):
+        for name in obj.__dataclass_fields__:
+            yield from _embeddings(getattr(obj, name))
+
+
+def _attentions(spec):
+    stacks = [getattr(spec, name) for name in ("encoder", "decoder") if hasattr(spec, name)]
+    for stack in stacks:
+        for layer in stack.layers:
+            yield layer.self_attn
+            if getattr(layer, "cross_attn", None) is not None:
+                yield layer.cross_attn
+
+
+def weight_bytes(spec) -> int:
+    """Bytes of weights the runtime holds (packed forms counted as their dense size, shape-only stand-ins and
+    tensors shared by several fields not counted twice)."""
+    seen: set[int] = set()
+    sizes: list[int] = []
+
+    def walk(obj) -> None:
+        if isinstance(obj, Tensor):
+            if obj.device.type != "meta" and id(obj) not in seen:
+                seen.add(id(obj))
+                sizes.append(obj.numel() * obj.element_size())
+        elif isinstance(obj, list):
+            for item in obj:
+                walk(item)
+        elif hasattr(obj, "__dataclass_fields__"):
+            for name in obj.__dataclass_fields__:
+                if isinstance(obj, Linear) and name == "packed":
+                    if obj.packed is not None:
+                        w = obj.weight
+                        # int8: a byte per weight and a float32 scale per output channel
+                        sizes.append(w.numel() + 4 * w.shape[0] if obj.int8 else w.numel() * w.element_size())
+                else:
+                    walk(getattr(obj, name))
+
+    walk(spec)
+    return sum(sizes)
+
+
+# --- the int8 product -------------------------------------------------------------------------------------
+
+_buffers = threading.local()
+
+
+def _row_buffer(rows: int, width: int) -> Tensor:
+    """A per-thread float32 buffer [>= rows + 1, width] whose row 0 holds +1 and -1 (see ``int8_linear``)."""
+    cache_ = getattr(_buffers, "by_width", None)
+    if cache_ is None:
+        cache_ = _buffers.by_width = {}
+    buf = cache_.get(width)
+    if buf is None or buf.shape[0] < rows + 1:
+        buf = torch.zeros(max(rows + 1, 2 * (0 if buf is None else buf.shape[0])), width)
+        buf[0, 0], buf[0, 1 % width] = 1.0, -1.0
+        cache_[width] = buf
+    return buf
+
+
+def int8_linear(x: Tensor, lin: Linear) -> Tensor:
+    """``x @ W.T + b`` with int8 weights and int8 activations quantized per row, float32 in and out.
+
+    fbgemm quantizes its whole input with one (asymmetric) range. Each row is divided by its largest magnitude
+    first and a fixed row holding +1 and -1 is put in front, so that range is always [-1, 1]: every row gets its
+    own 8-bit scale, and a row's result never depends on the other rows of the batch (batch invariance). The
+    product is rescaled per row and the bias added in one op.
+    """
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1]).float()
+    rows = x2.shape[0]
+    scale = x2.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)  # [rows, 1] (vector_norm(inf) is slower)
+    buf = _row_buffer(rows, shape[-1])[: rows + 1]
+    torch.div(x2, scale, out=buf[1:])
+    y = torch.ops.quantized.linear_dynamic(buf, lin.packed, not _has_vnni())[1:]
+    y = torch.addcmul(lin.bias, y, scale) if lin.bias is not None else y.mul_(scale)
+    return y.view(*shape[:-1], y.shape[-1])
