@@ -59,6 +59,30 @@ class CausalLM(Engine):
             vocab_size=self.spec.vocab_size,
         )
 
+    @torch.inference_mode()
+    def forward_logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Float32 logits [batch, len, vocab] at every position of left-padded ``input_ids``, as transformers'
+        ``model(input_ids, attention_mask).logits`` (padded positions excepted). The quality bench compares
+        compute types with it."""
+        ids = torch.as_tensor(input_ids, dtype=torch.long).to(self.device)
+        mask = torch.ones_like(ids) if attention_mask is None else torch.as_tensor(attention_mask).to(self.device)
+        padding = _left_padding(mask)
+        attn = self.spec.decoder.layers[0].self_attn
+        state = DecoderState(
+            None,
+            None,
+            1,
+            attn.kv_heads,
+            attn.head_dim,
+            ids.shape[1],
+            layers=len(self.spec.decoder.layers),
+            rows=ids.shape[0],
+            like=torch.empty(0, dtype=self.attention_dtype, device=self.device),
+            padding=padding if bool(padding.any()) else None,
+        )
+        hidden = decode_step(self.spec, state, ids.masked_fill(mask == 0, 0), all_positions=True)
+        return self.head.logits(hidden)
+
     # --- the engine's hooks: prompts are left-padded per batch -----------------------------------------------
 
     def _row_length(self, row) -> int:

@@ -62,9 +62,7 @@ class EncoderModel:
         lengths = mask.sum(dim=1)
         if bool((mask != (torch.arange(ids.shape[1], device=ids.device) < lengths[:, None]).long()).any()):
             raise ValueError("`attention_mask` must be right padding (ones, then zeros) for the packed path")
-        out = torch.zeros(
-            (*ids.shape, self.spec.d_model), dtype=torch.float32, device=ids.device
-        )
+        out = torch.zeros((*ids.shape, self.spec.d_model), dtype=torch.float32, device=ids.device)
         live = lengths > 0
         if live.any():
             hidden = encode_packed(self.spec.encoder, ids[mask.bool()], lengths[live])

@@ -127,6 +127,20 @@ class EncoderDecoder(Engine):
         """The decoder prompt [batch, prompt_len]."""
         raise NotImplementedError
 
+    @torch.inference_mode()
+    def forward_logits(self, inputs: Tensor, attention_mask: Tensor | None, decoder_input_ids: Tensor) -> Tensor:
+        """Teacher-forced float32 logits [batch, len, vocab] of ``decoder_input_ids`` [batch, len], as
+        transformers' ``model(input_ids, attention_mask, decoder_input_ids=...).logits`` (no logits rules).
+        ``inputs``: source ids [batch, src_len] (Whisper: log-mel features). The quality bench compares
+        compute types with it."""
+        mask = None if attention_mask is None else torch.as_tensor(attention_mask).to(self.device)
+        hidden, cross_mask = self._encode(torch.as_tensor(inputs).to(self.device), mask)
+        targets = torch.as_tensor(decoder_input_ids, dtype=torch.long).to(self.device)
+        attn = self.spec.decoder.layers[0].self_attn
+        cross_kv = build_cross_kv(self.spec, hidden)
+        state = DecoderState(cross_kv, cross_mask, 1, attn.kv_heads, attn.head_dim, targets.shape[1])
+        return self.head.logits(decode_step(self.spec, state, targets, all_positions=True))
+
     # --- one batch ---------------------------------------------------------------------------------------
 
     def _decode_batch(

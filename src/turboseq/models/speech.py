@@ -140,9 +140,7 @@ class SpeechModel(EncoderDecoder):
 
     def _encode(self, inputs: Tensor, mask) -> tuple[Tensor, None]:
         # Whisper attends to every encoder position (the 30 s window is always full length)
-        return encode(
-            self.spec.encoder, inputs.to(device=self.device, dtype=torch.float32), None
-        ), None
+        return encode(self.spec.encoder, inputs.to(device=self.device, dtype=torch.float32), None), None
 
     def _prompt(self, batch: int, s: GenerationSettings) -> Tensor:
         return torch.tensor(s.decoder_prompt, dtype=torch.long, device=self.device).expand(batch, -1).contiguous()

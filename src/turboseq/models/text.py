@@ -31,7 +31,8 @@ class Seq2SeqModel(EncoderDecoder):
         return pad_batch(rows, chunk, self.spec.pad_token_id)
 
     def _encode(self, inputs: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        inputs, mask = inputs.to(self.device), mask.to(self.device)
+        inputs = inputs.to(self.device)
+        mask = torch.ones_like(inputs) if mask is None else mask.to(self.device)
         return encode(self.spec.encoder, inputs, mask), mask.bool()[:, None, None, :]
 
     def _prompt(self, batch: int, s: GenerationSettings) -> Tensor:

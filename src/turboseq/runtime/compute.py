@@ -9,8 +9,10 @@
 
 In every reduced type the residual stream, norms, softmax/log-softmax and beam scores stay float32: a linear
 casts its input to its own precision and the residual sum promotes the result back (bfloat16 + float32 is
-float32). A family can pin a linear to float32 (``Linear.keep_float32``: T5's FFN output, whose inputs carry
-outliers far beyond the other activations). Embedding tables are stored in bfloat16 in the reduced types and
+float32), so no activation can overflow as in float16. A family can mark a linear whose inputs carry outliers
+(``Linear.outliers``: T5's FFN output, which transformers keeps in float32): one scale per row would flatten
+everything but the outlier, so it runs in bfloat16 (float32's range, a scale per value) in the int8 types.
+Embedding tables are stored in bfloat16 in the reduced types and
 looked up into float32. Nothing here touches process-wide settings (matmul precision, oneDNN math mode).
 """
 
@@ -134,13 +136,16 @@ def prepare(spec, ct: ComputeType) -> None:
     if ct.reduced:
         for emb in embeddings:
             emb.tokens = emb.tokens.to(torch.bfloat16)  # looked up into float32 (``runtime.layers.embed``)
+    bf16 = "bfloat16" in supported_compute_types(spec_device(spec))
     for lin in linears(spec):
-        reduced = ct.reduced and not lin.keep_float32
-        if reduced and ct.gemm == torch.int8 and lin.weight.device.type == "cpu":
+        reduced = ct.reduced
+        if reduced and ct.gemm == torch.int8 and not lin.outliers and lin.weight.device.type == "cpu":
             _quantize(lin)
         else:
+            reduced = reduced and bf16
             if reduced:
                 lin.weight = lin.weight.to(torch.bfloat16)
+                lin.bias = None if lin.bias is None else lin.bias.to(torch.bfloat16)
             prepack(lin)
         if reduced and lin.packed is not None:
             lin.weight = lin.weight.to("meta")  # shape and dtype only: the packed copy is the weight now
@@ -152,6 +157,10 @@ def prepare(spec, ct: ComputeType) -> None:
         for lin in (getattr(attn, "qkv", None), getattr(attn, "q", None), getattr(attn, "kv", None)):
             if lin is not None and ct.reduced:
                 lin.out_dtype = ct.attention
+
+
+def spec_device(spec) -> torch.device:
+    return spec.lm_head.weight.device if hasattr(spec, "lm_head") else spec.encoder.embed.tokens.device
 
 
 def _embeddings(obj):

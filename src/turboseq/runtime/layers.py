@@ -292,9 +292,12 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def decode_step(spec: Seq2SeqSpec | CausalLMSpec, state: DecoderState, tokens: Tensor) -> Tensor:
+def decode_step(
+    spec: Seq2SeqSpec | CausalLMSpec, state: DecoderState, tokens: Tensor, all_positions: bool = False
+) -> Tensor:
     """Feed ``tokens`` [rows, new_len] to the decoder; returns the last position's hidden state [rows, d_model]
-    (the input of the LM head, ``runtime.head.LMHead``).
+    (the input of the LM head, ``runtime.head.LMHead``), or with ``all_positions`` every position's
+    [rows, new_len, d_model] (teacher forcing).
 
     Encoder-decoder: rows are grouped by sentence (``state.group`` consecutive rows per sentence, e.g. the
     beams); the cross-attention of a sentence runs once for all of its rows, with the rows as the query axis.
@@ -329,8 +332,8 @@ def decode_step(spec: Seq2SeqSpec | CausalLMSpec, state: DecoderState, tokens: T
             # [rows, new_len, heads + 2 * kv_heads, head_dim]: k and v go to the cache in this layout
             qkv = linear(h, attn.qkv).view(rows, new_len, heads + 2 * kv_heads, -1)
             qk, v = qkv[:, :, : heads + kv_heads], qkv[:, :, heads + kv_heads :]
-            if cos is not None:  # queries and keys rotated together
-                qk = _rotate(qk, cos, sin)
+            if cos is not None:  # queries and keys rotated together (in float32, back to the cache's dtype)
+                qk = _rotate(qk, cos, sin).to(v.dtype)
             q, k = qk[:, :, :heads], qk[:, :, heads:]
             keys, values = state.write(i, k, v)
             out = F.scaled_dot_product_attention(
@@ -357,7 +360,8 @@ def decode_step(spec: Seq2SeqSpec | CausalLMSpec, state: DecoderState, tokens: T
             x = _sublayer(x, layer.cross_attn_norm, stack.pre_norm, cross_attention)
         x = _sublayer(x, layer.ffn_norm, stack.pre_norm, lambda h, f=layer.ffn: feed_forward(h, f))
     state.length = end
-    x = x[:, -1]
+    if not all_positions:
+        x = x[:, -1]
     if stack.final_norm is not None:
         x = layer_norm(x, stack.final_norm)
     if spec.head_scale != 1.0:

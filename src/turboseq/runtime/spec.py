@@ -17,7 +17,8 @@ from torch import Tensor
 class Linear:
     weight: Tensor  # [out_features, in_features]
     bias: Tensor | None = None
-    keep_float32: bool = False  # the family pins this product to float32 in every compute type
+    # the family says its inputs carry outliers (T5's FFN output): never int8, bfloat16 in the int8 types
+    outliers: bool = False
     # set by ``runtime.compute.prepare``, not part of the mapping: the weight laid out for the product (oneDNN's
     # reordered tensor, or fbgemm's int8 parameters when ``int8``), and the dtype q/k/v leave in
     packed: object = field(default=None, repr=False, compare=False)

@@ -63,6 +63,9 @@ def build(config: dict, ckpt: Checkpoint) -> Seq2SeqSpec:
     def ffn(prefix: str) -> FeedForward:
         p = prefix + "DenseReluDense."
         out = ckpt.linear(p + "wo.", bias=False)
+        # its inputs carry outliers far beyond the other activations (transformers keeps `wo` in float32 for
+        # the same reason): never int8 (``runtime.compute``)
+        out.outliers = True
         if gated:
             return FeedForward(ckpt.linear(p + "wi_0.", bias=False), out, act, up=ckpt.linear(p + "wi_1.", bias=False))
         return FeedForward(ckpt.linear(p + "wi.", bias=False), out, act)
