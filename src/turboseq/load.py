@@ -17,7 +17,7 @@ from turboseq.models.speech import SpeechModel
 from turboseq.models.text import Seq2SeqModel
 from turboseq.runtime.compute import COMPUTE_TYPES, ComputeType, prepare, resolve_compute_type, supported_compute_types
 from turboseq.runtime.layers import ACTIVATIONS
-from turboseq.runtime.memory import tune_malloc
+from turboseq.runtime.memory import release_free_memory, tune_malloc
 from turboseq.runtime.spec import CausalLMSpec, EncoderSpec, Seq2SeqSpec, map_tensors, shape_problems
 
 Model = Seq2SeqModel | SpeechModel | CausalLM | EncoderModel | ExportedEncoder
@@ -47,6 +47,8 @@ def _place(spec: Seq2SeqSpec | EncoderSpec | CausalLMSpec, device: torch.device,
         spec, lambda t: t.to(device=device, dtype=torch.float32 if t.is_floating_point() else t.dtype).contiguous()
     )
     prepare(spec, ct)
+    if device.type == "cpu":
+        release_free_memory()
 
 
 def load(path: str | Path, device: str = "cpu", dtype: str | None = None, compute_type: str | None = None) -> Model:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from turboseq.bench.models import cache_root
+from turboseq.bench.seq2seq import compute_type_of, turboseq_engines
 from turboseq.bench.timing import median_seconds
 
 GPT2_SMALL = dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257)
@@ -37,14 +38,7 @@ CAUSAL_ARCHS = {
     "gpt2": ("GPT2LMHeadModel", "GPT2Config", GPT2_SMALL),
     "llama-small": ("LlamaForCausalLM", "LlamaConfig", SMOLLM_135M),
 }
-ENGINES = (
-    "transformers",
-    "transformers-static",
-    "turboseq",
-    "turboseq-bfloat16",
-    "ctranslate2-float32",
-    "ctranslate2-int8",
-)
+PEERS = ("transformers", "transformers-static", "ctranslate2-float32", "ctranslate2-int8")
 
 
 @dataclass
@@ -81,11 +75,12 @@ def causal_model_dir(arch: str) -> Path:
 
 
 def available_engines() -> list[str]:
+    engines = [*PEERS[:2], *turboseq_engines(), *PEERS[2:]]
     try:
         import ctranslate2  # noqa: F401
     except ImportError:
-        return [e for e in ENGINES if not e.startswith("ctranslate2")]
-    return list(ENGINES)
+        return [e for e in engines if not e.startswith("ctranslate2")]
+    return engines
 
 
 class Engines:
@@ -94,7 +89,7 @@ class Engines:
 
         self.model_dir, self.engines = model_dir, engines
         self.ts = load(model_dir)
-        self.ts_bf16 = load(model_dir, dtype="bfloat16") if "turboseq-bfloat16" in engines else None
+        self.fast = {e: load(model_dir, compute_type=compute_type_of(e)) for e in engines if e.startswith("turboseq-")}
         self.eos = self.ts.settings().eos_token_ids
         self.hf = None
         if any(e.startswith("transformers") for e in engines):
@@ -139,7 +134,7 @@ class Engines:
 
         elif engine.startswith("turboseq"):
             rows = ids.tolist()
-            model = self.ts_bf16 if engine == "turboseq-bfloat16" else self.ts
+            model = self.fast.get(engine, self.ts)
 
             def run():
                 return model.generate_rows(rows, min_new_tokens=new_tokens, max_new_tokens=new_tokens)
@@ -222,8 +217,10 @@ def markdown(arch: str, cells: list[Cell], new_tokens: int) -> str:
     lines = [
         f"{arch}: {new_tokens} new tokens per prompt, greedy; tokens/s overall (prefill / decode)",
         "",
-        "| prompt | batch | " + " | ".join(engines) + " | turboseq / transformers | turboseq / CT2 float32 |",
-        "|---|---|" + "---|" * len(engines) + "---|---|",
+        "| prompt | batch | "
+        + " | ".join(engines)
+        + " | turboseq / transformers | turboseq / CT2 float32 | turboseq-int8 / CT2 int8 |",
+        "|---|---|" + "---|" * len(engines) + "---|---|---|",
     ]
     keys = list(dict.fromkeys((c.prompt, c.batch) for c in cells))
     for prompt, batch in keys:
@@ -237,5 +234,7 @@ def markdown(arch: str, cells: list[Cell], new_tokens: int) -> str:
         ct2 = row.get("ctranslate2-float32")
         ratio_hf = f"{ts.tokens_per_s / hf.tokens_per_s:.2f}x" if ts and hf else "-"
         ratio_ct2 = f"{ts.tokens_per_s / ct2.tokens_per_s:.2f}x" if ts and ct2 else "-"
-        lines.append(f"| {prompt} | {batch} | " + " | ".join(parts) + f" | {ratio_hf} | {ratio_ct2} |")
+        i8, ct2_i8 = row.get("turboseq-int8"), row.get("ctranslate2-int8")
+        ratio_i8 = f"{i8.tokens_per_s / ct2_i8.tokens_per_s:.2f}x" if i8 and ct2_i8 else "-"
+        lines.append(f"| {prompt} | {batch} | " + " | ".join(parts) + f" | {ratio_hf} | {ratio_ct2} | {ratio_i8} |")
     return "\n".join(lines) + "\n"

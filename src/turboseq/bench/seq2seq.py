@@ -14,6 +14,7 @@ import torch
 
 from turboseq.bench.models import bench_model_dir, bench_sentences
 from turboseq.bench.timing import median_seconds
+from turboseq.formats.tokenizer import load_tokenizer
 
 MODES = {"greedy": 1, "beam4": 4}
 
@@ -40,8 +41,9 @@ class Engines:
         from turboseq.load import load
 
         self.model_dir = model_dir
-        self.ts = load(model_dir)
-        self.tokenizer = self.ts.tokenizer
+        # turboseq in each compute type named: "turboseq" (float32), "turboseq-int8", ...
+        self.ts = {e: load(model_dir, compute_type=compute_type_of(e)) for e in engines if e.startswith("turboseq")}
+        self.tokenizer = load_tokenizer(model_dir)
         self.hf = None
         self.ct2 = {}
         if "transformers" in engines:
@@ -77,10 +79,11 @@ class Engines:
                 with torch.inference_mode():
                     return self.hf.generate(**enc, num_beams=beams, **lengths)
 
-        elif engine == "turboseq":
+        elif engine.startswith("turboseq"):
+            model = self.ts[engine]
 
             def run():
-                return self.ts.generate(
+                return model.generate(
                     enc["input_ids"], enc["attention_mask"], num_beams=beams, max_batch_size=None, **lengths
                 )
 
@@ -103,8 +106,19 @@ class Engines:
         return run
 
 
+def compute_type_of(engine: str) -> str:
+    """``turboseq`` runs float32, ``turboseq-<type>`` that compute type."""
+    return engine.split("-", 1)[1] if "-" in engine else "float32"
+
+
+def turboseq_engines() -> list[str]:
+    from turboseq.runtime.compute import supported_compute_types
+
+    return ["turboseq"] + [f"turboseq-{name}" for name in supported_compute_types() if name != "float32"]
+
+
 def available_engines() -> list[str]:
-    engines = ["transformers", "turboseq"]
+    engines = ["transformers", *turboseq_engines()]
     try:
         import ctranslate2  # noqa: F401
 
@@ -155,16 +169,26 @@ def run_bench(
     return cells
 
 
+def ratio_pairs(engines: list[str]) -> list[tuple[str, str]]:
+    """The ratios a table shows: float32 turboseq against every peer, and each reduced compute type against
+    CTranslate2 int8 (the fast engine CPU users pick)."""
+    pairs = [("turboseq", e) for e in engines if not e.startswith("turboseq") and "turboseq" in engines]
+    peer = next((e for e in engines if e.endswith("-int8") and not e.startswith("turboseq")), None)
+    if peer is not None:
+        pairs += [(e, peer) for e in engines if e.startswith("turboseq-")]
+    return pairs
+
+
 def format_table(cells: list[Cell], engines: list[str]) -> str:
-    """Markdown: tokens/s per engine and turboseq's ratio to each other engine."""
-    others = [e for e in engines if e != "turboseq"]
-    head = ["mode", "batch"] + [f"{e} tok/s" for e in engines] + [f"turboseq / {e}" for e in others]
+    """Markdown: tokens/s per engine and the ratios of ``ratio_pairs``."""
+    pairs = ratio_pairs(engines)
+    head = ["mode", "batch"] + [f"{e} tok/s" for e in engines] + [f"{a} / {b}" for a, b in pairs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     keys = sorted({(c.mode, c.batch) for c in cells}, key=lambda k: (list(MODES).index(k[0]), k[1]))
     for mode, batch in keys:
         by = {c.engine: c.tokens_per_s for c in cells if c.mode == mode and c.batch == batch}
         row = [mode, str(batch)] + [f"{by[e]:.1f}" if e in by else "-" for e in engines]
-        row += [f"{by['turboseq'] / by[e]:.2f}x" if e in by and "turboseq" in by else "-" for e in others]
+        row += [f"{by[a] / by[b]:.2f}x" if a in by and b in by else "-" for a, b in pairs]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

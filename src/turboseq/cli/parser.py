@@ -276,9 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--modes", default="greedy,beam4", help="decoding modes: greedy,beam4 (default: both)")
     be.add_argument(
         "--engines",
-        help="comma-separated subset of: transformers, turboseq, ctranslate2-float32, "
-        "ctranslate2-int8; decoder-only archs also transformers-static and turboseq-bfloat16 "
-        "(default: all installed)",
+        help="comma-separated subset of: transformers, turboseq (float32), turboseq-bfloat16, turboseq-int8, "
+        "turboseq-int8_bfloat16, ctranslate2-float32, ctranslate2-int8; decoder-only archs also "
+        "transformers-static (default: all installed and supported by this CPU)",
     )
     be.add_argument("--new-tokens", type=_positive_int, help="forced output length (default: 32; decoder-only: 64)")
     be.add_argument("--min-seconds", type=float, default=2.0, help="time each cell at least this long (default: 2)")

@@ -38,3 +38,13 @@ def tune_malloc() -> bool:
                 mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
             )
     return _tuned
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free blocks back to the system once (after a load: the float32 staging copies of weights
+    converted to a reduced compute type would otherwise stay resident under the thresholds above)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass

@@ -1,0 +1,54 @@
+"""Resident memory after load, per compute type: each in a fresh process (memory freed by one model stays
+mapped in a process, so side-by-side loads would blur the figures), measured on a second load so that the
+libraries a first load pulls in are not counted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+_PROBE = """
+import json, sys, torch
+import turboseq
+from turboseq.runtime.compute import weight_bytes
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+
+import gc
+from turboseq.runtime.memory import release_free_memory
+
+# a first load pulls in the libraries (transformers' config code, oneDNN, fbgemm): measure a second one
+model = turboseq.load(sys.argv[1], compute_type=sys.argv[2])
+del model
+gc.collect()
+release_free_memory()
+before = rss()
+model = turboseq.load(sys.argv[1], compute_type=sys.argv[2])
+print(json.dumps({"rss": rss() - before, "weights": weight_bytes(model.spec)}))
+"""
+
+
+def memory_after_load(model_dir: Path, compute_types: list[str]) -> list[dict]:
+    """Per compute type: ``rss_mb`` (resident memory the load added) and ``weights_mb`` (what the weights hold
+    as the runtime uses them, ``runtime.compute.weight_bytes``)."""
+    rows = []
+    for name in compute_types:
+        out = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(model_dir), name], capture_output=True, text=True, check=True
+        ).stdout
+        figures = json.loads(out.strip().splitlines()[-1])
+        rows.append(dict(compute_type=name, rss_mb=figures["rss"] / 2**20, weights_mb=figures["weights"] / 2**20))
+    return rows
+
+
+def format_memory_table(rows: list[dict]) -> str:
+    base = next((r for r in rows if r["compute_type"] == "float32"), rows[0])
+    lines = ["| compute type | resident after load (MB) | weights (MB) | weights / float32 |", "|---|---|---|---|"]
+    for r in rows:
+        share = r["weights_mb"] / base["weights_mb"]
+        lines.append(f"| {r['compute_type']} | {r['rss_mb']:.0f} | {r['weights_mb']:.0f} | {share:.2f} |")
+    return "\n".join(lines)
