@@ -197,6 +197,16 @@ def _engines(args, available: list[str]) -> list[str]:
 def _bench(args) -> int:
     from turboseq.bench import CAUSAL_ARCHS, ENCODER_ARCHS, SPEECH_ARCHS
 
+    if args.quality:
+        import json
+
+        from turboseq.bench.quality import run_quality
+        from turboseq.runtime.compute import supported_compute_types
+
+        results = run_quality(supported_compute_types())
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "quality.json").write_text(json.dumps(results, indent=2))
+        return 0
     if args.arch in CAUSAL_ARCHS:
         from turboseq.bench.causal import available_engines as causal_engines
         from turboseq.bench.causal import run_causal_bench
