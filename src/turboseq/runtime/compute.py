@@ -152,6 +152,9 @@ def prepare(spec, ct: ComputeType) -> None:
         elif lin.packed is None and lin.weight.device.type == "cpu":
             # no oneDNN: F.linear hands BLAS a contiguous [in, out] matrix, faster for few-row products
             lin.weight = lin.weight.t().contiguous().t()
+    for name in ("encoder", "decoder"):
+        if hasattr(spec, name) and ct.reduced:
+            getattr(spec, name).exact_attention = False
     # q/k/v and the cross-attention K/V come out in the attention precision (the cache's)
     for attn in _attentions(spec):
         for lin in (getattr(attn, "qkv", None), getattr(attn, "q", None), getattr(attn, "kv", None)):

@@ -285,6 +285,24 @@ def build_cross_kv(spec: Seq2SeqSpec, encoder_out: Tensor) -> list[tuple[Tensor,
     return kv
 
 
+# below this many query rows oneDNN's flash kernel is faster than two batched products
+_SMALL_QUERY_MIN_ROWS = 8
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None, exact: bool) -> Tensor:
+    """Attention of q [batch, heads, queries, head_dim] over k, v [batch, heads, keys, head_dim] (``mask``: bool,
+    True = attend, or an additive bias). In the reduced compute types, one decoded position per row over many
+    rows runs as two batched products around a float32 softmax: SDPA's CPU flash kernel is slower there (3-4x
+    in bfloat16; ``turboseq bench --profile``)."""
+    if exact or q.shape[0] * q.shape[2] < _SMALL_QUERY_MIN_ROWS:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float()
+    scores *= scale if scale is not None else q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else scores + mask
+    return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
+
+
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """RoPE on x [rows, len, heads, head_dim] with cos/sin [rows or 1, len, 1, head_dim], as transformers'
     ``apply_rotary_pos_emb`` computes it."""
@@ -336,6 +354,9 @@ def decode_step(
                 qk = _rotate(qk, cos, sin).to(v.dtype)
             q, k = qk[:, :, :heads], qk[:, :, heads:]
             keys, values = state.write(i, k, v)
+            if new_len == 1 and kv_heads == heads:
+                out = _attend(q.transpose(1, 2), keys, values, mask, attn.scale, stack.exact_attention)
+                return linear(_merge_heads(out), attn.out)
             out = F.scaled_dot_product_attention(
                 q.transpose(1, 2),
                 keys,
@@ -352,7 +373,7 @@ def decode_step(
             sentences, heads, _, head_dim = cross_k.shape
             # [sentences, heads, group * new_len, head_dim]: the beams of a sentence share its keys/values
             q = linear(h, attn.q).view(sentences, state.group * new_len, heads, head_dim).transpose(1, 2)
-            out = F.scaled_dot_product_attention(q, cross_k, cross_v, attn_mask=state.cross_mask, scale=attn.scale)
+            out = _attend(q, cross_k, cross_v, state.cross_mask, attn.scale, stack.exact_attention)
             return linear(out.transpose(1, 2).reshape(rows, new_len, heads * head_dim), attn.out)
 
         x = _sublayer(x, layer.self_attn_norm, stack.pre_norm, self_attention)

@@ -145,6 +145,9 @@ class Stack:
     final_norm: LayerNorm | None = None
     relative_bias: RelativePositionBias | None = None
     rotary: Rotary | None = None
+    # False in the reduced compute types: decoding attention may take the faster small-query path
+    # (``runtime.layers``), whose summation order differs from transformers' SDPA
+    exact_attention: bool = True
 
 
 @dataclass

@@ -293,8 +293,8 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
             "model": service.name,
             "model_type": model.config.get("model_type"),
             "task": task.name,
-            "compute_type": model.compute_type,
-            "dtype": model.compute_type,
+            "compute_type": getattr(model, "compute_type", "float32"),
+            "dtype": getattr(model, "compute_type", "float32"),
             "version": __version__,
             "streaming": task.streams,
             "routes": ["/", f"/models/{service.name}"]
