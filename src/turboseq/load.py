@@ -18,7 +18,7 @@ from turboseq.models.text import Seq2SeqModel
 from turboseq.runtime.compute import COMPUTE_TYPES, ComputeType, prepare, resolve_compute_type, supported_compute_types
 from turboseq.runtime.layers import ACTIVATIONS
 from turboseq.runtime.memory import release_free_memory, tune_malloc
-from turboseq.runtime.spec import CausalLMSpec, EncoderSpec, Seq2SeqSpec, map_tensors, shape_problems
+from turboseq.runtime.spec import CausalLMSpec, EncoderSpec, Seq2SeqSpec, map_tensors, shape_problems, stacks
 
 Model = Seq2SeqModel | SpeechModel | CausalLM | EncoderModel | ExportedEncoder
 
@@ -32,10 +32,7 @@ def _check_options(device: str, dtype: str | None, compute_type: str | None) -> 
         raise ValueError(f"`device` {device!r} is not a torch device ({err})") from None
     if dtype is not None and compute_type is not None and dtype != compute_type:
         raise ValueError(f"`dtype` {dtype!r} and `compute_type` {compute_type!r} disagree; pass one of them")
-    if dtype is not None and dtype not in ("float32", "bfloat16"):
-        # the older name of the option: float32 or bfloat16 only
-        if dtype == "float16":
-            resolve_compute_type(dtype, torch_device)
+    if dtype not in (None, "float32", "bfloat16", "float16"):  # the older name: float16 is refused below, with why
         raise ValueError(f"`dtype` must be one of float32, bfloat16, got {dtype!r} (see `compute_type` for int8)")
     return torch_device, resolve_compute_type(compute_type or dtype or "float32", torch_device)
 
@@ -70,8 +67,7 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None, comput
         return load_exported(path)  # it refuses any file that is not a safe turboseq export before torch reads it
     files = read_model_dir(path)
     spec = files.spec
-    stacks = [getattr(spec, name) for name in ("encoder", "decoder") if hasattr(spec, name)]
-    for layer in [layer for stack in stacks for layer in stack.layers]:
+    for layer in [layer for stack in stacks(spec) for layer in stack.layers]:
         if layer.ffn.activation not in ACTIVATIONS:
             raise ModelLoadError(
                 f"{Path(path) / 'config.json'}: unsupported activation {layer.ffn.activation!r}; "

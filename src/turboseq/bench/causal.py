@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from turboseq.bench.models import cache_root
+from turboseq.bench.models import cache_root, ct2_converted
 from turboseq.bench.seq2seq import compute_type_of, turboseq_engines
 from turboseq.bench.timing import median_seconds
 
@@ -104,11 +104,8 @@ class Engines:
         import ctranslate2
 
         if engine not in self.ct2:
-            ct2_dir = self.model_dir.with_name(self.model_dir.name + "-ct2")
-            if not (ct2_dir / "model.bin").is_file():
-                ctranslate2.converters.TransformersConverter(str(self.model_dir)).convert(str(ct2_dir), force=True)
             self.ct2[engine] = ctranslate2.Generator(
-                str(ct2_dir),
+                str(ct2_converted(self.model_dir)),
                 device="cpu",
                 compute_type=engine.split("-", 1)[1],
                 intra_threads=torch.get_num_threads(),

@@ -53,6 +53,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("TURBOSEQ_CACHE", Path.home() / ".cache" / "turboseq"))
 
 
+def ct2_converted(model_dir: Path) -> Path:
+    """``model_dir`` converted to CTranslate2's format beside it (``<dir>-ct2``), once."""
+    import ctranslate2
+
+    out = model_dir.with_name(model_dir.name + "-ct2")
+    if not (out / "model.bin").is_file():
+        ctranslate2.converters.TransformersConverter(str(model_dir)).convert(str(out), force=True)
+    return out
+
+
 def bench_sentences() -> list[str]:
     text = resources.files("turboseq").joinpath("data/sentences_en.txt").read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]

@@ -17,19 +17,11 @@ import re
 
 import torch
 
+from turboseq.bench.models import cache_root, ct2_converted
 from turboseq.bench.trained import TRAINED_ARCHS, prompt_text, task_pairs, trained_model
 
 SEQ2SEQ = ("marian", "t5", "bart")
 HELD_OUT_SEED = 777
-
-
-def _ct2_dir(model_dir):
-    import ctranslate2
-
-    out = model_dir.with_name(model_dir.name + "-ct2")
-    if not (out / "model.bin").is_file():
-        ctranslate2.converters.TransformersConverter(str(model_dir)).convert(str(out), force=True)
-    return out
 
 
 def _rows_until_eos(seq: torch.Tensor, eos: set[int], start: int) -> list[int]:
@@ -75,7 +67,7 @@ def _ct2_seq2seq(model_dir, tok, enc, reference, eos, n) -> dict:
         import ctranslate2
     except ImportError:
         return dict(engine="ctranslate2 int8", identical=None, agreement=None)
-    translator = ctranslate2.Translator(str(_ct2_dir(model_dir)), device="cpu", compute_type="int8")
+    translator = ctranslate2.Translator(str(ct2_converted(model_dir)), device="cpu", compute_type="int8")
     sources = [
         tok.convert_ids_to_tokens(ids[m.bool()].tolist()) for ids, m in zip(enc["input_ids"], enc["attention_mask"])
     ]
@@ -141,7 +133,7 @@ def _ct2_causal(model_dir, tok, prompts, reference, eos, n) -> dict:
         import ctranslate2
     except ImportError:
         return dict(engine="ctranslate2 int8", identical=None, agreement=None)
-    generator = ctranslate2.Generator(str(_ct2_dir(model_dir)), device="cpu", compute_type="int8")
+    generator = ctranslate2.Generator(str(ct2_converted(model_dir)), device="cpu", compute_type="int8")
     starts = [tok.convert_ids_to_tokens(p) for p in prompts]
     res = generator.generate_batch(starts, max_length=48, beam_size=1, include_prompt_in_result=False)
     eos_id = min(eos)
@@ -178,14 +170,12 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
 
 
 def whisper_quality(compute_types: list[str], clips: int = 6, log=print) -> list[dict]:
-    from pathlib import Path
-
     from turboseq.bench.speech import SENTENCES, synthesize, whisper_ct2_dir
     from turboseq.formats.audio import load_audio
     from turboseq.load import load
 
     ct2_dir = whisper_ct2_dir()
-    files = synthesize(SENTENCES[:clips], Path.home() / ".cache" / "turboseq" / "speech")
+    files = synthesize(SENTENCES[:clips], cache_root() / "speech")
     spoken = SENTENCES[:clips]
     exact = load(ct2_dir)
     waves = [load_audio(f) for f in files]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from turboseq.bench.models import bench_model_dir, bench_sentences
+from turboseq.bench.models import bench_model_dir, bench_sentences, ct2_converted
 from turboseq.bench.timing import median_seconds
 from turboseq.formats.tokenizer import load_tokenizer
 
@@ -37,7 +37,7 @@ def _inputs(tokenizer, batch: int):
 class Engines:
     """Builds each engine once; ``runner(engine, enc, beams, new_tokens)`` returns a zero-arg callable."""
 
-    def __init__(self, model_dir: Path, engines: list[str], ct2_dir: Path):
+    def __init__(self, model_dir: Path, engines: list[str]):
         from turboseq.load import load
 
         self.model_dir = model_dir
@@ -53,18 +53,14 @@ class Engines:
             # the forced length sets max_new_tokens next to the checkpoint's max_length: silence that notice
             hf_logging.set_verbosity_error()
             self.hf = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
-        self.ct2_dir = ct2_dir
 
     def _ct2(self, engine: str):
         """The CTranslate2 translator, converted and loaded on first use (after the PyTorch engines ran)."""
         import ctranslate2
 
         if engine not in self.ct2:
-            if not (self.ct2_dir / "model.bin").is_file():
-                converter = ctranslate2.converters.TransformersConverter(str(self.model_dir))
-                converter.convert(str(self.ct2_dir), force=True)
             self.ct2[engine] = ctranslate2.Translator(
-                str(self.ct2_dir),
+                str(ct2_converted(self.model_dir)),
                 device="cpu",
                 compute_type=engine.split("-", 1)[1],
                 intra_threads=torch.get_num_threads(),
@@ -142,7 +138,7 @@ def run_bench(
 ) -> list[Cell]:
     engines = engines or available_engines()
     model_dir = bench_model_dir(arch)
-    eng = Engines(model_dir, engines, model_dir.with_name(model_dir.name + "-ct2"))
+    eng = Engines(model_dir, engines)
     log(f"arch: {arch} | model: {model_dir} | threads: {torch.get_num_threads()} | forced length: {new_tokens} tokens")
     cells = []
     # engine by engine: once CTranslate2 has run in a process, PyTorch's small parallel ops there run about

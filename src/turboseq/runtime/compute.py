@@ -19,13 +19,14 @@ looked up into float32. Nothing here touches process-wide settings (matmul preci
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass
 from functools import cache
 
 import torch
 from torch import Tensor
 
-from turboseq.runtime.spec import Embeddings, Linear, linears
+from turboseq.runtime.spec import Embeddings, Linear, linears, parts, stacks
 
 COMPUTE_TYPES = ("float32", "bfloat16", "int8", "int8_bfloat16")
 
@@ -118,9 +119,7 @@ def _quantize(lin: Linear) -> None:
     scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
     zero = torch.zeros(w.shape[0], dtype=torch.long)
     # a deprecation warning says quantized tensors go away in some later torch; the range pinned in
-    # pyproject keeps them, and the bench's profile tracks the alternative (torch._int_mm)
-    import warnings
-
+    # pyproject keeps them (torch._int_mm is the alternative)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         qweight = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
@@ -132,9 +131,8 @@ def prepare(spec, ct: ComputeType) -> None:
     """Lay every linear out for the fastest product of ``ct`` (weights already on their device, float32 or
     the checkpoint's float type). Float32 keeps its dense weights (the LM head's exact greedy shortcut and the
     encoder export read them); reduced types keep only the packed form (a shape-only stand-in stays)."""
-    embeddings = [e for e in _embeddings(spec)]
     if ct.reduced:
-        for emb in embeddings:
+        for emb in parts(spec, Embeddings):
             emb.tokens = emb.tokens.to(torch.bfloat16)  # looked up into float32 (``runtime.layers.embed``)
     bf16 = "bfloat16" in supported_compute_types(spec_device(spec))
     for lin in linears(spec):
@@ -152,38 +150,19 @@ def prepare(spec, ct: ComputeType) -> None:
         elif lin.packed is None and lin.weight.device.type == "cpu":
             # no oneDNN: F.linear hands BLAS a contiguous [in, out] matrix, faster for few-row products
             lin.weight = lin.weight.t().contiguous().t()
-    for name in ("encoder", "decoder"):
-        if hasattr(spec, name) and ct.reduced:
-            getattr(spec, name).exact_attention = False
-    # q/k/v and the cross-attention K/V come out in the attention precision (the cache's)
-    for attn in _attentions(spec):
-        for lin in (getattr(attn, "qkv", None), getattr(attn, "q", None), getattr(attn, "kv", None)):
-            if lin is not None and ct.reduced:
-                lin.out_dtype = ct.attention
+    if not ct.reduced:
+        return
+    for stack in stacks(spec):
+        stack.exact_attention = False
+        for layer in stack.layers:
+            # q/k/v and the cross-attention K/V come out in the attention precision (the cache's)
+            layer.self_attn.qkv.out_dtype = ct.attention
+            if getattr(layer, "cross_attn", None) is not None:
+                layer.cross_attn.q.out_dtype = layer.cross_attn.kv.out_dtype = ct.attention
 
 
 def spec_device(spec) -> torch.device:
     return spec.lm_head.weight.device if hasattr(spec, "lm_head") else spec.encoder.embed.tokens.device
-
-
-def _embeddings(obj):
-    if isinstance(obj, Embeddings):
-        yield obj
-    elif isinstance(obj, list):
-        for item in obj:
-            yield from _embeddings(item)
-    elif hasattr(obj, "__dataclass_fields__"):
-        for name in obj.__dataclass_fields__:
-            yield from _embeddings(getattr(obj, name))
-
-
-def _attentions(spec):
-    stacks = [getattr(spec, name) for name in ("encoder", "decoder") if hasattr(spec, name)]
-    for stack in stacks:
-        for layer in stack.layers:
-            yield layer.self_attn
-            if getattr(layer, "cross_attn", None) is not None:
-                yield layer.cross_attn
 
 
 def weight_bytes(spec) -> int:

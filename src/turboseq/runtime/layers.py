@@ -59,23 +59,20 @@ def linear(x: Tensor, lin: Linear, activation: str | None = None) -> Tensor:
     """``activation(x @ W.T + b)`` in the linear's precision (``runtime.compute``): one fused oneDNN call when
     the weight is prepacked, fbgemm's int8 product when it is quantized. The input is cast to the weight's
     precision; q/k/v projections leave in ``lin.out_dtype``."""
+    fused = False
     if lin.int8:
         y = int8_linear(x, lin)
-        if activation is not None:
-            y = ACTIVATIONS[activation](y)
-    elif lin.packed is not None:
-        if x.dtype != lin.weight.dtype:
-            x = x.to(lin.weight.dtype)
-        post_op, algorithm = _FUSED.get(activation, ("none", ""))
-        y = torch.ops.mkldnn._linear_pointwise(x, lin.packed, lin.bias, post_op, [], algorithm)
-        if activation is not None and activation not in _FUSED:
-            y = ACTIVATIONS[activation](y)
     else:
         if x.dtype != lin.weight.dtype:
             x = x.to(lin.weight.dtype)
-        y = F.linear(x, lin.weight, lin.bias)
-        if activation is not None:
-            y = ACTIVATIONS[activation](y)
+        if lin.packed is not None:
+            post_op, algorithm = _FUSED.get(activation, ("none", ""))
+            y = torch.ops.mkldnn._linear_pointwise(x, lin.packed, lin.bias, post_op, [], algorithm)
+            fused = activation in _FUSED
+        else:
+            y = F.linear(x, lin.weight, lin.bias)
+    if activation is not None and not fused:
+        y = ACTIVATIONS[activation](y)
     return y if lin.out_dtype is None else y.to(lin.out_dtype)
 
 

@@ -288,16 +288,26 @@ def map_tensors(obj, fn, _done: dict | None = None):
             map_tensors(value, fn, done)
 
 
-def linears(obj):
-    """Every ``Linear`` inside a spec tree."""
-    if isinstance(obj, Linear):
+def parts(obj, kind: type):
+    """Every ``kind`` object (``Linear``, ``Embeddings``, ...) inside a spec tree."""
+    if isinstance(obj, kind):
         yield obj
     elif isinstance(obj, list):
         for item in obj:
-            yield from linears(item)
+            yield from parts(item, kind)
     elif hasattr(obj, "__dataclass_fields__"):
         for f in fields(obj):
-            yield from linears(getattr(obj, f.name))
+            yield from parts(getattr(obj, f.name), kind)
+
+
+def linears(obj):
+    """Every ``Linear`` inside a spec tree."""
+    return parts(obj, Linear)
+
+
+def stacks(spec) -> list[Stack]:
+    """The encoder and/or decoder stack of a spec."""
+    return [getattr(spec, name) for name in ("encoder", "decoder") if hasattr(spec, name)]
 
 
 def shape_problems(spec: Seq2SeqSpec | EncoderSpec | CausalLMSpec) -> list[str]:
