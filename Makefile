@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# the CPU build of torch that lies on disk; must come before anything that depends on torch
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[bench,test,serve,lint]'
+	$(PIP) install -q -e '.[bench,test,serve,lint,ray]'
 	touch $(STAMP)
 
 # espeak-ng synthesizes the speech that Whisper tests, bench and demo transcribe (Debian package)

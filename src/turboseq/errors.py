@@ -21,3 +21,20 @@ class InputTooLong(ValueError):
     def __init__(self, index: int, tokens: int, limit: int, hint: str = "pass truncation=True to cut it"):
         super().__init__(f"input {index} has {tokens} tokens; the model accepts at most {limit} ({hint})")
         self.index, self.tokens, self.limit = index, tokens, limit
+
+
+class MissingExtra(ImportError):
+    """An optional feature whose packages are not installed; the message names the extra that installs them."""
+
+
+def require_extra(module: str, extra: str, feature: str):
+    """``import module``, or ``MissingExtra`` naming ``pip install 'turboseq[extra]'``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingExtra(
+            f"{feature} needs the `{module.split('.')[0]}` package ({err.name or module} is not installed): "
+            f"pip install 'turboseq[{extra}]'"
+        ) from None

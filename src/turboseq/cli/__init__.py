@@ -1,4 +1,4 @@
-"""Command line: ``turboseq translate | generate | transcribe | embed | export | serve | bench``.
+"""Command line: ``turboseq translate | generate | transcribe | embed | export | serve | batch | bench``.
 
 The parser (verbs, options) is ``cli.parser``; here each verb loads its model and runs."""
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from turboseq.cli.parser import CAUSAL_NEW_TOKENS, VERB_KINDS, build_parser
+from turboseq.errors import MissingExtra
 
 __all__ = ["main", "build_parser", "VERB_KINDS"]
 
@@ -172,6 +173,24 @@ def _serve(args) -> int:
         body_timeout_s=args.body_timeout_s,
         keep_alive_timeout_s=args.keep_alive_timeout_s,
     )
+    if args.ray:
+        from turboseq.serving.rayserve import serve_on_ray
+
+        if args.max_connections != 512 or args.header_timeout_s != 10.0 or args.keep_alive_timeout_s != 5.0:
+            raise ValueError("--max-connections and the header/keep-alive timeouts are Ray's proxy's under --ray")
+        return serve_on_ray(
+            args.model,
+            args.host,
+            args.port,
+            config,
+            compute_type=args.compute_type or args.dtype,
+            replicas=args.replicas,
+            max_replicas=args.max_replicas,
+            num_cpus=args.num_cpus_per_replica,
+            address=args.ray_address,
+        )
+    if args.replicas != 1 or args.max_replicas or args.ray_address or args.num_cpus_per_replica != 1.0:
+        raise ValueError("--replicas, --max-replicas, --num-cpus-per-replica and --ray-address need --ray")
     return serve(
         args.model,
         args.host,
@@ -181,6 +200,47 @@ def _serve(args) -> int:
         compute_type=args.compute_type,
         log_level=args.log_level,
     )
+
+
+def _batch(args) -> int:
+    import json
+
+    from turboseq.batch import run_job
+
+    _check_kind(args, "batch")
+    options = {}
+    if args.parameters:
+        try:
+            options = json.loads(args.parameters)
+        except ValueError as err:
+            raise ValueError(f"--parameters: not JSON ({err})") from None
+        if not isinstance(options, dict):
+            raise ValueError("--parameters: expected a JSON object of option names and values")
+    for name in ("num_beams", "max_new_tokens"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    if args.compute_type or args.dtype:
+        options["compute_type"] = args.compute_type or args.dtype
+    if not args.ray and (args.ray_address or args.concurrency != 1 or args.num_cpus is not None):
+        raise ValueError("--ray-address, --concurrency and --num-cpus need --ray")
+    result = run_job(
+        args.model,
+        args.input,
+        args.output,
+        column=args.column,
+        output_column=args.output_column,
+        task=args.task,
+        use_ray=args.ray,
+        ray_address=args.ray_address,
+        concurrency=args.concurrency,
+        num_cpus=args.num_cpus,
+        batch_size=args.batch_size,
+        shard_rows=args.shard_rows,
+        progress=not args.no_progress,
+        **options,
+    )
+    print(result.summary(), file=sys.stderr)
+    return 0
 
 
 def _engines(args, available: list[str]) -> list[str]:
@@ -266,6 +326,7 @@ VERBS = {
     "embed": _embed,
     "export": _export,
     "serve": _serve,
+    "batch": _batch,
     "bench": _bench,
 }
 
@@ -274,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return VERBS[args.verb](args)
-    except (ValueError, OSError) as err:  # ModelLoadError, AudioError, InputTooLong are ValueErrors
+    except (ValueError, OSError, MissingExtra) as err:  # ModelLoadError, AudioError, InputTooLong are ValueErrors
         message = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else str(err)
         print(f"turboseq: error: {message}", file=sys.stderr)
         return 2

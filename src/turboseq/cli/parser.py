@@ -63,6 +63,7 @@ VERB_KINDS = {
     "embed": ("encoder", "export"),
     "export": ("encoder",),
     "serve": ("seq2seq", "causal", "speech", "encoder", "export"),
+    "batch": ("seq2seq", "causal", "speech", "encoder", "export"),
 }
 
 
@@ -191,6 +192,46 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", required=True, metavar="DIR", help="Hugging Face encoder directory")
     ex.add_argument("--out", required=True, metavar="FILE", help="output file (.pt2)")
 
+    ba = verbs.add_parser(
+        "batch",
+        help="one task over a table's rows (Parquet, JSON lines, CSV), locally or on Ray",
+        description="Run the model's task (translate, generate, embed, transcribe) over one column of a table and "
+        "write OUTPUT/part-NNNNN.<format>: every input column plus the output column, in input order, "
+        "--shard-rows rows per shard. A rerun with the same options skips the shards already written, so a "
+        "killed job resumes. With --ray, Ray Data runs --concurrency actors of --num-cpus CPUs each (a local "
+        "Ray, or the cluster at --ray-address or RAY_ADDRESS; pip install 'turboseq[ray]').",
+    )
+    ba.add_argument("--model", required=True, metavar="DIR", help="model directory")
+    ba.add_argument("--input", required=True, metavar="FILE", help="input table: .parquet, .jsonl (.ndjson) or .csv")
+    ba.add_argument("--output", required=True, metavar="DIR", help="output directory of shards (same format)")
+    ba.add_argument(
+        "--task",
+        choices=["translate", "generate", "embed", "transcribe"],
+        help="default: the model's (translate for text-to-text, generate for decoder-only)",
+    )
+    ba.add_argument("--column", help="input column (default: text; audio paths for transcribe: audio)")
+    ba.add_argument(
+        "--output-column",
+        help="default: translation, generated_text, embedding or transcription",
+    )
+    ba.add_argument("--num-beams", type=_positive_int, help="beam size (transcribe: --parameters beam_size)")
+    ba.add_argument("--max-new-tokens", type=_positive_int, help="maximum new tokens per output")
+    ba.add_argument(
+        "--parameters",
+        metavar="JSON",
+        help="other options of the task's helper, e.g. '{\"no_repeat_ngram_size\": 3}' or '{\"beam_size\": 5}'",
+    )
+    ba.add_argument("--batch-size", type=_positive_int, default=64, help="rows per engine batch (default: 64)")
+    ba.add_argument("--shard-rows", type=_positive_int, default=1000, help="rows per output shard (default: 1000)")
+    ba.add_argument("--ray", action="store_true", help="run on Ray Data instead of this process")
+    ba.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    ba.add_argument("--concurrency", type=_positive_int, default=1, help="--ray: model actors (default: 1)")
+    ba.add_argument(
+        "--num-cpus", type=lambda t: _number(t, 0), help="--ray: CPUs per actor, its torch threads (default: 1)"
+    )
+    _dtype_option(ba)
+    ba.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
     sv = verbs.add_parser(
         "serve",
         help="HTTP server with dynamic batching, streaming and metrics",
@@ -248,6 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="an idle keep-alive connection is closed after this (default: 5)",
     )
+    ray = sv.add_argument_group("Ray Serve (pip install 'turboseq[ray]')")
+    ray.add_argument(
+        "--ray", action="store_true", help="serve as a Ray Serve deployment: same routes, one model per replica"
+    )
+    ray.add_argument("--replicas", type=_positive_int, default=1, help="--ray: replicas (default: 1)")
+    ray.add_argument("--max-replicas", type=_positive_int, help="--ray: autoscale from --replicas up to this many")
+    ray.add_argument(
+        "--num-cpus-per-replica",
+        type=_seconds,
+        default=1.0,
+        help="--ray: CPUs per replica, its torch threads (default: 1)",
+    )
+    ray.add_argument("--ray-address", help="--ray: join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     sv.add_argument("--no-batching", action="store_true", help="one request per engine call (for comparison)")
     _dtype_option(sv)
     sv.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
