@@ -10,6 +10,7 @@ batch with one more column, in the same row order. The engine sorts the rows of 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,6 +53,14 @@ def _kinds_for(task: str) -> str:
     return " or ".join(kind for kind, tasks in KIND_TASKS.items() if task in tasks) + " model"
 
 
+def _missing(value) -> bool:
+    """None, NaN (pandas' missing float) or pandas.NA (its missing string)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return True
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and value is pandas.NA
+
+
 class Predictor:
     """One turboseq model applied to batches of rows: ``predictor(batch) -> batch`` with ``output_column`` added.
 
@@ -59,7 +68,7 @@ class Predictor:
     "transcribe" (Whisper; the input column holds file paths or the files' bytes). Default: the model's own.
     ``options`` go to the task's helper (``translate(texts, num_beams=4)``, ``embed(texts, normalize=True)``,
     ``transcribe(audio, beam_size=5)``, ...) and are checked when the predictor is built.
-    Missing text (None) gives an empty output, as an empty string does."""
+    Missing text (None, NaN, pandas.NA) gives an empty output, as an empty string does."""
 
     task: str | None = None  # subclasses fix it
 
@@ -104,7 +113,7 @@ class Predictor:
         if self.task_name == "transcribe":
             audio = [bytes(v) if isinstance(v, (bytes, bytearray, memoryview)) else str(v) for v in values]
             return [t.text for t in m.transcribe(audio, **opts)]
-        texts = ["" if v is None else str(v) for v in values]
+        texts = ["" if _missing(v) else str(v) for v in values]
         if self.task_name == "embed":
             return m.embed(texts, **opts).numpy()  # [rows, width] float32
         run = m.translate if self.task_name == "translate" else m.generate_text

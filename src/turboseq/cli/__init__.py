@@ -188,6 +188,7 @@ def _serve(args) -> int:
             max_replicas=args.max_replicas,
             num_cpus=args.num_cpus_per_replica,
             address=args.ray_address,
+            log_level=args.log_level,
         )
     if args.replicas != 1 or args.max_replicas or args.ray_address or args.num_cpus_per_replica != 1.0:
         raise ValueError("--replicas, --max-replicas, --num-cpus-per-replica and --ray-address need --ray")

@@ -161,6 +161,22 @@ def _like(default, value):
     return int(value) if value.isdigit() else value
 
 
+def deploy_failure(app_name: str = APP_NAME) -> str | None:
+    """Why the application's replicas failed to start: the last line of the error a replica raised (e.g.
+    ``turboseq.errors.ModelLoadError: DIR/model.safetensors: cannot read weights (...)``), or None."""
+    from ray import serve
+
+    try:
+        status = serve.status().applications[app_name]
+    except (KeyError, Exception):
+        return None
+    for dep in status.deployments.values():
+        lines = [line.strip() for line in (dep.message or "").splitlines() if line.strip()]
+        if lines:
+            return lines[-1]
+    return None
+
+
 def serve_on_ray(
     model_dir: str,
     host: str,
@@ -172,6 +188,7 @@ def serve_on_ray(
     max_replicas: int | None = None,
     num_cpus: float = 1.0,
     address: str | None = None,
+    log_level: str = "info",
 ) -> int:
     """``turboseq serve --ray``: start (or join, with ``address``) Ray, run the application on ``host:port``
     and wait for SIGTERM/SIGINT, then shut Serve down (requests in flight finish). Returns the exit code."""
@@ -181,7 +198,11 @@ def serve_on_ray(
         model_dir, config=config, compute_type=compute_type, replicas=replicas, max_replicas=max_replicas,
         num_cpus=num_cpus,
     )  # fmt: skip
-    ray.init(address=address, include_dashboard=False, configure_logging=False)
+    import logging
+
+    # replicas log to their Ray log files, not here: a replica's traceback is summed up in one line below
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    logging.getLogger("ray.serve").setLevel(getattr(logging, log_level.upper(), logging.INFO))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -189,10 +210,13 @@ def serve_on_ray(
         serve.start(http_options={"host": host, "port": port})
         serve.run(app, name=APP_NAME, route_prefix="/")
     except RuntimeError as err:  # the replicas failed to start: their error, one line
+        reason = deploy_failure(APP_NAME) or str(err).strip()
         serve.shutdown()
         ray.shutdown()
-        raise ValueError(f"Ray Serve could not start {model_dir}: {str(err).strip().splitlines()[-1]}") from None
-    print(f"turboseq: serving {model_dir} on Ray Serve at http://{host}:{port} ({replicas} replicas)", flush=True)
+        raise ValueError(f"Ray Serve could not start {model_dir}: {reason}") from None
+    logs = Path(ray.get_runtime_context().get_temp_dir()) / "session_latest" / "logs" / "serve"
+    print(f"turboseq: serving {model_dir} on Ray Serve at http://{host}:{port} ({replicas} replicas; logs: {logs})",
+          flush=True)  # fmt: skip
     stop.wait()
     serve.shutdown()
     ray.shutdown()
