@@ -22,18 +22,31 @@ from turboseq.bench.clients import normal_load, rss_mb
 from turboseq.serving.process import ServerProcess
 
 
-def run(model_dir: Path, clients: int, seconds: float, batching: bool, params: dict, sentences: list[str]) -> dict:
+def run(
+    model_dir: Path,
+    clients: int,
+    seconds: float,
+    batching: bool,
+    params: dict,
+    sentences: list[str],
+    server_args: tuple[str, ...] = (),
+    expected: dict | None = None,
+) -> dict:
+    """One server (``turboseq serve`` with ``server_args``) under ``clients`` clients for ``seconds``. Answers
+    are checked against ``expected`` (sentence -> answer), by default each sentence's answer alone from this
+    server."""
     import httpx
 
-    server = ServerProcess(model_dir, *(() if batching else ("--no-batching",)), capture=False)
+    server = ServerProcess(model_dir, *(() if batching else ("--no-batching",)), *server_args, capture=False)
     url = server.url
     try:
-        expected = {}
+        alone = {}
         for text in dict.fromkeys(sentences):  # every answer alone, before any load
             r = httpx.post(url + "/", json={"inputs": text, "parameters": params}, timeout=120)
             if r.status_code != 200:
                 raise RuntimeError(f"single request failed ({r.status_code}): {r.text}")
-            expected[text] = r.json()[0]
+            alone[text] = r.json()[0]
+        expected = expected or alone
         rss_before = rss_mb(server.pid)  # the server as it is once ready (it warms itself up)
         result = asyncio.run(normal_load(url, sentences, expected, params, clients, seconds, server.pid))
         rss_after = rss_mb(server.pid)
@@ -42,6 +55,7 @@ def run(model_dir: Path, clients: int, seconds: float, batching: bool, params: d
     result.update(
         batching=batching,
         clients=clients,
+        answers_alone=alone,
         rss_before_mb=rss_before,
         rss_after_mb=rss_after,
         rss_max_mb=max(result["rss_samples_mb"] + [rss_after]),
@@ -102,7 +116,7 @@ def main(argv=None) -> int:
     results = []
     for batching in modes:
         r = run(model_dir, args.clients, args.seconds, batching, params, bench_sentences())
-        print(json.dumps(r), flush=True)
+        print(json.dumps({k: v for k, v in r.items() if k != "answers_alone"}), flush=True)
         results.append(r)
     table = format_results(results)
     print("\n" + table)

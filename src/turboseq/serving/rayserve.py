@@ -116,6 +116,8 @@ def deployment(
         # the replica's own queue does the admission (429 past --max-queue); Ray must not hold requests back
         max_ongoing_requests=config.max_queue + config.max_batch_size,
         health_check_period_s=5,
+        # a log line per request costs the replica CPU that the model needs; errors still reach the log
+        logging_config={"enable_access_log": False, "log_level": "WARNING"},
     )
     if max_replicas is not None:
         options["autoscaling_config"] = dict(
@@ -207,7 +209,10 @@ def serve_on_ray(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        serve.start(http_options={"host": host, "port": port})
+        serve.start(
+            http_options={"host": host, "port": port},
+            logging_config={"enable_access_log": False, "log_level": log_level.upper()},
+        )
         serve.run(app, name=APP_NAME, route_prefix="/")
     except RuntimeError as err:  # the replicas failed to start: their error, one line
         reason = deploy_failure(APP_NAME) or str(err).strip()
