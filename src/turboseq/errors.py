@@ -34,7 +34,8 @@ def require_extra(module: str, extra: str, feature: str):
     try:
         return importlib.import_module(module)
     except ImportError as err:
+        top, name = module.split(".")[0], err.name or module
+        shown = top if name.split(".")[0] == top else name  # ray itself, or a package ray needs
         raise MissingExtra(
-            f"{feature} needs the `{module.split('.')[0]}` package ({err.name or module} is not installed): "
-            f"pip install 'turboseq[{extra}]'"
+            f"{feature} needs `{shown}`, which is not installed: pip install 'turboseq[{extra}]'"
         ) from None

@@ -2,6 +2,8 @@
 shards resume; bad jobs fail with one line that names the problem."""
 
 import json
+import re
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -136,3 +138,25 @@ def test_cli_batch(marian_one, tmp_path):
         args = ["batch", "--model", str(path), "--input", str(src), "--output", str(tmp_path / "o2"), *extra]
         res = run_cli(*args)
         assert res.returncode == 2 and res.stderr.count("\n") == 1 and message in res.stderr, (extra, res.stderr)
+
+
+def test_without_ray_installed(marian_one, tmp_path, monkeypatch, capsys):
+    """Without the extra, the Ray features fail in one line that names it; the local job needs no Ray."""
+    from turboseq.cli import main
+    from turboseq.errors import MissingExtra
+    from turboseq.serving.rayserve import deployment
+
+    _, path = marian_one
+    for name in ("ray", "ray.data", "ray.serve"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    src = tmp_path / "in.jsonl"
+    _write_jsonl(src, ["hello"])
+    message = "needs `ray`, which is not installed: pip install 'turboseq[ray]'"
+    with pytest.raises(MissingExtra, match=re.escape("turboseq batch --ray " + message)):
+        run_job(path, src, tmp_path / "out", use_ray=True)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(MissingExtra, match=re.escape("Ray Serve deployment " + message)):
+        deployment(path)
+    assert main(["batch", "--model", str(path), "--input", str(src), "--output", str(tmp_path / "o"), "--ray"]) == 2
+    assert capsys.readouterr().err == f"turboseq: error: turboseq batch --ray {message}\n"
+    assert run_job(path, src, tmp_path / "local", progress=False).written == 1

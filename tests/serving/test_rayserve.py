@@ -131,3 +131,22 @@ def test_broken_model_never_healthy(servers, marian_one, tmp_path):
     assert httpx.get(ray_url + "/broken/health").status_code != 200
     serve.delete("broken")
     assert httpx.get(ray_url + "/health").json() == {"status": "ok"}  # the other application is untouched
+
+
+def test_app_builder_arguments(marian_one):
+    """``serve run turboseq.serving.rayserve:app_builder key=value ...``: strings become the settings' types."""
+    from ray.serve import Application
+
+    from turboseq.serving.rayserve import app_builder
+
+    _, path = marian_one
+    app = app_builder({"model": str(path), "replicas": "2", "max_batch_size": "8", "batching": "false"})
+    assert isinstance(app, Application)
+    kwargs_config = app._bound_deployment.init_args[1]
+    assert kwargs_config["max_batch_size"] == 8 and kwargs_config["batching"] is False
+    with pytest.raises(ValueError, match="unknown argument"):
+        app_builder({"model": str(path), "max_batch_sise": "8"})
+    with pytest.raises(ValueError, match=r"`max_batch_size` must be an integer >= 1, got 0"):
+        app_builder({"model": str(path), "max_batch_size": "0"})
+    with pytest.raises(ValueError, match="app_builder needs model=DIR"):
+        app_builder({})

@@ -53,6 +53,8 @@ def run_job(
     ``num_cpus`` CPUs each (a local Ray, or the cluster at ``ray_address``); without it, this process runs it."""
     from turboseq.load import inspect
 
+    if use_ray:  # before anything is read or written
+        require_extra("ray.data", "ray", "turboseq batch --ray")
     for name, value in (("batch_size", batch_size), ("shard_rows", shard_rows), ("concurrency", concurrency)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")

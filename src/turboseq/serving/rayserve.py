@@ -201,7 +201,12 @@ def serve_on_ray(
         num_cpus=num_cpus,
     )  # fmt: skip
     import logging
+    import os
 
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        # a local Ray started here: its workers (the replicas, the proxy) at the priority `turboseq serve` has;
+        # Ray's default (15) leaves the model less CPU than any other process on the machine
+        os.environ.setdefault("RAY_worker_niceness", "0")
     # replicas log to their Ray log files, not here: a replica's traceback is summed up in one line below
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     logging.getLogger("ray.serve").setLevel(getattr(logging, log_level.upper(), logging.INFO))
