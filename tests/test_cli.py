@@ -135,19 +135,19 @@ WRONG_KIND = [
         "translate",
         "speech",
         "a speech-to-text (Whisper) model (whisper); `turboseq translate` does not serve it "
-        "(its verbs: turboseq transcribe, turboseq serve)",
+        "(its verbs: turboseq transcribe, turboseq serve, turboseq batch)",
     ),
     (
         "generate",
         "encoder",
         "an encoder (embedding) model (bert); `turboseq generate` does not serve it "
-        "(its verbs: turboseq embed, turboseq export, turboseq serve)",
+        "(its verbs: turboseq embed, turboseq export, turboseq serve, turboseq batch)",
     ),
     (
         "embed",
         "seq2seq",
         "a text-to-text model (marian); `turboseq embed` does not serve it "
-        "(its verbs: turboseq translate, turboseq generate, turboseq serve)",
+        "(its verbs: turboseq translate, turboseq generate, turboseq serve, turboseq batch)",
     ),
     ("transcribe", "seq2seq", "a text-to-text model (marian); `turboseq transcribe` does not serve it"),
     ("export", "speech", "a speech-to-text (Whisper) model (whisper); `turboseq export` does not serve it"),
@@ -164,6 +164,8 @@ def _verb_args(verb: str, model, tmp_path) -> list:
         return [verb, "--model", model, "--out", tmp_path / "x.pt2"]
     if verb == "serve":
         return [verb, "--model", model, "--port", "1"]
+    if verb == "batch":
+        return [verb, "--model", model, "--input", tmp_path / "in.jsonl", "--output", tmp_path / "out"]
     return [verb, "--model", model]
 
 
@@ -175,7 +177,7 @@ def test_a_verb_refuses_the_wrong_kind_of_model_in_one_line(model_dirs, tmp_path
     assert res.stderr.startswith(f"turboseq: error: {model_dirs[kind]} is ") and words in res.stderr
 
 
-@pytest.mark.parametrize("verb", ["translate", "generate", "transcribe", "embed", "export", "serve"])
+@pytest.mark.parametrize("verb", ["translate", "generate", "transcribe", "embed", "export", "serve", "batch"])
 def test_every_verb_gives_one_line_for_a_missing_dir_or_a_file(model_dirs, tmp_path, verb):
     missing = tmp_path / "missing"
     res = run_cli(*_verb_args(verb, missing, tmp_path), stdin="Hello\n")
