@@ -246,7 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=_port, default=8000, help="port (default: 8000)")
     sv.add_argument("--max-batch-size", type=_positive_int, default=32, help="inputs per engine batch and per request")
     sv.add_argument("--max-batch-tokens", type=_positive_int, default=8192, help="padded input tokens per engine batch")
-    sv.add_argument("--batch-wait-ms", type=_wait_ms, default=5.0, help="how long a batch waits for more requests")
+    sv.add_argument(
+        "--batch-wait-ms",
+        type=_wait_ms,
+        default=5.0,
+        help="how long a batch waits for more requests (up to 4x while they keep arriving)",
+    )
     sv.add_argument("--max-queue", type=_positive_int, default=256, help="waiting requests before 429")
     sv.add_argument("--request-timeout-s", type=_seconds, default=60.0, help="per-request limit before 504")
     sv.add_argument("--max-input-tokens", type=_positive_int, help="per-input token limit (default: the model's)")
