@@ -144,6 +144,7 @@ def test_app_builder_arguments(marian_one):
     assert isinstance(app, Application)
     kwargs_config = app._bound_deployment.init_args[1]
     assert kwargs_config["max_batch_size"] == 8 and kwargs_config["batching"] is False
+    assert kwargs_config["batch_wait_ms"] == 20.0  # Ray's default: requests come through the proxy spread out
     with pytest.raises(ValueError, match="unknown argument"):
         app_builder({"model": str(path), "max_batch_sise": "8"})
     with pytest.raises(ValueError, match=r"`max_batch_size` must be an integer >= 1, got 0"):

@@ -157,7 +157,7 @@ def _serve(args) -> int:
     config = ServerConfig(
         max_batch_size=args.max_batch_size,
         max_batch_tokens=args.max_batch_tokens,
-        batch_wait_ms=args.batch_wait_ms,
+        batch_wait_ms=args.batch_wait_ms if args.batch_wait_ms is not None else 20.0 if args.ray else 5.0,
         max_queue=args.max_queue,
         request_timeout_s=args.request_timeout_s,
         max_input_tokens=args.max_input_tokens,

@@ -249,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--batch-wait-ms",
         type=_wait_ms,
-        default=5.0,
-        help="how long a batch waits for more requests (up to 4x while they keep arriving)",
+        help="how long a batch waits for more requests, up to 4x while they keep arriving (default: 5; 20 with "
+        "--ray, where requests reach a replica through Ray's proxy, tens of milliseconds apart)",
     )
     sv.add_argument("--max-queue", type=_positive_int, default=256, help="waiting requests before 429")
     sv.add_argument("--request-timeout-s", type=_seconds, default=60.0, help="per-request limit before 504")
