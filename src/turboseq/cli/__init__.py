@@ -152,12 +152,13 @@ def _export(args) -> int:
 def _serve(args) -> int:
     from turboseq.serving.app import serve
     from turboseq.serving.config import ServerConfig
+    from turboseq.serving.rayserve import BATCH_WAIT_MS as RAY_WAIT_MS  # imports no Ray
 
     _check_kind(args, "serve")  # the server loads the model itself
     config = ServerConfig(
         max_batch_size=args.max_batch_size,
         max_batch_tokens=args.max_batch_tokens,
-        batch_wait_ms=args.batch_wait_ms if args.batch_wait_ms is not None else 20.0 if args.ray else 5.0,
+        batch_wait_ms=args.batch_wait_ms if args.batch_wait_ms is not None else RAY_WAIT_MS if args.ray else 5.0,
         max_queue=args.max_queue,
         request_timeout_s=args.request_timeout_s,
         max_input_tokens=args.max_input_tokens,
