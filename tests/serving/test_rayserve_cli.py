@@ -17,6 +17,7 @@ def test_serve_ray_command(marian_one):
         r = httpx.post(server.url + "/", json={"inputs": ["hello world"], "parameters": kw}, timeout=60)
         assert r.status_code == 200 and r.headers["x-turboseq-replica"]
         assert r.json() == [{"translation_text": model.translate(["hello world"], **kw)[0]}]
+        assert httpx.get(server.url + "/info").json()["limits"]["batch_wait_ms"] == 20.0  # Ray's default
     finally:
         assert server.stop() == 0
 
