@@ -160,3 +160,18 @@ def test_without_ray_installed(marian_one, tmp_path, monkeypatch, capsys):
     assert main(["batch", "--model", str(path), "--input", str(src), "--output", str(tmp_path / "o"), "--ray"]) == 2
     assert capsys.readouterr().err == f"turboseq: error: turboseq batch --ray {message}\n"
     assert run_job(path, src, tmp_path / "local", progress=False).written == 1
+
+
+def test_generation_tasks(gpt2_text, marian_one):
+    """Decoder-only continuation (the default task of a causal model) and text-to-text `generate`."""
+    from turboseq.batch import TextGenerator
+
+    model, _, _, path = gpt2_text
+    prompts = ["hello there", "", "the quick brown fox"]
+    out = Predictor(str(path), max_new_tokens=5, output_column="continuation")({"text": prompts})
+    expected = model.generate_text(prompts, max_new_tokens=5)
+    assert list(out["continuation"]) == expected and all(expected)
+    assert Predictor(str(path)).task_name == "generate"
+    seq2seq, spath = marian_one
+    out = TextGenerator(str(spath), **GEN)({"text": np.array(prompts, dtype=object)})
+    assert list(out["generated_text"]) == seq2seq.generate_text(prompts, **GEN)
