@@ -80,17 +80,13 @@ class Manifest:
                 old = None
             mine = json.loads(json.dumps(asdict(self)))  # tuples etc. as they come back from JSON
             if old != mine:
-                diff = (
-                    [k for k in mine if not isinstance(old, dict) or old.get(k) != mine[k]]
-                    if isinstance(old, dict)
-                    else ["manifest"]
-                )
+                diff = [k for k in mine if old.get(k) != mine[k]] if isinstance(old, dict) else ["manifest"]
                 raise ValueError(
                     f"{out_dir} holds shards of another job (it differs in: {', '.join(diff)}); "
                     "use another --output, or delete it to start over"
                 )
             return
-        elif any(out_dir.glob("part-*")):
+        if any(out_dir.glob("part-*")):
             raise ValueError(f"{out_dir} holds shards but no {MANIFEST}; use another --output")
         out_dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(asdict(self), indent=2) + "\n"))

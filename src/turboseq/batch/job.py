@@ -83,6 +83,10 @@ def run_job(
         format=fmt,
     ).check_or_write(out_dir)
     shards = -(-table.num_rows // shard_rows)
+
+    def shard_len(k: int) -> int:  # the last shard may be short
+        return min(shard_rows, table.num_rows - k * shard_rows)
+
     todo = [k for k in range(shards) if not shard_path(out_dir, k, fmt).exists()]
     result = JobResult(table.num_rows, shards, len(todo), shards - len(todo), out_dir)
     if not todo:
@@ -90,43 +94,44 @@ def run_job(
     predictor_kwargs = dict(
         input_column=column, output_column=output_column, task=task, compute_type=compute_type, **options
     )
-    rows = sum(min(shard_rows, table.num_rows - k * shard_rows) for k in todo)
+    rows = sum(shard_len(k) for k in todo)
     from turboseq.models.progress import progress_bar
 
     with progress_bar(progress, rows, "row", task) as bar:
 
         def finish(k: int, outputs) -> None:
-            start = k * shard_rows
-            part = table.slice(start, min(shard_rows, table.num_rows - start))
+            part = table.slice(k * shard_rows, shard_len(k))
             write_shard(
                 shard_path(out_dir, k, fmt), part.append_column(output_column, output_array(outputs, task)), fmt
             )
 
         if use_ray:
             ray_args = (ray_address, concurrency, num_cpus)
-            _run_on_ray(model, table, column, todo, shard_rows, batch_size, predictor_kwargs, bar, finish, *ray_args)
+            _run_on_ray(model, table, column, todo, shard_rows, shard_len, batch_size, predictor_kwargs, bar, finish,
+                        *ray_args)  # fmt: skip
         else:
             predictor = Predictor(model, **predictor_kwargs)
             for k in todo:
                 part = table.slice(k * shard_rows, shard_rows).column(column).to_pylist()
                 outputs = []
                 for i in range(0, len(part), batch_size):
-                    outputs.extend(predictor.run(part[i : i + batch_size]))
-                    bar.update(len(part[i : i + batch_size]))
+                    chunk = part[i : i + batch_size]
+                    outputs.extend(predictor.run(chunk))
+                    bar.update(len(chunk))
                 finish(k, outputs)
     return result
 
 
 def _run_on_ray(
-    model, table, column, todo, shard_rows, batch_size, predictor_kwargs, bar, finish, address, concurrency, num_cpus
-) -> None:
+    model, table, column, todo, shard_rows, shard_len, batch_size, predictor_kwargs, bar, finish, address,
+    concurrency, num_cpus,
+) -> None:  # fmt: skip
     """The shards ``todo`` through Ray Data: blocks of ``batch_size`` rows, one map task each on an actor pool of
     ``concurrency`` predictors; a shard is written as soon as all its rows came back (a task whose actor died
     is retried on a restarted actor by Ray Data, so each row comes back exactly once)."""
     import numpy as np
 
-    ray = require_extra("ray", "ray", "turboseq batch --ray")
-    require_extra("ray.data", "ray", "turboseq batch --ray")
+    ray = require_extra("ray", "ray", "turboseq batch --ray")  # ray.data: imported by run_job's first check
     pa = require_extra("pyarrow", "batch", "turboseq batch")
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -153,7 +158,7 @@ def _run_on_ray(
         for row, value in zip(batch[ROW].tolist(), batch[out_col]):
             k = row // shard_rows
             pending.setdefault(k, {})[row] = value
-            if len(pending[k]) == min(shard_rows, table.num_rows - k * shard_rows):
+            if len(pending[k]) == shard_len(k):
                 done = pending.pop(k)
                 finish(k, [done[r] for r in sorted(done)])
         bar.update(len(batch[ROW]))

@@ -155,10 +155,13 @@ def _serve(args) -> int:
     from turboseq.serving.rayserve import BATCH_WAIT_MS as RAY_WAIT_MS  # imports no Ray
 
     _check_kind(args, "serve")  # the server loads the model itself
+    wait_ms = args.batch_wait_ms
+    if wait_ms is None:
+        wait_ms = RAY_WAIT_MS if args.ray else ServerConfig.batch_wait_ms
     config = ServerConfig(
         max_batch_size=args.max_batch_size,
         max_batch_tokens=args.max_batch_tokens,
-        batch_wait_ms=args.batch_wait_ms if args.batch_wait_ms is not None else RAY_WAIT_MS if args.ray else 5.0,
+        batch_wait_ms=wait_ms,
         max_queue=args.max_queue,
         request_timeout_s=args.request_timeout_s,
         max_input_tokens=args.max_input_tokens,
@@ -177,7 +180,8 @@ def _serve(args) -> int:
     if args.ray:
         from turboseq.serving.rayserve import serve_on_ray
 
-        if args.max_connections != 512 or args.header_timeout_s != 10.0 or args.keep_alive_timeout_s != 5.0:
+        proxy_owned = ("max_connections", "header_timeout_s", "keep_alive_timeout_s")
+        if any(getattr(args, name) != getattr(ServerConfig, name) for name in proxy_owned):
             raise ValueError("--max-connections and the header/keep-alive timeouts are Ray's proxy's under --ray")
         return serve_on_ray(
             args.model,

@@ -4,11 +4,11 @@ The server is the same for every kind of model: what is specific to text, audio 
 model's ``serving.tasks.Task`` (parsing, settings, batch budget, running a batch, answer shape, extra routes).
 
 Requests wait in one bounded queue (``serving.batcher``). A single worker takes the oldest request and, after
-``batch_wait_ms`` (longer, up to 4x, while requests keep arriving), merges every queued request with the same batch key (equal generation parameters) into
-one engine batch (``max_batch_size`` inputs, ``max_batch_tokens`` of budget), runs it in a thread and routes
-each answer back. Streamed requests go through the same queue and may share a batch with plain ones; their
-tokens are routed to their event stream as they are chosen. Batch invariance of the engine makes a
-request's answer equal to its answer when sent alone (sampled requests are never merged, so that a seed
+``batch_wait_ms`` (longer, up to 4x, while requests keep arriving), merges every queued request with the same
+batch key (equal generation parameters) into one engine batch (``max_batch_size`` inputs, ``max_batch_tokens``
+of budget), runs it in a thread and routes each answer back. Streamed requests go through the same queue and
+may share a batch with plain ones; their tokens are routed to their event stream as they are chosen. Batch
+invariance of the engine makes a request's answer equal to its answer when sent alone (sampled requests are never merged, so that a seed
 means the same as alone).
 """
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from turboseq.errors import require_extra
@@ -151,9 +151,7 @@ def app_builder(args: dict):
     if unknown:
         raise ValueError(f"unknown argument(s) {', '.join(unknown)}; see turboseq.serving.config.ServerConfig")
     defaults = ServerConfig(batch_wait_ms=BATCH_WAIT_MS)
-    config = ServerConfig(
-        **{"batch_wait_ms": BATCH_WAIT_MS, **{k: _like(getattr(defaults, k), v) for k, v in args.items()}}
-    )
+    config = replace(defaults, **{k: _like(getattr(defaults, k), v) for k, v in args.items()})
     return deployment(model, config=config, compute_type=compute_type, **top)
 
 
