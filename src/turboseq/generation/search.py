@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from turboseq.generation.batching import RowHooks
+from turboseq.generation.outputs import Trace
 from turboseq.generation.processors import apply, only_bans
 from turboseq.generation.settings import GenerationSettings
 
@@ -48,6 +49,7 @@ def greedy_or_sample(
     generator: torch.Generator | None = None,
     hooks: RowHooks | None = None,
     stop: Callable[[Tensor], Tensor] | None = None,
+    trace: Trace | None = None,
 ) -> list[Tensor]:
     """One row per sequence. Returns each row's tokens (prompt included, up to and including EOS).
 
@@ -55,7 +57,10 @@ def greedy_or_sample(
 
     ``hooks`` (over the prompt's rows): streamed tokens of the rows still decoding go to ``hooks.emit`` after
     every step; rows ``hooks.gone()`` marks (nobody waits for them any more) leave the batch at the next step,
-    with whatever they have."""
+    with whatever they have.
+
+    With a ``trace`` the loop runs as transformers' does: rows stay until all are done (a finished row is fed
+    the pad token where EOS ends rows), and every step's scores are recorded for every row."""
     batch, prompt_len = prompt.shape
     device = prompt.device
     seqs = torch.full((batch, s.max_length), s.pad_token_id, dtype=torch.long, device=device)
@@ -65,9 +70,11 @@ def greedy_or_sample(
     active = torch.arange(batch, device=device)  # original row of each decoder row
     tokens = prompt
     cur_len = prompt_len
-    screen = not s.do_sample and only_bans(procs)
-    # a processor that cannot change an argmax (renormalize_logits' whole-row shift): greedy skips it
-    argmax_procs = [p for p in procs if not p.argmax_invariant]
+    screen = not s.do_sample and only_bans(procs) and trace is None
+    # a processor that cannot change an argmax (renormalize_logits' whole-row shift): greedy skips it, unless
+    # the scores are reported
+    argmax_procs = [p for p in procs if not p.argmax_invariant] if trace is None else procs
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)  # with a trace: rows not done yet
     while cur_len < s.max_length:
         hidden = step(tokens)
         input_ids = seqs[active, :cur_len]
@@ -75,13 +82,19 @@ def greedy_or_sample(
         if screen:
             next_tokens = head.greedy(hidden, input_ids, lambda ids, x: apply(argmax_procs, ids, x))
         if next_tokens is None:
-            scores = apply(procs if s.do_sample else argmax_procs, input_ids, head.logits(hidden).float())
+            logits = head.logits(hidden).float()
+            raw = logits.clone() if trace is not None and trace.want_logits else None
+            scores = apply(procs if s.do_sample else argmax_procs, input_ids, logits)
+            if trace is not None:
+                trace.record(raw, scores)
             if s.do_sample:
                 probs = F.softmax(scores, dim=-1)
                 noise = _exponential_noise((batch, probs.shape[1]), generator, device)
                 next_tokens = (probs / noise[active]).argmax(dim=-1)
             else:
                 next_tokens = scores.argmax(dim=-1)
+        if trace is not None and eos.numel():
+            next_tokens = torch.where(unfinished, next_tokens, s.pad_token_id)
         seqs[active, cur_len] = next_tokens
         if hooks is not None:
             hooks.emit(active, next_tokens)
@@ -92,7 +105,12 @@ def greedy_or_sample(
         gone = hooks.gone(active) if hooks is not None else None
         if gone is not None:
             done |= gone
-        if done.any():
+        if trace is not None:  # rows stay; the loop ends when all are done
+            lengths[(done & unfinished).cpu()] = cur_len
+            unfinished &= ~done
+            if not unfinished.any():
+                break
+        elif done.any():
             lengths[active[done].cpu()] = cur_len
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
@@ -113,12 +131,16 @@ def beam_search(
     procs,
     generator: torch.Generator | None = None,
     hooks: RowHooks | None = None,
+    trace: Trace | None = None,
 ) -> list[list[Tensor]]:
     """Beam search (and beam sampling) with transformers' semantics, one sentence per prompt row.
 
     The decoder holds ``num_beams`` consecutive rows per sentence. A sentence leaves the batch as soon as its
     finished hypotheses can no longer change. Returns, per sentence, its best ``num_return_sequences``
     hypotheses (prompt included). ``hooks.gone()`` as in ``greedy_or_sample`` (beams are not streamed).
+
+    With a ``trace``, sentences stay until transformers' loop would stop the whole batch, and the trace gets
+    every step's scores, the beam scores and the beam indices.
     """
     batch, prompt_len = prompt.shape
     nb = s.num_beams
@@ -140,6 +162,10 @@ def beam_search(
     is_finished = torch.zeros((batch, nb), dtype=torch.bool, device=device)
     improvable = torch.ones((batch, 1), dtype=torch.bool, device=device)
     active = torch.arange(batch, device=device)
+    if trace is not None:  # per hypothesis, the decoder row each generated token came from (-1: none yet)
+        running_bi = torch.full((batch, nb, s.max_length - prompt_len), -1, dtype=torch.int32, device=device)
+        finished_bi = running_bi.clone()
+        offsets = (torch.arange(batch, device=device) * nb)[:, None]
 
     results: list = [None] * batch
     early_true = s.early_stopping is True
@@ -149,8 +175,11 @@ def beam_search(
         n = active.numel()
         logits = head.logits(step(tokens)).float()  # [n * nb, vocab], owned here: updated in place
         vocab = logits.shape[-1]
+        raw = logits.clone() if trace is not None and trace.want_logits else None
         log_probs = torch.log_softmax(logits, dim=-1, out=logits)
         log_probs = apply(procs, running[:, :, :cur_len].reshape(n * nb, cur_len), log_probs)
+        if trace is not None:
+            trace.record(raw, log_probs)
         log_probs = log_probs.view(n, nb, vocab).add_(running_scores[:, :, None]).view(n, nb * vocab)
 
         if s.do_sample:
@@ -163,6 +192,9 @@ def beam_search(
         topk_tokens = topk_idx % vocab
         topk_seqs = torch.gather(running, 1, src_beam[:, :, None].expand(-1, -1, s.max_length)).clone()
         topk_seqs[:, :, cur_len] = topk_tokens
+        if trace is not None:
+            topk_bi = torch.gather(running_bi, 1, src_beam[:, :, None].expand(-1, -1, running_bi.shape[2])).clone()
+            topk_bi[:, :, cur_len - prompt_len] = (src_beam + offsets).int()
         hits = torch.isin(topk_tokens, eos)
         if cur_len + 1 >= s.max_length:
             hits = torch.ones_like(hits)
@@ -173,6 +205,8 @@ def beam_search(
         running = torch.gather(topk_seqs, 1, next_idx[:, :, None].expand(-1, -1, s.max_length))
         running_scores = torch.gather(run_scores, 1, next_idx)
         running_src = torch.gather(src_beam, 1, next_idx)
+        if trace is not None:
+            running_bi = torch.gather(topk_bi, 1, next_idx[:, :, None].expand(-1, -1, topk_bi.shape[2]))
 
         # finished hypotheses: merge the candidates that just finished among the top nb
         just_finished = hits & top_nb[None, :]
@@ -188,6 +222,9 @@ def beam_search(
         cand_lens = torch.full_like(topk_tokens, cur_len + 1 - prompt_len)
         finished_lens = torch.gather(torch.cat((finished_lens, cand_lens), 1), 1, best)
         is_finished = torch.gather(torch.cat((is_finished, just_finished), 1), 1, best)
+        if trace is not None:
+            merged_bi = torch.cat((finished_bi, topk_bi), 1)
+            finished_bi = torch.gather(merged_bi, 1, best[:, :, None].expand(-1, -1, merged_bi.shape[2]))
 
         cur_len += 1
         # can a running beam still beat the worst finished one? (transformers' heuristic, verbatim)
@@ -202,6 +239,9 @@ def beam_search(
         done = ~improvable[:, 0] | (is_finished.all(dim=-1) & early_true) | hits.all(dim=-1)
         if cur_len >= s.max_length:
             done[:] = True
+        if trace is not None:  # transformers' stopping rule, over the whole batch
+            stop_all = not bool(improvable.any()) or bool(is_finished.all() and early_true) or bool(hits.all())
+            done[:] = stop_all or cur_len >= s.max_length
         gone = hooks.gone(active) if hooks is not None else None
         if gone is not None:
             done |= gone  # see greedy_or_sample
@@ -223,4 +263,9 @@ def beam_search(
             rows = (torch.arange(n, device=device)[:, None] * nb + running_src).reshape(-1)
             select(rows, None)
         tokens = running[:, :, cur_len - 1].reshape(-1, 1)
+    if trace is not None:
+        nrs = s.num_return_sequences
+        trace.sequences_scores = finished_scores[:, :nrs].reshape(-1)
+        indices = finished_bi[:, :nrs].reshape(batch * nrs, -1)
+        trace.beam_indices = indices[:, : int((indices + 1).bool().sum(dim=1).max())]
     return results

@@ -17,10 +17,11 @@ from torch import Tensor
 from turboseq.errors import InputTooLong
 from turboseq.generation import search
 from turboseq.generation.batching import RowHooks, pad_batch, pad_rows
+from turboseq.generation.outputs import Trace
 from turboseq.generation.processors import build_processors
 from turboseq.generation.settings import GenerationSettings, for_prompt, resolve
 from turboseq.generation.stops import StopStrings
-from turboseq.models.engine import Engine
+from turboseq.models.engine import Engine, generate_output, output_request
 from turboseq.models.progress import progress_bar
 from turboseq.runtime.cache import DecoderState
 from turboseq.runtime.layers import decode_step
@@ -95,7 +96,13 @@ class CausalLM(Engine):
         return pad_batch(rows, chunk, self.settings().pad_token_id, left=True)
 
     def _decode_batch(
-        self, inputs: Tensor, mask: Tensor | None, s: GenerationSettings, generator, hooks: RowHooks | None = None
+        self,
+        inputs: Tensor,
+        mask: Tensor | None,
+        s: GenerationSettings,
+        generator,
+        hooks: RowHooks | None = None,
+        trace: Trace | None = None,
     ) -> list[list[Tensor]]:
         """Per prompt its sequences, prompt included and its left padding removed."""
         spec = self.spec
@@ -141,7 +148,7 @@ class CausalLM(Engine):
             return decode_step(spec, state, tokens)
 
         if s.is_beam:
-            seqs = search.beam_search(step, state.select, self.head, prompt, s, procs, generator, hooks)
+            seqs = search.beam_search(step, state.select, self.head, prompt, s, procs, generator, hooks, trace)
         else:
             stop = None
             if s.stop_strings:
@@ -152,7 +159,9 @@ class CausalLM(Engine):
                     return tokenizer.decode([t for t in ids if t < vocab], skip_special_tokens=True)
 
                 stop = StopStrings(s.stop_strings, decode)
-            flat = search.greedy_or_sample(step, state.select, self.head, prompt, s, procs, generator, hooks, stop)
+            flat = search.greedy_or_sample(
+                step, state.select, self.head, prompt, s, procs, generator, hooks, stop, trace
+            )
             seqs = [flat[i * copies : (i + 1) * copies] for i in range(batch)]
         cut = [0] * batch if padding is None else padding.tolist()
         return [[seq[cut[i] :] for seq in per_input] for i, per_input in enumerate(seqs)]
@@ -186,8 +195,10 @@ class CausalLM(Engine):
         Prompts run as given, in batches of at most ``max_batch_size`` in input order (a padded batch keeps its
         padding, so results equal transformers' on the same tensor). Without ``attention_mask``, pad tokens are
         masked where the pad token is not EOS, as transformers infers it. An input of width 0 starts from the
-        BOS token.
+        BOS token. ``return_dict_in_generate``, ``output_scores`` and ``output_logits`` as
+        ``Seq2SeqModel.generate``.
         """
+        trace = output_request(kwargs)
         s = self.settings(**kwargs)
         ids = torch.as_tensor(input_ids, dtype=torch.long)
         if ids.dim() != 2:
@@ -206,13 +217,14 @@ class CausalLM(Engine):
                 raise ValueError(f"`attention_mask` shape {tuple(mask.shape)} != `input_ids` shape {tuple(ids.shape)}")
         padding = _left_padding(mask)
         self._check_ids(ids)
-        outputs = self._run(ids, mask, s, max_batch_size, None, seed)
+        outputs = self._run(ids, mask, s, max_batch_size, None, seed, trace=trace)
         rows = [
             torch.cat((ids[i, : int(padding[i])], seq.cpu()))
             for i, per_input in enumerate(outputs)
             for seq in per_input
         ]
-        return pad_rows(rows, s.output_fill_token_id)
+        sequences = pad_rows(rows, s.output_fill_token_id)
+        return sequences if trace is None else generate_output(sequences, trace, s, encoder_decoder=False)
 
     @torch.inference_mode()
     def generate_rows(

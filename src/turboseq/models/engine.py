@@ -17,12 +17,46 @@ from torch import Tensor
 from turboseq.formats.tokenizer import load_tokenizer
 from turboseq.generation import search
 from turboseq.generation.batching import RowHooks, make_batches
+from turboseq.generation.outputs import Trace, transition_scores
 from turboseq.generation.processors import build_processors
 from turboseq.generation.settings import GenerationSettings, check_seed, resolve
 from turboseq.runtime.cache import DecoderState
 from turboseq.runtime.compute import resolve_compute_type
 from turboseq.runtime.head import LMHead
 from turboseq.runtime.layers import build_cross_kv, decode_step
+
+_OUTPUT_FLAGS = ("return_dict_in_generate", "output_scores", "output_logits")
+
+
+def output_request(kwargs: dict) -> Trace | None:
+    """Take ``generate``'s output flags out of ``kwargs``: a ``Trace`` to fill where the call asks for
+    transformers' output object (``return_dict_in_generate=True``), else None."""
+    flags = {name: kwargs.pop(name, None) for name in _OUTPUT_FLAGS}
+    for name, value in flags.items():
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"`{name}` must be true or false, got {value!r}")
+    if not flags["return_dict_in_generate"]:
+        return None
+    return Trace(want_scores=bool(flags["output_scores"]), want_logits=bool(flags["output_logits"]))
+
+
+def generate_output(sequences: Tensor, trace: Trace, s: GenerationSettings, encoder_decoder: bool):
+    """transformers' ``generate`` output object (``Generate[Beam]{EncoderDecoder,DecoderOnly}Output``) for
+    ``sequences`` and what ``trace`` recorded; attentions, hidden states and the cache are not kept (None)."""
+    from transformers.generation import utils
+
+    scores = tuple(trace.scores) if trace.want_scores else None
+    logits = tuple(trace.logits) if trace.want_logits else None
+    kind = "EncoderDecoder" if encoder_decoder else "DecoderOnly"
+    if s.is_beam:
+        return getattr(utils, f"GenerateBeam{kind}Output")(
+            sequences=sequences,
+            sequences_scores=trace.sequences_scores if trace.want_scores else None,
+            scores=scores,
+            logits=logits,
+            beam_indices=trace.beam_indices,
+        )
+    return getattr(utils, f"Generate{kind}Output")(sequences=sequences, scores=scores, logits=logits)
 
 
 class Engine:
@@ -59,6 +93,15 @@ class Engine:
             self._tokenizer = load_tokenizer(self.path)
         return self._tokenizer
 
+    @staticmethod
+    def compute_transition_scores(
+        sequences: Tensor, scores, beam_indices: Tensor | None = None, normalize_logits: bool = False
+    ) -> Tensor:
+        """transformers' ``compute_transition_scores``: the score of each generated token [rows, steps] from
+        ``generate(..., return_dict_in_generate=True, output_scores=True)``'s sequences, scores and (beam search)
+        beam indices."""
+        return transition_scores(sequences, scores, beam_indices, normalize_logits)
+
     def settings(self, **kwargs) -> GenerationSettings:
         """The effective generation settings for a call with ``kwargs`` (model defaults applied)."""
         return resolve(
@@ -75,11 +118,15 @@ class Engine:
         seed,
         progress=None,
         hooks: RowHooks | None = None,
+        trace: Trace | None = None,
     ) -> list[list[Tensor]]:
         """Decode every input of ``rows`` (a list, or a padded tensor kept as is); per input its sequences.
-        ``hooks`` number the inputs as ``rows`` does."""
+        ``hooks`` number the inputs as ``rows`` does. A ``trace`` (``generation.outputs``) takes all inputs as
+        one batch, in input order, as transformers' ``generate`` does."""
         n = len(rows)
-        if s.do_sample:
+        if trace is not None:
+            max_batch_size = max_batch_tokens = None
+        if s.do_sample or trace is not None:
             order = list(range(n))  # input order: the random stream is consumed as transformers does
         else:
             order = sorted(range(n), key=lambda i: -len(rows[i]) if isinstance(rows, list) else 0)
@@ -89,7 +136,7 @@ class Engine:
         for chunk in make_batches(order, [self._row_length(r) for r in rows], max_batch_size, max_batch_tokens):
             inputs, chunk_mask = self._collate(rows, mask, chunk)
             chunk_hooks = None if hooks is None else hooks.select(chunk)
-            for i, out in zip(chunk, self._decode_batch(inputs, chunk_mask, s, generator, chunk_hooks)):
+            for i, out in zip(chunk, self._decode_batch(inputs, chunk_mask, s, generator, chunk_hooks, trace)):
                 results[i] = out
             if progress is not None:
                 progress.update(len(chunk))
@@ -102,7 +149,13 @@ class Engine:
         raise NotImplementedError
 
     def _decode_batch(
-        self, inputs: Tensor, mask: Tensor | None, s: GenerationSettings, generator, hooks: RowHooks | None = None
+        self,
+        inputs: Tensor,
+        mask: Tensor | None,
+        s: GenerationSettings,
+        generator,
+        hooks: RowHooks | None = None,
+        trace: Trace | None = None,
     ) -> list[list[Tensor]]:
         raise NotImplementedError
 
@@ -144,7 +197,13 @@ class EncoderDecoder(Engine):
     # --- one batch ---------------------------------------------------------------------------------------
 
     def _decode_batch(
-        self, inputs: Tensor, mask: Tensor | None, s: GenerationSettings, generator, hooks: RowHooks | None = None
+        self,
+        inputs: Tensor,
+        mask: Tensor | None,
+        s: GenerationSettings,
+        generator,
+        hooks: RowHooks | None = None,
+        trace: Trace | None = None,
     ) -> list[list[Tensor]]:
         spec = self.spec
         hidden, cross_mask = self._encode(inputs, mask)
@@ -167,6 +226,6 @@ class EncoderDecoder(Engine):
             return decode_step(spec, state, tokens)
 
         if s.is_beam:
-            return search.beam_search(step, state.select, self.head, prompt, s, procs, generator, hooks)
-        seqs = search.greedy_or_sample(step, state.select, self.head, prompt, s, procs, generator, hooks)
+            return search.beam_search(step, state.select, self.head, prompt, s, procs, generator, hooks, trace)
+        seqs = search.greedy_or_sample(step, state.select, self.head, prompt, s, procs, generator, hooks, trace=trace)
         return [seqs[i * copies : (i + 1) * copies] for i in range(batch)]

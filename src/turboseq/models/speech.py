@@ -17,9 +17,10 @@ from torch import Tensor
 from turboseq.errors import ModelLoadError
 from turboseq.formats import audio as audio_io
 from turboseq.generation.batching import RowHooks, pad_rows
+from turboseq.generation.outputs import Trace
 from turboseq.generation.processors import SuppressTokens, TimestampRules
 from turboseq.generation.settings import GenerationSettings, resolve
-from turboseq.models.engine import EncoderDecoder
+from turboseq.models.engine import EncoderDecoder, output_request
 from turboseq.models.progress import progress_bar
 from turboseq.models.transcript import Segment, Transcription
 from turboseq.runtime.layers import encode
@@ -174,9 +175,19 @@ class SpeechModel(EncoderDecoder):
         [batch * num_return_sequences, len] of the generated tokens (decoder prompt and final EOS left out,
         right-padded with the pad token). Accepts ``language``, ``task``, ``return_timestamps``,
         ``prompt_ids`` and the usual generation arguments. ``attention_mask`` is accepted and unused, as in
-        transformers (the encoder always sees the full 30 s window)."""
+        transformers (the encoder always sees the full 30 s window).
+
+        ``return_dict_in_generate=True`` (without timestamps) returns transformers' Whisper output object:
+        the whole sequences (decoder prompt and EOS included), and the per-step ``scores``/``logits``, beam
+        scores and beam indices picked per hypothesis as transformers' Whisper picks them."""
         feats = self._check_features(input_features)
+        trace = output_request(kwargs)
         s = self.settings(**kwargs)
+        if trace is not None and any(isinstance(rule, TimestampRules) for rule in s.rules):
+            raise ValueError(
+                "`return_dict_in_generate` works without timestamps (with them transformers returns per-segment "
+                "dicts); use transcribe() for timed segments"
+            )
         if feats.shape[0] == 0:
             return torch.empty((0, 0), dtype=torch.long)
         copies = 1
@@ -184,7 +195,9 @@ class SpeechModel(EncoderDecoder):
             # transformers' Whisper repeats each input num_return_sequences times and keeps one hypothesis of
             # each copy: the same best hypothesis, repeated (sampling draws one sequence per copy, as here)
             copies, s.num_return_sequences = s.num_return_sequences, 1
-        outputs = self._run(list(feats), None, s, max_batch_size, None, seed)
+        outputs = self._run(list(feats), None, s, max_batch_size, None, seed, trace=trace)
+        if trace is not None:
+            return whisper_output(outputs, trace, s, copies)
         seqs = [self._strip(seq, s) for per_input in outputs for seq in per_input for _ in range(copies)]
         return pad_rows(seqs, s.pad_token_id)
 
@@ -355,6 +368,48 @@ class SpeechModel(EncoderDecoder):
 # windows quieter than this (peak amplitude, about -60 dBFS) are silence: empty text, no decoding. Whisper
 # itself tends to invent a word ("you") for silent input; its no-speech probability is not used yet.
 SILENCE_PEAK = 1e-3
+
+
+def whisper_output(outputs: list[list[Tensor]], trace: Trace, s: GenerationSettings, copies: int):
+    """transformers' Whisper ``generate`` output object for one batch run with ``trace``: each input's
+    sequences repeated ``copies`` times (Whisper's beam search with num_return_sequences runs each input that
+    many times), whole (prompt and EOS included). transformers' Whisper splits the outputs per hypothesis: a
+    beam hypothesis' step scores are the rows its beam indices name (-1, past its end: the last row), its
+    logits row is the hypothesis' own number, and beam indices count the repeated inputs' beams."""
+    from transformers.generation import utils
+
+    sequences = pad_rows(
+        [seq for per_input in outputs for seq in per_input for _ in range(copies)], s.output_fill_token_id
+    )
+    if not s.is_beam:
+        return utils.GenerateEncoderDecoderOutput(
+            sequences=sequences,
+            scores=tuple(trace.scores) if trace.want_scores else None,
+            logits=tuple(trace.logits) if trace.want_logits else None,
+        )
+    nb, hyps = s.num_beams, sequences.shape[0]
+    indices = trace.beam_indices.long().repeat_interleave(copies, dim=0)  # [hyps, steps]
+    if copies > 1:  # beam j*nb+b of input j is beam (j*copies+c)*nb+b of its c-th copy
+        copy = torch.arange(hyps).remainder(copies)[:, None]
+        moved = ((indices // nb) * copies + copy) * nb + indices % nb
+        indices = torch.where(indices >= 0, moved, indices)
+    steps = min(len(trace.scores or trace.logits), indices.shape[1])
+    scores = None
+    if trace.want_scores:
+        own = torch.where(indices >= 0, (indices // nb // copies) * nb + indices % nb, -1)
+        scores = tuple(trace.scores[t][own[:, t]] for t in range(steps))
+    logits = None
+    if trace.want_logits:
+        rows = torch.arange(hyps)  # expanded row r: sentence r // nb of the repeated inputs, beam r % nb
+        own_rows = (rows // nb // copies) * nb + rows % nb
+        logits = tuple(step[own_rows] for step in trace.logits)
+    return utils.GenerateBeamEncoderDecoderOutput(
+        sequences=sequences,
+        sequences_scores=trace.sequences_scores.repeat_interleave(copies) if trace.want_scores else None,
+        scores=scores,
+        logits=logits,
+        beam_indices=indices.int(),
+    )
 
 
 def is_silent(window: np.ndarray) -> bool:

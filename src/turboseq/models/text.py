@@ -11,7 +11,7 @@ from torch import Tensor
 from turboseq.formats.tokenizer import encode_texts
 from turboseq.generation.batching import RowHooks, pad_batch, pad_rows
 from turboseq.generation.settings import GenerationSettings
-from turboseq.models.engine import EncoderDecoder
+from turboseq.models.engine import EncoderDecoder, generate_output, output_request
 from turboseq.models.progress import progress_bar
 from turboseq.runtime.layers import encode
 
@@ -58,7 +58,13 @@ class Seq2SeqModel(EncoderDecoder):
         Inputs are regrouped by length into batches of at most ``max_batch_size`` sentences (and
         ``max_batch_tokens`` padded source tokens); results come back in input order. With ``do_sample``
         the random stream is torch's global one (or ``seed``'s own generator), drawn as transformers does.
+
+        ``return_dict_in_generate=True`` returns transformers' output object instead, with ``scores``
+        (``output_scores=True``), ``logits`` (``output_logits=True``), and for beam search ``sequences_scores``
+        and ``beam_indices``, equal to transformers'. All inputs then run as one batch in input order, and
+        finished rows stay in it until the batch ends, as in transformers.
         """
+        trace = output_request(kwargs)
         s = self.settings(**kwargs)
         ids = torch.as_tensor(input_ids, dtype=torch.long)
         if ids.dim() != 2:
@@ -80,8 +86,11 @@ class Seq2SeqModel(EncoderDecoder):
         lengths = mask.sum(dim=1)
         right_padded = bool((mask == (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()).all())
         rows = [ids[i, : int(lengths[i])] for i in range(ids.shape[0])] if right_padded else None
-        outputs = self._run(rows if rows is not None else ids, mask, s, max_batch_size, max_batch_tokens, seed)
-        return pad_rows([seq for per_input in outputs for seq in per_input], s.output_fill_token_id)
+        outputs = self._run(
+            rows if rows is not None else ids, mask, s, max_batch_size, max_batch_tokens, seed, trace=trace
+        )
+        sequences = pad_rows([seq for per_input in outputs for seq in per_input], s.output_fill_token_id)
+        return sequences if trace is None else generate_output(sequences, trace, s, encoder_decoder=True)
 
     @torch.inference_mode()
     def generate_rows(
