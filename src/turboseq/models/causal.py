@@ -103,6 +103,7 @@ class CausalLM(Engine):
         generator,
         hooks: RowHooks | None = None,
         trace: Trace | None = None,
+        prompts: Tensor | None = None,
     ) -> list[list[Tensor]]:
         """Per prompt its sequences, prompt included and its left padding removed."""
         spec = self.spec

@@ -19,7 +19,7 @@ from turboseq.generation import search
 from turboseq.generation.batching import RowHooks, make_batches
 from turboseq.generation.outputs import Trace, transition_scores
 from turboseq.generation.processors import build_processors
-from turboseq.generation.settings import GenerationSettings, check_seed, resolve
+from turboseq.generation.settings import GenerationSettings, check_seed, for_prompt, resolve
 from turboseq.runtime.cache import DecoderState
 from turboseq.runtime.compute import resolve_compute_type
 from turboseq.runtime.head import LMHead
@@ -119,10 +119,12 @@ class Engine:
         progress=None,
         hooks: RowHooks | None = None,
         trace: Trace | None = None,
+        prompts: list[Tensor] | None = None,
     ) -> list[list[Tensor]]:
         """Decode every input of ``rows`` (a list, or a padded tensor kept as is); per input its sequences.
         ``hooks`` number the inputs as ``rows`` does. A ``trace`` (``generation.outputs``) takes all inputs as
-        one batch, in input order, as transformers' ``generate`` does."""
+        one batch, in input order, as transformers' ``generate`` does. ``prompts``: per input its decoder
+        prompt (encoder-decoders: start token and forced prefix), batched with prompts of its length."""
         n = len(rows)
         if trace is not None:
             max_batch_size = max_batch_tokens = None
@@ -133,10 +135,17 @@ class Engine:
         check_seed(seed)
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         results: list = [None] * n
-        for chunk in make_batches(order, [self._row_length(r) for r in rows], max_batch_size, max_batch_tokens):
+        groups = [order]
+        if prompts is not None:  # one batch holds prompts of one length
+            widths = sorted({len(prompts[i]) for i in order})
+            groups = [[i for i in order if len(prompts[i]) == w] for w in widths]
+        lengths = [self._row_length(r) for r in rows]
+        for chunk in (c for group in groups for c in make_batches(group, lengths, max_batch_size, max_batch_tokens)):
             inputs, chunk_mask = self._collate(rows, mask, chunk)
             chunk_hooks = None if hooks is None else hooks.select(chunk)
-            for i, out in zip(chunk, self._decode_batch(inputs, chunk_mask, s, generator, chunk_hooks, trace)):
+            chunk_prompts = None if prompts is None else torch.stack([prompts[i] for i in chunk])
+            outs = self._decode_batch(inputs, chunk_mask, s, generator, chunk_hooks, trace, chunk_prompts)
+            for i, out in zip(chunk, outs):
                 results[i] = out
             if progress is not None:
                 progress.update(len(chunk))
@@ -156,6 +165,7 @@ class Engine:
         generator,
         hooks: RowHooks | None = None,
         trace: Trace | None = None,
+        prompts: Tensor | None = None,
     ) -> list[list[Tensor]]:
         raise NotImplementedError
 
@@ -204,14 +214,19 @@ class EncoderDecoder(Engine):
         generator,
         hooks: RowHooks | None = None,
         trace: Trace | None = None,
+        prompts: Tensor | None = None,
     ) -> list[list[Tensor]]:
         spec = self.spec
         hidden, cross_mask = self._encode(inputs, mask)
         cross_kv = build_cross_kv(spec, hidden)
         batch = hidden.shape[0]
         attn = spec.decoder.layers[0].self_attn
+        if prompts is None:
+            prompt = self._prompt(batch, s)
+        else:  # forced prefixes: lengths count them, as transformers counts decoder_input_ids
+            prompt = prompts.to(self.device)
+            s = for_prompt(s, prompt.shape[1], spec.max_positions)
         procs = build_processors(s, spec.vocab_size)
-        prompt = self._prompt(batch, s)
         group = s.num_beams if s.is_beam else 1
         copies = 1 if s.is_beam else s.num_return_sequences
         if copies > 1:  # sampled sequences: one decoder row (and one cross K/V entry) each

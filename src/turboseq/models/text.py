@@ -11,6 +11,7 @@ from torch import Tensor
 from turboseq.formats.tokenizer import encode_texts
 from turboseq.generation.batching import RowHooks, pad_batch, pad_rows
 from turboseq.generation.settings import GenerationSettings
+from turboseq.models.alternatives import alternatives as alternatives_after
 from turboseq.models.engine import EncoderDecoder, generate_output, output_request
 from turboseq.models.progress import progress_bar
 from turboseq.runtime.layers import encode
@@ -63,8 +64,13 @@ class Seq2SeqModel(EncoderDecoder):
         (``output_scores=True``), ``logits`` (``output_logits=True``), and for beam search ``sequences_scores``
         and ``beam_indices``, equal to transformers'. All inputs then run as one batch in input order, and
         finished rows stay in it until the batch ends, as in transformers.
+
+        ``decoder_input_ids`` [batch, len] forces the start of every output, as in transformers: generation
+        continues after them (the decoder start token is put first where the rows do not begin with it), and
+        ``max_length`` counts them.
         """
         trace = output_request(kwargs)
+        decoder_input_ids = kwargs.pop("decoder_input_ids", None)
         s = self.settings(**kwargs)
         ids = torch.as_tensor(input_ids, dtype=torch.long)
         if ids.dim() != 2:
@@ -86,11 +92,50 @@ class Seq2SeqModel(EncoderDecoder):
         lengths = mask.sum(dim=1)
         right_padded = bool((mask == (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()).all())
         rows = [ids[i, : int(lengths[i])] for i in range(ids.shape[0])] if right_padded else None
+        prompts = None if decoder_input_ids is None else self._decoder_prompts(decoder_input_ids, ids.shape[0], s)
         outputs = self._run(
-            rows if rows is not None else ids, mask, s, max_batch_size, max_batch_tokens, seed, trace=trace
+            rows if rows is not None else ids,
+            mask,
+            s,
+            max_batch_size,
+            max_batch_tokens,
+            seed,
+            trace=trace,
+            prompts=prompts,
         )
         sequences = pad_rows([seq for per_input in outputs for seq in per_input], s.output_fill_token_id)
         return sequences if trace is None else generate_output(sequences, trace, s, encoder_decoder=True)
+
+    def _start(self, s: GenerationSettings) -> int:
+        return s.decoder_start_token_id if s.decoder_start_token_id is not None else self.spec.decoder_start_token_id
+
+    def _decoder_prompts(self, decoder_input_ids, batch: int, s: GenerationSettings) -> list[Tensor]:
+        """Per input its decoder prompt from ``decoder_input_ids`` [batch, len], the start token put first
+        where no row begins with it (transformers' rule)."""
+        prompts = torch.as_tensor(decoder_input_ids, dtype=torch.long)
+        if prompts.dim() != 2 or prompts.shape[0] != batch:
+            raise ValueError(f"`decoder_input_ids` must be [batch={batch}, length], got shape {tuple(prompts.shape)}")
+        if ((prompts < 0) | (prompts >= self.spec.vocab_size)).any():
+            raise ValueError(f"`decoder_input_ids` has ids outside the vocabulary [0, {self.spec.vocab_size})")
+        start = self._start(s)
+        if prompts.shape[1] == 0 or bool((prompts[:, 0] != start).all()):
+            prompts = torch.cat((torch.full((batch, 1), start, dtype=torch.long), prompts), dim=1)
+        return list(prompts)
+
+    def _prefix_prompts(self, prefixes, n: int, s: GenerationSettings) -> list[Tensor] | None:
+        """Per input its decoder prompt: the start token, then the input's forced prefix (token ids, or None)."""
+        if prefixes is None:
+            return None
+        if len(prefixes) != n:
+            raise ValueError(f"`prefix` needs one entry per input: got {len(prefixes)} for {n} inputs")
+        start = [self._start(s)]
+        out = []
+        for p in prefixes:
+            ids = list(p or [])
+            if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.spec.vocab_size for t in ids):
+                raise ValueError(f"a prefix has ids outside the vocabulary [0, {self.spec.vocab_size}): {ids!r}")
+            out.append(torch.tensor(start + ids, dtype=torch.long))
+        return out
 
     @torch.inference_mode()
     def generate_rows(
@@ -103,6 +148,7 @@ class Seq2SeqModel(EncoderDecoder):
         on_tokens=None,
         abandoned=None,
         settings: GenerationSettings | None = None,
+        prefixes=None,
         **kwargs,
     ) -> list[list[Tensor]]:
         """Like ``generate`` for unpadded token id lists, but returns per input its ``num_return_sequences``
@@ -113,7 +159,9 @@ class Seq2SeqModel(EncoderDecoder):
         their new tokens.
         ``abandoned()`` may return a set of input indices nobody waits for any more: they leave the batch at the
         next step and their results are meaningless (a server drops requests whose client left).
-        ``settings``: generation settings already resolved by ``settings(**kwargs)`` (then no other kwargs)."""
+        ``settings``: generation settings already resolved by ``settings(**kwargs)`` (then no other kwargs).
+        ``prefixes``: per input the token ids every output starts with (after the decoder start token), or
+        None; sequences then hold the start token and the prefix."""
         if settings is not None and kwargs:
             raise TypeError("pass generation arguments or `settings`, not both")
         s = settings if settings is not None else self.settings(**kwargs)
@@ -123,7 +171,8 @@ class Seq2SeqModel(EncoderDecoder):
         if not tensors:
             return []
         hooks = RowHooks(abandoned, on_tokens) if abandoned is not None or on_tokens is not None else None
-        return self._run(tensors, None, s, max_batch_size, max_batch_tokens, seed, hooks=hooks)
+        prompts = self._prefix_prompts(prefixes, len(tensors), s)
+        return self._run(tensors, None, s, max_batch_size, max_batch_tokens, seed, hooks=hooks, prompts=prompts)
 
     # --- text API ----------------------------------------------------------------------------------------
 
@@ -137,6 +186,9 @@ class Seq2SeqModel(EncoderDecoder):
         self,
         texts: Sequence[str],
         *,
+        prefix: Sequence[str | None] | None = None,
+        alternatives: int | None = None,
+        min_alternative_expansion_prob: float = 0.0,
         truncation: bool = False,
         batch_size: int = 32,
         max_batch_tokens: int | None = None,
@@ -149,16 +201,36 @@ class Seq2SeqModel(EncoderDecoder):
         tokens. One string per input, or a list of ``num_return_sequences`` strings per input. Task prefixes
         such as T5's "summarize: " belong to the input text. Empty or whitespace-only inputs give "" without
         running the model; inputs longer than the model's positions raise (or are cut with
-        ``truncation=True``); ``progress=True`` shows a progress bar on stderr."""
+        ``truncation=True``); ``progress=True`` shows a progress bar on stderr.
+
+        ``prefix``: per input a text every output starts with (CTranslate2's ``target_prefix``), or None;
+        outputs include it. ``alternatives=N``: per input a list of up to N ``(text, score)`` pairs, the N most
+        likely tokens after the prefix each completed by the search (CTranslate2's ``return_alternatives``;
+        ``models.alternatives``); ``min_alternative_expansion_prob`` drops unlikely expansions."""
         if isinstance(texts, str):
             raise TypeError("`texts` must be a list of strings, not a single string")
         s = self.settings(**kwargs)
+        if alternatives is not None and (
+            isinstance(alternatives, bool) or not isinstance(alternatives, int) or alternatives < 1
+        ):
+            raise ValueError(f"`alternatives` must be an integer >= 1, got {alternatives!r}")
+        if alternatives is not None and s.num_return_sequences != 1:
+            raise ValueError("`alternatives` replaces `num_return_sequences`: leave it at 1")
         todo = [i for i, t in enumerate(texts) if t.strip()]
         encoded = encode_texts(self.tokenizer, [texts[i] for i in todo], self.spec.max_positions, truncation, todo)
         rows = [torch.tensor(ids, dtype=torch.long) for ids in encoded]
+        prompts = self._prefix_prompts(self._encode_prefixes(prefix, len(texts), s), len(texts), s)
+        if prompts is not None:
+            prompts = [prompts[i] for i in todo]
+        if alternatives is not None:
+            return self._text_alternatives(texts, todo, rows, prompts, alternatives, min_alternative_expansion_prob, s)
         with progress_bar(progress, len(texts), "input", _desc) as bar:
             bar.update(len(texts) - len(todo))
-            outputs = self._run(rows, None, s, batch_size, max_batch_tokens, seed, progress=bar) if rows else []
+            outputs = (
+                self._run(rows, None, s, batch_size, max_batch_tokens, seed, progress=bar, prompts=prompts)
+                if rows
+                else []
+            )
         empty = [""] * s.num_return_sequences
         result: list = [list(empty) for _ in texts]
         for i, seqs in zip(todo, outputs):
@@ -166,3 +238,44 @@ class Seq2SeqModel(EncoderDecoder):
         if s.num_return_sequences == 1:
             return [r[0] for r in result]
         return result
+
+    def _encode_prefixes(self, prefix, n: int, s: GenerationSettings) -> list[list[int] | None] | None:
+        """Token ids of each target prefix text (no special tokens; the forced BOS first where the model has
+        one, as BART's outputs begin with it)."""
+        if prefix is None:
+            return None
+        if isinstance(prefix, str) or len(prefix) != n:
+            raise ValueError("`prefix` needs a list with one text (or None) per input")
+        ids: list[list[int] | None] = []
+        for text in prefix:
+            if text is None or not text.strip():
+                ids.append(None)
+                continue
+            tokens = self.tokenizer(text_target=text, add_special_tokens=False)["input_ids"]
+            ids.append(([s.forced_bos_token_id] if s.forced_bos_token_id is not None else []) + tokens)
+        return ids
+
+    def _text_alternatives(self, texts, todo, rows, prompts, n: int, min_prob: float, s) -> list:
+        start = torch.tensor([self._start(s)], dtype=torch.long)
+        result: list = [[] for _ in texts]
+        for j, i in enumerate(todo):
+            prompt = prompts[j] if prompts is not None else start
+            found = alternatives_after(self, rows[j], prompt, n, s, min_prob)
+            result[i] = [(self.tokenizer.decode(ids, skip_special_tokens=True), score) for ids, score in found]
+        return result
+
+    @torch.inference_mode()
+    def alternatives(
+        self, rows: Sequence[Sequence[int]], prefixes, n: int, *, min_expansion_prob: float = 0.0, **kwargs
+    ) -> list[list[tuple[list[int], float]]]:
+        """Token-level ``translate(..., prefix=..., alternatives=n)``: per input (token ids) and its prefix
+        (token ids or None), up to ``n`` pairs (the output's token ids after the decoder start token, prefix
+        included; its score), as CTranslate2's ``return_alternatives`` (``models.alternatives``)."""
+        s = self.settings(**kwargs)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"`alternatives` must be an integer >= 1, got {n!r}")
+        prompts = self._prefix_prompts(prefixes, len(rows), s)
+        return [
+            alternatives_after(self, torch.as_tensor(list(r), dtype=torch.long), prompt, n, s, min_expansion_prob)
+            for r, prompt in zip(rows, prompts)
+        ]
