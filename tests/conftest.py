@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import CAUSAL_CONFIGS, FAMILY_SEEDS, MARIAN_CONFIGS, make_causal, make_family_model, make_marian
+from tests.helpers import (
+    CAUSAL_CONFIGS,
+    FAMILY_SEEDS,
+    MARIAN_CONFIGS,
+    make_causal,
+    make_family_model,
+    make_marian,
+    make_marian_with_tokenizer,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -78,13 +86,9 @@ def gpt2_text(tmp_path_factory):
 def marian_one(tmp_path_factory):
     """A single small Marian with a tokenizer, for API/CLI/error tests."""
     import turboseq
-    from turboseq.bench.models import build_marian_tokenizer
 
     path = tmp_path_factory.mktemp("marian-tok")
-    cfg = dict(MARIAN_CONFIGS["swish-untied-4h"])
-    cfg.update(vocab_size=1024, pad_token_id=1023, decoder_start_token_id=1023)
-    make_marian(path, **cfg)
-    build_marian_tokenizer(path, 1024, 1023, spm_pieces=600)
+    make_marian_with_tokenizer(path, "swish-untied-4h")
     return turboseq.load(path), path
 
 

@@ -109,6 +109,16 @@ def make_marian(
     return model
 
 
+def make_marian_with_tokenizer(path, config: str):
+    """``MARIAN_CONFIGS[config]`` with a 1024-token vocabulary and a trained MarianTokenizer, saved at ``path``."""
+    from turboseq.bench.models import build_marian_tokenizer
+
+    cfg = dict(MARIAN_CONFIGS[config])
+    cfg.update(vocab_size=1024, pad_token_id=1023, decoder_start_token_id=1023)
+    make_marian(path, **cfg)
+    build_marian_tokenizer(path, 1024, 1023, spm_pieces=600)
+
+
 # Shrunk shapes of real checkpoints; every architectural switch of the original is kept.
 FAMILY_CONFIGS = {
     # t5-small: ReLU FFN, tied head with the d_model**-0.5 rescale; here fewer buckets and a short

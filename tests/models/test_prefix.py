@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.generation.test_parity import _batch
-from tests.helpers import MARIAN_CONFIGS, make_marian
+from tests.helpers import make_marian_with_tokenizer
 
 TEXTS = ["The quick brown fox jumps.", "Please call Stella.", "It is raining today in the city.", "Hello."]
 PREFIXES = ["The", None, "It is", "Hel"]
@@ -22,13 +22,9 @@ def tied(tmp_path_factory):
     from transformers import AutoTokenizer
 
     import turboseq
-    from turboseq.bench.models import build_marian_tokenizer
 
     path = tmp_path_factory.mktemp("marian-tied")
-    cfg = dict(MARIAN_CONFIGS["gelu-tied-2h"])
-    cfg.update(vocab_size=1024, pad_token_id=1023, decoder_start_token_id=1023)
-    make_marian(path, **cfg)
-    build_marian_tokenizer(path, 1024, 1023, spm_pieces=600)
+    make_marian_with_tokenizer(path, "gelu-tied-2h")
     return turboseq.load(path), AutoTokenizer.from_pretrained(path), path
 
 

@@ -21,14 +21,15 @@ from turboseq.runtime.layers import build_cross_kv, decode_step
 
 
 def _expand(model, source: Tensor, prompt: Tensor, n: int, s: GenerationSettings) -> list[tuple[int, float]]:
-    """The ``n`` best next tokens after ``prompt`` with their log-probabilities (impossible ones left out)."""
+    """The ``n`` best next tokens after ``prompt`` with their log-probabilities (impossible ones left out);
+    ``s``: the settings counted from ``prompt`` (``for_prompt``)."""
     spec = model.spec
     hidden, cross_mask = model._encode(source[None], None)
     attn = spec.decoder.layers[0].self_attn
     state = DecoderState(build_cross_kv(spec, hidden), cross_mask, 1, attn.kv_heads, attn.head_dim, len(prompt) + 1)
     ids = prompt[None].to(model.device)
     model_log_probs = torch.log_softmax(model.head.logits(decode_step(spec, state, ids)).float(), dim=-1)
-    procs = build_processors(for_prompt(s, len(prompt), spec.max_positions), spec.vocab_size)
+    procs = build_processors(s, spec.vocab_size)
     ranked = apply(procs, ids, model_log_probs.clone())
     ranked[:, s.eos_token_ids] = -math.inf
     scores, tokens = torch.topk(ranked[0], min(n, ranked.shape[1]))
@@ -53,12 +54,13 @@ def alternatives(
 ) -> list[tuple[list[int], float]]:
     """Up to ``n`` alternatives for one input: (tokens after the start token, score), in the order of their
     expanded token's probability; expansions less likely than ``min_expansion_prob`` are left out."""
-    expanded = [(t, v) for t, v in _expand(model, source, prompt, n, s) if math.exp(v) >= min_expansion_prob]
+    from_prompt = for_prompt(s, len(prompt), model.spec.max_positions)
+    expanded = [(t, v) for t, v in _expand(model, source, prompt, n, from_prompt) if math.exp(v) >= min_expansion_prob]
     prefix = prompt.tolist()
     results: list = [(prefix[1:] + [t], v) for t, v in expanded]
     ended = set(s.eos_token_ids)
     todo = [j for j, (t, _) in enumerate(expanded) if t not in ended]
-    if not todo or len(prompt) + 1 >= for_prompt(s, len(prompt), model.spec.max_positions).max_length:
+    if not todo or len(prompt) + 1 >= from_prompt.max_length:
         return results
     prompts = torch.stack([torch.tensor(prefix + [expanded[j][0]], dtype=torch.long) for j in todo])
     trace = Trace(want_logits=True)

@@ -17,6 +17,11 @@ from turboseq.models.progress import progress_bar
 from turboseq.runtime.layers import encode
 
 
+def _check_alternatives(n) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"`alternatives` must be an integer >= 1, got {n!r}")
+
+
 class Seq2SeqModel(EncoderDecoder):
     """A text-to-text encoder-decoder model. Build it with ``turboseq.load``."""
 
@@ -210,10 +215,8 @@ class Seq2SeqModel(EncoderDecoder):
         if isinstance(texts, str):
             raise TypeError("`texts` must be a list of strings, not a single string")
         s = self.settings(**kwargs)
-        if alternatives is not None and (
-            isinstance(alternatives, bool) or not isinstance(alternatives, int) or alternatives < 1
-        ):
-            raise ValueError(f"`alternatives` must be an integer >= 1, got {alternatives!r}")
+        if alternatives is not None:
+            _check_alternatives(alternatives)
         if alternatives is not None and s.num_return_sequences != 1:
             raise ValueError("`alternatives` replaces `num_return_sequences`: leave it at 1")
         todo = [i for i, t in enumerate(texts) if t.strip()]
@@ -272,8 +275,7 @@ class Seq2SeqModel(EncoderDecoder):
         (token ids or None), up to ``n`` pairs (the output's token ids after the decoder start token, prefix
         included; its score), as CTranslate2's ``return_alternatives`` (``models.alternatives``)."""
         s = self.settings(**kwargs)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"`alternatives` must be an integer >= 1, got {n!r}")
+        _check_alternatives(n)
         prompts = self._prefix_prompts(prefixes, len(rows), s)
         return [
             alternatives_after(self, torch.as_tensor(list(r), dtype=torch.long), prompt, n, s, min_expansion_prob)
