@@ -8,11 +8,13 @@ from pathlib import Path
 import torch
 
 from turboseq.errors import ModelLoadError
+from turboseq.formats.pt2 import GENERATION_FORMAT, read_export_metadata
 from turboseq.formats.read import ModelInfo, inspect, read_model_dir
 from turboseq.generation.settings import generation_defaults
 from turboseq.models.causal import CausalLM
 from turboseq.models.encoder import EncoderModel
 from turboseq.models.exported import ExportedEncoder, load_exported
+from turboseq.models.programs import ProgramSeq2Seq, ProgramSpeech, load_generation
 from turboseq.models.speech import SpeechModel
 from turboseq.models.text import Seq2SeqModel
 from turboseq.runtime.compute import COMPUTE_TYPES, ComputeType, prepare, resolve_compute_type, supported_compute_types
@@ -20,7 +22,7 @@ from turboseq.runtime.layers import ACTIVATIONS
 from turboseq.runtime.memory import release_free_memory, tune_malloc
 from turboseq.runtime.spec import CausalLMSpec, EncoderSpec, Seq2SeqSpec, map_tensors, shape_problems, stacks
 
-Model = Seq2SeqModel | SpeechModel | CausalLM | EncoderModel | ExportedEncoder
+Model = Seq2SeqModel | SpeechModel | CausalLM | EncoderModel | ExportedEncoder | ProgramSeq2Seq | ProgramSpeech
 
 __all__ = ["COMPUTE_TYPES", "Model", "ModelInfo", "inspect", "load", "supported_compute_types"]
 
@@ -48,7 +50,13 @@ def _place(spec: Seq2SeqSpec | EncoderSpec | CausalLMSpec, device: torch.device,
         release_free_memory()
 
 
-def load(path: str | Path, device: str = "cpu", dtype: str | None = None, compute_type: str | None = None) -> Model:
+def load(
+    path: str | Path,
+    device: str = "cpu",
+    dtype: str | None = None,
+    compute_type: str | None = None,
+    trust_compiled_code: bool = False,
+) -> Model:
     """Load a local Hugging Face model directory (config.json + weights [+ tokenizer files]), a CTranslate2
     Whisper directory (model.bin, as faster-whisper uses), or a ``turboseq export`` file.
 
@@ -57,14 +65,23 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None, comput
 
     ``compute_type`` (CTranslate2's names): "float32" (the default; token-identical to transformers),
     "bfloat16", "int8", "int8_bfloat16" (faster, not identical: README, fast mode) or "auto" (the fastest this
-    machine supports). ``dtype`` is the older name of the option ("float32" or "bfloat16")."""
+    machine supports). ``dtype`` is the older name of the option ("float32" or "bfloat16").
+
+    An export file of a generation model (``turboseq export``) loads as ``ProgramSeq2Seq`` or ``ProgramSpeech``,
+    with the same API. One built with ``--compile`` holds native code: it loads only with
+    ``trust_compiled_code=True``."""
     torch_device, ct = _check_options(device, dtype, compute_type)
     if torch_device.type == "cpu":
         tune_malloc()
     if Path(path).is_file():
         if ct.reduced:
             raise ValueError(f"{path}: an exported file runs in the precision it was exported in; omit `compute_type`")
-        return load_exported(path)  # it refuses any file that is not a safe turboseq export before torch reads it
+        if torch_device.type != "cpu":
+            raise ValueError(f"{path}: exported files run on the CPU; omit `device`")
+        # both refuse any file that is not a safe turboseq export before torch reads it
+        if read_export_metadata(path, check_members=False).get("format") == GENERATION_FORMAT:
+            return load_generation(Path(path), trust_compiled_code)
+        return load_exported(path)
     files = read_model_dir(path)
     spec = files.spec
     for layer in [layer for stack in stacks(spec) for layer in stack.layers]:

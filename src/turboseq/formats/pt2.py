@@ -17,7 +17,11 @@ from pathlib import Path
 
 from turboseq.errors import ModelLoadError
 
-EXPORT_FORMAT = "turboseq-encoder-export"  # the ``format`` of an export's turboseq.json
+EXPORT_FORMAT = "turboseq-encoder-export"  # the ``format`` of an encoder export's turboseq.json
+GENERATION_FORMAT = "turboseq-generation-export"  # ... and of a generation model's (``models.artifact``)
+FORMATS = (EXPORT_FORMAT, GENERATION_FORMAT)
+# members of an AOTInductor build (``turboseq export --compile``): native code, run when the file is loaded
+_NATIVE_PREFIX = "data/aotinductor/"
 
 # member paths below the archive's root folder: exact names, or prefixes of raw payloads and JSON
 _EXACT = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
@@ -32,8 +36,16 @@ def _not_export(path: Path) -> ModelLoadError:
     )
 
 
-def _check_member(path: Path, archive: zipfile.ZipFile, name: str) -> None:
+def _check_member(path: Path, archive: zipfile.ZipFile, name: str, trust_compiled_code: bool) -> None:
     root, _, rest = name.partition("/")
+    if rest.startswith(_NATIVE_PREFIX):
+        if trust_compiled_code:
+            return
+        raise ModelLoadError(
+            f"{path}: holds compiled native code (`turboseq export --compile`), which runs when it is loaded; "
+            "load it with trust_compiled_code=True (CLI: --trust-compiled-code) only if you built it or trust "
+            "whoever did"
+        )
     unsafe = ModelLoadError(
         f"{path}: refused: archive member {name!r} is not part of a turboseq export "
         "(it could carry code that torch would unpickle)"
@@ -69,7 +81,7 @@ def _check_member(path: Path, archive: zipfile.ZipFile, name: str) -> None:
     raise unsafe
 
 
-def read_export_metadata(path: str | Path, check_members: bool = True) -> dict:
+def read_export_metadata(path: str | Path, check_members: bool = True, trust_compiled_code: bool = False) -> dict:
     """The turboseq metadata of an export file; raises ``ModelLoadError`` for any other file. With
     ``check_members`` (what must precede ``torch.export.load``), also checks that torch can load it without
     unpickling anything but plain tensors; without, only the metadata is read (enough to tell the kind)."""
@@ -82,12 +94,12 @@ def read_export_metadata(path: str | Path, check_members: bool = True) -> dict:
             names = archive.namelist()
             metas = [n for n in names if n.rsplit("/", 1)[-1] == "turboseq.json"]
             meta = json.loads(archive.read(metas[0]).decode("utf-8")) if metas else None
-            if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+            if not isinstance(meta, dict) or meta.get("format") not in FORMATS:
                 raise ModelLoadError(
                     f"{path}: a zip archive (a torch.export program?), but not one written by `turboseq export`"
                 )
             for name in names if check_members else ():
-                _check_member(path, archive, name)
+                _check_member(path, archive, name, trust_compiled_code)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
         if isinstance(err, ModelLoadError):
             raise

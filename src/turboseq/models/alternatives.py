@@ -16,20 +16,16 @@ from turboseq.generation.batching import pad_rows
 from turboseq.generation.outputs import Trace, transition_scores
 from turboseq.generation.processors import apply, build_processors
 from turboseq.generation.settings import GenerationSettings, for_prompt
-from turboseq.runtime.cache import DecoderState
-from turboseq.runtime.layers import build_cross_kv, decode_step
 
 
 def _expand(model, source: Tensor, prompt: Tensor, n: int, s: GenerationSettings) -> list[tuple[int, float]]:
     """The ``n`` best next tokens after ``prompt`` with their log-probabilities (impossible ones left out);
     ``s``: the settings counted from ``prompt`` (``for_prompt``)."""
-    spec = model.spec
     hidden, cross_mask = model._encode(source[None], None)
-    attn = spec.decoder.layers[0].self_attn
-    state = DecoderState(build_cross_kv(spec, hidden), cross_mask, 1, attn.kv_heads, attn.head_dim, len(prompt) + 1)
+    state = model._decoder_state(hidden, cross_mask, 1, len(prompt) + 1)
     ids = prompt[None].to(model.device)
-    model_log_probs = torch.log_softmax(model.head.logits(decode_step(spec, state, ids)).float(), dim=-1)
-    procs = build_processors(s, spec.vocab_size)
+    model_log_probs = torch.log_softmax(model.head.logits(state.step(ids)).float(), dim=-1)
+    procs = build_processors(s, model.spec.vocab_size)
     ranked = apply(procs, ids, model_log_probs.clone())
     ranked[:, s.eos_token_ids] = -math.inf
     scores, tokens = torch.topk(ranked[0], min(n, ranked.shape[1]))

@@ -216,31 +216,51 @@ class EncoderDecoder(Engine):
         trace: Trace | None = None,
         prompts: Tensor | None = None,
     ) -> list[list[Tensor]]:
-        spec = self.spec
         hidden, cross_mask = self._encode(inputs, mask)
-        cross_kv = build_cross_kv(spec, hidden)
         batch = hidden.shape[0]
-        attn = spec.decoder.layers[0].self_attn
         if prompts is None:
             prompt = self._prompt(batch, s)
         else:  # forced prefixes: lengths count them, as transformers counts decoder_input_ids
             prompt = prompts.to(self.device)
-            s = for_prompt(s, prompt.shape[1], spec.max_positions)
-        procs = build_processors(s, spec.vocab_size)
+            s = for_prompt(s, prompt.shape[1], self.spec.max_positions)
+        procs = build_processors(s, self.spec.vocab_size)
         group = s.num_beams if s.is_beam else 1
         copies = 1 if s.is_beam else s.num_return_sequences
+        expand = None
         if copies > 1:  # sampled sequences: one decoder row (and one cross K/V entry) each
             expand = torch.arange(batch, device=self.device).repeat_interleave(copies)
-            cross_kv = [(k.index_select(0, expand), v.index_select(0, expand)) for k, v in cross_kv]
-            cross_mask = None if cross_mask is None else cross_mask.index_select(0, expand)
             prompt = prompt.index_select(0, expand)
             hooks = None if hooks is None else hooks.select(expand.cpu())
-        state = DecoderState(cross_kv, cross_mask, group, attn.kv_heads, attn.head_dim, s.max_length)
-
-        def step(tokens: Tensor) -> Tensor:
-            return decode_step(spec, state, tokens)
-
+        state = self._decoder_state(hidden, cross_mask, group, s.max_length, expand)
         if s.is_beam:
-            return search.beam_search(step, state.select, self.head, prompt, s, procs, generator, hooks, trace)
-        seqs = search.greedy_or_sample(step, state.select, self.head, prompt, s, procs, generator, hooks, trace=trace)
+            return search.beam_search(state.step, state.select, self.head, prompt, s, procs, generator, hooks, trace)
+        seqs = search.greedy_or_sample(
+            state.step, state.select, self.head, prompt, s, procs, generator, hooks, trace=trace
+        )
         return [seqs[i * copies : (i + 1) * copies] for i in range(batch)]
+
+    def _decoder_state(self, hidden: Tensor, cross_mask: Tensor | None, group: int, max_length: int, expand=None):
+        """The decoder's state for encoder output ``hidden``, with ``group`` rows per input (``expand``: the
+        input of each entry, where one input has several entries): an object with ``step(tokens) -> hidden``
+        and ``select(rows, sentences)``. Here the eager runtime; an exported artifact runs its programs."""
+        cross_kv = build_cross_kv(self.spec, hidden)
+        if expand is not None:
+            cross_kv = [(k.index_select(0, expand), v.index_select(0, expand)) for k, v in cross_kv]
+            cross_mask = None if cross_mask is None else cross_mask.index_select(0, expand)
+        attn = self.spec.decoder.layers[0].self_attn
+        return EagerDecoder(
+            self.spec, DecoderState(cross_kv, cross_mask, group, attn.kv_heads, attn.head_dim, max_length)
+        )
+
+
+class EagerDecoder:
+    """``decode_step`` over a ``DecoderState``, as the search loops call it."""
+
+    def __init__(self, spec, state: DecoderState):
+        self.spec, self.state = spec, state
+
+    def step(self, tokens: Tensor) -> Tensor:
+        return decode_step(self.spec, self.state, tokens)
+
+    def select(self, rows: Tensor, sentences: Tensor | None = None) -> None:
+        self.state.select(rows, sentences)

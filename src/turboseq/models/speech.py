@@ -37,10 +37,14 @@ class SpeechModel(EncoderDecoder):
     def __init__(self, spec, config, generation_defaults, path, device, dtype, whisper_config: dict):
         super().__init__(spec, config, generation_defaults, path, device, dtype)
         self.whisper = whisper_config  # generation_config.json's Whisper keys (token ids, language table)
-        self.n_mels = spec.encoder.embed.convs[0].weight.shape[1]
+        self.n_mels, self.frames = self._input_shape()
         self.no_timestamps_id = whisper_config.get("no_timestamps_token_id")
         self.timestamp_begin = None if self.no_timestamps_id is None else self.no_timestamps_id + 1
-        self.frames = 2 * spec.encoder.embed.positions.shape[0]  # mel frames the encoder expects (3000)
+
+    def _input_shape(self) -> tuple[int, int]:
+        """Mel bins, and the mel frames the encoder expects (3000: two per encoder position)."""
+        front = self.spec.encoder.embed
+        return front.convs[0].weight.shape[1], 2 * front.positions.shape[0]
 
     @property
     def tokenizer(self):
@@ -134,7 +138,7 @@ class SpeechModel(EncoderDecoder):
     # --- the engine's hooks: 30 s of log-mel features in, Whisper's prompt -------------------------------------------------------------------------
 
     def _row_length(self, row) -> int:
-        return self.spec.encoder.embed.positions.shape[0]
+        return self.frames // 2
 
     def _collate(self, rows, mask, chunk: list[int]) -> tuple[Tensor, None]:
         return torch.stack([rows[i] for i in chunk]), None

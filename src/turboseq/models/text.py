@@ -41,6 +41,9 @@ class Seq2SeqModel(EncoderDecoder):
         mask = torch.ones_like(inputs) if mask is None else mask.to(self.device)
         return encode(self.spec.encoder, inputs, mask), mask.bool()[:, None, None, :]
 
+    def _source_vocab_size(self) -> int:
+        return self.spec.encoder.embed.tokens.shape[0]
+
     def _prompt(self, batch: int, s: GenerationSettings) -> Tensor:
         start = s.decoder_start_token_id if s.decoder_start_token_id is not None else self.spec.decoder_start_token_id
         return torch.full((batch, 1), start, dtype=torch.long, device=self.device)
@@ -91,7 +94,7 @@ class Seq2SeqModel(EncoderDecoder):
             return torch.empty((0, 0), dtype=torch.long)
         if ids.shape[1] > self.spec.max_positions:
             raise ValueError(f"input has {ids.shape[1]} tokens; the model accepts at most {self.spec.max_positions}")
-        if ((ids < 0) | (ids >= self.spec.encoder.embed.tokens.shape[0])).any():
+        if ((ids < 0) | (ids >= self._source_vocab_size())).any():
             raise ValueError(f"`input_ids` has ids outside the vocabulary [0, {self.spec.vocab_size})")
         # right-padded rows are cut to their length, so batches can be regrouped without changing results
         lengths = mask.sum(dim=1)

@@ -327,7 +327,7 @@ def decode_step(
     x = embed(stack.embed, tokens, start, positions)  # [rows, new_len, d_model]
     end = start + new_len
     mask = state.self_mask(new_len)
-    causal = mask is None and new_len > 1  # a multi-token prompt: causal inside it (the cache is empty then)
+    causal = mask is None and bool(new_len > 1)  # a multi-token prompt: causal inside it (the cache is empty then)
     if stack.relative_bias is not None:
         # only the new positions' rows of the bias, from the cache length: [1, heads, new_len, end]
         mask = relative_position_bias(stack.relative_bias, start, new_len, end).to(x.dtype)

@@ -1,0 +1,245 @@
+"""Export a generation model (Marian, T5, BART, Whisper, ...) to one self-contained ``.pt2`` file, and load it.
+
+The file holds the programs of ``runtime.graphs`` (encoder, cross-attention initializer, decoder prefill and
+step, output projection) as ``torch.export`` programs with dynamic batch, source and cache lengths; the weights,
+each stored once (tied and shared tensors are one payload); turboseq's metadata; and the model directory's small
+files (config, generation config, tokenizer). ``compile=True`` adds AOTInductor builds of the encoder and the
+decoder step (frozen, so weights are prepacked): native code for this machine's CPU.
+
+``turboseq.load(FILE)`` gives a ``ProgramSeq2Seq`` or ``ProgramSpeech``: the same API as the eager model, with
+turboseq's search loops driving the programs (``runtime.graphs.ProgramState``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+
+from turboseq.errors import ModelLoadError
+from turboseq.formats.pt2 import GENERATION_FORMAT as FORMAT
+from turboseq.runtime.graphs import CrossKVGraph, EncoderGraph, HeadGraph, StepGraph
+from turboseq.runtime.spec import linears
+from turboseq.version import __version__
+
+FORMAT_VERSION = 1
+COMPILED = ("encoder", "step")  # programs ``compile=True`` builds with AOTInductor
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
+_MAX_CARRIED_FILE = 32 << 20  # bytes: tokenizer and config files are far smaller
+
+
+def _dim(name: str, low: int = 1, high: int = 1 << 20):
+    return torch.export.Dim(name, min=low, max=high)
+
+
+def _examples(model, audio: bool) -> dict[str, tuple[tuple, dict]]:
+    """Per program: example inputs (every dynamic size >= 2, so that none is specialized) and dynamic shapes."""
+    spec = model.spec
+    attn = spec.decoder.layers[0].self_attn
+    layers, kv_heads, head_dim = len(spec.decoder.layers), attn.kv_heads, attn.head_dim
+    cross = spec.decoder.layers[0].cross_attn
+    cross_dim = cross.q.weight.shape[0] // cross.num_heads
+    S, G, src = _dim("sentences"), _dim("group"), _dim("source", 1, spec.max_positions)
+    T, n = _dim("length", 1, spec.max_positions), _dim("prompt", 2, spec.max_positions)
+    s, g, t, p = 2, 2, 3, 2
+    if audio:
+        frames = model.frames
+        source = frames // 2
+        encoder = ((torch.zeros(s, model.n_mels, frames),), {"inputs": {0: S}})
+        src, src_len = None, source
+    else:
+        src_len = 3
+        ids, mask = torch.tensor([[4, 5, 6], [7, 8, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]])
+        encoder = ((ids, mask), {"inputs": {0: S, 1: src}, "attention_mask": {0: S, 1: src}})
+    d = spec.d_model
+    hidden = torch.zeros(s, src_len, d)
+    cross_kv = torch.zeros(layers, s, cross.num_heads, src_len, cross_dim)
+    source_dims = {1: S} if audio else {1: S, 3: src}
+
+    def step_inputs(tokens_len: int, cache_len: int, time_dim, prompt_dim):
+        cache = torch.zeros(cache_len, layers, s, g, kv_heads, head_dim)
+        args = [torch.zeros(s, g, tokens_len, dtype=torch.long), torch.arange(s * g).view(s, g), cache, cache.clone()]
+        args += [cross_kv, cross_kv.clone()]
+        dims = {
+            "tokens": {0: S, 1: G} if prompt_dim is None else {0: S, 1: G, 2: prompt_dim},
+            "reorder": {0: S, 1: G},
+            "cache_k": {0: time_dim, 2: S, 3: G},
+            "cache_v": {0: time_dim, 2: S, 3: G},
+            "cross_k": source_dims,
+            "cross_v": source_dims,
+        }
+        if not audio:
+            args.append(torch.ones(s, src_len, dtype=torch.bool))
+            dims["source_mask"] = {0: S, 1: src}
+        return tuple(args), dims
+
+    return {
+        "encoder": encoder,
+        "cross_kv": ((hidden,), {"hidden": {0: S} if audio else {0: S, 1: src}}),
+        "prefill": step_inputs(p, p, n, n),  # a prompt starts the cache: its length is the prompt's
+        "step": step_inputs(1, t, T, None),
+        "head": ((torch.zeros(s * g, d),), {"hidden": {0: _dim("rows")}}),
+    }
+
+
+def _programs(model, audio: bool) -> dict:
+    spec = model.spec
+    modules = {
+        "encoder": EncoderGraph(spec, audio),
+        "cross_kv": CrossKVGraph(spec),
+        "prefill": StepGraph(spec, masked=not audio),
+        "step": StepGraph(spec, masked=not audio),
+        "head": HeadGraph(spec.lm_head),
+    }
+    programs = {}
+    with torch.no_grad():
+        for name, (args, dims) in _examples(model, audio).items():
+            programs[name] = torch.export.export(modules[name], args, dynamic_shapes=dims)
+    return programs
+
+
+def _carried_files(model_dir: Path) -> dict[str, str]:
+    """The model directory's small non-weight files (config, generation config, tokenizer), base64."""
+    out = {}
+    for file in sorted(model_dir.iterdir()):
+        if file.is_file() and not file.name.endswith(_WEIGHT_SUFFIXES) and file.stat().st_size <= _MAX_CARRIED_FILE:
+            if file.name != "model.bin":  # CTranslate2's weights
+                out[f"file__{file.name}"] = base64.b64encode(file.read_bytes()).decode("ascii")
+    return out
+
+
+def _dedupe(archive_bytes: bytes) -> bytes:
+    """The archive with identical tensor payloads stored once: programs that share a weight (an embedding
+    tied to the output projection, or used by encoder and decoder) point to one member."""
+    source = zipfile.ZipFile(io.BytesIO(archive_bytes))
+    first: dict[tuple[str, str], str] = {}  # (folder, digest) -> member name kept
+    renamed: dict[str, str] = {}  # member path -> path kept
+    for info in source.infolist():
+        folder, _, base = info.filename.rpartition("/")
+        if base.startswith(("weight_", "tensor_")) and "/data/" in f"/{folder}/":
+            key = (folder, hashlib.sha256(source.read(info)).hexdigest())
+            renamed[info.filename] = first.setdefault(key, info.filename)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if renamed.get(info.filename, info.filename) != info.filename:
+                continue
+            folder, _, base = info.filename.rpartition("/")
+            if info.filename.endswith("_config.json") and folder.endswith(("data/weights", "data/constants")):
+                config = json.loads(data)
+                for entry in config.get("config", {}).values():
+                    kept = renamed.get(f"{folder}/{entry['path_name']}")
+                    if kept is not None:
+                        entry["path_name"] = kept.rpartition("/")[2]
+                data = json.dumps(config).encode()
+            target.writestr(info, data)
+    return out.getvalue()
+
+
+def _compile(name: str, program, workdir: Path) -> list[tuple[str, bytes]]:
+    """AOTInductor build of one program (frozen: weights folded in and prepacked); its archive members."""
+    package = workdir / f"{name}.pt2"
+    torch._inductor.aoti_compile_and_package(
+        program,
+        package_path=str(package),
+        inductor_configs={"freezing": True, "aot_inductor.model_name_for_generated_files": name},
+    )
+    with zipfile.ZipFile(package) as archive:
+        return [(n.partition("/")[2], archive.read(n)) for n in archive.namelist() if "/data/aotinductor/" in f"/{n}"]
+
+
+def export_generation(model, out: str | Path, compile: bool = False, log=None) -> dict:
+    """Write ``model`` (a float32 ``Seq2SeqModel`` or ``SpeechModel``) to ``out``; returns what was written:
+    path, size in bytes, and seconds spent compiling (``compile``)."""
+    from turboseq.models.speech import SpeechModel
+
+    if model.compute_type != "float32":
+        raise ValueError(
+            f"export takes a float32 model (this one was loaded with compute_type={model.compute_type}): "
+            "reduced-precision weights are laid out for this process's kernels and cannot be exported"
+        )
+    if model.device.type != "cpu":
+        raise ValueError(f"export runs on the CPU; load the model with device='cpu' (got {model.device})")
+    audio = isinstance(model, SpeechModel)
+    spec = model.spec
+    attn = spec.decoder.layers[0].self_attn
+    saved = [(lin, lin.packed) for lin in linears(spec)]
+    try:
+        for lin, _ in saved:  # oneDNN's opaque packed weights cannot be exported: use the dense ones
+            lin.packed = None
+        programs = _programs(model, audio)
+    finally:
+        for lin, packed in saved:
+            lin.packed = packed
+    meta = dict(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        turboseq_version=__version__,
+        torch_version=torch.__version__,
+        kind="speech" if audio else "seq2seq",
+        model_type=model.config.get("model_type"),
+        compute_type="float32",
+        compiled=list(COMPILED) if compile else [],
+        config=model.config,
+        generation_defaults=model.generation_defaults,
+        whisper=model.whisper if audio else None,
+        spec=dict(
+            pad_token_id=spec.pad_token_id,
+            eos_token_id=spec.eos_token_id,
+            decoder_start_token_id=spec.decoder_start_token_id,
+            max_positions=spec.max_positions,
+            vocab_size=spec.vocab_size,
+            d_model=spec.d_model,
+            kv_heads=attn.kv_heads,
+            head_dim=attn.head_dim,
+            source_vocab_size=None if audio else spec.encoder.embed.tokens.shape[0],
+            n_mels=model.n_mels if audio else None,
+            frames=model.frames if audio else None,
+        ),
+    )
+    extra = {"turboseq.json": json.dumps(meta), **_carried_files(model.path)}
+    buffer = io.BytesIO()
+    torch.export.pt2_archive._package.package_pt2(buffer, exported_programs=programs, extra_files=extra)
+    data = _dedupe(buffer.getvalue())
+    seconds = 0.0
+    if compile:
+        begin = time.perf_counter()
+        members = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in COMPILED:
+                if log is not None:
+                    log(f"compiling the {name} with AOTInductor")
+                members += _compile(name, programs[name], Path(tmp))
+        seconds = time.perf_counter() - begin
+        merged = io.BytesIO(data)
+        with zipfile.ZipFile(merged, "a", zipfile.ZIP_STORED) as archive:
+            root = archive.namelist()[0].partition("/")[0]
+            for name, payload in members:
+                archive.writestr(f"{root}/{name}", payload)
+        data = merged.getvalue()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    return dict(path=out, bytes=len(data), compile_seconds=seconds)
+
+
+def read_carried_files(extra: dict[str, str], into: Path) -> None:
+    for key, text in extra.items():
+        if key.startswith("file__"):
+            (into / key.partition("__")[2]).write_bytes(base64.b64decode(text))
+
+
+def check_format_version(path: Path, meta: dict) -> None:
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{path}: export format version {meta.get('format_version')} (turboseq {meta.get('turboseq_version')}); "
+            f"this turboseq reads version {FORMAT_VERSION}: export the model again"
+        )
