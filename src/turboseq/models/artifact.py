@@ -30,7 +30,7 @@ from turboseq.runtime.spec import linears
 from turboseq.version import __version__
 
 FORMAT_VERSION = 1
-COMPILED = ("encoder", "step")  # programs ``compile=True`` builds with AOTInductor
+COMPILED = ("encoder", "step", "step_beams")  # programs ``compile=True`` builds with AOTInductor
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
 _MAX_CARRIED_FILE = 32 << 20  # bytes: tokenizer and config files are far smaller
 
@@ -46,9 +46,9 @@ def _examples(model, audio: bool) -> dict[str, tuple[tuple, dict]]:
     layers, kv_heads, head_dim = len(spec.decoder.layers), attn.kv_heads, attn.head_dim
     cross = spec.decoder.layers[0].cross_attn
     cross_dim = cross.q.weight.shape[0] // cross.num_heads
-    S, G, src = _dim("sentences"), _dim("group"), _dim("source", 1, spec.max_positions)
+    S, G, src = _dim("sentences"), _dim("group", 2), _dim("source", 1, spec.max_positions)
     T, n = _dim("length", 1, spec.max_positions), _dim("prompt", 2, spec.max_positions)
-    s, g, t, p = 2, 2, 3, 2
+    s, t, p = 2, 3, 2
     if audio:
         frames = model.frames
         source = frames // 2
@@ -63,15 +63,18 @@ def _examples(model, audio: bool) -> dict[str, tuple[tuple, dict]]:
     cross_kv = torch.zeros(layers, s, cross.num_heads, src_len, cross_dim)
     source_dims = {1: S} if audio else {1: S, 3: src}
 
-    def step_inputs(tokens_len: int, cache_len: int, time_dim, prompt_dim):
+    def step_inputs(tokens_len: int, cache_len: int, time_dim, prompt_dim, beams: bool):
+        # one row per input (greedy, sampling) and several (beams) are two programs: traced with both, the
+        # reshapes between [inputs * rows] and [inputs, rows] would only hold for one of the two
+        g, group = (2, G) if beams else (1, None)
         cache = torch.zeros(cache_len, layers, s, g, kv_heads, head_dim)
-        args = [torch.zeros(s, g, tokens_len, dtype=torch.long), torch.arange(s * g).view(s, g), cache, cache.clone()]
+        args = [torch.zeros(s, g, tokens_len, dtype=torch.long), cache, cache.clone()]
         args += [cross_kv, cross_kv.clone()]
+        rows = {0: S, 1: group} if beams else {0: S}
         dims = {
-            "tokens": {0: S, 1: G} if prompt_dim is None else {0: S, 1: G, 2: prompt_dim},
-            "reorder": {0: S, 1: G},
-            "cache_k": {0: time_dim, 2: S, 3: G},
-            "cache_v": {0: time_dim, 2: S, 3: G},
+            "tokens": {**rows, 2: prompt_dim} if prompt_dim is not None else rows,
+            "cache_k": {0: time_dim, 2: S, 3: group} if beams else {0: time_dim, 2: S},
+            "cache_v": {0: time_dim, 2: S, 3: group} if beams else {0: time_dim, 2: S},
             "cross_k": source_dims,
             "cross_v": source_dims,
         }
@@ -83,9 +86,12 @@ def _examples(model, audio: bool) -> dict[str, tuple[tuple, dict]]:
     return {
         "encoder": encoder,
         "cross_kv": ((hidden,), {"hidden": {0: S} if audio else {0: S, 1: src}}),
-        "prefill": step_inputs(p, p, n, n),  # a prompt starts the cache: its length is the prompt's
-        "step": step_inputs(1, t, T, None),
-        "head": ((torch.zeros(s * g, d),), {"hidden": {0: _dim("rows")}}),
+        # a prompt starts the cache: its length is the prompt's
+        "prefill": step_inputs(p, p, n, n, beams=False),
+        "prefill_beams": step_inputs(p, p, n, n, beams=True),
+        "step": step_inputs(1, t, T, None, beams=False),
+        "step_beams": step_inputs(1, t, T, None, beams=True),
+        "head": ((torch.zeros(s * 2, d),), {"hidden": {0: _dim("rows")}}),
     }
 
 
@@ -94,8 +100,7 @@ def _programs(model, audio: bool) -> dict:
     modules = {
         "encoder": EncoderGraph(spec, audio),
         "cross_kv": CrossKVGraph(spec),
-        "prefill": StepGraph(spec, masked=not audio),
-        "step": StepGraph(spec, masked=not audio),
+        **{name: StepGraph(spec, masked=not audio) for name in ("prefill", "prefill_beams", "step", "step_beams")},
         "head": HeadGraph(spec.lm_head),
     }
     programs = {}
@@ -152,8 +157,13 @@ def _compile(name: str, program, workdir: Path) -> list[tuple[str, bytes]]:
         package_path=str(package),
         inductor_configs={"freezing": True, "aot_inductor.model_name_for_generated_files": name},
     )
+    members = []
     with zipfile.ZipFile(package) as archive:
-        return [(n.partition("/")[2], archive.read(n)) for n in archive.namelist() if "/data/aotinductor/" in f"/{n}"]
+        for member in archive.namelist():
+            inner = member.partition("/")[2]
+            if inner.startswith("data/aotinductor/model/"):  # the package's one model, renamed
+                members.append((f"data/aotinductor/{name}/" + inner.split("/", 3)[3], archive.read(member)))
+    return members
 
 
 def export_generation(model, out: str | Path, compile: bool = False, log=None) -> dict:

@@ -47,7 +47,7 @@ class _Programs:
         raise ValueError(f"{self.artifact}: forward_logits needs the model directory; an export decodes only")
 
     def _decoder_state(self, hidden: Tensor, cross_mask, group: int, max_length: int, expand=None):
-        cross_k, cross_v = self.programs["cross_kv"](hidden)
+        cross_k, cross_v = self.programs["cross_kv"](hidden.contiguous())
         if expand is not None:
             cross_k, cross_v = cross_k.index_select(1, expand), cross_v.index_select(1, expand)
             cross_mask = None if cross_mask is None else cross_mask.index_select(0, expand)
@@ -78,7 +78,7 @@ class ProgramSeq2Seq(_Programs, Seq2SeqModel):
     def _encode(self, inputs: Tensor, mask: Tensor | None):
         inputs = inputs.to(self.device)
         mask = torch.ones_like(inputs) if mask is None else mask.to(self.device)
-        return self.programs["encoder"](inputs, mask), mask.bool()
+        return self.programs["encoder"](inputs.contiguous(), mask.contiguous()), mask.bool()
 
 
 class ProgramSpeech(_Programs, SpeechModel):
@@ -88,7 +88,7 @@ class ProgramSpeech(_Programs, SpeechModel):
         return self.meta["spec"]["n_mels"], self.meta["spec"]["frames"]
 
     def _encode(self, inputs: Tensor, mask):
-        return self.programs["encoder"](inputs.to(device=self.device, dtype=torch.float32)), None
+        return self.programs["encoder"](inputs.to(device=self.device, dtype=torch.float32).contiguous()), None
 
 
 def _callables(archive, meta: dict, path: Path) -> dict:
@@ -135,4 +135,3 @@ def load_generation(path: Path, trust_compiled_code: bool = False):
     model.__init__(spec, meta["config"], defaults, files_dir, device, "float32", *extra)
     weakref.finalize(model, shutil.rmtree, str(files_dir), True)
     return model
-

@@ -4,9 +4,9 @@ A generation artifact (``turboseq export``) holds five programs built from these
 
 - ``encoder``: source ids and mask [S, src] (Whisper: log-mel features [S, mels, frames]) -> hidden [S, src, d];
 - ``cross_kv``: hidden -> cross-attention keys and values [layers, S, heads, src, head_dim], once per input;
-- ``prefill`` and ``step``: the decoder on a prompt of 2+ tokens, and on one token per row. Both take the rows
-  grouped by input, tokens [S, G, n] (G rows per input: beams or samples), a row reordering ``reorder`` [S * G]
-  (row i continues the cache of row reorder[i]; the identity when nothing moved), the self-attention cache
+- ``prefill`` and ``step``: the decoder on a prompt of 2+ tokens, and on one token per row, for one row per
+  input (greedy, sampling); ``prefill_beams`` and ``step_beams`` for 2+ rows per input. They take the rows
+  grouped by input, tokens [S, G, n] (G rows per input: beams), the self-attention cache
   [length, layers, S, G, kv_heads, head_dim] for keys and for values, whose last n positions the program writes
   in place, and the cross-attention keys/values (and the source mask [S, src] for text). They return the hidden
   state of each row's last position [S * G, d];
@@ -27,7 +27,7 @@ from turboseq.runtime.layers import build_cross_kv, decode_step, encode, linear
 from turboseq.runtime.spec import Linear, Seq2SeqSpec
 
 # programs in an artifact, in the order they run
-PROGRAMS = ("encoder", "cross_kv", "prefill", "step", "head")
+PROGRAMS = ("encoder", "cross_kv", "prefill", "prefill_beams", "step", "step_beams", "head")
 
 
 class _CacheView:
@@ -64,12 +64,6 @@ class _CacheView:
         return out[0], out[1]
 
 
-def _reorder(cache: Tensor, reorder: Tensor) -> None:
-    """The cache's rows reordered in place: row i <- row reorder[i] (the new positions too, which are written
-    afterwards: slicing them off would make the traced graph depend on the cache length)."""
-    cache.copy_(cache.flatten(2, 3).index_select(2, reorder.flatten()).view(cache.shape))
-
-
 class EncoderGraph(torch.nn.Module):
     def __init__(self, spec: Seq2SeqSpec, audio: bool):
         super().__init__()
@@ -96,10 +90,8 @@ class StepGraph(torch.nn.Module):
         super().__init__()
         self.spec, self.masked = spec, masked
 
-    def forward(self, tokens, reorder, cache_k, cache_v, cross_k, cross_v, source_mask=None) -> Tensor:
+    def forward(self, tokens, cache_k, cache_v, cross_k, cross_v, source_mask=None) -> Tensor:
         new_len = tokens.shape[2]
-        _reorder(cache_k, reorder)
-        _reorder(cache_v, reorder)
         mask = source_mask[:, None, None, :] if self.masked else None
         state = _CacheView(cache_k, cache_v, cross_k, cross_v, mask, new_len)
         return decode_step(self.spec, state, tokens.flatten(0, 1))
@@ -115,11 +107,22 @@ class HeadGraph(torch.nn.Module):
 
 
 class ProgramState:
-    """The decoder state of programs: preallocated time-major cache buffers, the cross-attention keys/values,
-    and a pending row reordering handed to the next program call. ``select`` as ``DecoderState.select``."""
+    """The decoder state of programs: preallocated time-major cache buffers and the cross-attention
+    keys/values. ``select`` as ``DecoderState.select``: beams are reordered here, between program calls (an
+    in-place reordering inside a compiled graph read rows it had already overwritten)."""
 
-    def __init__(self, programs: dict, cross_k: Tensor, cross_v: Tensor, cross_mask: Tensor | None, group: int,
-                 max_length: int, kv_heads: int, head_dim: int, initial_capacity: int = 64):
+    def __init__(
+        self,
+        programs: dict,
+        cross_k: Tensor,
+        cross_v: Tensor,
+        cross_mask: Tensor | None,
+        group: int,
+        max_length: int,
+        kv_heads: int,
+        head_dim: int,
+        initial_capacity: int = 64,
+    ):
         self.programs = programs  # name -> callable (exported module or compiled runner)
         self.cross_k, self.cross_v, self.cross_mask = cross_k, cross_v, cross_mask
         self.sentences, self.group = cross_k.shape[1], group
@@ -128,7 +131,6 @@ class ProgramState:
         shape = (min(max_length, initial_capacity), layers, self.sentences, group, kv_heads, head_dim)
         self.cache_k = cross_k.new_empty(shape)
         self.cache_v = cross_k.new_empty(shape)
-        self.reorder = None  # pending: row i continues row reorder[i]
 
     @property
     def rows(self) -> int:
@@ -150,10 +152,9 @@ class ProgramState:
         n = tokens.shape[1]
         end = self.length + n
         self._reserve(end)
-        reorder = self.reorder if self.reorder is not None else torch.arange(self.rows, device=tokens.device)
         args = [
-            tokens.reshape(self.sentences, self.group, n),
-            reorder.view(self.sentences, self.group),
+            # compiled programs read their inputs as contiguous: the search hands over column slices
+            tokens.reshape(self.sentences, self.group, n).contiguous(),
             self.cache_k[:end],
             self.cache_v[:end],
             self.cross_k,
@@ -161,19 +162,18 @@ class ProgramState:
         ]
         if self.cross_mask is not None:
             args.append(self.cross_mask)
-        hidden = self.programs["step" if n == 1 else "prefill"](*args)
-        self.length, self.reorder = end, None
+        name = ("step" if n == 1 else "prefill") + ("_beams" if self.group > 1 else "")
+        hidden = self.programs[name](*args)
+        self.length = end
         return hidden
 
     def select(self, rows: Tensor, sentences: Tensor | None = None) -> None:
-        """Keep rows ``rows`` (new row i <- old row rows[i]) and, if given, inputs ``sentences``. A reordering
-        of all rows is left to the next program call; dropping inputs compacts the buffers here."""
-        if self.reorder is not None:
-            rows = self.reorder.index_select(0, rows)
-        if sentences is None and rows.numel() == self.rows:
-            self.reorder = rows
+        """Keep rows ``rows`` (new row i <- old row rows[i]) and, if given, inputs ``sentences``."""
+        if sentences is None and rows.numel() == self.rows:  # beams reordered: in place
+            for buf in (self.cache_k, self.cache_v):
+                past = buf[: self.length].flatten(2, 3)
+                past.copy_(past.index_select(2, rows))
             return
-        self.reorder = None
         if sentences is None:  # fewer rows without naming inputs: only when each input has one row
             sentences = rows
         n = self.length
