@@ -30,7 +30,12 @@ def _load(args, verb: str):
     from turboseq.load import load
 
     _check_kind(args, verb)
-    return load(args.model, dtype=getattr(args, "dtype", None), compute_type=getattr(args, "compute_type", None))
+    return load(
+        args.model,
+        dtype=getattr(args, "dtype", None),
+        compute_type=getattr(args, "compute_type", None),
+        trust_compiled_code=getattr(args, "trust_compiled_code", False),
+    )
 
 
 def _read_lines(path: str | None) -> list[str]:
@@ -141,11 +146,20 @@ def _embed(args) -> int:
 
 
 def _export(args) -> int:
+    from turboseq.models.artifact import export_generation
+    from turboseq.models.encoder import EncoderModel
     from turboseq.models.exported import export_encoder
 
     model = _load(args, "export")
-    out = export_encoder(model, args.out)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+    if isinstance(model, EncoderModel):
+        if args.compile:
+            raise ValueError(f"{args.model}: --compile applies to generation models; an encoder exports as is")
+        out = export_encoder(model, args.out)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+        return 0
+    info = export_generation(model, args.out, compile=args.compile, log=lambda line: print(line, file=sys.stderr))
+    compiled = f"; compiling took {info['compile_seconds']:.0f} s" if args.compile else ""
+    print(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB{compiled})", file=sys.stderr)
     return 0
 
 

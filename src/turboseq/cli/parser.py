@@ -61,13 +61,18 @@ VERB_KINDS = {
     "generate": ("seq2seq", "causal"),
     "transcribe": ("speech",),
     "embed": ("encoder", "export"),
-    "export": ("encoder",),
+    "export": ("encoder", "seq2seq", "speech"),
     "serve": ("seq2seq", "causal", "speech", "encoder", "export"),
     "batch": ("seq2seq", "causal", "speech", "encoder", "export"),
 }
 
 
 def _dtype_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-compiled-code",
+        action="store_true",
+        help="allow a file from `turboseq export --compile` (native code, run when loaded): only your own",
+    )
     p.add_argument(
         "--compute-type",
         default=None,
@@ -184,13 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = verbs.add_parser(
         "export",
-        help="export an encoder to one self-contained torch.export file",
-        description="Write the encoder plus its pooling as one torch.export program (dynamic batch size and sequence "
-        "length) with the tokenizer files inside. Load it with turboseq.load(FILE), or with plain torch: "
-        "torch.export.load(FILE).module()(input_ids, attention_mask).",
+        help="export a model to one self-contained torch.export file",
+        description="Write the model as torch.export programs in one .pt2 file (dynamic batch size, source and "
+        "output lengths; weights stored once) with its config and tokenizer files inside. Encoders: one program "
+        "(encoder plus pooling). Generation models (Marian, T5, BART, Whisper, ...): encoder, cross-attention "
+        "initializer, decoder step and output projection. Load it with turboseq.load(FILE), or with plain "
+        "torch (README: export).",
     )
-    ex.add_argument("--model", required=True, metavar="DIR", help="Hugging Face encoder directory")
+    ex.add_argument("--model", required=True, metavar="DIR", help="Hugging Face (or CTranslate2 Whisper) directory")
     ex.add_argument("--out", required=True, metavar="FILE", help="output file (.pt2)")
+    ex.add_argument(
+        "--compile",
+        action="store_true",
+        help="generation models: also build the encoder and the decoder step with AOTInductor (native code for "
+        "this CPU; minutes; load with trust_compiled_code=True / --trust-compiled-code)",
+    )
 
     ba = verbs.add_parser(
         "batch",

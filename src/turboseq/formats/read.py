@@ -61,8 +61,9 @@ def inspect(path: str | Path) -> ModelInfo:
     """The kind of model at ``path`` (a directory, or a ``turboseq export`` file), from its config alone."""
     path = Path(path)
     if path.is_file():
-        meta = read_export_metadata(path, check_members=False)  # load_exported checks the members
-        return ModelInfo(path, "export", meta.get("model_type"), "export")
+        meta = read_export_metadata(path, check_members=False)  # loading checks the members
+        # an encoder export is its own kind (embeddings); a generation model's serves its family's verbs
+        return ModelInfo(path, meta.get("kind", "export"), meta.get("model_type"), "export")
     return _inspect_dir(path)[0]
 
 

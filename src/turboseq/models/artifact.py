@@ -180,6 +180,8 @@ def export_generation(model, out: str | Path, compile: bool = False, log=None) -
         raise ValueError(f"export runs on the CPU; load the model with device='cpu' (got {model.device})")
     audio = isinstance(model, SpeechModel)
     spec = model.spec
+    if not hasattr(spec, "decoder"):
+        raise ValueError(f"{model.path}: this model was loaded from an export; export its model directory instead")
     attn = spec.decoder.layers[0].self_attn
     saved = [(lin, lin.packed) for lin in linears(spec)]
     try:
