@@ -135,7 +135,7 @@ WRONG_KIND = [
         "translate",
         "speech",
         "a speech-to-text (Whisper) model (whisper); `turboseq translate` does not serve it "
-        "(its verbs: turboseq transcribe, turboseq serve, turboseq batch)",
+        "(its verbs: turboseq transcribe, turboseq export, turboseq serve, turboseq batch)",
     ),
     (
         "generate",
@@ -147,10 +147,9 @@ WRONG_KIND = [
         "embed",
         "seq2seq",
         "a text-to-text model (marian); `turboseq embed` does not serve it "
-        "(its verbs: turboseq translate, turboseq generate, turboseq serve, turboseq batch)",
+        "(its verbs: turboseq translate, turboseq generate, turboseq export, turboseq serve, turboseq batch)",
     ),
     ("transcribe", "seq2seq", "a text-to-text model (marian); `turboseq transcribe` does not serve it"),
-    ("export", "speech", "a speech-to-text (Whisper) model (whisper); `turboseq export` does not serve it"),
     ("embed", "speech", "`turboseq embed` does not serve it"),
 ]
 

@@ -98,7 +98,7 @@ def test_weights_are_stored_once(marian_one, tmp_path):
 def _spec_tensors(obj):
     from turboseq.runtime.spec import parts
 
-    return [t for t in parts(obj, torch.Tensor)]
+    return [t for t in parts(obj, torch.Tensor) if not t.is_mkldnn]  # not the packed copies made on load
 
 
 def _readme_loop() -> str:
@@ -127,7 +127,7 @@ def test_readme_loop_runs_without_turboseq(tmp_path):
     want = model.generate(ids, num_beams=1, do_sample=False, max_new_tokens=40)[0].tolist()
     assert printed == want
     check = subprocess.run([sys.executable, "-c", guard + "import turboseq"], capture_output=True, text=True)
-    assert check.returncode != 0 and "ImportError" in check.stderr
+    assert check.returncode != 0 and "import of turboseq halted" in check.stderr
 
 
 def test_bad_files_give_one_line(marian_one, tmp_path):
@@ -136,7 +136,7 @@ def test_bad_files_give_one_line(marian_one, tmp_path):
     export_generation(model, path)
     truncated = tmp_path / "truncated.pt2"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(ModelLoadError, match=r"truncated.pt2: not a readable turboseq export"):
+    with pytest.raises(ModelLoadError, match=r"truncated.pt2: .*turboseq export"):
         turboseq.load(truncated)
     foreign = tmp_path / "foreign.pt2"
     foreign.write_bytes(b"PK\x03\x04" + b"\0" * 100)
