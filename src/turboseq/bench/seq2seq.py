@@ -17,6 +17,9 @@ from turboseq.bench.timing import median_seconds
 from turboseq.formats.tokenizer import load_tokenizer
 
 MODES = {"greedy": 1, "beam4": 4}
+# turboseq's float32 model exported to a file (``turboseq export``), and with ``--compile``: built once per model
+# directory and cached; asked for by name (``--engines``), as compiling takes minutes
+ARTIFACT_ENGINES = ("turboseq-exported", "turboseq-compiled")
 
 
 @dataclass
@@ -41,8 +44,12 @@ class Engines:
         from turboseq.load import load
 
         self.model_dir = model_dir
-        # turboseq in each compute type named: "turboseq" (float32), "turboseq-int8", ...
-        self.ts = {e: load(model_dir, compute_type=compute_type_of(e)) for e in engines if e.startswith("turboseq")}
+        # turboseq in each compute type named: "turboseq" (float32), "turboseq-int8", ...; and its exports
+        self.ts = {
+            e: _artifact(model_dir, e) if e in ARTIFACT_ENGINES else load(model_dir, compute_type=compute_type_of(e))
+            for e in engines
+            if e.startswith("turboseq")
+        }
         self.tokenizer = load_tokenizer(model_dir)
         self.hf = None
         self.ct2 = {}
@@ -103,8 +110,23 @@ class Engines:
 
 
 def compute_type_of(engine: str) -> str:
-    """``turboseq`` runs float32, ``turboseq-<type>`` that compute type."""
-    return engine.split("-", 1)[1] if "-" in engine else "float32"
+    """``turboseq`` runs float32, ``turboseq-<type>`` that compute type (the exports: float32)."""
+    return engine.split("-", 1)[1] if "-" in engine and engine not in ARTIFACT_ENGINES else "float32"
+
+
+def _artifact(model_dir: Path, engine: str):
+    """The bench model exported (``turboseq-exported``) or exported and compiled (``turboseq-compiled``),
+    built on first use and kept beside the other bench caches."""
+    from turboseq.bench.models import cache_root
+    from turboseq.load import load
+    from turboseq.models.artifact import export_generation
+
+    compiled = engine == "turboseq-compiled"
+    path = cache_root() / "exports" / f"{model_dir.name}-{engine.split('-', 1)[1]}.pt2"
+    if not path.is_file():
+        info = export_generation(load(model_dir), path, compile=compiled)
+        print(f"exported {path} ({info['bytes'] / 1e6:.0f} MB, compiled in {info['compile_seconds']:.0f} s)")
+    return load(path, trust_compiled_code=compiled)  # built here, by this process
 
 
 def turboseq_engines() -> list[str]:
@@ -171,7 +193,9 @@ def ratio_pairs(engines: list[str]) -> list[tuple[str, str]]:
     pairs = [("turboseq", e) for e in engines if not e.startswith("turboseq") and "turboseq" in engines]
     peer = next((e for e in engines if e.endswith("-int8") and not e.startswith("turboseq")), None)
     if peer is not None:
-        pairs += [(e, peer) for e in engines if e.startswith("turboseq-")]
+        pairs += [(e, peer) for e in engines if e.startswith("turboseq-") and e not in ARTIFACT_ENGINES]
+    if "turboseq" in engines:  # an export against the eager model it came from
+        pairs += [(e, "turboseq") for e in engines if e in ARTIFACT_ENGINES]
     return pairs
 
 

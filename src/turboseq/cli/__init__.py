@@ -263,14 +263,15 @@ def _batch(args) -> int:
     return 0
 
 
-def _engines(args, available: list[str]) -> list[str]:
-    """The engines ``--engines`` names (all available ones by default)."""
+def _engines(args, available: list[str], on_request: tuple[str, ...] = ()) -> list[str]:
+    """The engines ``--engines`` names (all available ones by default; ``on_request`` ones only by name)."""
     if not args.engines:
         return available
     wanted = [e.strip() for e in args.engines.split(",") if e.strip()]
-    missing = [e for e in wanted if e not in available]
+    known = [*available, *on_request]
+    missing = [e for e in wanted if e not in known]
     if missing:
-        raise ValueError(f"engine(s) not available: {', '.join(missing)}; available: {', '.join(available)}")
+        raise ValueError(f"engine(s) not available: {', '.join(missing)}; available: {', '.join(known)}")
     return wanted
 
 
@@ -319,13 +320,13 @@ def _bench(args) -> int:
             profile=args.profile,
         )
         return 0
-    from turboseq.bench.seq2seq import MODES, available_engines, run_bench
+    from turboseq.bench.seq2seq import ARTIFACT_ENGINES, MODES, available_engines, run_bench
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f"unknown mode(s) {', '.join(bad)}; available: {', '.join(MODES)}")
-    engines = _engines(args, available_engines())
+    engines = _engines(args, available_engines(), ARTIFACT_ENGINES)
     run_bench(
         arch=args.arch,
         batches=args.batches,

@@ -349,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument(
         "--engines",
         help="comma-separated subset of: transformers, turboseq (float32), turboseq-bfloat16, turboseq-int8, "
-        "turboseq-int8_bfloat16, ctranslate2-float32, ctranslate2-int8; decoder-only archs also "
+        "turboseq-int8_bfloat16, ctranslate2-float32, ctranslate2-int8; by name only: turboseq-exported and "
+        "turboseq-compiled (the float32 model as `turboseq export` files, built once); decoder-only archs also "
         "transformers-static (default: all installed and supported by this CPU)",
     )
     be.add_argument("--new-tokens", type=_positive_int, help="forced output length (default: 32; decoder-only: 64)")
