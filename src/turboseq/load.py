@@ -81,7 +81,7 @@ def load(
         # both refuse any file that is not a safe turboseq export before torch reads it
         if read_export_metadata(path, check_members=False).get("format") == GENERATION_FORMAT:
             return load_generation(Path(path), trust_compiled_code)
-        return load_exported(path)
+        return load_exported(path, trust_compiled_code)
     files = read_model_dir(path)
     spec = files.spec
     for layer in [layer for stack in stacks(spec) for layer in stack.layers]:

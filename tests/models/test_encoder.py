@@ -161,3 +161,19 @@ def test_export_roundtrip(minilm, tmp_path):
     torch.export.save(torch.export.export(torch.nn.Linear(2, 2), (torch.ones(1, 2),)), other)
     with pytest.raises(ModelLoadError, match="not one written by `turboseq export`"):
         turboseq.load(other)
+
+
+def test_compiled_export(minilm, tmp_path):
+    """``compile=True`` adds an AOTInductor build that gives the eager embeddings (texts of mixed lengths, batched
+    by length and returned in input order) and loads only when trusted."""
+    import turboseq
+    from turboseq.errors import ModelLoadError
+    from turboseq.models.exported import export_encoder
+
+    model = minilm[0]
+    out = export_encoder(model, tmp_path / "minilm-compiled.pt2", compile=True)
+    with pytest.raises(ModelLoadError, match="holds compiled native code"):
+        turboseq.load(out)
+    loaded = turboseq.load(out, trust_compiled_code=True)
+    texts = [*TEXTS, " ".join(TEXTS)]  # one long text among short ones
+    assert (F.cosine_similarity(loaded.embed(texts, batch_size=4), model.embed(texts)) >= 0.99999).all()

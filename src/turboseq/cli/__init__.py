@@ -152,9 +152,7 @@ def _export(args) -> int:
 
     model = _load(args, "export")
     if isinstance(model, EncoderModel):
-        if args.compile:
-            raise ValueError(f"{args.model}: --compile applies to generation models; an encoder exports as is")
-        out = export_encoder(model, args.out)
+        out = export_encoder(model, args.out, compile=args.compile)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
         return 0
     info = export_generation(model, args.out, compile=args.compile, log=lambda line: print(line, file=sys.stderr))

@@ -48,8 +48,9 @@ def _examples(model, audio: bool) -> dict[str, tuple[tuple, dict]]:
     cross_dim = cross.q.weight.shape[0] // cross.num_heads
     S, G, src = _dim("sentences"), _dim("group", 2), _dim("source", 1, spec.max_positions)
     T, n = _dim("length", 1, spec.max_positions), _dim("prompt", 2, spec.max_positions)
-    # example sizes are also the sizes the compiled kernels are tuned for: one input decoding alone, 16 inputs x 4
-    # beams, 16-token sources and caches (every dynamic size >= 2 when traced, so that none is specialized)
+    # example sizes are also the sizes the compiled kernels are tuned for: few rows (2 inputs; 2 inputs x 4 beams),
+    # where inductor's own GEMM kernels win (tuned for 64 rows, the build took aten's and lost at every size),
+    # 16-token sources and caches; every dynamic size >= 2 when traced, so that none is specialized
     s, t, p, src_len = 2, 16, 2, 16
     if audio:
         frames = model.frames
@@ -65,8 +66,7 @@ def _examples(model, audio: bool) -> dict[str, tuple[tuple, dict]]:
     def step_inputs(tokens_len: int, cache_len: int, time_dim, prompt_dim, beams: bool):
         # one row per input (greedy, sampling) and several (beams) are two programs: traced with both, the
         # reshapes between [inputs * rows] and [inputs, rows] would only hold for one of the two
-        (n_in, g), group = ((16, 4), G) if beams else ((1 + (tokens_len > 1), 1), None)
-        n_in = max(n_in, 2)
+        (n_in, g), group = ((2, 4), G) if beams else ((2, 1), None)
         cache = torch.zeros(cache_len, layers, n_in, g, kv_heads, head_dim)
         cross_kv = torch.zeros(layers, n_in, cross.num_heads, src_len, cross_dim)
         args = [torch.zeros(n_in, g, tokens_len, dtype=torch.long), cache, cache.clone(), cross_kv, cross_kv.clone()]
@@ -149,7 +149,7 @@ def _dedupe(archive_bytes: bytes) -> bytes:
     return out.getvalue()
 
 
-def _compile(name: str, program, workdir: Path) -> list[tuple[str, bytes]]:
+def compile_members(name: str, program, workdir: Path) -> list[tuple[str, bytes]]:
     """AOTInductor build of one program (frozen: weights folded in and packed for its GEMM kernels); its archive
     members."""
     package = workdir / f"{name}.pt2"
@@ -168,6 +168,16 @@ def _compile(name: str, program, workdir: Path) -> list[tuple[str, bytes]]:
             if inner.startswith("data/aotinductor/model/"):  # the package's one model, renamed
                 members.append((f"data/aotinductor/{name}/" + inner.split("/", 3)[3], archive.read(member)))
     return members
+
+
+def add_members(data: bytes, members: list[tuple[str, bytes]]) -> bytes:
+    """An archive's bytes with ``members`` (paths below its root folder) added."""
+    merged = io.BytesIO(data)
+    with zipfile.ZipFile(merged, "a", zipfile.ZIP_STORED) as archive:
+        root = archive.namelist()[0].partition("/")[0]
+        for name, payload in members:
+            archive.writestr(f"{root}/{name}", payload)
+    return merged.getvalue()
 
 
 def export_generation(model, out: str | Path, compile: bool = False, log=None) -> dict:
@@ -233,14 +243,9 @@ def export_generation(model, out: str | Path, compile: bool = False, log=None) -
             for name in COMPILED:
                 if log is not None:
                     log(f"compiling the {name} with AOTInductor")
-                members += _compile(name, programs[name], Path(tmp))
+                members += compile_members(name, programs[name], Path(tmp))
         seconds = time.perf_counter() - begin
-        merged = io.BytesIO(data)
-        with zipfile.ZipFile(merged, "a", zipfile.ZIP_STORED) as archive:
-            root = archive.namelist()[0].partition("/")[0]
-            for name, payload in members:
-                archive.writestr(f"{root}/{name}", payload)
-        data = merged.getvalue()
+        data = add_members(data, members)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)

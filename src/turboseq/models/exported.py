@@ -62,8 +62,9 @@ class _EmbeddingProgram(torch.nn.Module):
         return F.normalize(vectors, p=2, dim=1) if self.spec.pooling.normalize else vectors
 
 
-def export_encoder(model, out: str | Path) -> Path:
-    """Write ``model`` (an ``EncoderModel``) to ``out``; returns the path."""
+def export_encoder(model, out: str | Path, compile: bool = False) -> Path:
+    """Write ``model`` (an ``EncoderModel``) to ``out``; returns the path. ``compile`` adds an AOTInductor build
+    of the program (native code for this CPU: loading it needs ``trust_compiled_code=True``)."""
     spec: EncoderSpec = model.spec
     if model.compute_type != "float32":
         raise ValueError(
@@ -75,7 +76,11 @@ def export_encoder(model, out: str | Path) -> Path:
     try:
         for lin, _ in saved:  # oneDNN's opaque packed weights cannot be exported: use the dense ones
             lin.packed = None
-        example = (torch.tensor([[1, 2, 3], [4, 5, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]]))
+        # also the sizes a compiled build tunes its kernels for: 8 texts of 32 tokens
+        ids = torch.randint(1, min(100, spec.encoder.embed.tokens.shape[0]), (8, 32))
+        mask = torch.ones_like(ids)
+        mask[1, -5:] = 0
+        example = (ids.masked_fill(mask == 0, 0), mask)
         batch, seq = torch.export.Dim("batch", max=65536), torch.export.Dim("seq", max=spec.max_positions)
         dims = {0: batch, 1: seq}
         with torch.no_grad():
@@ -95,6 +100,7 @@ def export_encoder(model, out: str | Path) -> Path:
         max_positions=spec.max_positions,
         pooling=dict(mode=spec.pooling.mode, normalize=spec.pooling.normalize),
         dtype=model.dtype,
+        compiled=["encoder"] if compile else [],
     )
     extra = {"turboseq.json": json.dumps(meta)}
     for name in _TOKENIZER_FILES:
@@ -103,6 +109,12 @@ def export_encoder(model, out: str | Path) -> Path:
             extra[f"tokenizer__{name}"] = base64.b64encode((model.path / name).read_bytes()).decode("ascii")
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, out, extra_files=extra)
+    if compile:
+        from turboseq.models.artifact import add_members, compile_members
+
+        with tempfile.TemporaryDirectory() as tmp:
+            members = compile_members("encoder", program, Path(tmp))
+        out.write_bytes(add_members(out.read_bytes(), members))
     return out
 
 
@@ -140,31 +152,46 @@ class ExportedEncoder:
     def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         ids = torch.as_tensor(input_ids, dtype=torch.long)
         mask = torch.ones_like(ids) if attention_mask is None else torch.as_tensor(attention_mask, dtype=torch.long)
-        return self.program(ids, mask)
+        return self.program(ids.contiguous(), mask.contiguous())  # compiled programs read contiguous inputs
 
     def embed(self, texts: Sequence[str], *, batch_size: int = 32, truncation: bool = False) -> Tensor:
+        """Embeddings [len(texts), d] in input order. Texts run in batches of similar length (sorted; within a
+        batch the longest at most twice the shortest, and at most ``batch_size``), so little is padded."""
         if isinstance(texts, str):
             raise TypeError("`texts` must be a list of strings, not a single string")
         limit = self.meta["max_positions"]
-        out = []
-        for i in range(0, len(texts), batch_size):
-            enc = self.tokenizer(
-                list(texts[i : i + batch_size]),
-                padding=True,
-                return_tensors="pt",
-                truncation=truncation,
-                max_length=limit if truncation else None,
-            )
-            if enc["input_ids"].shape[1] > limit:
-                raise ValueError(f"an input has {enc['input_ids'].shape[1]} tokens; the model accepts at most {limit}")
-            out.append(self(enc["input_ids"], enc["attention_mask"]))
-        return torch.cat(out) if out else torch.zeros((0, self.meta["d_model"]))
+        rows = self.tokenizer(list(texts), truncation=truncation, max_length=limit if truncation else None)
+        rows = rows["input_ids"]
+        for ids in rows:
+            if len(ids) > limit:
+                raise ValueError(f"an input has {len(ids)} tokens; the model accepts at most {limit}")
+        out = torch.zeros((len(rows), self.meta["d_model"]))
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while (
+                end < len(order) and end - start < batch_size and len(rows[order[end]]) <= 2 * len(rows[order[start]])
+            ):
+                end += 1
+            chunk = order[start:end]
+            width = len(rows[chunk[-1]])
+            ids = torch.zeros((len(chunk), width), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, i in enumerate(chunk):
+                ids[j, : len(rows[i])] = torch.tensor(rows[i])
+                mask[j, : len(rows[i])] = 1
+            out[chunk] = self(ids, mask)
+            start = end
+        return out
 
 
-def load_exported(path: str | Path) -> ExportedEncoder:
-    """An export file loaded back, after ``formats.pt2`` checked that nothing in it gets unpickled."""
+def load_exported(path: str | Path, trust_compiled_code: bool = False) -> ExportedEncoder:
+    """An export file loaded back, after ``formats.pt2`` checked that nothing in it gets unpickled (and that it
+    holds no native code unless ``trust_compiled_code``)."""
     path = Path(path)
-    meta = read_export_metadata(path)  # the format and every member, before torch opens the archive
+    # the format and every member, before torch opens the archive
+    meta = read_export_metadata(path, trust_compiled_code=trust_compiled_code)
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelLoadError(
             f"{path}: export format version {meta.get('format_version')} (turboseq {meta.get('turboseq_version')}); "
@@ -175,8 +202,15 @@ def load_exported(path: str | Path) -> ExportedEncoder:
         with warnings.catch_warnings():
             # torch notes that views of one storage are grouped; they are CPU tensors, nothing to fix
             warnings.filterwarnings("ignore", message="No complete tensor found")
-            program = torch.export.load(path, extra_files=extra)
+            if meta.get("compiled"):
+                from torch.export.pt2_archive._package import load_pt2
+
+                archive = load_pt2(str(path))
+                extra.update({k: v for k, v in archive.extra_files.items() if k in extra})
+                runner = archive.aoti_runners["encoder"]
+            else:
+                runner = torch.export.load(path, extra_files=extra).module()
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise ModelLoadError(f"{path}: not a readable turboseq export ({type(err).__name__}: {err})") from None
     tokenizer_files = {k.split("__", 1)[1]: v for k, v in extra.items() if k.startswith("tokenizer__") and v}
-    return ExportedEncoder(path, program.module(), meta, tokenizer_files)
+    return ExportedEncoder(path, runner, meta, tokenizer_files)
