@@ -13,11 +13,13 @@ turboseq's search loops driving the programs (``runtime.graphs.ProgramState``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
 import tempfile
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -149,10 +151,7 @@ def _dedupe(archive_bytes: bytes) -> bytes:
     return out.getvalue()
 
 
-def compile_members(name: str, program, workdir: Path) -> list[tuple[str, bytes]]:
-    """AOTInductor build of one program (frozen: weights folded in and packed for its GEMM kernels); its archive
-    members."""
-    package = workdir / f"{name}.pt2"
+def _build(package: Path, program) -> None:
     torch._inductor.aoti_compile_and_package(
         program,
         package_path=str(package),
@@ -161,6 +160,20 @@ def compile_members(name: str, program, workdir: Path) -> list[tuple[str, bytes]
         # The package's model is renamed below: naming it through inductor's config lost these kernels.
         inductor_configs={"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"},
     )
+
+
+def compile_members(name: str, program, workdir: Path) -> list[tuple[str, bytes]]:
+    """AOTInductor build of one program (frozen: weights folded in and packed for its GEMM kernels); its archive
+    members."""
+    package = workdir / f"{name}.pt2"
+    # inductor prints its kernel timings and torch warns about its own deprecations: keep the CLI's output clean
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")
+        _build(package, program)
     members = []
     with zipfile.ZipFile(package) as archive:
         for member in archive.namelist():
@@ -233,7 +246,9 @@ def export_generation(model, out: str | Path, compile: bool = False, log=None) -
     )
     extra = {"turboseq.json": json.dumps(meta), **_carried_files(model.path)}
     buffer = io.BytesIO()
-    torch.export.pt2_archive._package.package_pt2(buffer, exported_programs=programs, extra_files=extra)
+    with warnings.catch_warnings():  # torch's serializer warns about its own deprecated pytree API
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.export.pt2_archive._package.package_pt2(buffer, exported_programs=programs, extra_files=extra)
     data = _dedupe(buffer.getvalue())
     seconds = 0.0
     if compile:
