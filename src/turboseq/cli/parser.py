@@ -201,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--compile",
         action="store_true",
-        help="generation models: also build the encoder and the decoder step with AOTInductor (native code for "
-        "this CPU; minutes; load with trust_compiled_code=True / --trust-compiled-code)",
+        help="also build the encoder (and the decoder steps of generation models) with AOTInductor (native code "
+        "for this CPU; minutes; load with trust_compiled_code=True / --trust-compiled-code)",
     )
 
     ba = verbs.add_parser(

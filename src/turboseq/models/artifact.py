@@ -27,8 +27,8 @@ import torch
 
 from turboseq.errors import ModelLoadError
 from turboseq.formats.pt2 import GENERATION_FORMAT as FORMAT
+from turboseq.runtime.compute import dense_weights
 from turboseq.runtime.graphs import CrossKVGraph, EncoderGraph, HeadGraph, StepGraph
-from turboseq.runtime.spec import linears
 from turboseq.version import __version__
 
 FORMAT_VERSION = 1
@@ -210,14 +210,8 @@ def export_generation(model, out: str | Path, compile: bool = False, log=None) -
     if not hasattr(spec, "decoder"):
         raise ValueError(f"{model.path}: this model was loaded from an export; export its model directory instead")
     attn = spec.decoder.layers[0].self_attn
-    saved = [(lin, lin.packed) for lin in linears(spec)]
-    try:
-        for lin, _ in saved:  # oneDNN's opaque packed weights cannot be exported: use the dense ones
-            lin.packed = None
+    with dense_weights(spec):
         programs = _programs(model, audio)
-    finally:
-        for lin, packed in saved:
-            lin.packed = packed
     meta = dict(
         format=FORMAT,
         format_version=FORMAT_VERSION,

@@ -26,8 +26,9 @@ from torch import Tensor
 from turboseq.errors import ModelLoadError
 from turboseq.formats.pt2 import EXPORT_FORMAT as FORMAT
 from turboseq.formats.pt2 import read_export_metadata
+from turboseq.runtime.compute import dense_weights
 from turboseq.runtime.layers import encode
-from turboseq.runtime.spec import EncoderSpec, linears
+from turboseq.runtime.spec import EncoderSpec
 from turboseq.version import __version__
 
 FORMAT_VERSION = 1
@@ -72,10 +73,7 @@ def export_encoder(model, out: str | Path, compile: bool = False) -> Path:
             "its packed reduced-precision weights are not exportable"
         )
     out = Path(out)
-    saved = [(lin, lin.packed) for lin in linears(spec)]
-    try:
-        for lin, _ in saved:  # oneDNN's opaque packed weights cannot be exported: use the dense ones
-            lin.packed = None
+    with dense_weights(spec):  # oneDNN's opaque packed weights cannot be exported
         # also the sizes a compiled build tunes its kernels for: 8 texts of 32 tokens
         ids = torch.randint(1, min(100, spec.encoder.embed.tokens.shape[0]), (8, 32))
         mask = torch.ones_like(ids)
@@ -87,9 +85,6 @@ def export_encoder(model, out: str | Path, compile: bool = False) -> Path:
             program = torch.export.export(
                 _EmbeddingProgram(spec), example, dynamic_shapes={"input_ids": dims, "attention_mask": dims}
             )
-    finally:
-        for lin, packed in saved:
-            lin.packed = packed
     meta = dict(
         format=FORMAT,
         format_version=FORMAT_VERSION,

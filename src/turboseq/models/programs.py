@@ -35,7 +35,7 @@ class _Programs:
     artifact: Path
     meta: dict
 
-    def _setup(self, artifact: Path, meta: dict, programs: dict, files_dir: Path) -> None:
+    def _setup(self, artifact: Path, meta: dict, programs: dict) -> None:
         self.artifact, self.meta, self.programs = artifact, meta, programs
         self.compiled = tuple(meta.get("compiled") or ())
 
@@ -92,6 +92,9 @@ class ProgramSpeech(_Programs, SpeechModel):
 
 
 def _callables(archive, meta: dict, path: Path) -> dict:
+    missing = [name for name in PROGRAMS if name not in archive.exported_programs]
+    if missing:
+        raise ModelLoadError(f"{path}: the export lacks the {', '.join(missing)} program(s)")
     programs = {name: archive.exported_programs[name].module() for name in PROGRAMS}
     for name in meta.get("compiled") or ():
         runner = archive.aoti_runners.get(name)
@@ -118,9 +121,6 @@ def load_generation(path: Path, trust_compiled_code: bool = False):
         raise
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise ModelLoadError(f"{path}: not a readable turboseq export ({type(err).__name__}: {err})") from None
-    missing = [name for name in PROGRAMS if name not in programs]
-    if missing:
-        raise ModelLoadError(f"{path}: the export lacks the {', '.join(missing)} program(s)")
     files_dir = Path(tempfile.mkdtemp(prefix="turboseq-export-"))
     read_carried_files(archive.extra_files, files_dir)
     spec = _spec_info(meta, archive.exported_programs["head"])
@@ -131,7 +131,7 @@ def load_generation(path: Path, trust_compiled_code: bool = False):
     else:
         cls, extra = ProgramSeq2Seq, ()
     model = cls.__new__(cls)
-    model._setup(path, meta, programs, files_dir)
+    model._setup(path, meta, programs)
     model.__init__(spec, meta["config"], defaults, files_dir, device, "float32", *extra)
     weakref.finalize(model, shutil.rmtree, str(files_dir), True)
     return model

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 
@@ -103,6 +104,20 @@ def resolve_compute_type(name: str, device: torch.device | str = "cpu") -> Compu
 
 
 # --- preparing a spec ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def dense_weights(spec):
+    """Within the block, every linear of ``spec`` runs on its dense weight (its packed copy set aside, then put
+    back): what tracing for ``torch.export`` needs, as oneDNN's opaque packed tensors cannot be exported."""
+    saved = [(lin, lin.packed) for lin in linears(spec)]
+    try:
+        for lin, _ in saved:
+            lin.packed = None
+        yield
+    finally:
+        for lin, packed in saved:
+            lin.packed = packed
 
 
 def prepack(lin: Linear) -> None:
