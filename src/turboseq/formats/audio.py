@@ -124,3 +124,25 @@ def log_mel(windows: list[np.ndarray], n_mels: int = 80) -> Tensor:
     top = log_spec.max(dim=2, keepdim=True)[0].max(dim=1, keepdim=True)[0]  # per window
     log_spec = torch.maximum(log_spec, top - 8.0)
     return (log_spec + 4.0) / 4.0
+
+
+def log_mel_long(wave: np.ndarray, n_mels: int = 80, padding: int = HOP_LENGTH) -> Tensor:
+    """Log-mel features [n_mels, frames] of a whole recording (``padding`` zero samples appended), clamped to
+    8 below the recording's loudest value: openai/whisper's and faster-whisper's long-form features, which
+    ``transcribe`` slices into 30 s windows (``window_features``)."""
+    samples = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+    if padding:
+        samples = torch.nn.functional.pad(samples, (0, padding))
+    stft = torch.stft(samples, N_FFT, HOP_LENGTH, window=torch.hann_window(N_FFT), return_complex=True)
+    mel = mel_filters(n_mels).T @ (stft[..., :-1].abs() ** 2)
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+    return (log_spec + 4.0) / 4.0
+
+
+def window_features(features: Tensor, start: int, size: int) -> Tensor:
+    """Frames ``start`` .. ``start + size`` of ``features`` [n_mels, frames], zero-padded to one 30 s window."""
+    out = torch.zeros(features.shape[0], FRAMES_PER_CHUNK, dtype=features.dtype)
+    piece = features[:, start : start + min(size, FRAMES_PER_CHUNK)]
+    out[:, : piece.shape[1]] = piece
+    return out

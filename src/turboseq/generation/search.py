@@ -50,6 +50,7 @@ def greedy_or_sample(
     hooks: RowHooks | None = None,
     stop: Callable[[Tensor], Tensor] | None = None,
     trace: Trace | None = None,
+    sums: Tensor | None = None,
 ) -> list[Tensor]:
     """One row per sequence. Returns each row's tokens (prompt included, up to and including EOS).
 
@@ -60,7 +61,10 @@ def greedy_or_sample(
     with whatever they have.
 
     With a ``trace`` the loop runs as transformers' does: rows stay until all are done (a finished row is fed
-    the pad token where EOS ends rows), and every step's scores are recorded for every row."""
+    the pad token where EOS ends rows), and every step's scores are recorded for every row.
+
+    ``sums`` (float [batch]) receives each row's sum of the log-probabilities of its chosen tokens (the
+    log-softmax of the processed scores), EOS included: Whisper's average log-probability."""
     batch, prompt_len = prompt.shape
     device = prompt.device
     seqs = torch.full((batch, s.max_length), s.pad_token_id, dtype=torch.long, device=device)
@@ -70,7 +74,7 @@ def greedy_or_sample(
     active = torch.arange(batch, device=device)  # original row of each decoder row
     tokens = prompt
     cur_len = prompt_len
-    screen = not s.do_sample and only_bans(procs) and trace is None
+    screen = not s.do_sample and only_bans(procs) and trace is None and sums is None
     # a processor that cannot change an argmax (renormalize_logits' whole-row shift): greedy skips it, unless
     # the scores are reported
     argmax_procs = [p for p in procs if not p.argmax_invariant] if trace is None else procs
@@ -93,6 +97,9 @@ def greedy_or_sample(
                 next_tokens = (probs / noise[active]).argmax(dim=-1)
             else:
                 next_tokens = scores.argmax(dim=-1)
+            if sums is not None:
+                picked = torch.log_softmax(scores, dim=-1).gather(1, next_tokens[:, None])[:, 0]
+                sums[active] += picked.to(sums.device)
         if trace is not None and eos.numel():
             next_tokens = torch.where(unfinished, next_tokens, s.pad_token_id)
         seqs[active, cur_len] = next_tokens
@@ -132,6 +139,7 @@ def beam_search(
     generator: torch.Generator | None = None,
     hooks: RowHooks | None = None,
     trace: Trace | None = None,
+    sums: list | None = None,
 ) -> list[list[Tensor]]:
     """Beam search (and beam sampling) with transformers' semantics, one sentence per prompt row.
 
@@ -141,6 +149,10 @@ def beam_search(
 
     With a ``trace``, sentences stay until transformers' loop would stop the whole batch, and the trace gets
     every step's scores, the beam scores and the beam indices.
+
+    ``sums`` (a list of ``batch`` entries) receives per sentence the sum of the log-probabilities of each
+    returned hypothesis' tokens, EOS included, renormalised after the logits rules (as CTranslate2 scores;
+    the search itself ranks as transformers does).
     """
     batch, prompt_len = prompt.shape
     nb = s.num_beams
@@ -162,6 +174,9 @@ def beam_search(
     is_finished = torch.zeros((batch, nb), dtype=torch.bool, device=device)
     improvable = torch.ones((batch, 1), dtype=torch.bool, device=device)
     active = torch.arange(batch, device=device)
+    if sums is not None:  # per hypothesis: the sum of the log-normalisers of the processed scores on its path
+        running_norm = torch.zeros((batch, nb), device=device)
+        finished_norm = torch.zeros((batch, nb), device=device)
     if trace is not None:  # per hypothesis, the decoder row each generated token came from (-1: none yet)
         running_bi = torch.full((batch, nb, s.max_length - prompt_len), -1, dtype=torch.int32, device=device)
         finished_bi = running_bi.clone()
@@ -180,6 +195,8 @@ def beam_search(
         log_probs = apply(procs, running[:, :, :cur_len].reshape(n * nb, cur_len), log_probs)
         if trace is not None:
             trace.record(raw, log_probs)
+        if sums is not None:
+            path_norm = running_norm + torch.logsumexp(log_probs, dim=-1).view(n, nb)
         log_probs = log_probs.view(n, nb, vocab).add_(running_scores[:, :, None]).view(n, nb * vocab)
 
         if s.do_sample:
@@ -205,6 +222,9 @@ def beam_search(
         running = torch.gather(topk_seqs, 1, next_idx[:, :, None].expand(-1, -1, s.max_length))
         running_scores = torch.gather(run_scores, 1, next_idx)
         running_src = torch.gather(src_beam, 1, next_idx)
+        if sums is not None:
+            cand_norm = torch.gather(path_norm, 1, src_beam)
+            running_norm = torch.gather(cand_norm, 1, next_idx)
         if trace is not None:
             running_bi = torch.gather(topk_bi, 1, next_idx[:, :, None].expand(-1, -1, topk_bi.shape[2]))
 
@@ -222,6 +242,8 @@ def beam_search(
         cand_lens = torch.full_like(topk_tokens, cur_len + 1 - prompt_len)
         finished_lens = torch.gather(torch.cat((finished_lens, cand_lens), 1), 1, best)
         is_finished = torch.gather(torch.cat((is_finished, just_finished), 1), 1, best)
+        if sums is not None:
+            finished_norm = torch.gather(torch.cat((finished_norm, cand_norm), 1), 1, best)
         if trace is not None:
             merged_bi = torch.cat((finished_bi, topk_bi), 1)
             finished_bi = torch.gather(merged_bi, 1, best[:, :, None].expand(-1, -1, merged_bi.shape[2]))
@@ -250,6 +272,12 @@ def beam_search(
                 results[int(active[j])] = [
                     finished[j, r, : prompt_len + int(finished_lens[j, r])] for r in range(s.num_return_sequences)
                 ]
+                if sums is not None:  # the finished score is the sum over length ** length_penalty
+                    sums[int(active[j])] = [
+                        float(finished_scores[j, r]) * _length_norm(int(finished_lens[j, r]), s.length_penalty)
+                        - float(finished_norm[j, r])
+                        for r in range(s.num_return_sequences)
+                    ]
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
@@ -257,6 +285,8 @@ def beam_search(
             running, running_scores, running_src = running[keep], running_scores[keep], running_src[keep]
             finished, finished_scores = finished[keep], finished_scores[keep]
             finished_lens, is_finished, improvable = finished_lens[keep], is_finished[keep], improvable[keep]
+            if sums is not None:
+                running_norm, finished_norm = running_norm[keep], finished_norm[keep]
             rows = (keep[:, None] * nb + running_src).reshape(-1)
             select(rows, keep)
         else:

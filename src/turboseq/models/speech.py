@@ -8,9 +8,9 @@ language, task, no-timestamps) and Whisper's logits rules (``search.SuppressToke
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -20,9 +20,12 @@ from turboseq.generation.batching import RowHooks, pad_rows
 from turboseq.generation.outputs import Trace
 from turboseq.generation.processors import SuppressTokens, TimestampRules
 from turboseq.generation.settings import GenerationSettings, resolve
+from turboseq.models import longform
+from turboseq.models.decoding import DEFAULT_TEMPERATURES, Options
 from turboseq.models.engine import EncoderDecoder, output_request
-from turboseq.models.progress import progress_bar
-from turboseq.models.transcript import Segment, Transcription
+from turboseq.models.transcript import Transcription
+from turboseq.models.vad import VadOptions
+from turboseq.models.whisper_text import WhisperText
 from turboseq.runtime.layers import encode
 
 SECONDS_PER_TIMESTAMP = 0.02  # a timestamp token counts 20 ms (one encoder position)
@@ -40,6 +43,7 @@ class SpeechModel(EncoderDecoder):
         self.n_mels, self.frames = self._input_shape()
         self.no_timestamps_id = whisper_config.get("no_timestamps_token_id")
         self.timestamp_begin = None if self.no_timestamps_id is None else self.no_timestamps_id + 1
+        self._whisper_text: WhisperText | None = None
 
     def _input_shape(self) -> tuple[int, int]:
         """Mel bins, and the mel frames the encoder expects (3000: two per encoder position)."""
@@ -218,160 +222,149 @@ class SpeechModel(EncoderDecoder):
         wave = audio_io.as_waveform(audio)
         return audio_io.log_mel([wave[: audio_io.CHUNK_SAMPLES]], self.n_mels)
 
-    def _text(self, ids: list[int]) -> str:
-        return self.tokenizer.decode([t for t in ids if t < self.spec.eos_token_id], skip_special_tokens=True)
+    @property
+    def whisper_text(self) -> WhisperText:
+        if self._whisper_text is None:
+            sot = self.generation_defaults.get("decoder_start_token_id", self.spec.decoder_start_token_id)
+            self._whisper_text = WhisperText(self.tokenizer, self.whisper, self.spec.eos_token_id, sot)
+        return self._whisper_text
 
-    def _segments(self, ids: list[int], offset: float, window_end: float, resumable: bool = False):
-        """Split one window's generated ids at timestamp tokens (openai/whisper's rules). Returns the segments
-        (times in seconds from the start of the audio) and, when ``resumable`` and the window ended after a
-        complete segment, the time to resume decoding from (the rest of the window is decoded again, so that
-        a segment cut by the window edge is not lost); None means: go on after this window."""
-        first = self.timestamp_begin
-        is_ts = [first is not None and t >= first for t in ids]
+    @torch.inference_mode()
+    def detect_language(
+        self,
+        audio=None,
+        features: Tensor | None = None,
+        *,
+        vad_filter: bool = False,
+        vad_parameters: dict | VadOptions | None = None,
+        language_detection_segments: int = 1,
+        language_detection_threshold: float = 0.5,
+    ) -> tuple[str, float, list[tuple[str, float]]]:
+        """faster-whisper's ``detect_language``: (language, probability, every language with its probability,
+        most likely first) from up to ``language_detection_segments`` 30 s windows of ``audio`` (or of log-mel
+        ``features`` [n_mels, frames]), stopping at the first window whose best language passes
+        ``language_detection_threshold``; otherwise the language most often on top."""
+        codes = self.whisper_text.language_ids()
+        if not self.whisper.get("is_multilingual") or not codes:
+            raise ValueError("detect_language needs a multilingual Whisper model; this one is English-only")
+        if not isinstance(language_detection_segments, int) or language_detection_segments < 1:
+            raise ValueError(f"`language_detection_segments` must be a positive integer, got {language_detection_segments!r}")
+        if audio is None and features is None:
+            raise ValueError("pass `audio` or `features`")
+        if audio is not None:
+            wave = audio_io.as_waveform(audio)
+            if vad_filter:
+                wave = longform.vad_filter([wave], VadOptions.of(vad_parameters))[0][0]
+            features = audio_io.log_mel_long(wave[: language_detection_segments * audio_io.CHUNK_SAMPLES], self.n_mels)
+        features = torch.as_tensor(features)[:, : language_detection_segments * self.frames]
+        names, ids = list(codes), torch.tensor(list(codes.values()))
+        votes: dict[str, list[float]] = {}
+        for start in range(0, max(features.shape[-1], 1), self.frames):
+            window = audio_io.window_features(features, start, self.frames)[None]
+            ranked = self._language_probs(window, names, ids)[0]
+            language, probability = ranked[0]
+            if probability > language_detection_threshold:
+                return language, probability, ranked
+            votes.setdefault(language, []).append(probability)
+        language = max(votes, key=lambda k: len(votes[k]))
+        return language, max(votes[language]), ranked
 
-        def time(t: int) -> float:
-            return offset + (t - first) * SECONDS_PER_TIMESTAMP
-
-        def segment(start: float, end: float, tokens: list[int]) -> list[Segment]:
-            text = self._text(tokens).strip()
-            return [Segment(start, max(start, min(end, window_end)), text, tokens)] if text else []
-
-        pairs = [i for i in range(1, len(ids)) if is_ts[i] and is_ts[i - 1]]  # a segment ends at i - 1
-        single_ending = len(ids) >= 2 and is_ts[-1] and not is_ts[-2]
-        if not pairs:
-            stamps = [t for t, ts in zip(ids, is_ts) if ts]
-            start = time(stamps[0]) if stamps else offset
-            end = time(stamps[-1]) if len(stamps) > 1 else window_end
-            return segment(start, end, [t for t, ts in zip(ids, is_ts) if not ts]), None
-        bounds = pairs + ([len(ids)] if single_ending else [])
-        segments, last = [], 0
-        for b in bounds:
-            piece = ids[last:b]
-            segments += segment(time(piece[0]), time(piece[-1]), [t for t in piece if t < first])
-            last = b
-        rest = ids[last:]
-        resume = None
-        if not single_ending:
-            resume = time(ids[last - 1])
-            if resumable and resume > offset:
-                return segments, resume
-            if any(t < first for t in rest):  # text after the last complete segment: up to the window's end
-                start = time(rest[0]) if rest and rest[0] >= first else resume
-                segments += segment(start, window_end, [t for t in rest if t < first])
-        return segments, None
+    def _language_probs(self, windows: Tensor, names: list[str], ids: Tensor) -> list[list[tuple[str, float]]]:
+        """Per window, every language and its probability (softmax over the language tokens after the start token)."""
+        hidden, _ = self._encode(windows, None)
+        decoder = self._decoder_state(hidden, None, 1, 1)
+        start = torch.full((hidden.shape[0], 1), self.whisper_text.sot, dtype=torch.long, device=self.device)
+        probs = self.head.logits(decoder.step(start)).float()[:, ids.to(self.device)].softmax(dim=-1).cpu()
+        return [sorted(zip(names, row.tolist()), key=lambda p: -p[1]) for row in probs]
 
     @torch.inference_mode()
     def transcribe(
         self,
         audio,
         *,
-        beam_size: int = 1,
-        timestamps: bool = False,
         language: str | None = None,
-        task: str | None = None,
-        batch_size: int = 8,
-        condition_on_previous_text: bool = False,
+        task: str = "transcribe",
+        beam_size: int = 5,
+        temperature: float | list[float] | tuple[float, ...] = DEFAULT_TEMPERATURES,
+        vad_filter: bool | None = None,
+        vad_parameters: dict | VadOptions | None = None,
+        batch_size: int | None = None,
+        without_timestamps: bool | None = None,
+        language_detection_threshold: float | None = 0.5,
+        language_detection_segments: int = 1,
         progress: bool = False,
         abandoned=None,
-        **kwargs,
+        **options,
     ) -> Transcription | list[Transcription]:
-        """Transcribe one input (path, bytes or 16 kHz mono float array) or a list of them.
+        """Transcribe one input (path, bytes or 16 kHz mono float array) or a list of them, with
+        faster-whisper's options, names and defaults (``WhisperModel.transcribe``): ``beam_size``, ``best_of``,
+        ``temperature`` (a list: fallback), ``compression_ratio_threshold``, ``log_prob_threshold``,
+        ``no_speech_threshold``, ``condition_on_previous_text``, ``prompt_reset_on_temperature``,
+        ``initial_prompt``, ``prefix``, ``hotwords``, ``suppress_blank``, ``suppress_tokens``,
+        ``without_timestamps``, ``max_initial_timestamp``, ``word_timestamps``, ``prepend_punctuations``,
+        ``append_punctuations``, ``vad_filter``, ``vad_parameters``, ``max_new_tokens``,
+        ``hallucination_silence_threshold``, ``length_penalty``, ``repetition_penalty``, ``no_repeat_ngram_size``,
+        ``language`` (None: detected on multilingual models), ``task``.
 
-        Audio of up to 30 s is one window. Longer audio is cut into consecutive 30 s windows, decoded in batches
-        of ``batch_size`` windows across all inputs (fast; a word on a window edge may be split), or, with
-        ``condition_on_previous_text=True``, window after window per input with the previous window's text as
-        the prompt and, with timestamps, resuming where the last complete segment ended (openai/whisper's
-        sequential mode; slower). Silence gives empty text. Other generation arguments (``max_new_tokens``,
-        ``length_penalty``, ...) pass through.
+        ``batch_size=None``: the sequential pipeline (faster-whisper's ``WhisperModel``; several inputs
+        share batches window by window). ``batch_size=N``: the batched pipeline (faster-whisper's
+        ``BatchedInferencePipeline``, with its defaults: VAD on, no timestamps, first temperature only),
+        N chunks at a time across all inputs.
 
-        ``abandoned()`` may return a set of input indices nobody waits for any more (a server's client left):
-        their windows leave the running batch at the next decoding step, later windows are skipped, and their
-        results are meaningless."""
+        ``abandoned()`` may return a set of input indices nobody waits for any more; their decoding stops
+        and their results are meaningless."""
         single = not isinstance(audio, (list, tuple))
         inputs = [audio] if single else list(audio)
-        waves = []
-        for i, a in enumerate(inputs):
-            name = str(a) if isinstance(a, (str, Path)) else f"input {i}"
-            waves.append(audio_io.as_waveform(a, name))
-        gen = dict(kwargs, num_beams=beam_size, language=language, task=task)
-        hooks = RowHooks(abandoned)  # over the inputs
-        if condition_on_previous_text:
-            results = [
-                self._transcribe_sequential(w, timestamps, gen, progress, hooks.select([i]))
-                for i, w in enumerate(waves)
-            ]
+        waves = [audio_io.as_waveform(a, str(a) if isinstance(a, (str, Path)) else f"input {i}")
+                 for i, a in enumerate(inputs)]  # fmt: skip
+        temps = tuple(temperature) if isinstance(temperature, (list, tuple)) else (temperature,)
+        piped = batch_size is not None
+        if piped and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
+        if without_timestamps is None:
+            without_timestamps = piped
+        if vad_filter is None:
+            vad_filter = piped
+        unknown = sorted(set(options) - {f.name for f in fields(Options)} - {"temperatures"})
+        if unknown:
+            raise ValueError(f"unknown transcribe option(s): {', '.join(unknown)}")
+        opts = Options(beam_size=beam_size, temperatures=temps, without_timestamps=without_timestamps, **options)
+        if piped:
+            opts.max_initial_timestamp = 0.0
+        opts.check()
+        text = self.whisper_text
+        if opts.word_timestamps and not self.whisper.get("alignment_heads"):
+            raise ValueError("this model has no `alignment_heads` in its generation config: word timestamps need them")
+        vad = None
+        if vad_filter:
+            vad = VadOptions.of(vad_parameters, **({"max_speech_duration_s": 30.0} if piped else {}))
+            if piped and vad_parameters is None:
+                vad.min_silence_duration_ms = 160
+        hooks = RowHooks(abandoned)
+        kept, chunks = waves, [None] * len(waves)
+        if vad is not None and not piped:
+            kept, chunks = longform.vad_filter(waves, vad)
+        languages = []
+        for w in kept:
+            if language is None and self.whisper.get("is_multilingual"):
+                feats = audio_io.log_mel_long(w[: language_detection_segments * audio_io.CHUNK_SAMPLES], self.n_mels)
+                languages.append(self.detect_language(
+                    features=feats, language_detection_segments=language_detection_segments,
+                    language_detection_threshold=language_detection_threshold or 0.5))  # fmt: skip
+            else:
+                languages.append((language or "en", 1.0, None))
+        sots = [text.sot_sequence(lang, task) for lang, _, _ in languages]
+        max_rows = batch_size or 16
+        if piped:
+            segments, chunks = longform.batched(self, kept, opts, sots, batch_size, vad, progress, hooks.lost)
         else:
-            results = self._transcribe_batched(waves, timestamps, gen, batch_size, progress, hooks)
+            segments = longform.sequential(self, kept, opts, sots, max_rows, progress, hooks.lost)
+        results = []
+        for i, wave in enumerate(waves):
+            speech = None if chunks[i] is None else sum(c["end"] - c["start"] for c in chunks[i]) / audio_io.SAMPLE_RATE
+            lang, prob, ranked = languages[i]
+            results.append(longform.finish(segments[i], wave, chunks[i], lang, prob, ranked, speech))
         return results[0] if single else results
-
-    def _transcribe_batched(self, waves, timestamps, gen, batch_size, progress, hooks: RowHooks) -> list[Transcription]:
-        step = audio_io.CHUNK_SAMPLES
-        # (input, start sample, timestamps?): audio over 30 s is always decoded with timestamps, as in
-        # transformers and openai/whisper: without them Whisper often stops early on a full 30 s window
-        windows = []
-        for i, w in enumerate(waves):
-            stamps = timestamps or len(w) > step
-            windows.extend((i, start, stamps) for start in range(0, max(len(w), 1), step))
-        per_input: list[list[tuple[int, list[Segment]]]] = [[] for _ in waves]
-        with progress_bar(progress and len(windows) > 1, len(windows), "window", "transcribe") as bar:
-            for stamps in (False, True):
-                todo = [w for w in windows if w[2] == stamps and not is_silent(waves[w[0]][w[1] : w[1] + step])]
-                bar.update(sum(1 for w in windows if w[2] == stamps) - len(todo))
-                s = self.settings(return_timestamps=stamps, **gen) if todo else None
-                for b in range(0, len(todo), batch_size):
-                    lost = hooks.lost()
-                    chunk = [w for w in todo[b : b + batch_size] if w[0] not in lost]
-                    if not chunk:
-                        continue
-                    feats = audio_io.log_mel([waves[i][start : start + step] for i, start, _ in chunk], self.n_mels)
-                    chunk_hooks = hooks.select([i for i, _, _ in chunk])  # a window's row -> its input
-                    outputs = self._run(list(feats), None, s, batch_size, None, None, hooks=chunk_hooks)
-                    for (i, start, _), seqs in zip(chunk, outputs):
-                        end = min(len(waves[i]), start + step) / audio_io.SAMPLE_RATE
-                        segments, _ = self._segments(
-                            self._strip(seqs[0], s).tolist(), start / audio_io.SAMPLE_RATE, end
-                        )
-                        per_input[i].append((start, segments))
-                    bar.update(len(chunk))
-        return [
-            self._result([seg for _, segs in sorted(parts, key=lambda p: p[0]) for seg in segs], w)
-            for parts, w in zip(per_input, waves)
-        ]
-
-    def _transcribe_sequential(self, wave, timestamps, gen, progress, hooks: RowHooks) -> Transcription:
-        rate, step = audio_io.SAMPLE_RATE, audio_io.CHUNK_SAMPLES
-        seek, segments, previous = 0, [], []
-        max_prompt = self.spec.max_positions // 2 - 1  # openai/whisper keeps the last 223 tokens
-        with progress_bar(progress and len(wave) > step, round(len(wave) / rate, 1), "s", "transcribe") as bar:
-            while seek < len(wave) and not hooks.lost():
-                window = wave[seek : seek + step]
-                if is_silent(window):
-                    seek += step
-                    continue
-                prompt_ids = previous[-max_prompt:] if previous else None
-                s = self.settings(return_timestamps=timestamps or len(wave) > step, prompt_ids=prompt_ids, **gen)
-                feats = audio_io.log_mel([window], self.n_mels)
-                (seqs,) = self._run([feats[0]], None, s, 1, None, None, hooks=hooks)
-                ids = self._strip(seqs[0], s).tolist()
-                offset = seek / rate
-                full = len(window) == step and seek + step < len(wave)  # more audio follows this window
-                new, resume = self._segments(ids, offset, (seek + len(window)) / rate, resumable=full)
-                segments.extend(new)
-                previous.extend(t for seg in new for t in seg.tokens)
-                advance = step if resume is None else max(1, int(round((resume - offset) * rate)))
-                bar.update(round(min(advance, len(wave) - seek) / rate, 1))
-                seek += advance
-        return self._result(segments, wave)
-
-    def _result(self, segments: list[Segment], wave: np.ndarray) -> Transcription:
-        text = " ".join(seg.text for seg in segments).strip()
-        language = None if self.whisper.get("is_multilingual") else "en"
-        return Transcription(text, segments, len(wave) / audio_io.SAMPLE_RATE, language)
-
-
-# windows quieter than this (peak amplitude, about -60 dBFS) are silence: empty text, no decoding. Whisper
-# itself tends to invent a word ("you") for silent input; its no-speech probability is not used yet.
-SILENCE_PEAK = 1e-3
 
 
 def whisper_output(outputs: list[list[Tensor]], trace: Trace, s: GenerationSettings, copies: int):
@@ -414,7 +407,3 @@ def whisper_output(outputs: list[list[Tensor]], trace: Trace, s: GenerationSetti
         logits=logits,
         beam_indices=indices.int(),
     )
-
-
-def is_silent(window: np.ndarray) -> bool:
-    return len(window) == 0 or float(np.abs(window).max()) < SILENCE_PEAK

@@ -1,8 +1,22 @@
-"""Transcription results: segments with times, and their SRT / WebVTT subtitles."""
+"""Transcription results: segments with times (and words), and their SRT / WebVTT subtitles.
+
+The fields follow faster-whisper's ``Segment``, ``Word`` and ``TranscriptionInfo``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+
+@dataclass
+class Word:
+    start: float  # seconds from the start of the audio
+    end: float
+    word: str  # with its leading space, as the tokenizer decodes it
+    probability: float
+
+    def to_dict(self) -> dict:
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "word": self.word,
+                "probability": round(float(self.probability), 4)}  # fmt: skip
 
 
 @dataclass
@@ -11,6 +25,30 @@ class Segment:
     end: float
     text: str
     tokens: list[int] = field(default_factory=list, repr=False)
+    id: int = 0
+    seek: int = 0  # the mel frame its window started at
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    temperature: float = 0.0
+    words: list[Word] | None = None
+
+    def to_dict(self) -> dict:
+        out = {
+            "id": self.id,
+            "seek": self.seek,
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "text": self.text,
+            "tokens": list(self.tokens),
+            "temperature": self.temperature,
+            "avg_logprob": round(float(self.avg_logprob), 6),
+            "compression_ratio": round(float(self.compression_ratio), 6),
+            "no_speech_prob": round(float(self.no_speech_prob), 6),
+        }
+        if self.words is not None:
+            out["words"] = [w.to_dict() for w in self.words]
+        return out
 
 
 @dataclass
@@ -19,13 +57,18 @@ class Transcription:
     segments: list[Segment]
     duration: float  # seconds of audio
     language: str | None = None
+    language_probability: float = 1.0
+    all_language_probs: list[tuple[str, float]] | None = field(default=None, repr=False)
+    duration_after_vad: float | None = None
 
     def to_dict(self) -> dict:
         return {
             "text": self.text,
             "language": self.language,
+            "language_probability": round(float(self.language_probability), 4),
             "duration": round(self.duration, 3),
-            "segments": [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text} for s in self.segments],
+            "duration_after_vad": round(self.duration if self.duration_after_vad is None else self.duration_after_vad, 3),
+            "segments": [s.to_dict() for s in self.segments],
         }
 
 
@@ -37,15 +80,27 @@ def format_timestamp(seconds: float, separator: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{separator}{ms:03d}"
 
 
-def to_srt(result: Transcription) -> str:
+def _cues(result: Transcription, words: bool) -> list[tuple[float, float, str]]:
+    """(start, end, text) per subtitle cue: one per segment, or one per word where the segments carry words."""
+    if not words:
+        return [(s.start, s.end, s.text) for s in result.segments]
+    cues = []
+    for s in result.segments:
+        if s.words is None:
+            raise ValueError("word-level cues need word timestamps (word_timestamps=True)")
+        cues.extend((w.start, w.end, w.word.strip()) for w in s.words)
+    return cues
+
+
+def to_srt(result: Transcription, words: bool = False) -> str:
     blocks = []
-    for i, seg in enumerate(result.segments, 1):
-        blocks.append(f"{i}\n{format_timestamp(seg.start, ',')} --> {format_timestamp(seg.end, ',')}\n{seg.text}\n")
+    for i, (start, end, text) in enumerate(_cues(result, words), 1):
+        blocks.append(f"{i}\n{format_timestamp(start, ',')} --> {format_timestamp(end, ',')}\n{text}\n")
     return "\n".join(blocks)
 
 
-def to_vtt(result: Transcription) -> str:
+def to_vtt(result: Transcription, words: bool = False) -> str:
     blocks = ["WEBVTT\n"]
-    for seg in result.segments:
-        blocks.append(f"{format_timestamp(seg.start, '.')} --> {format_timestamp(seg.end, '.')}\n{seg.text}\n")
+    for start, end, text in _cues(result, words):
+        blocks.append(f"{format_timestamp(start, '.')} --> {format_timestamp(end, '.')}\n{text}\n")
     return "\n".join(blocks)

@@ -47,6 +47,10 @@ class DecoderState:
         shape = (rows, capacity, num_heads, head_dim)
         self.self_k = [torch.empty(shape, dtype=like.dtype, device=like.device) for _ in range(layers)]
         self.self_v = [torch.empty(shape, dtype=like.dtype, device=like.device) for _ in range(layers)]
+        # {layer: [head, ...]}: cross-attention heads whose pre-softmax scores decode_step appends to ``captured``
+        # as [sentences, len(heads), queries, src_len] (Whisper's word alignment)
+        self.capture: dict[int, list[int]] | None = None
+        self.captured: list[Tensor] = []
 
     @property
     def capacity(self) -> int:

@@ -35,6 +35,7 @@ class _CacheView:
     self-attention cache [length, layers, S, G, kv_heads, head_dim] whose last ``n`` positions are new."""
 
     padding = None
+    capture = None  # no attention capture inside a program
 
     def __init__(self, cache_k: Tensor, cache_v: Tensor, cross_k: Tensor, cross_v: Tensor, mask, new_len: int):
         self.cache_k, self.cache_v = cache_k, cache_v

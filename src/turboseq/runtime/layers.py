@@ -371,6 +371,10 @@ def decode_step(
             # [sentences, heads, group * new_len, head_dim]: the beams of a sentence share its keys/values
             q = linear(h, attn.q).view(sentences, state.group * new_len, heads, head_dim).transpose(1, 2)
             out = _attend(q, cross_k, cross_v, state.cross_mask, attn.scale, stack.exact_attention)
+            if state.capture is not None and i in state.capture:
+                picked = state.capture[i]
+                scale = attn.scale if attn.scale is not None else head_dim**-0.5
+                state.captured.append((q[:, picked] @ cross_k[:, picked].transpose(-1, -2)).float() * scale)
             return linear(out.transpose(1, 2).reshape(rows, new_len, heads * head_dim), attn.out)
 
         x = _sublayer(x, layer.self_attn_norm, stack.pre_norm, self_attention)

@@ -189,6 +189,7 @@ WHISPER_KEYS = (
     "is_multilingual",
     "lang_to_id",
     "task_to_id",
+    "alignment_heads",  # [layer, head] pairs of the cross-attention heads that follow the words (word timestamps)
 )
 
 

@@ -1,0 +1,253 @@
+"""One decoding pass of Whisper over a batch of 30 s windows, as faster-whisper's ``generate_with_fallback``
+runs it: the options (``Options``), the decoder prompt, the logits rules, and per window its tokens, average
+log-probability and no-speech probability; temperature fallback over the windows whose output fails the
+compression-ratio or log-probability test."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from turboseq.generation import search
+from turboseq.generation.processors import SuppressTokens, TimestampRules, build_processors
+from turboseq.generation.settings import resolve
+from turboseq.runtime.layers import decode_step
+
+DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclass
+class Options:
+    """faster-whisper's ``TranscriptionOptions`` (same names and defaults as ``WhisperModel.transcribe``)."""
+
+    beam_size: int = 5
+    best_of: int = 5
+    patience: float = 1.0
+    length_penalty: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    compression_ratio_threshold: float | None = 2.4
+    log_prob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    condition_on_previous_text: bool = True
+    prompt_reset_on_temperature: float = 0.5
+    initial_prompt: str | list[int] | None = None
+    prefix: str | None = None
+    suppress_blank: bool = True
+    suppress_tokens: list[int] | None = field(default_factory=lambda: [-1])
+    without_timestamps: bool = False
+    max_initial_timestamp: float = 1.0
+    word_timestamps: bool = False
+    prepend_punctuations: str = "\"'“¿([{-"
+    append_punctuations: str = "\"'.。,，!！?？:：”)]}、"
+    max_new_tokens: int | None = None
+    hallucination_silence_threshold: float | None = None
+    hotwords: str | None = None
+
+    def check(self) -> None:
+        if not isinstance(self.beam_size, int) or self.beam_size < 1:
+            raise ValueError(f"`beam_size` must be a positive integer, got {self.beam_size!r}")
+        if not isinstance(self.best_of, int) or self.best_of < 1:
+            raise ValueError(f"`best_of` must be a positive integer, got {self.best_of!r}")
+        if self.patience != 1:
+            raise ValueError("`patience` other than 1 is not supported (turboseq's beam search is transformers')")
+        if not self.temperatures or any(not isinstance(t, (int, float)) or t < 0 for t in self.temperatures):
+            raise ValueError(f"`temperature` must be a number >= 0 or a list of them, got {self.temperatures!r}")
+        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
+            raise ValueError(f"`max_new_tokens` must be a positive integer, got {self.max_new_tokens!r}")
+
+
+@dataclass
+class Decoded:
+    tokens: list[int]  # generated, EOS left out
+    avg_logprob: float
+    no_speech_prob: float
+    temperature: float
+    compression_ratio: float
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data))
+
+
+def window_prompt(text, sot_sequence: list[int], previous: list[int], opts: Options, prefix: str | None,
+                  max_length: int) -> list[int]:  # fmt: skip
+    """The decoder prompt: ``<|startofprev|>`` hotwords and the previous text, the start sequence, then
+    ``<|notimestamps|>`` or a prefix (faster-whisper's ``get_prompt``)."""
+    prompt: list[int] = []
+    hotwords = opts.hotwords if opts.hotwords and not prefix else None
+    if previous or hotwords:
+        prompt.append(text.sot_prev)
+        if hotwords:
+            prompt += text.encode(" " + hotwords.strip())[: max_length // 2 - 1]
+        if previous:
+            prompt += previous[-(max_length // 2 - 1) :]
+    prompt += sot_sequence
+    if opts.without_timestamps:
+        prompt.append(text.no_timestamps)
+    if prefix:
+        prefix_tokens = text.encode(" " + prefix.strip())[: max_length // 2 - 1]
+        if not opts.without_timestamps:
+            prompt.append(text.timestamp_begin)
+        prompt += prefix_tokens
+    return prompt
+
+
+def _settings(model, prompt: list[int], opts: Options, temperature: float, max_initial_index: int):
+    gen = {"length_penalty": opts.length_penalty, "repetition_penalty": opts.repetition_penalty,
+           "no_repeat_ngram_size": opts.no_repeat_ngram_size, "early_stopping": True}  # fmt: skip
+    if temperature > 0:  # best_of samples from the whole distribution
+        gen.update(do_sample=True, temperature=temperature, top_k=0, num_return_sequences=opts.best_of)
+    else:
+        gen.update(num_beams=opts.beam_size)
+    limit = model.spec.max_positions
+    if opts.max_new_tokens is not None:
+        if len(prompt) + opts.max_new_tokens > limit:
+            raise ValueError(
+                f"the prompt ({len(prompt)} tokens) and `max_new_tokens` ({opts.max_new_tokens}) exceed the "
+                f"model's {limit} positions"
+            )
+        gen["max_new_tokens"] = opts.max_new_tokens
+    else:
+        gen["max_length"] = limit
+    s = resolve(model.generation_defaults, gen, max_positions=limit, prompt_length=len(prompt),
+                vocab_size=model.spec.vocab_size)  # fmt: skip
+    s.decoder_prompt = prompt
+    text = model.whisper_text
+    rules: list = []
+    if opts.suppress_blank:
+        rules.append(SuppressTokens(text.encode(" ") + [text.eot], at_length=len(prompt)))
+    if opts.suppress_tokens:
+        rules.append(SuppressTokens(text.suppress_tokens(opts.suppress_tokens)))
+    if not opts.without_timestamps:
+        rules.append(TimestampRules(text.no_timestamps, text.eot, len(prompt), max_initial_index))
+    s.rules = rules
+    return s
+
+
+class _NoSpeechProbe:
+    """The decoder's ``step`` for one run, keeping the hidden state at the start token on the first call."""
+
+    def __init__(self, decoder, spec, index: int):
+        self.decoder, self.spec, self.index = decoder, spec, index
+        self.at_start: Tensor | None = None
+        self.select = decoder.select
+
+    def step(self, tokens: Tensor) -> Tensor:
+        if self.at_start is None:
+            state = getattr(self.decoder, "state", None)
+            if state is not None and hasattr(state, "self_k"):  # the eager runtime: every position at once
+                every = decode_step(self.spec, state, tokens, all_positions=True)
+                self.at_start = every[:, self.index]
+                return every[:, -1]
+            self.at_start = torch.empty(0)
+        return self.decoder.step(tokens)
+
+
+def decode(model, hidden: Tensor, prompts: list[list[int]], opts: Options, temperature: float,
+           max_initial_index: int, generator=None) -> list[tuple[list[int], float, float]]:  # fmt: skip
+    """Decode windows ``hidden`` [windows, positions, d_model] at one temperature; per window (tokens, sum of
+    log-probabilities with EOS, no-speech probability). Windows are batched by prompt length."""
+    out: list = [None] * len(prompts)
+    text = model.whisper_text
+    for width in sorted({len(p) for p in prompts}):
+        rows = [i for i, p in enumerate(prompts) if len(p) == width]
+        s = _settings(model, prompts[rows[0]], opts, temperature, max_initial_index)
+        procs = build_processors(s, model.spec.vocab_size)
+        prompt = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=model.device)
+        h = hidden.index_select(0, torch.tensor(rows, device=hidden.device))
+        group = s.num_beams if s.is_beam else 1
+        copies = 1 if s.is_beam else s.num_return_sequences
+        expand = None
+        if copies > 1:
+            expand = torch.arange(len(rows), device=model.device).repeat_interleave(copies)
+            prompt = prompt.index_select(0, expand)
+        decoder = model._decoder_state(h, None, group, s.max_length, expand)
+        sot_index = prompts[rows[0]].index(text.sot)
+        probe = _NoSpeechProbe(decoder, model.spec, sot_index)
+        if s.is_beam:
+            sums: list = [None] * len(rows)
+            seqs = search.beam_search(probe.step, probe.select, model.head, prompt, s, procs, generator, sums=sums)
+            picked = [(seqs[j][0], sums[j][0]) for j in range(len(rows))]
+        else:
+            totals = torch.zeros(prompt.shape[0])
+            seqs = search.greedy_or_sample(
+                probe.step, probe.select, model.head, prompt, s, procs, generator, sums=totals
+            )
+            picked = [_best_sample(seqs[j * copies : (j + 1) * copies], totals[j * copies : (j + 1) * copies], s,
+                                   width) for j in range(len(rows))]  # fmt: skip
+        no_speech = _no_speech(model, probe, h, prompt, sot_index, group * copies)
+        for j, i in enumerate(rows):
+            seq, total = picked[j]
+            tokens = seq[width:].tolist()
+            if tokens and tokens[-1] == text.eot:
+                tokens = tokens[:-1]
+            out[i] = (tokens, float(total), no_speech[j])
+    return out
+
+
+def _best_sample(seqs: list[Tensor], totals: Tensor, s, width: int) -> tuple[Tensor, float]:
+    """Of ``best_of`` samples, the one with the highest length-normalised log-probability."""
+    scores = [float(t) / max(1, len(q) - width - 1) ** s.length_penalty for q, t in zip(seqs, totals)]
+    best = max(range(len(seqs)), key=lambda k: scores[k])
+    return seqs[best], float(totals[best])
+
+
+def _no_speech(model, probe: _NoSpeechProbe, hidden: Tensor, prompt: Tensor, index: int, per_window: int) -> list:
+    """Per window, the probability of the no-speech token at the start token (raw logits)."""
+    no_speech = model.whisper_text.no_speech
+    if no_speech is None:
+        return [0.0] * hidden.shape[0]
+    at_start = probe.at_start
+    if at_start is None or at_start.numel() == 0:  # an exported decoder: run the prompt up to the start token
+        decoder = model._decoder_state(hidden, None, 1, index + 1)
+        at_start = decoder.step(prompt[::per_window, : index + 1])
+    else:
+        at_start = at_start[::per_window]
+    probs = model.head.logits(at_start).float().softmax(dim=-1)
+    return probs[:, no_speech].tolist()
+
+
+def with_fallback(model, hidden: Tensor, prompts: list[list[int]], opts: Options, max_initial_index: int,
+                  generator=None) -> list[Decoded]:  # fmt: skip
+    """faster-whisper's ``generate_with_fallback`` for a batch of windows: each window is decoded again at the
+    next temperature while its text is too repetitive (compression ratio) or too unlikely (average
+    log-probability), unless it is silence; where every temperature fails, the best attempt is kept."""
+    text = model.whisper_text
+    final: list[Decoded | None] = [None] * len(prompts)
+    attempts: list[list[tuple[Decoded, bool]]] = [[] for _ in prompts]
+    pending = list(range(len(prompts)))
+    temperature = opts.temperatures[0]
+    for temperature in opts.temperatures:
+        if not pending:
+            break
+        index = torch.tensor(pending, device=hidden.device)
+        runs = decode(model, hidden.index_select(0, index), [prompts[i] for i in pending], opts, temperature,
+                      max_initial_index, generator)  # fmt: skip
+        still = []
+        for i, (tokens, total, no_speech) in zip(pending, runs):
+            avg = total / (len(tokens) + 1)
+            ratio = compression_ratio(text.decode(tokens).strip())
+            result = Decoded(tokens, avg, no_speech, temperature, ratio)
+            too_repetitive = opts.compression_ratio_threshold is not None and ratio > opts.compression_ratio_threshold
+            attempts[i].append((result, not too_repetitive))
+            fails = too_repetitive
+            low = opts.log_prob_threshold is not None and avg < opts.log_prob_threshold
+            fails = fails or low
+            if opts.no_speech_threshold is not None and no_speech > opts.no_speech_threshold and low:
+                fails = False  # silence: no fallback
+            if fails:
+                still.append(i)
+            else:
+                final[i] = result
+        pending = still
+    for i in pending:  # every temperature failed: the most likely attempt, below the ratio threshold if any
+        good = [r for r, ok in attempts[i] if ok] or [r for r, _ in attempts[i]]
+        best = max(good, key=lambda r: r.avg_logprob)
+        final[i] = Decoded(best.tokens, best.avg_logprob, best.no_speech_prob, temperature, best.compression_ratio)
+    return final

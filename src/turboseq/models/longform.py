@@ -1,0 +1,289 @@
+"""Long-form transcription, as faster-whisper runs it, over any number of recordings at once.
+
+- ``sequential``: faster-whisper's ``WhisperModel.transcribe``. Each recording is read window after window
+  (30 s), each window starting where the last complete segment ended, with the previous text as the prompt,
+  temperature fallback and the no-speech test. The current windows of all recordings share one batch.
+- ``batched``: faster-whisper's ``BatchedInferencePipeline``. Voice activity detection cuts each recording
+  into speech chunks, merged up to 30 s; all chunks of all recordings are decoded ``batch_size`` at a time,
+  without prompts between them and at the first temperature only. Without VAD the chunks are consecutive
+  30 s windows.
+
+Both give segments with faster-whisper's fields, and words with ``word_timestamps``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from turboseq.formats import audio as audio_io
+from turboseq.models import alignment
+from turboseq.models.decoding import Options, compression_ratio, window_prompt, with_fallback
+from turboseq.models.progress import progress_bar
+from turboseq.models.transcript import Segment, Transcription
+from turboseq.models.vad import VadOptions, collect_chunks, restore_times, speech_timestamps
+
+FRAMES_PER_SECOND = 100  # mel frames
+WINDOW_FRAMES = audio_io.FRAMES_PER_CHUNK  # 3000
+TIME_PRECISION = 0.02  # seconds per timestamp token
+INPUT_STRIDE = 2  # mel frames per encoder position
+
+
+@dataclass
+class _Stream:
+    """One recording in the sequential loop."""
+
+    features: torch.Tensor  # [n_mels, frames + 1]
+    sot_sequence: list[int]
+    seek: int = 0
+    tokens: list[int] = field(default_factory=list)  # all text so far (the prompt's source)
+    reset_since: int = 0
+    last_speech: float = 0.0
+    segments: list[Segment] = field(default_factory=list)
+
+    @property
+    def content_frames(self) -> int:
+        return self.features.shape[-1] - 1
+
+
+def split_by_timestamps(text, tokens: list[int], time_offset: float, segment_size: int, segment_duration: float,
+                        seek: int):  # fmt: skip
+    """One window's tokens cut into segments at consecutive timestamp pairs: (segments as dicts, the next
+    seek in mel frames, whether the window ended on a single timestamp)."""
+    first = text.timestamp_begin
+    single_ending = len(tokens) >= 2 and tokens[-2] < first <= tokens[-1]
+    pairs = [i for i in range(1, len(tokens)) if tokens[i] >= first and tokens[i - 1] >= first]
+    segments = []
+    if pairs:
+        cuts = pairs + ([len(tokens)] if single_ending else [])
+        last = 0
+        for cut in cuts:
+            piece = tokens[last:cut]
+            segments.append({"seek": seek, "tokens": piece,
+                             "start": time_offset + (piece[0] - first) * TIME_PRECISION,
+                             "end": time_offset + (piece[-1] - first) * TIME_PRECISION})  # fmt: skip
+            last = cut
+        if single_ending:
+            seek += segment_size
+        else:  # the unfinished segment is decoded again from its start
+            seek += (tokens[last - 1] - first) * INPUT_STRIDE
+    else:
+        duration = segment_duration
+        stamps = [t for t in tokens if t >= first] if first is not None else []
+        if stamps and stamps[-1] != first:
+            duration = (stamps[-1] - first) * TIME_PRECISION
+        segments.append({"seek": seek, "start": time_offset, "end": time_offset + duration, "tokens": tokens})
+        seek += segment_size
+    return segments, seek, single_ending
+
+
+def _add_words(model, hidden_rows, windows: list[list[dict]], num_frames: list[int], sot_sequences, opts: Options,
+               language, last_speech: float) -> float:  # fmt: skip
+    """Words for every segment of ``windows`` (each a window's segments, ``hidden_rows`` their encoder
+    output); returns the last speech time."""
+    text = model.whisper_text
+    texts = [[t for seg in segs for t in seg["tokens"] if t < text.eot] for segs in windows]
+    todo = [i for i, t in enumerate(texts) if t]
+    aligned: dict[int, tuple] = {}
+    by_sot: dict[tuple, list[int]] = {}
+    for i in todo:
+        by_sot.setdefault(tuple(sot_sequences[i]), []).append(i)
+    for sot, rows in by_sot.items():
+        index = torch.tensor(rows, device=hidden_rows.device)
+        found = alignment.attention_alignment(
+            model, hidden_rows.index_select(0, index), list(sot), [texts[i] for i in rows], [num_frames[i] for i in rows]
+        )
+        aligned.update(zip(rows, found))
+    for i, segs in enumerate(windows):
+        if not segs:
+            continue
+        timings = alignment.word_timings(text, aligned[i], texts[i], language) if i in aligned else []
+        median, longest = alignment.clip_long_words(timings, opts.prepend_punctuations, opts.append_punctuations)
+        offset = segs[0]["seek"] / FRAMES_PER_SECOND
+        last_speech = alignment.attach_words(segs, timings, offset, median, longest, last_speech, text.eot)
+    return last_speech
+
+
+def sequential(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[list[int]], batch_size: int,
+               progress: bool, lost=lambda: set()) -> list[list[Segment]]:  # fmt: skip
+    """faster-whisper's sequential transcription of each wave (already VAD-filtered where asked)."""
+    text = model.whisper_text
+    streams = [_Stream(audio_io.log_mel_long(w, model.n_mels), sot) for w, sot in zip(waves, sot_sequences)]
+    for s in streams:
+        if opts.initial_prompt is not None:
+            initial = opts.initial_prompt
+            s.tokens = text.encode(" " + initial.strip()) if isinstance(initial, str) else list(initial)
+    max_initial = int(round(opts.max_initial_timestamp / TIME_PRECISION))
+    total = round(sum(s.content_frames for s in streams) / FRAMES_PER_SECOND, 1)
+    with progress_bar(progress and total > 30, total, "s", "transcribe") as bar:
+        while True:
+            gone = lost()
+            active = [i for i, s in enumerate(streams) if s.seek < s.content_frames and i not in gone]
+            if not active:
+                break
+            for b in range(0, len(active), batch_size):
+                moved = _sequential_round(model, [streams[i] for i in active[b : b + batch_size]], opts, max_initial)
+                bar.update(round(moved / FRAMES_PER_SECOND, 1))
+    return [s.segments for s in streams]
+
+
+def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial: int) -> int:
+    """One window of each stream: encode, decode with fallback, cut into segments, words; returns the frames
+    the streams moved on."""
+    text = model.whisper_text
+    sizes = [min(WINDOW_FRAMES, s.content_frames - s.seek) for s in streams]
+    feats = torch.stack([audio_io.window_features(s.features, s.seek, n) for s, n in zip(streams, sizes)])
+    hidden, _ = model._encode(feats, None)
+    prompts = [
+        window_prompt(text, s.sot_sequence, s.tokens[s.reset_since :], opts, opts.prefix if s.seek == 0 else None,
+                      model.spec.max_positions)  # fmt: skip
+        for s in streams
+    ]
+    results = with_fallback(model, hidden, prompts, opts, max_initial)
+    moved = 0
+    kept_rows, kept_windows = [], []
+    for row, (s, size, result) in enumerate(zip(streams, sizes, results)):
+        previous_seek = s.seek
+        skip = opts.no_speech_threshold is not None and result.no_speech_prob > opts.no_speech_threshold
+        if skip and opts.log_prob_threshold is not None and result.avg_logprob > opts.log_prob_threshold:
+            skip = False  # likely enough to be speech despite the no-speech probability
+        if skip:
+            s.seek += size
+            moved += size
+            continue
+        time_offset = s.seek / FRAMES_PER_SECOND
+        segments, s.seek, single_ending = split_by_timestamps(
+            text, result.tokens, time_offset, size, size / FRAMES_PER_SECOND, s.seek
+        )
+        kept_rows.append((row, s, previous_seek, result, single_ending, time_offset))
+        kept_windows.append(segments)
+    if opts.word_timestamps and kept_rows:
+        for (row, s, _, _, single_ending, time_offset), segments in zip(kept_rows, kept_windows):
+            s.last_speech = _add_words(
+                model, hidden[row : row + 1], [segments], [sizes[row]], [s.sot_sequence], opts,
+                _language(model, s.sot_sequence), s.last_speech,
+            )
+            if not single_ending:
+                ends = [w.end for seg in segments for w in seg["words"]]
+                if ends and ends[-1] > time_offset:
+                    s.seek = round(ends[-1] * FRAMES_PER_SECOND)
+    for (_, s, previous_seek, result, _, _), segments in zip(kept_rows, kept_windows):
+        for seg in segments:
+            tokens = seg["tokens"]
+            decoded = text.decode(tokens)
+            if seg["start"] == seg["end"] or not decoded.strip():
+                continue
+            s.tokens.extend(tokens)
+            s.segments.append(
+                Segment(seg["start"], seg["end"], decoded, tokens, len(s.segments) + 1, previous_seek,
+                        result.avg_logprob, result.compression_ratio, result.no_speech_prob, result.temperature,
+                        seg.get("words") if opts.word_timestamps else None)  # fmt: skip
+            )
+        if not opts.condition_on_previous_text or result.temperature > opts.prompt_reset_on_temperature:
+            s.reset_since = len(s.tokens)
+        moved += min(s.content_frames, s.seek) - previous_seek
+    return moved
+
+
+def _language(model, sot_sequence: list[int]) -> str:
+    if len(sot_sequence) < 2:
+        return "en"
+    names = {i: code for code, i in model.whisper_text.language_ids().items()}
+    return names.get(sot_sequence[1], "en")
+
+
+@dataclass
+class _Chunk:
+    input: int
+    audio: np.ndarray
+    offset: float  # seconds into the input's speech-only time
+    duration: float
+
+
+def batched(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[list[int]], batch_size: int,
+            vad: VadOptions | None, progress: bool, lost=lambda: set()):  # fmt: skip
+    """faster-whisper's ``BatchedInferencePipeline`` over all ``waves``: per wave its segments, and its speech
+    chunks (None without VAD) for mapping times back."""
+    text = model.whisper_text
+    chunks: list[_Chunk] = []
+    speech: list[list[dict] | None] = []
+    step = audio_io.CHUNK_SAMPLES
+    for i, wave in enumerate(waves):
+        if vad is not None:
+            found = speech_timestamps(wave, vad)
+            pieces, meta = collect_chunks(wave, found, max_duration=30.0)
+            speech.append(found)
+            chunks += [_Chunk(i, p, m["offset"], m["duration"]) for p, m in zip(pieces, meta) if len(p)]
+        else:
+            speech.append(None)
+            starts = range(0, len(wave), step) if len(wave) else []
+            chunks += [_Chunk(i, wave[a : a + step], a / audio_io.SAMPLE_RATE,
+                              min(step, len(wave) - a) / audio_io.SAMPLE_RATE) for a in starts]  # fmt: skip
+    opts = Options(**{**opts.__dict__, "temperatures": opts.temperatures[:1], "condition_on_previous_text": False})
+    previous = [] if opts.initial_prompt is None else (
+        text.encode(opts.initial_prompt) if isinstance(opts.initial_prompt, str) else list(opts.initial_prompt)
+    )  # fmt: skip
+    per_input: list[list[Segment]] = [[] for _ in waves]
+    last_speech = [0.0 for _ in waves]
+    with progress_bar(progress and len(chunks) > 1, len(chunks), "chunk", "transcribe") as bar:
+        for b in range(0, len(chunks), batch_size):
+            gone = lost()
+            batch = [c for c in chunks[b : b + batch_size] if c.input not in gone]
+            if not batch:
+                continue
+            feats = torch.stack([
+                audio_io.window_features(audio_io.log_mel_long(c.audio, model.n_mels)[:, :-1], 0, WINDOW_FRAMES)
+                for c in batch
+            ])  # fmt: skip
+            hidden, _ = model._encode(feats, None)
+            prompts = [window_prompt(text, sot_sequences[c.input], previous, opts, None, model.spec.max_positions)
+                       for c in batch]  # fmt: skip
+            results = with_fallback(model, hidden, prompts, opts, 0)
+            windows, sizes = [], []
+            for c, result in zip(batch, results):
+                size = int(math.ceil(c.duration) * FRAMES_PER_SECOND)
+                segments, _, _ = split_by_timestamps(text, result.tokens, c.offset, size, c.duration, 0)
+                for seg in segments:
+                    seg["seek"] = int(c.offset * FRAMES_PER_SECOND)
+                windows.append(segments)
+                sizes.append(size)
+            if opts.word_timestamps:
+                for k, c in enumerate(batch):
+                    last_speech[c.input] = _add_words(
+                        model, hidden[k : k + 1], [windows[k]], [sizes[k]], [sot_sequences[c.input]], opts,
+                        _language(model, sot_sequences[c.input]), last_speech[c.input],
+                    )
+            for c, result, segments in zip(batch, results, windows):
+                for seg in segments:
+                    decoded = text.decode(seg["tokens"])
+                    out = per_input[c.input]
+                    out.append(
+                        Segment(round(seg["start"], 3), round(seg["end"], 3), decoded, seg["tokens"], len(out) + 1,
+                                seg["seek"], result.avg_logprob, compression_ratio(decoded), result.no_speech_prob,
+                                result.temperature, seg.get("words") if opts.word_timestamps else None)  # fmt: skip
+                    )
+            bar.update(len(batch))
+    return per_input, speech
+
+
+def vad_filter(waves: list[np.ndarray], vad: VadOptions) -> tuple[list[np.ndarray], list[list[dict]]]:
+    """Each wave's speech only (faster-whisper's sequential VAD filter), and its speech chunks."""
+    kept, found = [], []
+    for wave in waves:
+        chunks = speech_timestamps(wave, vad)
+        pieces, _ = collect_chunks(wave, chunks)
+        kept.append(np.concatenate(pieces).astype(np.float32))
+        found.append(chunks)
+    return kept, found
+
+
+def finish(segments: list[Segment], wave: np.ndarray, chunks, language, language_probability, all_probs,
+           kept_seconds: float | None) -> Transcription:  # fmt: skip
+    if chunks is not None:
+        restore_times(segments, chunks)
+    text = "".join(s.text for s in segments).strip()
+    return Transcription(text, segments, len(wave) / audio_io.SAMPLE_RATE, language, language_probability,
+                         all_probs, kept_seconds)  # fmt: skip
