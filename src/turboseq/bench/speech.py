@@ -35,6 +35,47 @@ SENTENCES = [
     "The weather will be sunny and warm for the rest of the week.",
     "He forgot his keys in the car again this morning.",
 ]
+# twelve more for the parity and word error rate checks (24 clips) and the long recording
+MORE_SENTENCES = [
+    "The library closes at six on Saturdays.",
+    "Could you send me the slides after the meeting?",
+    "Our flight was delayed by two hours because of the storm.",
+    "The new bridge will open to traffic next spring.",
+    "I usually drink a cup of tea before going to bed.",
+    "Remember to water the plants while I am away.",
+    "The museum has a large collection of old paintings.",
+    "Fresh bread is sold at the bakery every morning.",
+    "The team won the final match by three goals.",
+    "Please speak slowly so that everyone can understand.",
+    "There are seven days in a week and twelve months in a year.",
+    "The river flows through the city from north to south.",
+]
+ALL_SENTENCES = SENTENCES + MORE_SENTENCES
+
+
+def long_recording(out_dir: Path) -> Path:
+    """A recording of about three and a half minutes (16 kHz WAV, cached): the 24 sentences in two espeak-ng
+    voices, separated by pauses of 0.2-1.2 s, with a 6 s and a 20 s silence inside (fixed seed)."""
+    from turboseq.formats.audio import load_audio
+
+    path = out_dir / "long-recording.wav"
+    if path.is_file():
+        return path
+    clips = synthesize(ALL_SENTENCES, out_dir) + synthesize(ALL_SENTENCES, out_dir, voice="en-gb", speed=150)
+    rng = np.random.default_rng(7)
+    parts = []
+    for i, clip in enumerate(clips):
+        parts.append(load_audio(clip))
+        gap = {9: 6.0, 30: 20.0}.get(i, float(rng.uniform(0.2, 1.2)))
+        parts.append(np.zeros(int(gap * 16000), np.float32))
+    samples = np.concatenate(parts)
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm.tobytes())
+    return path
 
 
 def whisper_ct2_dir() -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -84,12 +85,15 @@ class SileroVAD(torch.nn.Module):
 
 @lru_cache(maxsize=1)
 def silero() -> SileroVAD:
-    try:
-        from importlib.resources import files
+    # found without importing the package: importing silero_vad sets torch's global thread count to 1
+    from importlib.util import find_spec
 
-        path = files("silero_vad.data") / "silero_vad_16k.safetensors"
-    except ModuleNotFoundError:
-        raise ValueError("`vad_filter` needs the silero-vad package: pip install silero-vad") from None
+    spec = find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("`vad_filter` needs the silero-vad package: pip install silero-vad")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "silero_vad_16k.safetensors"
+    if not path.is_file():
+        raise ValueError(f"the silero-vad package has no {path.name}; pip install 'silero-vad>=6'")
     from safetensors.torch import load_file
 
     return SileroVAD(load_file(str(path)))
