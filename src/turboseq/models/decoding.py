@@ -14,7 +14,7 @@ from torch import Tensor
 from turboseq.generation import search
 from turboseq.generation.processors import SuppressTokens, TimestampRules, build_processors
 from turboseq.generation.settings import resolve
-from turboseq.runtime.layers import decode_step
+from turboseq.models.engine import EagerDecoder
 
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -140,9 +140,8 @@ class _NoSpeechProbe:
 
     def step(self, tokens: Tensor) -> Tensor:
         if self.at_start is None:
-            state = getattr(self.decoder, "state", None)
-            if state is not None and hasattr(state, "self_k"):  # the eager runtime: every position at once
-                every = decode_step(self.spec, state, tokens, all_positions=True)
+            if isinstance(self.decoder, EagerDecoder):  # the eager runtime: every position at once
+                every = self.decoder.step(tokens, all_positions=True)
                 self.at_start = every[:, self.index]
                 return every[:, -1]
             self.at_start = torch.empty(0)

@@ -259,8 +259,18 @@ class EagerDecoder:
     def __init__(self, spec, state: DecoderState):
         self.spec, self.state = spec, state
 
-    def step(self, tokens: Tensor) -> Tensor:
-        return decode_step(self.spec, self.state, tokens)
+    def step(self, tokens: Tensor, all_positions: bool = False) -> Tensor:
+        state, group = self.state, self.state.group
+        if state.length or group == 1 or tokens.shape[1] == 1:
+            return decode_step(self.spec, state, tokens, all_positions)
+        # a prompt: the rows of a sentence (its beams) share it, so it runs once per sentence and its cache
+        # is copied to the sentence's rows
+        sentences = tokens.shape[0] // group
+        state.group, state.rows = 1, sentences
+        hidden = decode_step(self.spec, state, tokens[::group], all_positions)
+        state.group = group
+        state.select(torch.arange(sentences, device=tokens.device).repeat_interleave(group))
+        return hidden.repeat_interleave(group, dim=0)
 
     def select(self, rows: Tensor, sentences: Tensor | None = None) -> None:
         self.state.select(rows, sentences)
