@@ -99,29 +99,43 @@ def _transcribe(args) -> int:
         if not Path(file).is_file():
             raise ValueError(f"{file}: no such file")
     model = _load(args, "transcribe")
-    timestamps = args.timestamps or args.format != "text"
     out_dir = Path(args.output_dir) if args.output_dir else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    for file in args.files:
-        result = model.transcribe(
-            file,
-            beam_size=args.beam_size,
-            timestamps=timestamps,
-            language=args.language,
-            task=args.task,
-            batch_size=args.batch_size,
-            condition_on_previous_text=args.condition_on_previous_text,
-            progress=not args.no_progress,
-        )
-        if args.format == "text":
-            text = result.text + "\n"
-        elif args.format == "json":
-            text = json.dumps({"file": file, **result.to_dict()}, ensure_ascii=False) + "\n"
-        else:
-            text = to_srt(result) if args.format == "srt" else to_vtt(result)
-        suffix = "txt" if args.format == "text" else args.format
-        _write(out_dir / f"{Path(file).stem}.{suffix}" if out_dir is not None else None, text)
+    options = dict(
+        language=args.language,
+        task=args.task,
+        beam_size=args.beam_size,
+        best_of=args.best_of,
+        temperature=args.temperature,
+        compression_ratio_threshold=args.compression_ratio_threshold,
+        log_prob_threshold=args.log_prob_threshold,
+        no_speech_threshold=args.no_speech_threshold,
+        condition_on_previous_text=args.condition_on_previous_text,
+        initial_prompt=args.initial_prompt,
+        prefix=args.prefix,
+        hotwords=args.hotwords,
+        without_timestamps=args.without_timestamps,
+        word_timestamps=args.word_timestamps or args.word_level,
+        vad_filter=args.vad_filter,
+        vad_parameters=args.vad_parameters,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        hallucination_silence_threshold=args.hallucination_silence_threshold,
+        progress=not args.no_progress,
+    )
+    # several files share decoding batches: up to 16 at a time, written in order
+    for first in range(0, len(args.files), 16):
+        files = args.files[first : first + 16]
+        for file, result in zip(files, model.transcribe(files, **options)):
+            if args.format == "text":
+                text = result.text + "\n"
+            elif args.format == "json":
+                text = json.dumps({"file": file, **result.to_dict()}, ensure_ascii=False) + "\n"
+            else:
+                text = (to_srt if args.format == "srt" else to_vtt)(result, words=args.word_level)
+            suffix = "txt" if args.format == "text" else args.format
+            _write(out_dir / f"{Path(file).stem}.{suffix}" if out_dir is not None else None, text)
     return 0
 
 

@@ -43,6 +43,45 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"temperatures must be >= 0, got {text!r}")
+    return values
+
+
+def _optional_float(text: str) -> float | None:
+    if text.lower() in ("none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or none, got {text!r}") from None
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
@@ -151,24 +190,56 @@ def build_parser() -> argparse.ArgumentParser:
         "transcribe",
         help="speech to text with a Whisper model",
         description="Transcribe audio files (WAV, FLAC, MP3, M4A, OGG, ...) with a Whisper model directory (Hugging "
-        "Face, or CTranslate2 as faster-whisper uses). Audio over 30 s is cut into 30 s windows decoded in batches. "
-        "Output: text (one line per file), json (one object per file and line, with segments), srt or vtt "
-        "(subtitles; several files need --output-dir).",
+        "Face, or CTranslate2 as faster-whisper uses). Options, names and defaults are faster-whisper's: beam 5, "
+        "temperature fallback, each 30 s window prompted with the previous text. --batch-size N switches to the "
+        "batched pipeline (faster-whisper's BatchedInferencePipeline: VAD chunks decoded N at a time, faster on "
+        "long files). Output: text (one line per file), json (one object per file and line, with segments and "
+        "words), srt or vtt (subtitles; several files need --output-dir).",
     )
     tc.add_argument("--model", required=True, metavar="DIR", help="Whisper model directory")
     tc.add_argument("files", nargs="+", metavar="FILE", help="audio files")
     tc.add_argument("--format", default="text", choices=["text", "srt", "vtt", "json"], help="(default: text)")
     tc.add_argument("--output-dir", metavar="DIR", help="write FILE's result to DIR/<name>.<format> instead of stdout")
-    tc.add_argument("--beam-size", type=_positive_int, default=1, help="beam size (default: 1, greedy)")
-    tc.add_argument("--batch-size", type=_positive_int, default=8, help="30 s windows per batch (default: 8)")
-    tc.add_argument("--timestamps", action="store_true", help="predict segment timestamps (on for srt/vtt/json)")
-    tc.add_argument("--language", help="spoken language code for multilingual models (default: en)")
-    tc.add_argument("--task", choices=["transcribe", "translate"], help="multilingual models: translate to English")
+    tc.add_argument("--language", help="spoken language code (default: detected on multilingual models)")
+    tc.add_argument("--task", choices=["transcribe", "translate"], default="transcribe", help="translate: to English")
+    tc.add_argument("--beam-size", type=_positive_int, default=5, help="(default: 5)")
+    tc.add_argument("--best-of", type=_positive_int, default=5, help="samples per fallback temperature (default: 5)")
     tc.add_argument(
-        "--condition-on-previous-text",
-        action="store_true",
-        help="decode long audio window after window, each prompted with the previous text (slower)",
-    )
+        "--temperature", type=_float_list, default="0,0.2,0.4,0.6,0.8,1.0",
+        help="temperature, or comma-separated temperatures tried in turn on failure (default: 0,0.2,...,1.0)",
+    )  # fmt: skip
+    tc.add_argument("--compression-ratio-threshold", type=_optional_float, default=2.4, help="(default: 2.4; none: off)")
+    tc.add_argument("--log-prob-threshold", type=_optional_float, default=-1.0, help="(default: -1.0; none: off)")
+    tc.add_argument("--no-speech-threshold", type=_optional_float, default=0.6, help="(default: 0.6; none: off)")
+    tc.add_argument(
+        "--condition-on-previous-text", type=_bool, nargs="?", const=True, default=True,
+        help="prompt each window with the previous text (default: true)",
+    )  # fmt: skip
+    tc.add_argument("--initial-prompt", help="text to condition the first window on")
+    tc.add_argument("--prefix", help="text the first window's transcript starts with")
+    tc.add_argument("--hotwords", help="words or phrases to steer the model toward (ignored with --prefix)")
+    tc.add_argument(
+        "--without-timestamps", type=_bool, nargs="?", const=True, default=None,
+        help="decode text only, one segment per window (default: false; with --batch-size: true)",
+    )  # fmt: skip
+    tc.add_argument("--word-timestamps", action="store_true", help="start, end and probability of every word")
+    tc.add_argument("--word-level", action="store_true", help="srt/vtt: one cue per word (implies --word-timestamps)")
+    tc.add_argument(
+        "--vad-filter", type=_bool, nargs="?", const=True, default=None,
+        help="drop non-speech with Silero VAD before decoding (default: false; with --batch-size: true)",
+    )  # fmt: skip
+    tc.add_argument(
+        "--vad-parameters", type=_json_object, metavar="JSON",
+        help='VAD options as JSON, e.g. \'{"min_silence_duration_ms": 500}\' (faster-whisper\'s VadOptions)',
+    )  # fmt: skip
+    tc.add_argument(
+        "--batch-size", type=_positive_int,
+        help="the batched pipeline: speech chunks of up to 30 s (30 s windows with --vad-filter false), N at a "
+        "time, no prompts between them, first temperature only",
+    )  # fmt: skip
+    tc.add_argument("--max-new-tokens", type=_positive_int, help="per window")
+    tc.add_argument("--hallucination-silence-threshold", type=float, metavar="SECONDS",
+                    help="with --word-timestamps: skip silences longer than this around likely hallucinations")  # fmt: skip
     _dtype_option(tc)
     tc.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 

@@ -94,7 +94,11 @@ def _add_words(model, hidden_rows, windows: list[list[dict]], num_frames: list[i
     for sot, rows in by_sot.items():
         index = torch.tensor(rows, device=hidden_rows.device)
         found = alignment.attention_alignment(
-            model, hidden_rows.index_select(0, index), list(sot), [texts[i] for i in rows], [num_frames[i] for i in rows]
+            model,
+            hidden_rows.index_select(0, index),
+            list(sot),
+            [texts[i] for i in rows],
+            [num_frames[i] for i in rows],
         )
         aligned.update(zip(rows, found))
     for i, segs in enumerate(windows):
@@ -138,8 +142,14 @@ def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial:
     feats = torch.stack([audio_io.window_features(s.features, s.seek, n) for s, n in zip(streams, sizes)])
     hidden, _ = model._encode(feats, None)
     prompts = [
-        window_prompt(text, s.sot_sequence, s.tokens[s.reset_since :], opts, opts.prefix if s.seek == 0 else None,
-                      model.spec.max_positions)  # fmt: skip
+        window_prompt(
+            text,
+            s.sot_sequence,
+            s.tokens[s.reset_since :],
+            opts,
+            opts.prefix if s.seek == 0 else None,
+            model.spec.max_positions,
+        )  # fmt: skip
         for s in streams
     ]
     results = with_fallback(model, hidden, prompts, opts, max_initial)
@@ -160,17 +170,28 @@ def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial:
         )
         kept_rows.append((row, s, previous_seek, result, single_ending, time_offset))
         kept_windows.append(segments)
-    if opts.word_timestamps and kept_rows:
-        for (row, s, _, _, single_ending, time_offset), segments in zip(kept_rows, kept_windows):
-            s.last_speech = _add_words(
-                model, hidden[row : row + 1], [segments], [sizes[row]], [s.sot_sequence], opts,
-                _language(model, s.sot_sequence), s.last_speech,
-            )
+    skipped = set()
+    if opts.word_timestamps:
+        for k, ((row, s, previous_seek, _, single_ending, time_offset), segments) in enumerate(
+            zip(kept_rows, kept_windows)
+        ):
+            _add_words(model, hidden[row : row + 1], [segments], [sizes[row]], [s.sot_sequence], opts,
+                       _language(model, s.sot_sequence), s.last_speech)  # fmt: skip
             if not single_ending:
-                ends = [w.end for seg in segments for w in seg["words"]]
-                if ends and ends[-1] > time_offset:
-                    s.seek = round(ends[-1] * FRAMES_PER_SECOND)
-    for (_, s, previous_seek, result, _, _), segments in zip(kept_rows, kept_windows):
+                end = _last_end(segments)
+                if end is not None and end > time_offset:
+                    s.seek = round(end * FRAMES_PER_SECOND)
+            if opts.hallucination_silence_threshold is not None:
+                if _skip_hallucinations(s, segments, previous_seek, time_offset, opts.hallucination_silence_threshold):
+                    skipped.add(k)
+                    continue
+            end = _last_end(segments)
+            if end is not None:
+                s.last_speech = end
+    for k, ((_, s, previous_seek, result, _, _), segments) in enumerate(zip(kept_rows, kept_windows)):
+        if k in skipped:
+            moved += s.seek - previous_seek
+            continue
         for seg in segments:
             tokens = seg["tokens"]
             decoded = text.decode(tokens)
@@ -178,14 +199,89 @@ def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial:
                 continue
             s.tokens.extend(tokens)
             s.segments.append(
-                Segment(seg["start"], seg["end"], decoded, tokens, len(s.segments) + 1, previous_seek,
-                        result.avg_logprob, result.compression_ratio, result.no_speech_prob, result.temperature,
-                        seg.get("words") if opts.word_timestamps else None)  # fmt: skip
+                Segment(
+                    seg["start"],
+                    seg["end"],
+                    decoded,
+                    tokens,
+                    len(s.segments) + 1,
+                    previous_seek,
+                    result.avg_logprob,
+                    result.compression_ratio,
+                    result.no_speech_prob,
+                    result.temperature,
+                    seg.get("words") if opts.word_timestamps else None,
+                )  # fmt: skip
             )
         if not opts.condition_on_previous_text or result.temperature > opts.prompt_reset_on_temperature:
             s.reset_since = len(s.tokens)
         moved += min(s.content_frames, s.seek) - previous_seek
     return moved
+
+
+def _last_end(segments: list[dict]) -> float | None:
+    """The end of the last word, or of the last segment where no segment has words."""
+    for seg in reversed(segments):
+        if seg.get("words"):
+            return seg["words"][-1].end
+    return segments[-1]["end"] if segments else None
+
+
+_PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"
+
+
+def _anomaly(seg: dict | None) -> bool:
+    """A segment whose first words are improbable, very short or very long: a likely hallucination."""
+    if seg is None or not seg.get("words"):
+        return False
+    words = [w for w in seg["words"] if w.word not in _PUNCTUATION][:8]
+    score = 0.0
+    for w in words:
+        duration = w.end - w.start
+        score += 1.0 if w.probability < 0.15 else 0.0
+        score += (0.133 - duration) * 15 if duration < 0.133 else 0.0
+        score += duration - 2.0 if duration > 2.0 else 0.0
+    return score >= 3 or score + 0.01 >= len(words)
+
+
+def _skip_hallucinations(s: _Stream, segments: list[dict], previous_seek: int, time_offset: float,
+                         threshold: float) -> bool:  # fmt: skip
+    """faster-whisper's ``hallucination_silence_threshold``: a likely hallucination after a long silence is
+    skipped (the window is decoded again after the silence). True: drop the whole window's output."""
+    with_words = [seg for seg in segments if seg.get("words")]
+    if with_words and _anomaly(with_words[0]):
+        gap = with_words[0]["start"] - time_offset
+        if gap > threshold:
+            s.seek = previous_seek + round(gap * FRAMES_PER_SECOND)
+            return True
+    window_end = (previous_seek + WINDOW_FRAMES) / FRAMES_PER_SECOND
+    duration = s.content_frames / FRAMES_PER_SECOND
+    last_end = s.last_speech
+    for i, seg in enumerate(segments):
+        if not seg.get("words"):
+            continue
+        if _anomaly(seg):
+            following = next((x for x in segments[i + 1 :] if x.get("words")), None)
+            next_start = (
+                following["words"][0].start
+                if following is not None
+                else time_offset + _window_seconds(s, previous_seek)
+            )
+            before = seg["start"] - last_end > threshold or seg["start"] < threshold or seg["start"] - time_offset < 2.0
+            after = next_start - seg["end"] > threshold or _anomaly(following) or window_end - seg["end"] < 2.0
+            if before and after:
+                s.seek = round(max(time_offset + 1, seg["start"]) * FRAMES_PER_SECOND)
+                if duration - seg["end"] < threshold:
+                    s.seek = s.content_frames
+                del segments[i:]
+                break
+        last_end = seg["end"]
+    return False
+
+
+def _window_seconds(s: _Stream, previous_seek: int) -> float:
+    """The decoded window's duration in seconds."""
+    return min(WINDOW_FRAMES, s.content_frames - previous_seek) / FRAMES_PER_SECOND
 
 
 def _language(model, sot_sequence: list[int]) -> str:
@@ -253,17 +349,33 @@ def batched(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[l
             if opts.word_timestamps:
                 for k, c in enumerate(batch):
                     last_speech[c.input] = _add_words(
-                        model, hidden[k : k + 1], [windows[k]], [sizes[k]], [sot_sequences[c.input]], opts,
-                        _language(model, sot_sequences[c.input]), last_speech[c.input],
+                        model,
+                        hidden[k : k + 1],
+                        [windows[k]],
+                        [sizes[k]],
+                        [sot_sequences[c.input]],
+                        opts,
+                        _language(model, sot_sequences[c.input]),
+                        last_speech[c.input],
                     )
             for c, result, segments in zip(batch, results, windows):
                 for seg in segments:
                     decoded = text.decode(seg["tokens"])
                     out = per_input[c.input]
                     out.append(
-                        Segment(round(seg["start"], 3), round(seg["end"], 3), decoded, seg["tokens"], len(out) + 1,
-                                seg["seek"], result.avg_logprob, compression_ratio(decoded), result.no_speech_prob,
-                                result.temperature, seg.get("words") if opts.word_timestamps else None)  # fmt: skip
+                        Segment(
+                            round(seg["start"], 3),
+                            round(seg["end"], 3),
+                            decoded,
+                            seg["tokens"],
+                            len(out) + 1,
+                            seg["seek"],
+                            result.avg_logprob,
+                            compression_ratio(decoded),
+                            result.no_speech_prob,
+                            result.temperature,
+                            seg.get("words") if opts.word_timestamps else None,
+                        )  # fmt: skip
                     )
             bar.update(len(batch))
     return per_input, speech
