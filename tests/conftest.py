@@ -163,3 +163,32 @@ def waves(clips):
     from turboseq.formats.audio import load_audio
 
     return [load_audio(p) for p in clips]
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("speech24")
+
+
+@pytest.fixture(scope="session")
+def clips24(speech_dir):
+    """espeak-ng speech of all 24 check sentences (the bench's 12 and 12 more)."""
+    from turboseq.bench.speech import ALL_SENTENCES, synthesize
+
+    return synthesize(ALL_SENTENCES, speech_dir)
+
+
+@pytest.fixture(scope="session")
+def recording(speech_dir):
+    """About 3.5 minutes: the 24 sentences in two voices, pauses, a 6 s and a 20 s silence (16 kHz array)."""
+    from turboseq.bench.speech import long_recording
+    from turboseq.formats.audio import load_audio
+
+    return load_audio(long_recording(speech_dir))
+
+
+@pytest.fixture(scope="session")
+def faster_whisper(ct2_dir):
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(str(ct2_dir), device="cpu", compute_type="float32", cpu_threads=2)

@@ -208,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--temperature", type=_float_list, default="0,0.2,0.4,0.6,0.8,1.0",
         help="temperature, or comma-separated temperatures tried in turn on failure (default: 0,0.2,...,1.0)",
     )  # fmt: skip
-    tc.add_argument("--compression-ratio-threshold", type=_optional_float, default=2.4, help="(default: 2.4; none: off)")
+    tc.add_argument(
+        "--compression-ratio-threshold", type=_optional_float, default=2.4, help="(default: 2.4; none: off)"
+    )
     tc.add_argument("--log-prob-threshold", type=_optional_float, default=-1.0, help="(default: -1.0; none: off)")
     tc.add_argument("--no-speech-threshold", type=_optional_float, default=0.6, help="(default: 0.6; none: off)")
     tc.add_argument(

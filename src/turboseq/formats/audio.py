@@ -133,6 +133,8 @@ def log_mel_long(wave: np.ndarray, n_mels: int = 80, padding: int = HOP_LENGTH) 
     samples = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
     if padding:
         samples = torch.nn.functional.pad(samples, (0, padding))
+    if len(samples) <= N_FFT // 2:  # too short to reflect-pad: no content (VAD kept nothing, or a few samples)
+        return torch.zeros(n_mels, len(samples) // HOP_LENGTH)
     stft = torch.stft(samples, N_FFT, HOP_LENGTH, window=torch.hann_window(N_FFT), return_complex=True)
     mel = mel_filters(n_mels).T @ (stft[..., :-1].abs() ** 2)
     log_spec = torch.clamp(mel, min=1e-10).log10()

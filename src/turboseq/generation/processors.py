@@ -141,9 +141,12 @@ class TimestampRules(LogitsProcessor):
     are more likely than the best text token, a timestamp is forced.
     """
 
-    def __init__(self, no_timestamps: int, eos: int, begin_index: int, max_initial: int | None):
+    def __init__(self, no_timestamps: int, eos: int, begin_index: int, max_initial: int | None,
+                 force_initial: bool = True):  # fmt: skip
         self.no_timestamps, self.first = no_timestamps, no_timestamps + 1
         self.eos, self.begin_index, self.max_initial = eos, begin_index, max_initial
+        # False after a forced prefix (CTranslate2's Whisper): the first generated token need not be a timestamp
+        self.force_initial = force_initial
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         scores[:, self.no_timestamps] = NEG_INF
@@ -164,7 +167,7 @@ class TimestampRules(LogitsProcessor):
         vocab_ids = torch.arange(scores.shape[1], device=scores.device)
         lowest_t = torch.tensor(lowest_allowed, device=scores.device)[:, None]
         scores.masked_fill_((vocab_ids >= self.first) & (vocab_ids < lowest_t), NEG_INF)
-        if input_ids.shape[1] == self.begin_index:
+        if input_ids.shape[1] == self.begin_index and self.force_initial:
             scores[:, : self.first] = NEG_INF
             if self.max_initial is not None:
                 scores[:, self.first + self.max_initial + 1 :] = NEG_INF
@@ -243,6 +246,10 @@ def build_processors(s: GenerationSettings, vocab_size: int) -> list[LogitsProce
     if s.renormalize_logits:
         procs.append(LogSoftmax())
     return procs
+
+
+# the sampling warpers: build_processors puts them after every other processor
+WARPERS = (Temperature, TopK, TopP)
 
 
 def apply(procs, input_ids: Tensor, scores: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from turboseq.generation.batching import RowHooks
 from turboseq.generation.outputs import Trace
-from turboseq.generation.processors import apply, only_bans
+from turboseq.generation.processors import WARPERS, apply, only_bans
 from turboseq.generation.settings import GenerationSettings
 
 # step(tokens [rows, new_len]) -> hidden [rows, d_model]; select(rows, sentences) keeps/reorders decoder rows
@@ -64,7 +64,8 @@ def greedy_or_sample(
     the pad token where EOS ends rows), and every step's scores are recorded for every row.
 
     ``sums`` (float [batch]) receives each row's sum of the log-probabilities of its chosen tokens (the
-    log-softmax of the processed scores), EOS included: Whisper's average log-probability."""
+    log-softmax of the processed scores, before temperature and top-k/top-p), EOS included: Whisper's average
+    log-probability."""
     batch, prompt_len = prompt.shape
     device = prompt.device
     seqs = torch.full((batch, s.max_length), s.pad_token_id, dtype=torch.long, device=device)
@@ -88,7 +89,12 @@ def greedy_or_sample(
         if next_tokens is None:
             logits = head.logits(hidden).float()
             raw = logits.clone() if trace is not None and trace.want_logits else None
-            scores = apply(procs if s.do_sample else argmax_procs, input_ids, logits)
+            if sums is not None and s.do_sample:  # the log-probabilities before the sampling warpers
+                warp = next((k for k, p in enumerate(procs) if isinstance(p, WARPERS)), len(procs))
+                processed = apply(procs[:warp], input_ids, logits)
+                scores = apply(procs[warp:], input_ids, processed.clone())
+            else:
+                scores = processed = apply(procs if s.do_sample else argmax_procs, input_ids, logits)
             if trace is not None:
                 trace.record(raw, scores)
             if s.do_sample:
@@ -98,7 +104,7 @@ def greedy_or_sample(
             else:
                 next_tokens = scores.argmax(dim=-1)
             if sums is not None:
-                picked = torch.log_softmax(scores, dim=-1).gather(1, next_tokens[:, None])[:, 0]
+                picked = torch.log_softmax(processed, dim=-1).gather(1, next_tokens[:, None])[:, 0]
                 sums[active] += picked.to(sums.device)
         if trace is not None and eos.numel():
             next_tokens = torch.where(unfinished, next_tokens, s.pad_token_id)

@@ -181,8 +181,12 @@ def attach_words(segments: list[dict], timings: list[dict], offset: float, media
             timing = timings[index]
             if timing["word"]:
                 words.append(
-                    Word(round(offset + timing["start"], 2), round(offset + timing["end"], 2), timing["word"],
-                         timing["probability"])  # fmt: skip
+                    Word(
+                        round(offset + timing["start"], 2),
+                        round(offset + timing["end"], 2),
+                        timing["word"],
+                        timing["probability"],
+                    )  # fmt: skip
                 )
             saved += len(timing["tokens"])
             index += 1

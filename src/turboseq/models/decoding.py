@@ -106,15 +106,18 @@ def _settings(model, prompt: list[int], opts: Options, temperature: float, max_i
     else:
         gen.update(num_beams=opts.beam_size)
     limit = model.spec.max_positions
+    total = limit
     if opts.max_new_tokens is not None:
-        if len(prompt) + opts.max_new_tokens > limit:
+        total = len(prompt) + opts.max_new_tokens
+        if total > limit:
             raise ValueError(
                 f"the prompt ({len(prompt)} tokens) and `max_new_tokens` ({opts.max_new_tokens}) exceed the "
                 f"model's {limit} positions"
             )
-        gen["max_new_tokens"] = opts.max_new_tokens
-    else:
-        gen["max_length"] = limit
+    # CTranslate2's Whisper budget: decoding starts at the last start token and runs at most half the
+    # length (openai/whisper's sample_len, 224) or what is left of it
+    start = _output_start(model.whisper_text, prompt)
+    gen["max_length"] = min(limit, start + min(total // 2, total - (start - 1)))
     s = resolve(model.generation_defaults, gen, max_positions=limit, prompt_length=len(prompt),
                 vocab_size=model.spec.vocab_size)  # fmt: skip
     s.decoder_prompt = prompt
@@ -125,9 +128,18 @@ def _settings(model, prompt: list[int], opts: Options, temperature: float, max_i
     if opts.suppress_tokens:
         rules.append(SuppressTokens(text.suppress_tokens(opts.suppress_tokens)))
     if not opts.without_timestamps:
-        rules.append(TimestampRules(text.no_timestamps, text.eot, len(prompt), max_initial_index))
+        prefixed = start < len(prompt)
+        rules.append(TimestampRules(text.no_timestamps, text.eot, len(prompt), max_initial_index, not prefixed))
     s.rules = rules
     return s
+
+
+def _output_start(text, prompt: list[int]) -> int:
+    """Where the output begins: after the start sequence (and ``<|notimestamps|>``); a prefix is output."""
+    keep = prompt.index(text.sot) + 1
+    while keep < len(prompt) and text.sot < prompt[keep] < text.timestamp_begin:
+        keep += 1
+    return keep
 
 
 class _NoSpeechProbe:
@@ -181,9 +193,10 @@ def decode(model, hidden: Tensor, prompts: list[list[int]], opts: Options, tempe
             picked = [_best_sample(seqs[j * copies : (j + 1) * copies], totals[j * copies : (j + 1) * copies], s,
                                    width) for j in range(len(rows))]  # fmt: skip
         no_speech = _no_speech(model, probe, h, prompt, sot_index, group * copies)
+        keep = _output_start(text, prompts[rows[0]])  # a prefix is part of the output, as in CTranslate2
         for j, i in enumerate(rows):
             seq, total = picked[j]
-            tokens = seq[width:].tolist()
+            tokens = seq[keep:].tolist()
             if tokens and tokens[-1] == text.eot:
                 tokens = tokens[:-1]
             out[i] = (tokens, float(total), no_speech[j])

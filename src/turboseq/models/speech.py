@@ -248,7 +248,9 @@ class SpeechModel(EncoderDecoder):
         if not self.whisper.get("is_multilingual") or not codes:
             raise ValueError("detect_language needs a multilingual Whisper model; this one is English-only")
         if not isinstance(language_detection_segments, int) or language_detection_segments < 1:
-            raise ValueError(f"`language_detection_segments` must be a positive integer, got {language_detection_segments!r}")
+            raise ValueError(
+                f"`language_detection_segments` must be a positive integer, got {language_detection_segments!r}"
+            )
         if audio is None and features is None:
             raise ValueError("pass `audio` or `features`")
         if audio is not None:
@@ -289,6 +291,7 @@ class SpeechModel(EncoderDecoder):
         vad_filter: bool | None = None,
         vad_parameters: dict | VadOptions | None = None,
         batch_size: int | None = None,
+        max_batch_size: int = 16,
         without_timestamps: bool | None = None,
         language_detection_threshold: float | None = 0.5,
         language_detection_segments: int = 1,
@@ -309,7 +312,7 @@ class SpeechModel(EncoderDecoder):
         ``batch_size=None``: the sequential pipeline (faster-whisper's ``WhisperModel``; several inputs
         share batches window by window). ``batch_size=N``: the batched pipeline (faster-whisper's
         ``BatchedInferencePipeline``, with its defaults: VAD on, no timestamps, first temperature only),
-        N chunks at a time across all inputs.
+        N chunks at a time across all inputs. ``max_batch_size``: windows per batch in the sequential pipeline.
 
         ``abandoned()`` may return a set of input indices nobody waits for any more; their decoding stops
         and their results are meaningless."""
@@ -354,11 +357,10 @@ class SpeechModel(EncoderDecoder):
             else:
                 languages.append((language or "en", 1.0, None))
         sots = [text.sot_sequence(lang, task) for lang, _, _ in languages]
-        max_rows = batch_size or 16
         if piped:
             segments, chunks = longform.batched(self, kept, opts, sots, batch_size, vad, progress, hooks.lost)
         else:
-            segments = longform.sequential(self, kept, opts, sots, max_rows, progress, hooks.lost)
+            segments = longform.sequential(self, kept, opts, sots, max_batch_size, progress, hooks.lost)
         results = []
         for i, wave in enumerate(waves):
             speech = None if chunks[i] is None else sum(c["end"] - c["start"] for c in chunks[i]) / audio_io.SAMPLE_RATE

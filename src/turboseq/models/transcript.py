@@ -67,7 +67,9 @@ class Transcription:
             "language": self.language,
             "language_probability": round(float(self.language_probability), 4),
             "duration": round(self.duration, 3),
-            "duration_after_vad": round(self.duration if self.duration_after_vad is None else self.duration_after_vad, 3),
+            "duration_after_vad": round(
+                self.duration if self.duration_after_vad is None else self.duration_after_vad, 3
+            ),
             "segments": [s.to_dict() for s in self.segments],
         }
 

@@ -43,7 +43,9 @@ class VadOptions:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(value) - known)
         if unknown:
-            raise ValueError(f"unknown `vad_parameters` key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown `vad_parameters` key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         value.update(overrides)
         opts = cls(**value)
         if not 0 < opts.threshold < 1:

@@ -91,9 +91,7 @@ class WhisperText:
         words: list[str] = []
         word_tokens: list[list[int]] = []
         for piece, piece_tokens in zip(*self._split_on_unicode(tokens)):
-            starts_word = (
-                piece_tokens[0] >= self.eot or piece.startswith(" ") or piece.strip() in string.punctuation
-            )
+            starts_word = piece_tokens[0] >= self.eot or piece.startswith(" ") or piece.strip() in string.punctuation
             if starts_word or not words:
                 words.append(piece)
                 word_tokens.append(list(piece_tokens))

@@ -12,6 +12,7 @@ import numpy as np
 from turboseq.errors import AudioError, AudioTooLong
 from turboseq.formats.audio import CHUNK_SAMPLES, load_audio
 from turboseq.generation.settings import GenerationSettings
+from turboseq.models.decoding import DEFAULT_TEMPERATURES
 from turboseq.models.speech import SpeechModel
 from turboseq.models.transcript import Transcription, to_srt, to_vtt
 from turboseq.serving.requests import (
@@ -31,7 +32,8 @@ class SpeechRequest:
     """A transcription request's ``transcribe`` arguments and its generation settings, resolved once."""
 
     kwargs: dict
-    settings: GenerationSettings
+    settings: GenerationSettings  # for the server's cost limits (beams, new tokens per window)
+    chunks: bool = False  # answer with timed chunks (Hugging Face's return_timestamps)
 
 
 @register(SpeechModel)
@@ -78,18 +80,28 @@ class SpeechTask(Task):
         check_generation_cost(parsed.prepared.settings.settings, 1, limits)
 
     def prepare(self, params):
-        """``SpeechModel.transcribe`` arguments from the request's parameters (transformers' names accepted)."""
+        """``SpeechModel.transcribe`` arguments from the request's parameters: faster-whisper's names
+        (``beam_size``, ``temperature``, ``word_timestamps``, ``vad_filter``, ...), ``batched: true`` for the
+        batched pipeline, and transformers' ``num_beams`` and ``return_timestamps`` (chunks in the answer)."""
         check_not_server_owned(params)
-        if not isinstance(params.get("return_timestamps", False), bool):
+        params = dict(params)
+        params.pop("truncation", None)
+        chunks = params.pop("return_timestamps", False)
+        if not isinstance(chunks, bool):
             raise ValueError("`return_timestamps` must be a boolean")
         if "seed" in params:
             raise ValueError("`seed` is not supported for speech requests")
-        kwargs = {k: v for k, v in params.items() if k not in ("return_timestamps", "num_beams", "truncation")}
-        kwargs["timestamps"] = params.get("return_timestamps", False)
-        kwargs["beam_size"] = params.get("num_beams", 1)
-        s = self.model.settings(**{k: v for k, v in params.items() if k != "truncation"})
-        # sampled requests run alone
-        return Prepared(SpeechRequest(kwargs, s), None if s.do_sample else json.dumps(params, sort_keys=True))
+        if "num_beams" in params:
+            params["beam_size"] = params.pop("num_beams")
+        batched = params.pop("batched", False)
+        if not isinstance(batched, bool):
+            raise ValueError("`batched` must be a boolean")
+        if batched:
+            params["batch_size"] = self.max_batch_size
+        self.model.transcribe([], **params)  # the options are checked here, once, before any audio is decoded
+        beams = params.get("beam_size", 5)
+        s = self.model.settings(num_beams=beams, max_new_tokens=params.get("max_new_tokens"))
+        return Prepared(SpeechRequest(params, s, chunks), json.dumps(params, sort_keys=True, default=str))
 
     def input_size(self, row):
         windows = max(1, -(-len(row) // CHUNK_SAMPLES))
@@ -98,32 +110,36 @@ class SpeechTask(Task):
     def run(self, rows, request: SpeechRequest, abandoned=None, on_tokens=None) -> tuple[list[Transcription], int]:
         # long audio is several 30 s windows: they share engine batches of up to max_batch_size windows
         results = self.model.transcribe(
-            list(rows), batch_size=self.max_batch_size, abandoned=abandoned, **request.kwargs
+            list(rows), max_batch_size=self.max_batch_size, abandoned=abandoned, **request.kwargs
         )
         return results, sum(len(c.tokens) for r in results for c in r.segments)
 
     def respond(self, answers: list[Transcription], parsed):
-        objects = [
-            {
-                "text": r.text,
-                "chunks": [{"timestamp": [round(c.start, 2), round(c.end, 2)], "text": c.text} for c in r.segments],
-            }
-            for r in answers
-        ]
+        request = parsed.prepared.settings
+        objects = []
+        for r in answers:
+            out = {"text": r.text}
+            if request.chunks:
+                out["chunks"] = [
+                    {"timestamp": [round(c.start, 2), round(c.end, 2)], "text": c.text.strip()} for c in r.segments
+                ]
+            objects.append(out)
         return objects[0] if parsed.single else objects  # one audio in: one object out, as Hugging Face's API
 
     def warm(self, batch_size):
         # one window alone, then a batch of windows (silence is skipped without decoding: use noise)
         noise = (np.random.default_rng(0).standard_normal(16000 * 2) * 0.1).astype(np.float32)
         for rows in ([noise], [noise] * min(batch_size, 4)):
-            self.run(rows, self.prepare({"max_new_tokens": 8}).settings)
+            self.run(rows, self.prepare({"max_new_tokens": 8, "temperature": 0.0}).settings)
 
     def routes(self):
         return [Route("/v1/audio/transcriptions", self.openai_transcriptions)]
 
     async def openai_transcriptions(self, service, request):
         """OpenAI's transcription API: multipart form with ``file``; response_format json | text | srt | vtt |
-        verbose_json; optional ``language``, ``model``, ``temperature`` (0 only: decoding is deterministic)."""
+        verbose_json; optional ``language``, ``model``, ``prompt`` (the first window's initial prompt),
+        ``temperature`` (0: the fallback temperatures 0, 0.2, ..., 1.0, as OpenAI; above: that temperature)
+        and ``timestamp_granularities[]`` (segment and/or word; verbose_json only)."""
         from fastapi.responses import PlainTextResponse
 
         service.ensure_ready()
@@ -136,14 +152,15 @@ class SpeechTask(Task):
             raise RequestError(
                 400, f"malformed multipart form ({getattr(err, 'detail', err)})", "invalid_form"
             ) from None
-        unknown = set(form) - {"file", "model", "response_format", "language", "temperature", "prompt"}
+        allowed = {"file", "model", "response_format", "language", "temperature", "prompt"} | set(_GRANULARITIES)
+        unknown = set(form) - allowed
         if unknown:
             raise invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
         for name in form:
             values = form.getlist(name)
-            if len(values) > 1:
+            if len(values) > 1 and name not in _GRANULARITIES:
                 raise invalid(f"`{name}` appears {len(values)} times; send it once")
-            if name != "file" and not isinstance(values[0], str):
+            if name != "file" and not all(isinstance(v, str) for v in values):
                 raise invalid(f"`{name}` must be a plain form field, not a file")
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
@@ -155,13 +172,22 @@ class SpeechTask(Task):
             temperature = float(form.get("temperature", 0) or 0)
         except ValueError:
             raise invalid("`temperature` must be a number") from None
-        if temperature != 0:
-            raise invalid("`temperature`: only 0 is supported")
-        if form.get("prompt"):
-            raise invalid("`prompt` is not supported yet")
-        params = {"return_timestamps": fmt not in ("text", "json")}
+        if not 0 <= temperature <= 1:
+            raise invalid(f"`temperature` must be between 0 and 1, got {temperature}")
+        granularities = [g for name in _GRANULARITIES for g in form.getlist(name)]
+        bad = sorted(set(granularities) - {"word", "segment"})
+        if bad:
+            raise invalid(f"`timestamp_granularities[]` must be word or segment, got {', '.join(map(repr, bad))}")
+        if granularities and fmt != "verbose_json":
+            raise invalid("`timestamp_granularities[]` needs response_format=verbose_json")
+        words = "word" in granularities
+        params = {"temperature": temperature if temperature > 0 else list(DEFAULT_TEMPERATURES)}
+        if words:
+            params["word_timestamps"] = True
         if form.get("language"):
             params["language"] = form["language"]
+        if form.get("prompt"):
+            params["initial_prompt"] = form["prompt"]
         blob = await upload.read()
         parsed = Parsed(await service.off_loop(self.decode, [blob]), [0], 1, params, True)
         (result,) = await service.infer(request, parsed)
@@ -173,13 +199,21 @@ class SpeechTask(Task):
             return PlainTextResponse(to_srt(result), media_type="application/x-subrip")
         if fmt == "vtt":
             return PlainTextResponse(to_vtt(result), media_type="text/vtt")
-        return {
-            "task": "transcribe",
-            "language": params.get("language", "en"),
-            "text": result.text,
+        out = {
+            "task": params.get("task", "transcribe"),
+            "language": result.language,
             "duration": round(result.duration, 3),
-            "segments": [
-                {"id": i, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text}
-                for i, s in enumerate(result.segments)
-            ],
+            "text": result.text,
         }
+        if "segment" in granularities or not granularities:
+            out["segments"] = [{k: v for k, v in seg.to_dict().items() if k != "words"} for seg in result.segments]
+        if words:
+            out["words"] = [
+                {"word": w.word.strip(), "start": round(w.start, 2), "end": round(w.end, 2)}
+                for seg in result.segments
+                for w in seg.words or []
+            ]
+        return out
+
+
+_GRANULARITIES = ("timestamp_granularities[]", "timestamp_granularities")
