@@ -100,7 +100,8 @@ def window_prompt(text, sot_sequence: list[int], previous: list[int], opts: Opti
 
 def _settings(model, prompt: list[int], opts: Options, temperature: float, max_initial_index: int):
     gen = {"length_penalty": opts.length_penalty, "repetition_penalty": opts.repetition_penalty,
-           "no_repeat_ngram_size": opts.no_repeat_ngram_size, "early_stopping": True}  # fmt: skip
+           "no_repeat_ngram_size": opts.no_repeat_ngram_size, "early_stopping": True,
+           "renormalize_logits": True}  # fmt: skip
     if temperature > 0:  # best_of samples from the whole distribution
         gen.update(do_sample=True, temperature=temperature, top_k=0, num_return_sequences=opts.best_of)
     else:
