@@ -10,6 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,9 +57,15 @@ def test_export_of_real_whisper_matches_eager(whisper, waves, tmp_path):
     features = torch.cat([whisper.features(w) for w in waves[:3]])
     for kwargs in (dict(), dict(num_beams=3, num_return_sequences=2), dict(do_sample=True, temperature=0.8, seed=3)):
         assert torch.equal(exported.generate(features, **kwargs), whisper.generate(features, **kwargs)), kwargs
-    want = whisper.transcribe(waves[0], timestamps=True, progress=False)
-    got = exported.transcribe(waves[0], timestamps=True, progress=False)
-    assert [(s.start, s.end, s.text) for s in got.segments] == [(s.start, s.end, s.text) for s in want.segments]
+    long = np.concatenate([waves[0], np.zeros(16000 * 25, np.float32), waves[1]])  # two windows
+    for options in ({}, {"beam_size": 1, "batch_size": 2}):
+        want = whisper.transcribe(long, **options)
+        got = exported.transcribe(long, **options)
+        assert [(s.start, s.end, s.text) for s in got.segments] == [(s.start, s.end, s.text) for s in want.segments]
+        got_probs = [s.no_speech_prob for s in got.segments]
+        assert got_probs == pytest.approx([s.no_speech_prob for s in want.segments], abs=1e-5)
+    with pytest.raises(ValueError, match="an exported file cannot align words yet"):
+        exported.transcribe(waves[0], word_timestamps=True)
 
 
 def test_compiled_export_matches_eager_and_needs_trust(marian_one, tmp_path):

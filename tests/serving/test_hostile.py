@@ -558,6 +558,37 @@ def _multipart(fields: list[tuple[str, str | tuple]]) -> tuple[bytes, dict]:
     return out, {"content-type": f"multipart/form-data; boundary={boundary}"}
 
 
+# transcription parameters a hostile client sends (faster-whisper's names, and transformers' num_beams)
+SPEECH_PARAM_CASES = [
+    ("beams-1e6", '{"num_beams": 1000000}', 422, "over_limit", "--max-beams"),
+    ("beam-size-5000", '{"beam_size": 5000}', 422, "over_limit", "--max-beams"),
+    ("beams-0", '{"beam_size": 0}', 422, "validation_error", "`beam_size` must be a positive integer"),
+    ("beams-string", '{"beam_size": "4"}', 422, "validation_error", "`beam_size` must be a positive integer"),
+    ("beams-bool", '{"num_beams": true}', 422, "validation_error", "`beam_size` must be a positive integer"),
+    ("best-of-float", '{"best_of": 2.5}', 422, "validation_error", "`best_of` must be a positive integer"),
+    ("temperature-nan", '{"temperature": NaN}', 422, "validation_error", "`temperature` must be a number >= 0"),
+    ("temperature-list-inf", '{"temperature": [0, Infinity]}', 422, "validation_error", "`temperature`"),
+    ("temperature-negative", '{"temperature": -0.5}', 422, "validation_error", "`temperature`"),
+    ("repetition-nan", '{"repetition_penalty": NaN}', 422, "validation_error", "`repetition_penalty`"),
+    ("length-penalty-neg-inf", '{"length_penalty": -Infinity}', 422, "validation_error", "`length_penalty`"),
+    ("threshold-string", '{"no_speech_threshold": "high"}', 422, "validation_error", "`no_speech_threshold`"),
+    ("max-new-tokens-1e9", '{"max_new_tokens": 1000000000}', 422, "validation_error", "positions"),
+    ("max-new-tokens-0", '{"max_new_tokens": 0}', 422, "validation_error", "`max_new_tokens`"),
+    ("ngram-negative", '{"no_repeat_ngram_size": -1}', 422, "validation_error", "`no_repeat_ngram_size`"),
+    ("flag-int", '{"word_timestamps": 1}', 422, "validation_error", "`word_timestamps` must be true or false"),
+    ("prompt-number", '{"initial_prompt": 7}', 422, "validation_error", "`initial_prompt`"),
+    ("prefix-list", '{"prefix": ["a"]}', 422, "validation_error", "`prefix` must be a string"),
+    ("vad-unknown-key", '{"vad_filter": true, "vad_parameters": {"x": 1}}', 422, "validation_error", "vad_parameters"),
+    ("patience", '{"patience": 2}', 422, "validation_error", "`patience`"),
+    ("generate-argument", '{"do_sample": true}', 422, "validation_error", "unknown transcribe option(s): do_sample"),
+    ("unknown-parameter", '{"num_beemz": 2}', 422, "validation_error", "num_beemz"),
+    ("server-owned", '{"max_batch_size": 1000}', 422, "validation_error", "max_batch_size"),
+    ("batched-string", '{"batched": "yes"}', 422, "validation_error", "`batched` must be a boolean"),
+    ("seed", '{"seed": 1}', 422, "validation_error", "`seed`"),
+    ("parameters-not-object", '"fast please"', 422, "validation_error", "`parameters` must be a JSON object"),
+]
+
+
 def _speech_cases(clip: bytes):
     b64 = base64.b64encode(clip).decode()
     cases = [
@@ -569,7 +600,7 @@ def _speech_cases(clip: bytes):
             kind,
             words,
         )
-        for name, params, status, kind, words in PARAM_CASES
+        for name, params, status, kind, words in SPEECH_PARAM_CASES
     ]
     whisper = [
         ("language-unknown", '{"language": "xx"}', "English-only"),
@@ -578,8 +609,8 @@ def _speech_cases(clip: bytes):
         ("timestamps-string", '{"return_timestamps": "yes"}', "`return_timestamps` must be a boolean"),
         ("suppress-string", '{"suppress_tokens": "abc"}', "`suppress_tokens` must be a list of token ids"),
         ("suppress-huge", '{"suppress_tokens": [100000000]}', "`suppress_tokens`"),
-        ("begin-suppress-nested", '{"begin_suppress_tokens": [[1]]}', "`begin_suppress_tokens`"),
-        ("prompt-ids-text", '{"prompt_ids": "hello"}', "`prompt_ids`"),
+        ("suppress-nested", '{"suppress_tokens": [[1]]}', "`suppress_tokens`"),
+        ("prompt-ids-huge", '{"initial_prompt": [100000000]}', "`initial_prompt`"),
     ]
     cases += [
         (
@@ -674,7 +705,14 @@ def _speech_cases(clip: bytes):
             "validation_error",
             "`response_format`",
         ),
-        ("temperature", _multipart([("file", upload), ("temperature", "0.5")]), 422, "validation_error", "only 0"),
+        (
+            "temperature-high",
+            _multipart([("file", upload), ("temperature", "1.5")]),
+            422,
+            "validation_error",
+            "between 0 and 1",
+        ),
+        ("temperature-neg", _multipart([("file", upload), ("temperature", "-1")]), 422, "validation_error", "between"),
         (
             "temperature-text",
             _multipart([("file", upload), ("temperature", "warm")]),
@@ -683,7 +721,20 @@ def _speech_cases(clip: bytes):
             "must be a number",
         ),
         ("unknown-field", _multipart([("file", upload), ("voice", "x")]), 422, "validation_error", "voice"),
-        ("prompt", _multipart([("file", upload), ("prompt", "hello")]), 422, "validation_error", "`prompt`"),
+        (
+            "granularity-char",
+            _multipart([("file", upload), ("response_format", "verbose_json"), ("timestamp_granularities[]", "char")]),
+            422,
+            "validation_error",
+            "must be word or segment",
+        ),
+        (
+            "granularity-json",
+            _multipart([("file", upload), ("timestamp_granularities[]", "word")]),
+            422,
+            "validation_error",
+            "needs response_format=verbose_json",
+        ),
         ("file-garbage", _multipart([("file", ("a.wav", b"garbage" * 20))]), 400, "invalid_audio", "input 0"),
         (
             "malformed-form",

@@ -5,6 +5,7 @@ compression-ratio or log-probability test."""
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 
@@ -48,17 +49,59 @@ class Options:
     hallucination_silence_threshold: float | None = None
     hotwords: str | None = None
 
-    def check(self) -> None:
-        if not isinstance(self.beam_size, int) or self.beam_size < 1:
-            raise ValueError(f"`beam_size` must be a positive integer, got {self.beam_size!r}")
-        if not isinstance(self.best_of, int) or self.best_of < 1:
-            raise ValueError(f"`best_of` must be a positive integer, got {self.best_of!r}")
+    def check(self, vocab_size: int) -> None:
+        """Every option's type and range, refused in one line before any audio is decoded."""
+        for name in ("beam_size", "best_of"):
+            _integer(name, getattr(self, name), 1)
+        _integer("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
+        if self.max_new_tokens is not None:
+            _integer("max_new_tokens", self.max_new_tokens, 1)
         if self.patience != 1:
             raise ValueError("`patience` other than 1 is not supported (turboseq's beam search is transformers')")
-        if not self.temperatures or any(not isinstance(t, (int, float)) or t < 0 for t in self.temperatures):
-            raise ValueError(f"`temperature` must be a number >= 0 or a list of them, got {self.temperatures!r}")
-        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
-            raise ValueError(f"`max_new_tokens` must be a positive integer, got {self.max_new_tokens!r}")
+        temps = self.temperatures
+        if not temps or not all(_finite(t) and t >= 0 for t in temps):
+            raise ValueError(f"`temperature` must be a number >= 0 or a list of them, got {list(temps)!r}")
+        for name in ("length_penalty", "prompt_reset_on_temperature"):
+            if not _finite(getattr(self, name)):
+                raise ValueError(f"`{name}` must be a finite number, got {getattr(self, name)!r}")
+        for name in ("repetition_penalty", "max_initial_timestamp"):
+            value = getattr(self, name)
+            if not _finite(value) or value < (1e-9 if name == "repetition_penalty" else 0):
+                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
+        for name in ("compression_ratio_threshold", "log_prob_threshold", "no_speech_threshold",
+                     "hallucination_silence_threshold"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and not _finite(value):
+                raise ValueError(f"`{name}` must be a finite number or None, got {value!r}")
+        for name in ("condition_on_previous_text", "suppress_blank", "without_timestamps", "word_timestamps"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be true or false, got {getattr(self, name)!r}")
+        for name in ("prefix", "hotwords", "prepend_punctuations", "append_punctuations"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"`{name}` must be a string, got {value!r}")
+        prompt = self.initial_prompt
+        if prompt is not None and not isinstance(prompt, str) and not _token_ids(prompt, vocab_size):
+            raise ValueError(f"`initial_prompt` must be a string or a list of token ids, got {prompt!r}")
+        suppress = self.suppress_tokens
+        if suppress is not None and not _token_ids(suppress, vocab_size, allow=(-1,)):
+            raise ValueError(f"`suppress_tokens` must be a list of token ids (or -1), got {suppress!r}")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(name: str, value, lowest: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
+        kind = "a positive integer" if lowest == 1 else f"an integer >= {lowest}"
+        raise ValueError(f"`{name}` must be {kind}, got {value!r}")
+
+
+def _token_ids(value, vocab_size: int, allow=()) -> bool:
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(t, int) and not isinstance(t, bool) and (0 <= t < vocab_size or t in allow) for t in value
+    )
 
 
 @dataclass

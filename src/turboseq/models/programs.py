@@ -82,7 +82,10 @@ class ProgramSeq2Seq(_Programs, Seq2SeqModel):
 
 
 class ProgramSpeech(_Programs, SpeechModel):
-    """A Whisper artifact: ``generate`` and ``transcribe`` as ``SpeechModel``."""
+    """A Whisper artifact: ``generate`` and ``transcribe`` as ``SpeechModel`` (no word timestamps: the file has
+    no program for the alignment heads' attention)."""
+
+    word_timestamps = False
 
     def _input_shape(self) -> tuple[int, int]:
         return self.meta["spec"]["n_mels"], self.meta["spec"]["frames"]

@@ -37,6 +37,8 @@ class SpeechModel(EncoderDecoder):
     """A Whisper model on turboseq's runtime. Build it with ``turboseq.load`` (Hugging Face or CTranslate2
     Whisper directory)."""
 
+    word_timestamps = True  # an exported file cannot align words
+
     def __init__(self, spec, config, generation_defaults, path, device, dtype, whisper_config: dict):
         super().__init__(spec, config, generation_defaults, path, device, dtype)
         self.whisper = whisper_config  # generation_config.json's Whisper keys (token ids, language table)
@@ -334,8 +336,14 @@ class SpeechModel(EncoderDecoder):
         opts = Options(beam_size=beam_size, temperatures=temps, without_timestamps=without_timestamps, **options)
         if piped:
             opts.max_initial_timestamp = 0.0
-        opts.check()
+        opts.check(self.spec.vocab_size)
         text = self.whisper_text
+        for name, value in (("language", language), ("task", task)):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"`{name}` must be a string, got {value!r}")
+        text.sot_sequence(language, task)  # an unknown language or task fails here, before any decoding
+        if opts.word_timestamps and not self.word_timestamps:
+            raise ValueError("word timestamps need the model directory: an exported file cannot align words yet")
         if opts.word_timestamps and not self.whisper.get("alignment_heads"):
             raise ValueError("this model has no `alignment_heads` in its generation config: word timestamps need them")
         vad = None
