@@ -473,7 +473,7 @@ def test_speech_task_format_and_batching(speech_server, speech_clips):
         assert r.status_code == 200, r.text
         alone.append(r.json())
     assert "raining" in alone[2]["text"].lower()
-    assert alone[0]["chunks"] and alone[0]["chunks"][0]["text"]
+    assert set(alone[0]) == {"text"}  # timed chunks only with return_timestamps, as Hugging Face's API
 
     async def together():
         async with httpx.AsyncClient(timeout=60) as client:
@@ -507,7 +507,16 @@ def test_openai_transcriptions(speech_server, speech_clips):
     vtt = httpx.post(url, files=files, data={"response_format": "vtt"}, timeout=60).text
     assert vtt.startswith("WEBVTT\n\n00:00:0")
     verbose = httpx.post(url, files=files, data={"response_format": "verbose_json"}, timeout=60).json()
-    assert verbose["segments"][0]["end"] > verbose["segments"][0]["start"]
+    segment = verbose["segments"][0]
+    assert segment["end"] > segment["start"] and "words" not in verbose
+    assert {"id", "seek", "tokens", "temperature", "avg_logprob", "compression_ratio", "no_speech_prob"} <= set(segment)
+    assert segment["temperature"] == 0.0 and -1.5 < segment["avg_logprob"] < 0 and verbose["language"] == "en"
+    form = {"response_format": "verbose_json", "timestamp_granularities[]": "word", "prompt": "The lazy dog."}
+    worded = httpx.post(url, files=files, data=form, timeout=60).json()
+    assert "segments" not in worded and [w["word"] for w in worded["words"]][-2:] == ["lazy", "dog."]
+    assert all(w["start"] <= w["end"] for w in worded["words"])
+    both = dict(form, **{"timestamp_granularities[]": ["word", "segment"]})
+    assert set(httpx.post(url, files=files, data=both, timeout=60).json()) >= {"words", "segments"}
     bad = httpx.post(url, files=files, data={"response_format": "docx"}, timeout=60)
     assert bad.status_code == 422 and "response_format" in bad.json()["error"]
 
@@ -547,10 +556,11 @@ def test_speech_client_disconnect_stops_its_windows(speech_server, speech_clips,
     path = tmp_path / "long.wav"
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(long.tobytes())
-    # beam 5 and 300 forced tokens per window: about 10 s of decoding here
+    # a compression-ratio threshold nothing passes: every window is decoded at all six temperatures (beam 5,
+    # then five samples each), over 20 s of decoding here
     body = {
         "inputs": [base64.b64encode(path.read_bytes()).decode()],
-        "parameters": {"num_beams": 5, "min_new_tokens": 300, "max_new_tokens": 300},
+        "parameters": {"num_beams": 5, "compression_ratio_threshold": 0.1},
     }
     short = speech_clips[0].read_bytes()
     alone = httpx.post(speech_server.url + "/", content=short, headers={"content-type": "audio/wav"}, timeout=60)

@@ -205,9 +205,10 @@ class _NoSpeechProbe:
 
 
 def decode(model, hidden: Tensor, prompts: list[list[int]], opts: Options, temperature: float,
-           max_initial_index: int, generator=None) -> list[tuple[list[int], float, float]]:  # fmt: skip
+           max_initial_index: int, hooks=None) -> list[tuple[list[int], float, float]]:  # fmt: skip
     """Decode windows ``hidden`` [windows, positions, d_model] at one temperature; per window (tokens, sum of
-    log-probabilities with EOS, no-speech probability). Windows are batched by prompt length."""
+    log-probabilities with EOS, no-speech probability). Windows are batched by prompt length; ``hooks``
+    (``RowHooks`` over the windows) let abandoned windows leave the batch."""
     out: list = [None] * len(prompts)
     text = model.whisper_text
     for width in sorted({len(p) for p in prompts}):
@@ -219,20 +220,24 @@ def decode(model, hidden: Tensor, prompts: list[list[int]], opts: Options, tempe
         group = s.num_beams if s.is_beam else 1
         copies = 1 if s.is_beam else s.num_return_sequences
         expand = None
+        row_hooks = None if hooks is None else hooks.select(rows)
         if copies > 1:
             expand = torch.arange(len(rows), device=model.device).repeat_interleave(copies)
             prompt = prompt.index_select(0, expand)
+            row_hooks = None if row_hooks is None else row_hooks.select(expand.cpu())
         decoder = model._decoder_state(h, None, group, s.max_length, expand)
         sot_index = prompts[rows[0]].index(text.sot)
         probe = _NoSpeechProbe(decoder, model.spec, sot_index)
         if s.is_beam:
             sums: list = [None] * len(rows)
-            seqs = search.beam_search(probe.step, probe.select, model.head, prompt, s, procs, generator, sums=sums)
+            seqs = search.beam_search(
+                probe.step, probe.select, model.head, prompt, s, procs, None, row_hooks, sums=sums
+            )
             picked = [(seqs[j][0], sums[j][0]) for j in range(len(rows))]
         else:
             totals = torch.zeros(prompt.shape[0])
             seqs = search.greedy_or_sample(
-                probe.step, probe.select, model.head, prompt, s, procs, generator, sums=totals
+                probe.step, probe.select, model.head, prompt, s, procs, None, row_hooks, sums=totals
             )
             picked = [_best_sample(seqs[j * copies : (j + 1) * copies], totals[j * copies : (j + 1) * copies], s,
                                    width) for j in range(len(rows))]  # fmt: skip
@@ -270,7 +275,7 @@ def _no_speech(model, probe: _NoSpeechProbe, hidden: Tensor, prompt: Tensor, ind
 
 
 def with_fallback(model, hidden: Tensor, prompts: list[list[int]], opts: Options, max_initial_index: int,
-                  generator=None) -> list[Decoded]:  # fmt: skip
+                  hooks=None) -> list[Decoded]:  # fmt: skip
     """faster-whisper's ``generate_with_fallback`` for a batch of windows: each window is decoded again at the
     next temperature while its text is too repetitive (compression ratio) or too unlikely (average
     log-probability), unless it is silence; where every temperature fails, the best attempt is kept."""
@@ -284,7 +289,7 @@ def with_fallback(model, hidden: Tensor, prompts: list[list[int]], opts: Options
             break
         index = torch.tensor(pending, device=hidden.device)
         runs = decode(model, hidden.index_select(0, index), [prompts[i] for i in pending], opts, temperature,
-                      max_initial_index, generator)  # fmt: skip
+                      max_initial_index, None if hooks is None else hooks.select(pending))  # fmt: skip
         still = []
         for i, (tokens, total, no_speech) in zip(pending, runs):
             avg = total / (len(tokens) + 1)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from turboseq.formats import audio as audio_io
+from turboseq.generation.batching import RowHooks
 from turboseq.models import alignment
 from turboseq.models.decoding import Options, compression_ratio, window_prompt, with_fallback
 from turboseq.models.progress import progress_bar
@@ -36,6 +37,7 @@ INPUT_STRIDE = 2  # mel frames per encoder position
 class _Stream:
     """One recording in the sequential loop."""
 
+    index: int  # the input it transcribes
     features: torch.Tensor  # [n_mels, frames + 1]
     sot_sequence: list[int]
     seek: int = 0
@@ -112,10 +114,13 @@ def _add_words(model, hidden_rows, windows: list[list[dict]], num_frames: list[i
 
 
 def sequential(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[list[int]], batch_size: int,
-               progress: bool, lost=lambda: set()) -> list[list[Segment]]:  # fmt: skip
-    """faster-whisper's sequential transcription of each wave (already VAD-filtered where asked)."""
+               progress: bool, hooks: RowHooks) -> list[list[Segment]]:  # fmt: skip
+    """faster-whisper's sequential transcription of each wave (already VAD-filtered where asked); ``hooks``
+    over the inputs: an abandoned input stops decoding."""
     text = model.whisper_text
-    streams = [_Stream(audio_io.log_mel_long(w, model.n_mels), sot) for w, sot in zip(waves, sot_sequences)]
+    streams = [
+        _Stream(i, audio_io.log_mel_long(w, model.n_mels), sot) for i, (w, sot) in enumerate(zip(waves, sot_sequences))
+    ]
     for s in streams:
         if opts.initial_prompt is not None:
             initial = opts.initial_prompt
@@ -124,17 +129,18 @@ def sequential(model, waves: list[np.ndarray], opts: Options, sot_sequences: lis
     total = round(sum(s.content_frames for s in streams) / FRAMES_PER_SECOND, 1)
     with progress_bar(progress and total > 30, total, "s", "transcribe") as bar:
         while True:
-            gone = lost()
+            gone = hooks.lost()
             active = [i for i, s in enumerate(streams) if s.seek < s.content_frames and i not in gone]
             if not active:
                 break
             for b in range(0, len(active), batch_size):
-                moved = _sequential_round(model, [streams[i] for i in active[b : b + batch_size]], opts, max_initial)
+                group = [streams[i] for i in active[b : b + batch_size]]
+                moved = _sequential_round(model, group, opts, max_initial, hooks.select([s.index for s in group]))
                 bar.update(round(moved / FRAMES_PER_SECOND, 1))
     return [s.segments for s in streams]
 
 
-def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial: int) -> int:
+def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial: int, hooks: RowHooks) -> int:
     """One window of each stream: encode, decode with fallback, cut into segments, words; returns the frames
     the streams moved on."""
     text = model.whisper_text
@@ -152,7 +158,7 @@ def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial:
         )  # fmt: skip
         for s in streams
     ]
-    results = with_fallback(model, hidden, prompts, opts, max_initial)
+    results = with_fallback(model, hidden, prompts, opts, max_initial, hooks)
     moved = 0
     kept_rows, kept_windows = [], []
     for row, (s, size, result) in enumerate(zip(streams, sizes, results)):
@@ -300,7 +306,7 @@ class _Chunk:
 
 
 def batched(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[list[int]], batch_size: int,
-            vad: VadOptions | None, progress: bool, lost=lambda: set()):  # fmt: skip
+            vad: VadOptions | None, progress: bool, hooks: RowHooks):  # fmt: skip
     """faster-whisper's ``BatchedInferencePipeline`` over all ``waves``: per wave its segments, and its speech
     chunks (None without VAD) for mapping times back."""
     text = model.whisper_text
@@ -326,7 +332,7 @@ def batched(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[l
     last_speech = [0.0 for _ in waves]
     with progress_bar(progress and len(chunks) > 1, len(chunks), "chunk", "transcribe") as bar:
         for b in range(0, len(chunks), batch_size):
-            gone = lost()
+            gone = hooks.lost()
             batch = [c for c in chunks[b : b + batch_size] if c.input not in gone]
             if not batch:
                 continue
@@ -337,7 +343,7 @@ def batched(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[l
             hidden, _ = model._encode(feats, None)
             prompts = [window_prompt(text, sot_sequences[c.input], previous, opts, None, model.spec.max_positions)
                        for c in batch]  # fmt: skip
-            results = with_fallback(model, hidden, prompts, opts, 0)
+            results = with_fallback(model, hidden, prompts, opts, 0, hooks.select([c.input for c in batch]))
             windows, sizes = [], []
             for c, result in zip(batch, results):
                 size = int(math.ceil(c.duration) * FRAMES_PER_SECOND)

@@ -366,9 +366,9 @@ class SpeechModel(EncoderDecoder):
                 languages.append((language or "en", 1.0, None))
         sots = [text.sot_sequence(lang, task) for lang, _, _ in languages]
         if piped:
-            segments, chunks = longform.batched(self, kept, opts, sots, batch_size, vad, progress, hooks.lost)
+            segments, chunks = longform.batched(self, kept, opts, sots, batch_size, vad, progress, hooks)
         else:
-            segments = longform.sequential(self, kept, opts, sots, max_batch_size, progress, hooks.lost)
+            segments = longform.sequential(self, kept, opts, sots, max_batch_size, progress, hooks)
         results = []
         for i, wave in enumerate(waves):
             speech = None if chunks[i] is None else sum(c["end"] - c["start"] for c in chunks[i]) / audio_io.SAMPLE_RATE
