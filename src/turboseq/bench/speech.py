@@ -140,8 +140,10 @@ def run_speech_bench(
         with torch.inference_mode():
             return tok.batch_decode(hf.generate(feats, num_beams=nb), skip_special_tokens=True)[0].strip()
 
-    def ts_run(path, nb):
-        return model.transcribe(path, beam_size=nb).text
+    def ts_run(path, nb):  # faster-whisper's options below, in turboseq's names (the same)
+        return model.transcribe(
+            path, beam_size=nb, without_timestamps=True, temperature=0.0, condition_on_previous_text=False
+        ).text
 
     fw_models = {}
 

