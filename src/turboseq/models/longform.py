@@ -83,16 +83,17 @@ def split_by_timestamps(text, tokens: list[int], time_offset: float, segment_siz
 
 
 def _add_words(model, hidden_rows, windows: list[list[dict]], num_frames: list[int], sot_sequences, opts: Options,
-               language, last_speech: float) -> float:  # fmt: skip
-    """Words for every segment of ``windows`` (each a window's segments, ``hidden_rows`` their encoder
-    output); returns the last speech time."""
+               last_speech: list[float], inputs: list[int]) -> None:  # fmt: skip
+    """Words for every segment of ``windows`` (each a window's segments, ``hidden_rows`` their encoder output),
+    aligned in one decoder pass per start sequence; ``last_speech[inputs[i]]`` carries the end of the last speech
+    of window i's input from one window to the next (in order)."""
     text = model.whisper_text
     texts = [[t for seg in segs for t in seg["tokens"] if t < text.eot] for segs in windows]
-    todo = [i for i, t in enumerate(texts) if t]
     aligned: dict[int, tuple] = {}
     by_sot: dict[tuple, list[int]] = {}
-    for i in todo:
-        by_sot.setdefault(tuple(sot_sequences[i]), []).append(i)
+    for i, t in enumerate(texts):
+        if t:
+            by_sot.setdefault(tuple(sot_sequences[i]), []).append(i)
     for sot, rows in by_sot.items():
         index = torch.tensor(rows, device=hidden_rows.device)
         found = alignment.attention_alignment(
@@ -106,11 +107,12 @@ def _add_words(model, hidden_rows, windows: list[list[dict]], num_frames: list[i
     for i, segs in enumerate(windows):
         if not segs:
             continue
+        language = _language(model, sot_sequences[i])
         timings = alignment.word_timings(text, aligned[i], texts[i], language) if i in aligned else []
         median, longest = alignment.clip_long_words(timings, opts.prepend_punctuations, opts.append_punctuations)
         offset = segs[0]["seek"] / FRAMES_PER_SECOND
-        last_speech = alignment.attach_words(segs, timings, offset, median, longest, last_speech, text.eot)
-    return last_speech
+        k = inputs[i]
+        last_speech[k] = alignment.attach_words(segs, timings, offset, median, longest, last_speech[k], text.eot)
 
 
 def sequential(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[list[int]], batch_size: int,
@@ -178,11 +180,15 @@ def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial:
         kept_windows.append(segments)
     skipped = set()
     if opts.word_timestamps:
-        for k, ((row, s, previous_seek, _, single_ending, time_offset), segments) in enumerate(
+        rows = [r[0] for r in kept_rows]
+        index = torch.tensor(rows, device=hidden.device)
+        # sequential: each window starts from its stream's last speech (the attach step's own is not kept)
+        starts = [r[1].last_speech for r in kept_rows]
+        _add_words(model, hidden.index_select(0, index), kept_windows, [sizes[r] for r in rows],
+                   [r[1].sot_sequence for r in kept_rows], opts, starts, list(range(len(rows))))  # fmt: skip
+        for k, ((_, s, previous_seek, _, single_ending, time_offset), segments) in enumerate(
             zip(kept_rows, kept_windows)
         ):
-            _add_words(model, hidden[row : row + 1], [segments], [sizes[row]], [s.sot_sequence], opts,
-                       _language(model, s.sot_sequence), s.last_speech)  # fmt: skip
             if not single_ending:
                 end = _last_end(segments)
                 if end is not None and end > time_offset:
@@ -353,17 +359,8 @@ def batched(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[l
                 windows.append(segments)
                 sizes.append(size)
             if opts.word_timestamps:
-                for k, c in enumerate(batch):
-                    last_speech[c.input] = _add_words(
-                        model,
-                        hidden[k : k + 1],
-                        [windows[k]],
-                        [sizes[k]],
-                        [sot_sequences[c.input]],
-                        opts,
-                        _language(model, sot_sequences[c.input]),
-                        last_speech[c.input],
-                    )
+                _add_words(model, hidden, windows, sizes, [sot_sequences[c.input] for c in batch], opts,
+                           last_speech, [c.input for c in batch])  # fmt: skip
             for c, result, segments in zip(batch, results, windows):
                 for seg in segments:
                     decoded = text.decode(seg["tokens"])

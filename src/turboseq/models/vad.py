@@ -57,6 +57,9 @@ class SileroVAD(torch.nn.Module):
     def __init__(self, weights: dict[str, torch.Tensor]):
         super().__init__()
         self.w = weights
+        self.lstm = torch.nn.LSTM(128, 128)  # the checkpoint's LSTM cell, stepped over the frames
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(self.lstm, f"{name}_l0").data.copy_(weights[f"lstm_cell.{name}"])
 
     @torch.inference_mode()
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
@@ -70,17 +73,8 @@ class SileroVAD(torch.nn.Module):
         x = F.relu(F.conv1d(x, w["conv2.weight"], w["conv2.bias"], stride=2, padding=1))
         x = F.relu(F.conv1d(x, w["conv3.weight"], w["conv3.bias"], stride=2, padding=1))
         x = F.relu(F.conv1d(x, w["conv4.weight"], w["conv4.bias"], padding=1))[:, :, 0]  # [n, 128]
-        # the LSTM cell runs across frames: its input projection for all frames at once, then the recurrence
-        gates_in = x @ w["lstm_cell.weight_ih"].T + w["lstm_cell.bias_ih"] + w["lstm_cell.bias_hh"]
-        h = torch.zeros(x.shape[1])
-        c = torch.zeros(x.shape[1])
-        w_hh = w["lstm_cell.weight_hh"].T
-        out = torch.empty_like(x)
-        for t in range(x.shape[0]):
-            i, f, g, o = (gates_in[t] + h @ w_hh).chunk(4)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            out[t] = h
+        # the LSTM cell runs across frames, carrying its state from one frame to the next
+        out = self.lstm(x[:, None])[0][:, 0]
         logits = F.relu(out) @ w["final_conv.weight"][0, :, 0] + w["final_conv.bias"][0]
         return torch.sigmoid(logits)
 
