@@ -5,6 +5,7 @@ transcribe espeak-ng speech with the real Whisper tiny.en; then print short benc
 
 import time
 
+import numpy as np
 import torch
 from transformers import AutoModelForSeq2SeqLM
 
@@ -91,6 +92,18 @@ def speech_demo() -> None:
     model = turboseq.load(ct2_dir)
     for clip, result in zip(clips, model.transcribe(clips, beam_size=5)):
         print(f"  {clip.name}: {result.text}")
+    # faster-whisper's options: word timestamps, VAD over a pause of silence, compared with faster-whisper itself
+    from faster_whisper import WhisperModel
+
+    audio = np.concatenate([load_audio(clips[0]), np.zeros(16000 * 8, np.float32), load_audio(clips[2])])
+    result = model.transcribe(audio, word_timestamps=True, vad_filter=True)
+    print("  words (VAD on, 8 s of silence in the middle):")
+    print("   ", " ".join(f"{w.word.strip()}[{w.start:.2f}-{w.end:.2f}]" for s in result.segments for w in s.words))
+    fw = WhisperModel(str(ct2_dir), device="cpu", compute_type="float32", cpu_threads=torch.get_num_threads())
+    for clip, ours in zip(clips, model.transcribe(clips, word_timestamps=True)):
+        theirs = list(fw.transcribe(str(clip), word_timestamps=True)[0])
+        same = [(s.start, s.end, s.text) for s in ours.segments] == [(s.start, s.end, s.text) for s in theirs]
+        print(f"  {clip.name}: segments equal to faster-whisper's: {same}")
     hf = WhisperForConditionalGeneration.from_pretrained(export_hf(ct2_dir, cache / "whisper-tiny.en-hf")).eval()
     feats = log_mel([load_audio(c) for c in clips])
     with torch.inference_mode():

@@ -106,6 +106,34 @@ def test_transcriberun_cli(ct2_dir, clips, tmp_path):
     assert both.returncode == 2 and "--output-dir" in both.stderr
 
 
+def test_transcribe_cli_options(ct2_dir, clips, whisper, tmp_path):
+    cli = [sys.executable, "-m", "turboseq.cli", "transcribe", "--model", str(ct2_dir), "--no-progress"]
+    options = ["--beam-size", "1", "--temperature", "0,0.5", "--vad-filter", "--initial-prompt", "Stella"]
+    out = subprocess.run(
+        cli + [str(clips[1]), "--format", "json", "--word-timestamps", *options],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    (row,) = [json.loads(line) for line in out.stdout.splitlines()]
+    expected = whisper.transcribe(
+        clips[1], beam_size=1, temperature=[0, 0.5], vad_filter=True, initial_prompt="Stella", word_timestamps=True
+    )
+    assert row["text"] == expected.text and row["duration_after_vad"] == round(expected.duration_after_vad, 3)
+    words = [w for seg in row["segments"] for w in seg["words"]]
+    assert [w["word"] for w in words] == [w.word for s in expected.segments for w in s.words]
+    assert {"avg_logprob", "no_speech_prob", "compression_ratio", "temperature", "seek"} <= set(row["segments"][0])
+    subprocess.run(cli + [str(clips[0]), "--format", "srt", "--word-level", "--output-dir", str(tmp_path)], check=True)
+    cues = (tmp_path / f"{clips[0].stem}.srt").read_text().strip().split("\n\n")
+    assert len(cues) >= 8 and cues[1].split("\n")[2] == "quick"
+    for flags, message in (
+        (["--temperature", "hot"], "expected a number or comma-separated numbers"),
+        (["--vad-parameters", "[1]"], "expected a JSON object"),
+        (["--vad-filter", "--vad-parameters", '{"speed": 1}'], "unknown `vad_parameters` key(s): speed"),
+        (["--language", "de"], "English-only"),
+    ):
+        bad = subprocess.run(cli + [str(clips[0]), *flags], capture_output=True, text=True)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
 def test_cli_export_then_embed_with_the_export(minilm, tmp_path):
     import turboseq
     from turboseq.cli import main
