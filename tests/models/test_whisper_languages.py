@@ -119,7 +119,9 @@ def test_language_detection_segments_vote(multilingual, whisper, waves):
     language, _, _ = model.detect_language(audio, language_detection_segments=2, language_detection_threshold=1.0)
     tops = [w[0] for w in windows]
     assert language in tops and (tops[0] != tops[1] or language == tops[0])
-    first, probability, _ = model.detect_language(audio, language_detection_segments=2, language_detection_threshold=0.0)
+    first, probability, _ = model.detect_language(
+        audio, language_detection_segments=2, language_detection_threshold=0.0
+    )
     assert (first, probability) == windows[0][:2]
     with pytest.raises(ValueError, match="detect_language needs a multilingual Whisper model"):
         whisper.detect_language(audio)
