@@ -16,7 +16,7 @@ from torch import Tensor
 
 from turboseq.generation.batching import RowHooks
 from turboseq.generation.outputs import Trace
-from turboseq.generation.processors import WARPERS, apply, only_bans
+from turboseq.generation.processors import WARPERS, LogSoftmax, apply, only_bans
 from turboseq.generation.settings import GenerationSettings
 
 # step(tokens [rows, new_len]) -> hidden [rows, d_model]; select(rows, sentences) keeps/reorders decoder rows
@@ -180,6 +180,7 @@ def beam_search(
     is_finished = torch.zeros((batch, nb), dtype=torch.bool, device=device)
     improvable = torch.ones((batch, 1), dtype=torch.bool, device=device)
     active = torch.arange(batch, device=device)
+    renormalized = bool(procs) and isinstance(procs[-1], LogSoftmax)
     if sums is not None:  # per hypothesis: the sum of the log-normalisers of the processed scores on its path
         running_norm = torch.zeros((batch, nb), device=device)
         finished_norm = torch.zeros((batch, nb), device=device)
@@ -201,8 +202,9 @@ def beam_search(
         log_probs = apply(procs, running[:, :, :cur_len].reshape(n * nb, cur_len), log_probs)
         if trace is not None:
             trace.record(raw, log_probs)
-        if sums is not None:
-            path_norm = running_norm + torch.logsumexp(log_probs, dim=-1).view(n, nb)
+        if sums is not None:  # (renormalized scores: their log-normaliser is 0)
+            step_norm = 0.0 if renormalized else torch.logsumexp(log_probs, dim=-1).view(n, nb)
+            path_norm = running_norm + step_norm
         log_probs = log_probs.view(n, nb, vocab).add_(running_scores[:, :, None]).view(n, nb * vocab)
 
         if s.do_sample:

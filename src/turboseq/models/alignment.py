@@ -48,24 +48,28 @@ def attention_alignment(model, hidden, sot_sequence: list[int], texts: list[list
     scores = torch.cat(state.captured, dim=1)  # [windows, alignment heads, width, positions]
     logits = model.head.logits(out).float()[..., : text.eot]  # the text vocabulary
     log_probs = logits.log_softmax(dim=-1)
-    results = []
     start = len(sot_sequence)
+    probs, matrices = [], []
     for b, (row, frames) in enumerate(zip(rows, num_frames)):
         n = len(texts[b])
         targets = tokens[b, start + 1 : start + 1 + n]
-        probs = log_probs[b, start : start + n].gather(1, targets[:, None])[:, 0].exp().cpu().numpy()
+        probs.append(log_probs[b, start : start + n].gather(1, targets[:, None])[:, 0].exp().cpu().numpy())
         positions = frames // 2  # the encoder's second convolution has stride 2
         if positions == 0 or n == 0:
-            results.append((np.zeros(0, int), np.zeros(0, int), probs))
+            matrices.append(None)
             continue
         w = scores[b, :, : len(row), :positions].softmax(dim=-1)
         std, mean = torch.std_mean(w, dim=-2, keepdim=True, unbiased=False)
         w = (w - mean) / std
         w = _median_filter(w, MEDIAN_FILTER_WIDTH).mean(dim=0)
-        matrix = w[start : start + n + 1].double().cpu().numpy()
-        text_idx, time_idx = _negative_dtw(matrix)
-        results.append((text_idx, time_idx, probs))
-    return results
+        matrices.append(w[start : start + n + 1].cpu().numpy())
+    paths = iter(_negative_dtw([m for m in matrices if m is not None]))
+    empty = (np.zeros(0, int), np.zeros(0, int))
+    return [(*(empty if m is None else next(paths)), p) for m, p in zip(matrices, probs)]
+
+
+# Devillard's median-of-7 exchange network: 13 compare-exchanges leave the median in the middle slot
+_MEDIAN_OF_7 = ((0, 5), (0, 3), (1, 6), (2, 4), (0, 1), (3, 5), (2, 6), (2, 3), (3, 6), (4, 5), (1, 4), (1, 3), (3, 4))
 
 
 def _median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -73,40 +77,63 @@ def _median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
     rank = width // 2
     if x.shape[-1] <= rank:
         return x
-    lead = x.shape[:-1]
-    padded = F.pad(x.reshape(-1, 1, x.shape[-1]), (rank, rank), mode="reflect")[:, 0]
-    return padded.unfold(-1, width, 1).median(dim=-1).values.reshape(*lead, -1)
+    lead, length = x.shape[:-1], x.shape[-1]
+    padded = F.pad(x.reshape(-1, 1, length), (rank, rank), mode="reflect")[:, 0]
+    if width != 7:
+        return padded.unfold(-1, width, 1).median(dim=-1).values.reshape(*lead, -1)
+    slots = [padded[:, k : k + length] for k in range(7)]
+    for a, b in _MEDIAN_OF_7:
+        slots[a], slots[b] = torch.minimum(slots[a], slots[b]), torch.maximum(slots[a], slots[b])
+    return slots[3].reshape(*lead, length)
 
 
-def _negative_dtw(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The monotonic path through ``x`` [tokens, frames] with the highest total (cost -x), filled one
-    anti-diagonal at a time; ties go right, then down, as CTranslate2's ``negative_dtw``."""
-    n, m = x.shape
-    cost = np.full((n + 1, m + 1), np.inf)
-    trace = np.full((n + 1, m + 1), -1, dtype=np.int8)
-    cost[0, 0] = 0
-    for k in range(2, n + m + 1):
-        i = np.arange(max(1, k - m), min(n, k - 1) + 1)
-        j = k - i
-        c0, c1, c2 = cost[i - 1, j - 1], cost[i - 1, j], cost[i, j - 1]
-        t = np.where((c0 < c1) & (c0 < c2), 0, np.where((c1 < c0) & (c1 < c2), 1, 2))
-        cost[i, j] = -x[i - 1, j - 1] + np.choose(t, (c0, c1, c2))
-        trace[i, j] = t
-    trace[0, :] = 2
-    trace[:, 0] = 1
-    i, j, path = n, m, []
-    while i > 0 or j > 0:
-        path.append((i - 1, j - 1))
-        t = trace[i, j]
-        if t == 0:
-            i, j = i - 1, j - 1
-        elif t == 1:
-            i -= 1
-        else:
-            j -= 1
-    path.reverse()
-    pairs = np.array(path, dtype=np.int64).reshape(-1, 2)
-    return pairs[:, 0], pairs[:, 1]
+def _negative_dtw(matrices: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per matrix x [tokens, frames], the monotonic path through it with the highest total (cost -x): all
+    matrices at once, one anti-diagonal per step, in float32 and with CTranslate2's tie order (diagonal, then
+    down, then right)."""
+    if not matrices:
+        return []
+    count = len(matrices)
+    n = max(x.shape[0] for x in matrices)
+    m = max(x.shape[1] for x in matrices)
+    xs = np.zeros((count, n, m), np.float32)
+    for k, x in enumerate(matrices):  # cells past a matrix's own end never feed its path
+        xs[k, : x.shape[0], : x.shape[1]] = x
+    diagonals = np.arange(2, n + m + 1)
+    rows = np.arange(1, n + 1)
+    cols = diagonals[:, None] - rows[None, :]  # the column of row i on each anti-diagonal
+    inside = (cols >= 1) & (cols <= m)
+    cell = np.where(inside[None], -xs[:, rows[None, :] - 1, np.clip(cols - 1, 0, m - 1)], np.inf).astype(np.float32)
+    inf = np.float32(np.inf)
+    before = np.full((count, n + 1), inf, np.float32)  # the anti-diagonal two back, indexed by row
+    before[:, 0] = 0
+    last = np.full((count, n + 1), inf, np.float32)  # the previous one
+    trace = np.empty((len(diagonals), count, n), np.int8)
+    for d in range(len(diagonals)):
+        c0, c1, c2 = before[:, :n], last[:, :n], last[:, 1:]
+        t = np.where((c0 < c1) & (c0 < c2), 0, np.where((c1 < c0) & (c1 < c2), 1, 2)).astype(np.int8)
+        new = np.empty((count, n + 1), np.float32)
+        new[:, 0] = inf
+        new[:, 1:] = cell[:, d] + np.where(t == 0, c0, np.where(t == 1, c1, c2))
+        trace[d] = t
+        before, last = last, new
+    paths = []
+    for k, x in enumerate(matrices):
+        i, j = x.shape
+        path = []
+        while i > 0 or j > 0:
+            path.append((i - 1, j - 1))
+            t = 2 if i == 0 else 1 if j == 0 else trace[i + j - 2, k, i - 1]
+            if t == 0:
+                i, j = i - 1, j - 1
+            elif t == 1:
+                i -= 1
+            else:
+                j -= 1
+        path.reverse()
+        pairs = np.array(path, dtype=np.int64).reshape(-1, 2)
+        paths.append((pairs[:, 0], pairs[:, 1]))
+    return paths
 
 
 def word_timings(text, alignment, tokens: list[int], language: str | None) -> list[dict]:

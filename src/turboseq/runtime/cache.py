@@ -107,8 +107,16 @@ class DecoderState:
         once into the rows of its beams or samples; buffers are compacted (or grown) in place.
         """
         n = self.length
+        moved = None  # rows whose source is another row; the others stay where they are
+        if rows.numel() <= self.rows:
+            moved = (rows != torch.arange(rows.numel(), device=rows.device)).nonzero().squeeze(1)
         for buffers in (self.self_k, self.self_v):
             for i, buf in enumerate(buffers):
+                if moved is not None:
+                    if moved.numel():
+                        kept = buf[: self.rows, :n].index_select(0, rows.index_select(0, moved))
+                        buf[:, :n].index_copy_(0, moved, kept)
+                    continue
                 kept = buf[: self.rows, :n].index_select(0, rows)
                 if rows.numel() > buf.shape[0]:  # more rows than the buffer holds: grow it
                     buf = buffers[i] = buf.new_empty(rows.numel(), *buf.shape[1:])

@@ -278,7 +278,7 @@ def build_cross_kv(spec: Seq2SeqSpec, encoder_out: Tensor) -> list[tuple[Tensor,
         attn = layer.cross_attn
         # [2, batch, heads, src_len, head_dim]
         both = linear(encoder_out, attn.kv).view(b, s, 2, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-        kv.append((both[0], both[1]))
+        kv.append((both[0].contiguous(), both[1].contiguous()))
     return kv
 
 
