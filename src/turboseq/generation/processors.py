@@ -126,10 +126,15 @@ class SuppressTokens(LogitsProcessor):
 
     def __init__(self, tokens: list[int], at_length: int | None = None):
         self.tokens, self.at_length = sorted(set(tokens)), at_length
+        self._index: Tensor | None = None  # the tokens inside the vocabulary, made once per device
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         if self.at_length is None or input_ids.shape[1] == self.at_length:
-            scores[:, [t for t in self.tokens if t < scores.shape[1]]] = NEG_INF
+            index = self._index
+            if index is None or index.device != scores.device:
+                inside = [t for t in self.tokens if t < scores.shape[1]]
+                index = self._index = torch.tensor(inside, dtype=torch.long, device=scores.device)
+            scores.index_fill_(1, index, NEG_INF)
         return scores
 
 
@@ -173,7 +178,9 @@ class TimestampRules(LogitsProcessor):
         logprobs = F.log_softmax(scores.float(), dim=-1)
         timestamp_logprob = logprobs[:, self.first :].logsumexp(dim=-1)
         best_text = logprobs[:, : self.first].amax(dim=-1)
-        scores[:, : self.first].masked_fill_((timestamp_logprob > best_text)[:, None], NEG_INF)
+        forced = (timestamp_logprob > best_text).nonzero().squeeze(1).tolist()
+        for k in forced:  # (row slices again: most rows are not forced)
+            scores[k, : self.first] = NEG_INF
         return scores
 
 

@@ -28,9 +28,11 @@ APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 _SENTENCE_END = ".。!！?？"
 
 
-def attention_alignment(model, hidden, sot_sequence: list[int], texts: list[list[int]], num_frames: list[int]):
+def attention_alignment(model, hidden, sot_sequence: list[int], texts: list[list[int]], num_frames: list[int],
+                        cross_kv=None):  # fmt: skip
     """Per window (``hidden`` [windows, positions, d_model], ``texts`` its text tokens, ``num_frames`` its mel
-    frames): (text index, frame) pairs of the DTW path and the text tokens' probabilities."""
+    frames): (text index, frame) pairs of the DTW path and the text tokens' probabilities. ``cross_kv``: the
+    windows' cross-attention K/V where decoding built them already."""
     heads = model.whisper.get("alignment_heads")
     if not heads:
         raise ValueError("this model has no `alignment_heads` (generation_config.json); word timestamps need them")
@@ -42,7 +44,9 @@ def attention_alignment(model, hidden, sot_sequence: list[int], texts: list[list
     for layer, head in heads:
         by_layer.setdefault(int(layer), []).append(int(head))
     attn = model.spec.decoder.layers[0].self_attn
-    state = DecoderState(build_cross_kv(model.spec, hidden), None, 1, attn.kv_heads, attn.head_dim, width)
+    if cross_kv is None:
+        cross_kv = build_cross_kv(model.spec, hidden)
+    state = DecoderState(cross_kv, None, 1, attn.kv_heads, attn.head_dim, width)
     state.capture = by_layer
     out = decode_step(model.spec, state, tokens, all_positions=True)  # [windows, width, d_model]
     scores = torch.cat(state.captured, dim=1)  # [windows, alignment heads, width, positions]
@@ -61,8 +65,9 @@ def attention_alignment(model, hidden, sot_sequence: list[int], texts: list[list
         w = scores[b, :, : len(row), :positions].softmax(dim=-1)
         std, mean = torch.std_mean(w, dim=-2, keepdim=True, unbiased=False)
         w = (w - mean) / std
-        w = _median_filter(w, MEDIAN_FILTER_WIDTH).mean(dim=0)
-        matrices.append(w[start : start + n + 1].cpu().numpy())
+        # the filter runs along the frames, row by row: only the rows DTW reads
+        w = _median_filter(w[:, start : start + n + 1], MEDIAN_FILTER_WIDTH).mean(dim=0)
+        matrices.append(w.cpu().numpy())
     paths = iter(_negative_dtw([m for m in matrices if m is not None]))
     empty = (np.zeros(0, int), np.zeros(0, int))
     return [(*(empty if m is None else next(paths)), p) for m, p in zip(matrices, probs)]

@@ -204,11 +204,20 @@ class _NoSpeechProbe:
         return self.decoder.step(tokens)
 
 
+def take_rows(cross_kv: list[tuple[Tensor, Tensor]] | None, rows: list[int], total: int):
+    """The cross-attention K/V (``model._cross_kv``) of windows ``rows`` out of ``total``."""
+    if cross_kv is None or rows == list(range(total)):
+        return cross_kv
+    index = torch.tensor(rows, device=cross_kv[0][0].device)
+    return [(k.index_select(0, index), v.index_select(0, index)) for k, v in cross_kv]
+
+
 def decode(model, hidden: Tensor, prompts: list[list[int]], opts: Options, temperature: float,
-           max_initial_index: int, hooks=None) -> list[tuple[list[int], float, float]]:  # fmt: skip
+           max_initial_index: int, hooks=None, cross_kv=None) -> list[tuple[list[int], float, float]]:  # fmt: skip
     """Decode windows ``hidden`` [windows, positions, d_model] at one temperature; per window (tokens, sum of
     log-probabilities with EOS, no-speech probability). Windows are batched by prompt length; ``hooks``
-    (``RowHooks`` over the windows) let abandoned windows leave the batch."""
+    (``RowHooks`` over the windows) let abandoned windows leave the batch. ``cross_kv``: the windows'
+    cross-attention K/V (``model._cross_kv``), built here where None."""
     out: list = [None] * len(prompts)
     text = model.whisper_text
     for width in sorted({len(p) for p in prompts}):
@@ -225,7 +234,7 @@ def decode(model, hidden: Tensor, prompts: list[list[int]], opts: Options, tempe
             expand = torch.arange(len(rows), device=model.device).repeat_interleave(copies)
             prompt = prompt.index_select(0, expand)
             row_hooks = None if row_hooks is None else row_hooks.select(expand.cpu())
-        decoder = model._decoder_state(h, None, group, s.max_length, expand)
+        decoder = model._decoder_state(h, None, group, s.max_length, expand, take_rows(cross_kv, rows, len(prompts)))
         sot_index = prompts[rows[0]].index(text.sot)
         probe = _NoSpeechProbe(decoder, model.spec, sot_index)
         if s.is_beam:
@@ -275,7 +284,7 @@ def _no_speech(model, probe: _NoSpeechProbe, hidden: Tensor, prompt: Tensor, ind
 
 
 def with_fallback(model, hidden: Tensor, prompts: list[list[int]], opts: Options, max_initial_index: int,
-                  hooks=None) -> list[Decoded]:  # fmt: skip
+                  hooks=None, cross_kv=None) -> list[Decoded]:  # fmt: skip
     """faster-whisper's ``generate_with_fallback`` for a batch of windows: each window is decoded again at the
     next temperature while its text is too repetitive (compression ratio) or too unlikely (average
     log-probability), unless it is silence; where every temperature fails, the best attempt is kept."""
@@ -289,7 +298,8 @@ def with_fallback(model, hidden: Tensor, prompts: list[list[int]], opts: Options
             break
         index = torch.tensor(pending, device=hidden.device)
         runs = decode(model, hidden.index_select(0, index), [prompts[i] for i in pending], opts, temperature,
-                      max_initial_index, None if hooks is None else hooks.select(pending))  # fmt: skip
+                      max_initial_index, None if hooks is None else hooks.select(pending),
+                      take_rows(cross_kv, pending, len(prompts)))  # fmt: skip
         still = []
         for i, (tokens, total, no_speech) in zip(pending, runs):
             avg = total / (len(tokens) + 1)

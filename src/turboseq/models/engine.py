@@ -239,11 +239,19 @@ class EncoderDecoder(Engine):
         )
         return [seqs[i * copies : (i + 1) * copies] for i in range(batch)]
 
-    def _decoder_state(self, hidden: Tensor, cross_mask: Tensor | None, group: int, max_length: int, expand=None):
+    def _cross_kv(self, hidden: Tensor) -> list[tuple[Tensor, Tensor]] | None:
+        """Every decoder layer's cross-attention K/V for encoder output ``hidden``, for callers that decode
+        the same windows more than once (None where the decoder builds its own: an exported artifact)."""
+        return build_cross_kv(self.spec, hidden)
+
+    def _decoder_state(self, hidden: Tensor, cross_mask: Tensor | None, group: int, max_length: int, expand=None,
+                       cross_kv=None):  # fmt: skip
         """The decoder's state for encoder output ``hidden``, with ``group`` rows per input (``expand``: the
         input of each entry, where one input has several entries): an object with ``step(tokens) -> hidden``
-        and ``select(rows, sentences)``. Here the eager runtime; an exported artifact runs its programs."""
-        cross_kv = build_cross_kv(self.spec, hidden)
+        and ``select(rows, sentences)``. Here the eager runtime; an exported artifact runs its programs.
+        ``cross_kv``: ``hidden``'s cross-attention K/V from ``_cross_kv``, where the caller has them."""
+        if cross_kv is None:
+            cross_kv = build_cross_kv(self.spec, hidden)
         if expand is not None:
             cross_kv = [(k.index_select(0, expand), v.index_select(0, expand)) for k, v in cross_kv]
             cross_mask = None if cross_mask is None else cross_mask.index_select(0, expand)

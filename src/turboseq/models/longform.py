@@ -22,7 +22,7 @@ import torch
 from turboseq.formats import audio as audio_io
 from turboseq.generation.batching import RowHooks
 from turboseq.models import alignment
-from turboseq.models.decoding import Options, compression_ratio, window_prompt, with_fallback
+from turboseq.models.decoding import Options, compression_ratio, take_rows, window_prompt, with_fallback
 from turboseq.models.progress import progress_bar
 from turboseq.models.transcript import Segment, Transcription
 from turboseq.models.vad import VadOptions, collect_chunks, restore_times, speech_timestamps
@@ -83,8 +83,9 @@ def split_by_timestamps(text, tokens: list[int], time_offset: float, segment_siz
 
 
 def _add_words(model, hidden_rows, windows: list[list[dict]], num_frames: list[int], sot_sequences, opts: Options,
-               last_speech: list[float], inputs: list[int]) -> None:  # fmt: skip
-    """Words for every segment of ``windows`` (each a window's segments, ``hidden_rows`` their encoder output),
+               last_speech: list[float], inputs: list[int], cross_kv=None) -> None:  # fmt: skip
+    """Words for every segment of ``windows`` (each a window's segments, ``hidden_rows`` their encoder output,
+    ``cross_kv`` its cross-attention K/V or None),
     aligned in one decoder pass per start sequence; ``last_speech[inputs[i]]`` carries the end of the last speech
     of window i's input from one window to the next (in order)."""
     text = model.whisper_text
@@ -102,6 +103,7 @@ def _add_words(model, hidden_rows, windows: list[list[dict]], num_frames: list[i
             list(sot),
             [texts[i] for i in rows],
             [num_frames[i] for i in rows],
+            take_rows(cross_kv, rows, len(windows)),
         )
         aligned.update(zip(rows, found))
     for i, segs in enumerate(windows):
@@ -149,6 +151,7 @@ def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial:
     sizes = [min(WINDOW_FRAMES, s.content_frames - s.seek) for s in streams]
     feats = torch.stack([audio_io.window_features(s.features, s.seek, n) for s, n in zip(streams, sizes)])
     hidden, _ = model._encode(feats, None)
+    cross_kv = model._cross_kv(hidden)  # built once: every temperature and the word alignment share them
     prompts = [
         window_prompt(
             text,
@@ -160,7 +163,7 @@ def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial:
         )  # fmt: skip
         for s in streams
     ]
-    results = with_fallback(model, hidden, prompts, opts, max_initial, hooks)
+    results = with_fallback(model, hidden, prompts, opts, max_initial, hooks, cross_kv)
     moved = 0
     kept_rows, kept_windows = [], []
     for row, (s, size, result) in enumerate(zip(streams, sizes, results)):
@@ -185,7 +188,8 @@ def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial:
         # sequential: each window starts from its stream's last speech (the attach step's own is not kept)
         starts = [r[1].last_speech for r in kept_rows]
         _add_words(model, hidden.index_select(0, index), kept_windows, [sizes[r] for r in rows],
-                   [r[1].sot_sequence for r in kept_rows], opts, starts, list(range(len(rows))))  # fmt: skip
+                   [r[1].sot_sequence for r in kept_rows], opts, starts, list(range(len(rows))),
+                   take_rows(cross_kv, rows, len(streams)))  # fmt: skip
         for k, ((_, s, previous_seek, _, single_ending, time_offset), segments) in enumerate(
             zip(kept_rows, kept_windows)
         ):
@@ -347,9 +351,10 @@ def batched(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[l
                 for c in batch
             ])  # fmt: skip
             hidden, _ = model._encode(feats, None)
+            cross_kv = model._cross_kv(hidden)
             prompts = [window_prompt(text, sot_sequences[c.input], previous, opts, None, model.spec.max_positions)
                        for c in batch]  # fmt: skip
-            results = with_fallback(model, hidden, prompts, opts, 0, hooks.select([c.input for c in batch]))
+            results = with_fallback(model, hidden, prompts, opts, 0, hooks.select([c.input for c in batch]), cross_kv)
             windows, sizes = [], []
             for c, result in zip(batch, results):
                 size = int(math.ceil(c.duration) * FRAMES_PER_SECOND)
@@ -360,7 +365,7 @@ def batched(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[l
                 sizes.append(size)
             if opts.word_timestamps:
                 _add_words(model, hidden, windows, sizes, [sot_sequences[c.input] for c in batch], opts,
-                           last_speech, [c.input for c in batch])  # fmt: skip
+                           last_speech, [c.input for c in batch], cross_kv)  # fmt: skip
             for c, result, segments in zip(batch, results, windows):
                 for seg in segments:
                     decoded = text.decode(seg["tokens"])

@@ -46,7 +46,10 @@ class _Programs:
     def forward_logits(self, inputs, attention_mask, decoder_input_ids) -> Tensor:
         raise ValueError(f"{self.artifact}: forward_logits needs the model directory; an export decodes only")
 
-    def _decoder_state(self, hidden: Tensor, cross_mask, group: int, max_length: int, expand=None):
+    def _cross_kv(self, hidden: Tensor) -> None:
+        return None  # the programs build theirs (``cross_kv``)
+
+    def _decoder_state(self, hidden: Tensor, cross_mask, group: int, max_length: int, expand=None, cross_kv=None):
         cross_k, cross_v = self.programs["cross_kv"](hidden.contiguous())
         if expand is not None:
             cross_k, cross_v = cross_k.index_select(1, expand), cross_v.index_select(1, expand)
