@@ -1,19 +1,26 @@
 """Long-form Whisper: turboseq vs faster-whisper on a 3.5-minute recording, VAD and word timestamps on.
 
-Four runs on the same samples (the real tiny.en, float32, CTranslate2 directory): faster-whisper's
+Four timings on the same samples (the real tiny.en, float32, CTranslate2 directory): faster-whisper's
 ``WhisperModel.transcribe`` and its ``BatchedInferencePipeline`` (batch 8), and turboseq's two pipelines with
-the same options. turboseq runs first (CTranslate2's runtime slows PyTorch's small ops in the same process
-once it has run); every run is repeated and the fastest is reported with the spread. Also reported: how the
-sequential segments compare (VAD off, where both engines see the same audio), and the word error rate of
-both engines' defaults on the 24 clips.
+the same options. Each engine is timed in a fresh process of its own, the two engines alternating (turboseq,
+faster-whisper, turboseq, faster-whisper): in one process, whichever engine runs second is slowed by the first
+(faster-whisper's sequential pipeline ran 1.45x slower once turboseq had run in its process; PyTorch's small
+operations about 15% slower after CTranslate2). The fastest run of each is reported with the spread. Also
+reported: how the sequential segments compare (VAD off, where both engines see the same audio), and the word
+error rate of both engines' defaults on the 24 clips.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+OPTIONS = {"vad_filter": True, "word_timestamps": True}
+ROUNDS = 2  # processes per engine and pipeline, alternating with the other engine
 
 
 def _normalize(text: str) -> str:
@@ -21,10 +28,52 @@ def _normalize(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^a-z0-9' ]", " ", text)).strip()
 
 
+def _time_in_process(engine: str, repeats: int) -> dict[str, list[float]]:
+    """In a fresh process: one engine's pipelines on the recording (and the 24 clips), a warm-up each, then
+    ``repeats`` timed runs; seconds per run by pipeline name."""
+    import torch
+
+    from turboseq.bench.speech import ALL_SENTENCES, long_recording, synthesize, whisper_ct2_dir
+    from turboseq.formats.audio import load_audio
+
+    cache = Path.home() / ".cache" / "turboseq" / "speech"
+    recording = load_audio(long_recording(cache))
+    clips = [str(c) for c in synthesize(ALL_SENTENCES, cache)]
+    ct2_dir = whisper_ct2_dir()
+    if engine == "turboseq":
+        from turboseq.load import load
+
+        model = load(ct2_dir)
+        runs = {
+            "sequential": lambda: model.transcribe(recording, **OPTIONS),
+            "batched (8)": lambda: model.transcribe(recording, batch_size=8, **OPTIONS),
+            "24 files": lambda: model.transcribe(clips),  # their windows decoded together
+        }
+    else:
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+        fw = WhisperModel(str(ct2_dir), device="cpu", compute_type="float32", cpu_threads=torch.get_num_threads())
+        pipeline = BatchedInferencePipeline(fw)
+        runs = {
+            "sequential": lambda: list(fw.transcribe(recording, **OPTIONS)[0]),
+            "batched (8)": lambda: list(pipeline.transcribe(recording, batch_size=8, **OPTIONS)[0]),
+            "24 files": lambda: [list(fw.transcribe(c)[0]) for c in clips],  # file after file
+        }
+    times: dict[str, list[float]] = {}
+    for name, run in runs.items():
+        run()  # warm-up
+        times[name] = []
+        for _ in range(repeats if name != "24 files" else 1):
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def run_longform_bench(repeats: int = 3, out_dir: Path | None = None, log=print) -> dict:
     import jiwer
     import torch
-    from faster_whisper import BatchedInferencePipeline, WhisperModel
+    from faster_whisper import WhisperModel
 
     from turboseq.bench.speech import ALL_SENTENCES, long_recording, synthesize, whisper_ct2_dir
     from turboseq.formats.audio import load_audio
@@ -34,31 +83,21 @@ def run_longform_bench(repeats: int = 3, out_dir: Path | None = None, log=print)
     recording = load_audio(long_recording(cache))
     clips = [str(c) for c in synthesize(ALL_SENTENCES, cache)]
     ct2_dir = whisper_ct2_dir()
-    model = load(ct2_dir)
-    options = {"vad_filter": True, "word_timestamps": True}
-    runs = {
-        "turboseq sequential": lambda: model.transcribe(recording, **options).segments,
-        "turboseq batched (8)": lambda: model.transcribe(recording, batch_size=8, **options).segments,
-    }
-    fw = WhisperModel(str(ct2_dir), device="cpu", compute_type="float32", cpu_threads=torch.get_num_threads())
-    pipeline = BatchedInferencePipeline(fw)
-    runs["faster-whisper sequential"] = lambda: list(fw.transcribe(recording, **options)[0])
-    runs["faster-whisper batched (8)"] = lambda: list(pipeline.transcribe(recording, batch_size=8, **options)[0])
     times: dict[str, list[float]] = {}
-    for name, run in runs.items():  # engine-major: faster-whisper last
-        run()  # warm-up
-        times[name] = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            segments = run()
-            times[name].append(time.perf_counter() - start)
-        log(f"{name:28s} {min(times[name]):6.2f} s (runs: {', '.join(f'{t:.2f}' for t in times[name])}), "
-            f"{len(segments)} segments")  # fmt: skip
+    spawn = multiprocessing.get_context("spawn")
+    for _ in range(ROUNDS):
+        for engine in ("turboseq", "faster-whisper"):
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                measured = pool.submit(_time_in_process, engine, repeats).result()
+            for name, runs in measured.items():
+                times.setdefault(f"{engine} {name}", []).extend(runs)
+                log(f"{engine + ' ' + name:28s} {', '.join(f'{t:.2f}' for t in runs)} s")
     seconds = len(recording) / 16000
     best = {name: min(t) for name, t in times.items()}
     lines = [
         f"recording: {seconds:.0f} s (24 sentences in two voices, pauses, a 6 s and a 20 s silence); "
-        f"VAD and word timestamps on; best of {repeats} (spread)",
+        f"VAD and word timestamps on; float32; each engine in {ROUNDS} fresh processes of its own, alternating; "
+        f"best of {ROUNDS * repeats} runs (spread)",
         "",
         "| pipeline | faster-whisper | turboseq | turboseq speed-up | turboseq batched vs faster-whisper sequential |",
         "|---|---|---|---|---|",
@@ -72,6 +111,8 @@ def run_longform_bench(repeats: int = 3, out_dir: Path | None = None, log=print)
             f"(±{spread[f'turboseq {kind}']:.2f}) | {fw_t / ts_t:.2f}x | {'-' if cross is None else f'{cross:.2f}x'} |"
         )
     # parity without VAD (both engines see the same audio) and the defaults' word error rate
+    model = load(ct2_dir)
+    fw = WhisperModel(str(ct2_dir), device="cpu", compute_type="float32", cpu_threads=torch.get_num_threads())
     ours = model.transcribe(recording, word_timestamps=True).segments
     theirs = list(fw.transcribe(recording, word_timestamps=True)[0])
     equal = sum((round(a.start, 2), round(a.end, 2), a.text) == (round(b.start, 2), round(b.end, 2), b.text)
@@ -82,12 +123,9 @@ def run_longform_bench(repeats: int = 3, out_dir: Path | None = None, log=print)
                 for a, b in zip(words_a, words_b))  # fmt: skip
     # many files with the defaults: turboseq decodes their windows together, faster-whisper one file at a time
     refs = [_normalize(s) for s in ALL_SENTENCES]
-    start = time.perf_counter()
     ts_texts = [_normalize(r.text) for r in model.transcribe(clips)]
-    ts_files = time.perf_counter() - start
-    start = time.perf_counter()
     fw_texts = [_normalize("".join(s.text for s in fw.transcribe(c)[0])) for c in clips]
-    fw_files = time.perf_counter() - start
+    ts_files, fw_files = min(times["turboseq 24 files"]), min(times["faster-whisper 24 files"])
     wer_ts, wer_fw = jiwer.wer(refs, ts_texts), jiwer.wer(refs, fw_texts)
     lines += [
         "",
