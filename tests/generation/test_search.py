@@ -84,3 +84,20 @@ def test_processors_declare_what_greedy_screening_needs():
         assert not p.only_bans([p.MinLength(2, [0]), proc]), proc
     assert [type(x).__name__ for x in (p.LogSoftmax(),) if x.argmax_invariant] == ["LogSoftmax"]
     assert not p.RepetitionPenalty(1.2).argmax_invariant
+
+
+@pytest.mark.parametrize("n, nb, vocab, k", [(3, 5, 51864, 10), (2, 4, 7, 8), (1, 1, 100, 2), (4, 2, 30, 6)])
+def test_beam_candidates_equal_one_topk_over_every_beam(n, nb, vocab, k):
+    """The two-round candidate pick (best k per beam, then of those) returns torch.topk's values and indices
+    over each sentence's nb * vocab scores, -inf (banned tokens) included."""
+    from turboseq.generation.search import _top_candidates
+
+    g = torch.Generator().manual_seed(n * 1000 + vocab)
+    scores = torch.randn(n, nb * vocab, generator=g)
+    scores[:, ::3] = float("-inf")
+    values, idx = _top_candidates(scores, nb, vocab, k)
+    expected_values, expected_idx = torch.topk(scores, k)
+    assert torch.equal(values, expected_values)
+    finite = expected_values.isfinite()
+    assert torch.equal(idx[finite], expected_idx[finite])
+    assert torch.equal(scores.gather(1, idx), values)
