@@ -34,9 +34,18 @@ def test_text_generation_format_equals_library(lm_server, gpt2_text):
     assert r.json() == [{"generated_text": t} for t in model.generate_text(PROMPTS, **params)]
     r = httpx.post(lm_server.url + "/", json={"inputs": PROMPTS[0], "parameters": dict(params, return_full_text=True)})
     assert r.json() == [{"generated_text": model.generate_text(PROMPTS[:1], return_full_text=True, **params)[0]}]
-    # no length given: TGI's default of 100 new tokens is more than this model has positions
+    # no length given: TGI's default of 100 new tokens, cut to the server's --max-new-tokens (40) and to what
+    # fits after the prompt in this model's 96 positions
     r = httpx.post(lm_server.url + "/", json={"inputs": "Hello"})
-    assert r.status_code == 422 and r.json()["error"] == "100 new tokens exceed the model's 96 positions"
+    assert r.status_code == 200 and r.json() == [
+        {"generated_text": model.generate_text(["Hello"], max_new_tokens=40)[0]}
+    ]
+    long_prompt = "Hello " * 14
+    room = 96 - len(model.tokenizer(long_prompt)["input_ids"])
+    assert 0 < room < 40
+    r = httpx.post(lm_server.url + "/", json={"inputs": long_prompt})
+    assert r.status_code == 200, r.text
+    assert r.json() == [{"generated_text": model.generate_text([long_prompt], max_new_tokens=room)[0]}]
     r = httpx.post(lm_server.url + "/", json={"inputs": "Hello " * 12, "parameters": {"max_new_tokens": 40}})
     assert r.status_code == 422
     assert r.json()["error"].endswith("plus 40 new tokens exceeds the model's 96 positions"), r.text

@@ -202,13 +202,30 @@ def _serve(args) -> int:
         header_timeout_s=args.header_timeout_s,
         body_timeout_s=args.body_timeout_s,
         keep_alive_timeout_s=args.keep_alive_timeout_s,
+        max_request_audio_seconds=args.max_request_audio_seconds,
+        max_queued_audio_seconds=args.max_queued_audio_seconds,
+        max_stop_sequences=args.max_stop_sequences,
+        max_parameter_items=args.max_parameter_items,
+        max_parameter_chars=args.max_parameter_chars,
+        first_byte_timeout_s=args.first_byte_timeout_s,
+        max_connections_per_client=args.max_connections_per_client,
+        drain_timeout_s=args.drain_timeout_s,
     )
     if args.ray:
         from turboseq.serving.rayserve import serve_on_ray
 
-        proxy_owned = ("max_connections", "header_timeout_s", "keep_alive_timeout_s")
+        proxy_owned = (
+            "max_connections",
+            "header_timeout_s",
+            "keep_alive_timeout_s",
+            "first_byte_timeout_s",
+            "max_connections_per_client",
+        )
         if any(getattr(args, name) != getattr(ServerConfig, name) for name in proxy_owned):
-            raise ValueError("--max-connections and the header/keep-alive timeouts are Ray's proxy's under --ray")
+            raise ValueError(
+                "--max-connections, --max-connections-per-client and the header/keep-alive/first-byte timeouts are "
+                "Ray's proxy's under --ray"
+            )
         return serve_on_ray(
             args.model,
             args.host,

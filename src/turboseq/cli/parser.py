@@ -361,6 +361,32 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument(
         "--max-audio-seconds", type=_seconds, default=3600.0, help="per audio input; 413 past it (default: 3600)"
     )
+    limits.add_argument(
+        "--max-request-audio-seconds",
+        type=_seconds,
+        help="all audio of one request; 413 past it (default: --max-audio-seconds)",
+    )
+    limits.add_argument(
+        "--max-queued-audio-seconds",
+        type=_seconds,
+        default=14400.0,
+        help="decoded audio held by all requests at once; 503 past it (default: 14400)",
+    )
+    limits.add_argument(
+        "--max-stop-sequences", type=_positive_int, default=16, help="stop strings per request (default: 16)"
+    )
+    limits.add_argument(
+        "--max-parameter-items",
+        type=_positive_int,
+        default=1024,
+        help="list items in a request's parameters, e.g. bad_words_ids (default: 1024)",
+    )
+    limits.add_argument(
+        "--max-parameter-chars",
+        type=_positive_int,
+        default=16384,
+        help="characters of text in a request's parameters (default: 16384)",
+    )
     conns = sv.add_argument_group("connections")
     conns.add_argument(
         "--max-connections",
@@ -379,6 +405,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=5.0,
         help="an idle keep-alive connection is closed after this (default: 5)",
+    )
+    conns.add_argument(
+        "--first-byte-timeout-s",
+        type=_seconds,
+        default=3.0,
+        help="a new connection that has sent nothing is closed after this (default: 3)",
+    )
+    conns.add_argument(
+        "--max-connections-per-client",
+        type=_positive_int,
+        default=128,
+        help="open connections from one peer address; more get 503 at once (default: 128)",
+    )
+    conns.add_argument(
+        "--drain-timeout-s",
+        type=_seconds,
+        help="on SIGTERM, requests in flight get this long; a second signal exits at once "
+        "(default: --request-timeout-s + 5)",
     )
     ray = sv.add_argument_group("Ray Serve (pip install 'turboseq[ray]')")
     ray.add_argument(

@@ -73,7 +73,20 @@ def load_audio(source: str | Path | bytes, name: str | None = None, max_seconds:
             raise AudioError(f"{label}: audio stream is corrupt ({err})") from None
     if not pieces or sum(p.shape[1] for p in pieces) == 0:
         raise AudioError(f"{label}: no audio samples (an empty or truncated stream)")
-    return np.ascontiguousarray(np.concatenate(pieces, axis=1)[0], dtype=np.float32)
+    return check_samples(np.ascontiguousarray(np.concatenate(pieces, axis=1)[0], dtype=np.float32), label)
+
+
+MAX_SAMPLE = 1e6  # samples are in [-1, 1]; far past it, the features overflow float32
+
+
+def check_samples(array: np.ndarray, label: str) -> np.ndarray:
+    """``array`` if its samples are finite and of sane size; else ``AudioError`` naming ``label`` (a float WAV
+    can hold NaN or infinity, which would turn a whole batch's features into NaN)."""
+    if not np.isfinite(array).all():
+        raise AudioError(f"{label}: samples contain NaN or infinity")
+    if array.size and float(np.abs(array).max()) > MAX_SAMPLE:
+        raise AudioError(f"{label}: samples far outside [-1, 1] (largest {float(np.abs(array).max()):.3g})")
+    return array
 
 
 def as_waveform(audio, name: str = "audio") -> np.ndarray:
@@ -87,9 +100,7 @@ def as_waveform(audio, name: str = "audio") -> np.ndarray:
         raise AudioError(f"{name}: expected a 1-D array of 16 kHz mono samples, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.floating):
         raise AudioError(f"{name}: expected float samples in [-1, 1], got dtype {array.dtype}")
-    if not np.isfinite(array).all():
-        raise AudioError(f"{name}: samples contain NaN or infinity")
-    return array.astype(np.float32, copy=False)
+    return check_samples(array.astype(np.float32, copy=False), name)
 
 
 @lru_cache(maxsize=4)

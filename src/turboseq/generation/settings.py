@@ -111,6 +111,9 @@ def _as_int(name: str, value, minimum: int) -> int:
     return value
 
 
+MAX_LENGTH_PENALTY = 100.0
+
+
 def _as_float(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"`{name}` must be a number, got {value!r}")
@@ -177,6 +180,10 @@ def resolve(
     if repetition_penalty <= 0:
         raise ValueError(f"`repetition_penalty` must be > 0, got {repetition_penalty}")
     length_penalty = _as_float("length_penalty", merged["length_penalty"])
+    if abs(length_penalty) > MAX_LENGTH_PENALTY:  # length ** penalty must stay a finite, non-zero float
+        raise ValueError(
+            f"`length_penalty` must be in [-{MAX_LENGTH_PENALTY:g}, {MAX_LENGTH_PENALTY:g}], got {length_penalty!r}"
+        )
     early_stopping = merged["early_stopping"]
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"`early_stopping` must be True, False or 'never', got {early_stopping!r}")

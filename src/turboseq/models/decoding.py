@@ -14,10 +14,11 @@ from torch import Tensor
 
 from turboseq.generation import search
 from turboseq.generation.processors import SuppressTokens, TimestampRules, build_processors
-from turboseq.generation.settings import resolve
+from turboseq.generation.settings import MAX_LENGTH_PENALTY, resolve
 from turboseq.models.engine import EagerDecoder
 
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+MAX_TEMPERATURES = 32  # fallback attempts per window: each may decode the whole window again
 
 
 @dataclass
@@ -60,10 +61,19 @@ class Options:
             raise ValueError("`patience` other than 1 is not supported (turboseq's beam search is transformers')")
         temps = self.temperatures
         if not temps or not all(_finite(t) and t >= 0 for t in temps):
-            raise ValueError(f"`temperature` must be a number >= 0 or a list of them, got {list(temps)!r}")
-        for name in ("length_penalty", "prompt_reset_on_temperature"):
-            if not _finite(getattr(self, name)):
-                raise ValueError(f"`{name}` must be a finite number, got {getattr(self, name)!r}")
+            shown = list(temps) if len(temps) <= 8 else f"a list of {len(temps)}"
+            raise ValueError(f"`temperature` must be a number >= 0 or a list of them, got {shown!r}")
+        if len(temps) > MAX_TEMPERATURES:
+            raise ValueError(f"`temperature` lists at most {MAX_TEMPERATURES} fallback temperatures, got {len(temps)}")
+        if not _finite(self.prompt_reset_on_temperature):
+            raise ValueError(
+                f"`prompt_reset_on_temperature` must be a finite number, got {self.prompt_reset_on_temperature!r}"
+            )
+        if not _finite(self.length_penalty) or abs(self.length_penalty) > MAX_LENGTH_PENALTY:
+            raise ValueError(
+                f"`length_penalty` must be a finite number in [-{MAX_LENGTH_PENALTY:g}, {MAX_LENGTH_PENALTY:g}], "
+                f"got {self.length_penalty!r}"
+            )
         for name in ("repetition_penalty", "max_initial_timestamp"):
             value = getattr(self, name)
             if not _finite(value) or value < (1e-9 if name == "repetition_penalty" else 0):
@@ -122,23 +132,22 @@ def window_prompt(text, sot_sequence: list[int], previous: list[int], opts: Opti
                   max_length: int) -> list[int]:  # fmt: skip
     """The decoder prompt: ``<|startofprev|>`` hotwords and the previous text, the start sequence, then
     ``<|notimestamps|>`` or a prefix (faster-whisper's ``get_prompt``)."""
-    prompt: list[int] = []
-    hotwords = opts.hotwords if opts.hotwords and not prefix else None
-    if previous or hotwords:
-        prompt.append(text.sot_prev)
-        if hotwords:
-            prompt += text.encode(" " + hotwords.strip())[: max_length // 2 - 1]
-        if previous:
-            prompt += previous[-(max_length // 2 - 1) :]
-    prompt += sot_sequence
+    start = list(sot_sequence)
     if opts.without_timestamps:
-        prompt.append(text.no_timestamps)
+        start.append(text.no_timestamps)
     if prefix:
-        prefix_tokens = text.encode(" " + prefix.strip())[: max_length // 2 - 1]
         if not opts.without_timestamps:
-            prompt.append(text.timestamp_begin)
-        prompt += prefix_tokens
-    return prompt
+            start.append(text.timestamp_begin)
+        start += text.encode(" " + prefix.strip())[: max_length // 2 - 1]
+    hotwords = opts.hotwords if opts.hotwords and not prefix else None
+    context = text.encode(" " + hotwords.strip())[: max_length // 2 - 1] if hotwords else []
+    if previous:
+        context += previous[-(max_length // 2 - 1) :]
+    # a long prefix and a long previous text (or hotwords) can fill the positions together: the oldest context
+    # gives way so that one new token fits (faster-whisper's prompt where it fits)
+    room = max_length - 2 - len(start)
+    context = context[len(context) - max(room, 0) :] if len(context) > room else context
+    return ([text.sot_prev] + context if context else []) + start
 
 
 def _settings(model, prompt: list[int], opts: Options, temperature: float, max_initial_index: int):
@@ -294,6 +303,13 @@ def with_fallback(model, hidden: Tensor, prompts: list[list[int]], opts: Options
     pending = list(range(len(prompts)))
     temperature = opts.temperatures[0]
     for temperature in opts.temperatures:
+        if hooks is not None and pending:  # windows of inputs nobody waits for stop falling back
+            gone = hooks.gone(torch.tensor(pending))
+            if gone is not None:
+                for i, lost in zip(pending, gone.tolist()):
+                    if lost:
+                        final[i] = Decoded([], 0.0, 0.0, temperature, 0.0)
+                pending = [i for i, lost in zip(pending, gone.tolist()) if not lost]
         if not pending:
             break
         index = torch.tensor(pending, device=hidden.device)

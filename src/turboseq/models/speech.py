@@ -347,6 +347,10 @@ class SpeechModel(EncoderDecoder):
         if opts.word_timestamps and not self.whisper.get("alignment_heads"):
             raise ValueError("this model has no `alignment_heads` in its generation config: word timestamps need them")
         vad = None
+        if not isinstance(vad_filter, bool):
+            raise ValueError(f"`vad_filter` must be true or false, got {vad_filter!r}")
+        if vad_parameters is not None:
+            VadOptions.of(vad_parameters)  # checked even where VAD is off: a typo should not pass silently
         if vad_filter:
             vad = VadOptions.of(vad_parameters, **({"max_speech_duration_s": 30.0} if piped else {}))
             if piped and vad_parameters is None:

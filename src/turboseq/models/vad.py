@@ -10,6 +10,7 @@ the network is written here: a fixed STFT convolution, four convolutions, an LST
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -36,9 +37,12 @@ class VadOptions:
 
     @classmethod
     def of(cls, value, **overrides) -> VadOptions:
-        """From None, a dict or a VadOptions; unknown keys are refused in one line."""
+        """From None, a dict or a VadOptions; unknown keys, wrong types and values out of range are refused in
+        one line."""
         if isinstance(value, VadOptions):
             value = asdict(value)
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"`vad_parameters` must be an object of VAD settings, got {value!r}")
         value = dict(value or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(value) - known)
@@ -47,9 +51,20 @@ class VadOptions:
                 f"unknown `vad_parameters` key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
         value.update(overrides)
+        for name, number in value.items():
+            if name == "neg_threshold" and number is None:
+                continue
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or math.isnan(number):
+                raise ValueError(f"`vad_parameters.{name}` must be a number, got {number!r}")
+            if number < 0 or (math.isinf(number) and name != "max_speech_duration_s"):
+                raise ValueError(f"`vad_parameters.{name}` must be a finite number >= 0, got {number!r}")
         opts = cls(**value)
-        if not 0 < opts.threshold < 1:
-            raise ValueError(f"`vad_parameters.threshold` must be in (0, 1), got {opts.threshold}")
+        for name in ("threshold", "neg_threshold"):
+            number = getattr(opts, name)
+            if number is not None and not 0 < number < 1:
+                raise ValueError(f"`vad_parameters.{name}` must be in (0, 1), got {number}")
+        if opts.max_speech_duration_s <= 0:
+            raise ValueError(f"`vad_parameters.max_speech_duration_s` must be > 0, got {opts.max_speech_duration_s}")
         return opts
 
 

@@ -28,7 +28,7 @@ import turboseq.serving.speech  # noqa: F401
 import turboseq.serving.text  # noqa: F401
 from turboseq.serving.batcher import Batcher, Cancelled, Job, Metrics
 from turboseq.serving.config import ServerConfig
-from turboseq.serving.requests import Parsed, RequestError, read_body
+from turboseq.serving.requests import Parsed, RequestError, check_parameter_size, read_body
 from turboseq.serving.tasks import StreamEvents, Task, task_for
 from turboseq.version import __version__
 
@@ -76,8 +76,9 @@ class Service:
     def admit(self, parsed: Parsed) -> None:
         """Check the request's size, resolve its parameters once (``parsed.prepared``), and check its cost."""
         self.task.check_count(parsed.count)
+        check_parameter_size(parsed.params, self.config.max_parameter_items, self.config.max_parameter_chars)
         try:
-            parsed.prepared = self.task.prepare(parsed.params)
+            parsed.prepared = self.task.prepare(parsed.params, **parsed.options)
         except (ValueError, TypeError) as err:
             raise RequestError(422, str(err), "validation_error") from None
         self.task.check_cost(parsed, self.config)
@@ -86,23 +87,27 @@ class Service:
 
     async def infer(self, request: Request, parsed: Parsed) -> list:
         """One answer per input of ``parsed`` (blank inputs get the task's empty answer)."""
-        self.admit(parsed)
-        answers = [self.task.empty(parsed.prepared.settings)] * parsed.count
-        if parsed.rows:
-            job = self._submit(request, parsed)
-            try:
-                outputs = await asyncio.wait_for(asyncio.shield(job.future), self.config.request_timeout_s)
-            except asyncio.TimeoutError:
-                job.cancelled = True
-                raise self._timeout() from None
-            except Cancelled:
-                raise self._client_closed() from None
-            finally:
-                job.watcher.cancel()
-            self.metrics.request_duration.observe(time.perf_counter() - job.enqueued)
-            for slot, out in zip(parsed.slots, outputs):
-                answers[slot] = out
-        return answers
+        try:
+            self.admit(parsed)
+            answers = [self.task.empty(parsed.prepared.settings)] * parsed.count
+            if parsed.rows:
+                job = self._submit(request, parsed)
+                try:
+                    outputs = await asyncio.wait_for(asyncio.shield(job.future), self.config.request_timeout_s)
+                except asyncio.TimeoutError:
+                    job.cancelled = True
+                    raise self._timeout() from None
+                except Cancelled:
+                    raise self._client_closed() from None
+                finally:
+                    job.watcher.cancel()
+                self.metrics.request_duration.observe(time.perf_counter() - job.enqueued)
+                for slot, out in zip(parsed.slots, outputs):
+                    answers[slot] = out
+            return answers
+        finally:
+            if parsed.release is not None:
+                parsed.release()
 
     def _submit(self, request: Request, parsed: Parsed, on_token=None) -> Job:
         job = Job(parsed.rows, parsed.prepared, asyncio.get_running_loop().create_future(), on_token)
@@ -222,6 +227,8 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
     task.max_input_tokens = min(config.max_input_tokens or task.max_input_tokens, task.max_input_tokens)
     task.max_batch_size = config.max_batch_size
     task.max_audio_seconds = config.max_audio_seconds  # speech tasks decode no more than this per input
+    task.request_audio_seconds = config.request_audio_seconds  # ... per request
+    task.queued_audio_limit = int(config.max_queued_audio_seconds * 16000)  # ... held at once, in samples
     if config.max_payload_bytes is None:
         config.max_payload_bytes = task.payload_bytes
     service = Service(task, name or Path(str(model.path)).name, config)
@@ -253,8 +260,9 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
         yield
         warming.cancel()
         batcher.task_handle.cancel()
-        batcher.executor.shutdown(wait=True)
-        service.parser.shutdown(wait=False)
+        batcher.cancel_all()  # what is still running after the drain leaves the engine at its next step
+        batcher.executor.shutdown(wait=False, cancel_futures=True)
+        service.parser.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="turboseq", version=__version__, lifespan=lifespan)
     app.state.service = service
@@ -275,8 +283,17 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
         message = f"no route {request.method} {request.url.path}" if err.status_code == 404 else str(err.detail)
         return JSONResponse({"error": message, "error_type": kind}, status_code=err.status_code)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
+        stalled = service.batcher.stalled_for() if service.batcher is not None else None
+        if stalled is not None:  # the engine holds a batch whose every request has timed out: not progressing
+            return JSONResponse(
+                {
+                    "status": "stalled",
+                    "error": f"the engine has run one batch {stalled:.0f} s past its requests' timeout",
+                },
+                status_code=503,
+            )
         if service.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
         if service.warmup_error:
@@ -379,14 +396,20 @@ def serve(
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     model = load(model_dir, dtype=dtype, compute_type=compute_type)
     app = create_app(model, config=config)
-    protocol = GuardedH11.configure(config.max_connections, config.header_timeout_s, config.body_timeout_s)
+    protocol = GuardedH11.configure(
+        config.max_connections,
+        config.header_timeout_s,
+        config.body_timeout_s,
+        config.first_byte_timeout_s,
+        config.max_connections_per_client,
+    )
     server = uvicorn.Server(
         uvicorn.Config(
             app,
             host=host,
             port=port,
             log_level=log_level,
-            timeout_graceful_shutdown=None,
+            timeout_graceful_shutdown=config.drain_seconds,
             http=protocol,
             timeout_keep_alive=config.keep_alive_timeout_s,
             h11_max_incomplete_event_size=64 * 1024,
@@ -395,6 +418,10 @@ def serve(
     original = server.handle_exit
 
     def handle_exit(sig, frame):
+        if app.state.service.draining:  # a second signal: exit now, without waiting for anything
+            logging.getLogger("uvicorn.error").warning("turboseq: second signal, exiting at once")
+            logging.shutdown()
+            os._exit(1)
         app.state.service.draining = True
         original(sig, frame)
 

@@ -13,6 +13,8 @@ from turboseq.serving.config import ServerConfig
 from turboseq.serving.requests import Prepared, RequestError
 from turboseq.serving.tasks import Task
 
+STALL_GRACE_S = 10.0  # a batch may run this long past its requests' timeout (one slow step or attempt)
+
 
 class Cancelled(Exception):
     """The answer of a request whose client left: nobody reads it."""
@@ -27,6 +29,11 @@ class Job:
     enqueued: float = field(default_factory=time.perf_counter)
     cancelled: bool = False  # the client left or the time ran out: drop it from the queue or the batch
     watcher: asyncio.Task | None = None
+    sent: dict = field(default_factory=dict)  # streaming: tokens passed on per row of this job
+
+    def send(self, row: int, token: int) -> None:
+        self.sent[row] = self.sent.get(row, 0) + 1
+        self.on_token(row, token)
 
 
 class Metrics:
@@ -61,6 +68,25 @@ class Batcher:
         self.queue: list[Job] = []
         self.wakeup = asyncio.Event()
         self.task_handle: asyncio.Task | None = None
+        self.running: list[Job] = []  # the jobs of the engine batch in progress
+        self.running_since: float | None = None  # when that batch started (None: the engine is idle)
+
+    def stalled_for(self) -> float | None:
+        """Seconds the engine has spent on one batch past the moment every request in it had timed out (their
+        rows should have left within a step): None while it makes progress."""
+        if self.running_since is None:
+            return None
+        overdue = time.perf_counter() - self.running_since - self.config.request_timeout_s - STALL_GRACE_S
+        return overdue if overdue > 0 else None
+
+    def cancel_all(self) -> None:
+        """Shutdown: every queued and running request is given up; running rows leave at the next step."""
+        for job in [*self.queue, *self.running]:
+            job.cancelled = True
+            if not job.future.done():
+                job.future.set_exception(Cancelled())
+                job.future.exception()
+        self.queue = []
 
     def submit(self, job: Job) -> None:
         self.queue = [j for j in self.queue if not j.cancelled]
@@ -121,7 +147,6 @@ class Batcher:
                 return
 
     async def run_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self.queue:
                 self.wakeup.clear()
@@ -150,27 +175,73 @@ class Batcher:
                     for i, token in zip(inputs.tolist(), tokens.tolist()):
                         job, k = owners[i]
                         if job.on_token is not None and not job.cancelled:
-                            job.on_token(k, token)
+                            job.send(k, token)
 
+            self.running, self.running_since = jobs, time.perf_counter()
             try:
-                results, generated = await loop.run_in_executor(
-                    self.executor, self.task.run, rows, jobs[0].prepared.settings, abandoned, on_tokens
-                )
-            except Exception as err:  # an engine failure fails the batch's requests, not the server
+                await self._run(jobs, abandoned, on_tokens)
+            finally:
+                self.running, self.running_since = [], None
+
+    async def _run(self, jobs: list[Job], abandoned, on_tokens) -> None:
+        """Run one engine batch and answer its jobs. When it fails and holds several requests, each is run
+        again alone: the one whose input or parameters caused the failure gets the error, the others their
+        answers."""
+        loop = asyncio.get_running_loop()
+        rows = [r for j in jobs for r in j.rows]
+        try:
+            results, generated = await loop.run_in_executor(
+                self.executor, self.task.run, rows, jobs[0].prepared.settings, abandoned, on_tokens
+            )
+        except Exception as err:
+            if len(jobs) > 1:
                 for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(err)
-                        if job.cancelled:
-                            job.future.exception()  # nobody waits for it: mark it read
-                continue
-            self.metrics.generated_tokens.inc(generated)
-            start = 0
-            for job in jobs:
-                part = results[start : start + len(job.rows)]
-                start += len(job.rows)
-                if not job.future.done():
-                    if job.cancelled:  # cut short: not an answer, and nobody may read it
-                        job.future.set_exception(Cancelled())
-                        job.future.exception()  # marks it read: no "exception never retrieved" log
+                    if job.cancelled:
+                        if not job.future.done():
+                            job.future.set_exception(Cancelled())
+                            job.future.exception()
                     else:
-                        job.future.set_result(part)
+                        await self._run_alone(job)
+                return
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(engine_error(err))
+                    if job.cancelled:
+                        job.future.exception()  # nobody waits for it: mark it read
+            return
+        self.metrics.generated_tokens.inc(generated)
+        start = 0
+        for job in jobs:
+            part = results[start : start + len(job.rows)]
+            start += len(job.rows)
+            if not job.future.done():
+                if job.cancelled:  # cut short: not an answer, and nobody may read it
+                    job.future.set_exception(Cancelled())
+                    job.future.exception()  # marks it read: no "exception never retrieved" log
+                else:
+                    job.future.set_result(part)
+
+    async def _run_alone(self, job: Job) -> None:
+        def abandoned() -> set[int]:
+            return set(range(len(job.rows))) if job.cancelled else set()
+
+        on_tokens = None
+        if job.on_token is not None:
+            seen = dict.fromkeys(range(len(job.rows)), 0)
+
+            def on_tokens(inputs, tokens):  # the tokens a stream already received come again: skip them
+                for k, token in zip(inputs.tolist(), tokens.tolist()):
+                    seen[k] += 1
+                    if not job.cancelled and seen[k] > job.sent.get(k, 0):
+                        job.send(k, token)
+
+        await self._run([job], abandoned, on_tokens)
+
+
+def engine_error(err: Exception) -> Exception:
+    """What a request whose batch failed is answered: the library raises ValueError (and TypeError) for
+    arguments or input it cannot take, which is the request's fault (422, with the library's one-line message);
+    anything else is a bug (500)."""
+    if isinstance(err, (ValueError, TypeError)):
+        return RequestError(422, str(err), "validation_error")
+    return err

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -35,6 +36,7 @@ class CompletionRequest:
     seed: int | None
     return_full_text: bool = False
     trim_stop: bool = False  # OpenAI: the text ends before the stop string
+    default_length: bool = False  # the request set no length: TGI's default, cut to what fits after the prompt
 
 
 @dataclass
@@ -87,30 +89,39 @@ class CompletionTask(GenerationTask):
             ) from None
         return Parsed(rows, list(range(len(inputs))), len(inputs), params, single)
 
-    def prepare(self, params: dict) -> Prepared:
+    def prepare(self, params: dict, trim_stop: bool = False) -> Prepared:
+        """``trim_stop`` (OpenAI's routes, never a client's parameter): answers end before the stop string."""
         check_not_server_owned(params)
         params = dict(params)
         seed = params.pop("seed", None)
         check_seed(seed)
         full = params.pop("return_full_text", False)
-        trim = params.pop("_trim_stop", False)
-        for name, value in (("return_full_text", full), ("_trim_stop", trim)):
-            if not isinstance(value, bool):
-                raise ValueError(f"`{name}` must be a boolean, got {value!r}")
+        if not isinstance(full, bool):
+            raise ValueError(f"`return_full_text` must be a boolean, got {full!r}")
         if "stop" in params:  # TGI's name
             params["stop_strings"] = params.pop("stop") or None
         params.pop("truncation", None)
-        if params.get("max_new_tokens") is None and params.get("max_length") is None:
-            params["max_new_tokens"] = DEFAULT_NEW_TOKENS
+        default_length = params.get("max_new_tokens") is None and params.get("max_length") is None
+        if default_length:  # TGI's default, within the model's positions (the prompt is counted at check_cost)
+            params["max_new_tokens"] = min(DEFAULT_NEW_TOKENS, self.model.spec.max_positions - 1)
         s = self.model.settings(**params)
         # sampled requests run alone, so that a seed means the same as when sent alone
-        key = None if s.do_sample else json.dumps([params, full, trim], sort_keys=True)
-        return Prepared(CompletionRequest(s, seed, full, trim), key)
+        key = None if s.do_sample else json.dumps([params, full, trim_stop], sort_keys=True)
+        return Prepared(CompletionRequest(s, seed, full, trim_stop, default_length), key)
 
     def check_cost(self, parsed: Parsed, limits) -> None:
-        s = parsed.prepared.settings.settings
+        request: CompletionRequest = parsed.prepared.settings
+        s = request.settings
         longest = max((len(r) or 1 for r in parsed.rows), default=1)
         positions = self.model.spec.max_positions
+        if request.default_length and longest < positions:
+            # a request that asked for no length gets what fits after its prompt and within the server's limit,
+            # not a refusal
+            fits = min(s.max_new_tokens, positions - longest, limits.max_new_tokens or positions)
+            if fits != s.max_new_tokens:
+                s = request.settings = replace(s, max_new_tokens=fits)
+                if parsed.prepared.key is not None:
+                    parsed.prepared.key += f"|{fits}"
         if s.max_new_tokens is None and longest >= s.max_length:
             raise over_limit(f"`max_length` {s.max_length} leaves no room after a prompt of {longest} tokens")
         total = longest + s.max_new_tokens if s.max_new_tokens is not None else s.max_length
@@ -190,8 +201,17 @@ class CompletionTask(GenerationTask):
             raise invalid("`best_of` is not supported (other than equal to `n`)")
         prompts = text_list(body["prompt"], "prompt")
         temperature = body.get("temperature", 1.0)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-            raise invalid(f"`temperature` must be a number >= 0, got {temperature!r}")
+        top_p = body.get("top_p", 1.0)
+        for name, value, low, high in (("temperature", temperature, 0.0, 2.0), ("top_p", top_p, 0.0, 1.0)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not low <= value <= high
+            ):
+                raise invalid(f"`{name}` must be a number in [{low:g}, {high:g}], got {value!r}")
+        if top_p == 0:
+            raise invalid("`top_p` must be > 0, got 0")
         stream = body.get("stream", False)
         echo = body.get("echo", False)
         for name, value in (("stream", stream), ("echo", echo)):
@@ -207,11 +227,10 @@ class CompletionTask(GenerationTask):
             "max_new_tokens": body.get("max_tokens", OPENAI_DEFAULT_TOKENS),
             "num_return_sequences": n,
             "return_full_text": echo,
-            "_trim_stop": True,
             "stop_strings": stops or None,
         }
         if temperature > 0:
-            params.update(do_sample=True, temperature=temperature, top_p=body.get("top_p", 1.0), top_k=0)
+            params.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
         elif n != 1:
             raise invalid("`n` > 1 needs `temperature` > 0 (greedy decoding gives one answer)")
         if body.get("seed") is not None:
@@ -219,6 +238,7 @@ class CompletionTask(GenerationTask):
         self.check_count(len(prompts))
         parsed = await service.off_loop(self.tokenize, prompts, {})
         parsed.params = params
+        parsed.options = {"trim_stop": True}
         created, name = int(time.time()), service.name
         completion_id = "cmpl-" + uuid.uuid4().hex[:24]
 

@@ -22,11 +22,19 @@ class ServerConfig:
     max_new_tokens: int | None = None  # default: the model's position limit
     max_request_cost: int = 65536  # inputs x max(beams, sequences) x decoder positions
     max_audio_seconds: float = 3600.0  # per audio input (413 past it)
+    max_request_audio_seconds: float | None = None  # all of one request's audio (default: max_audio_seconds)
+    max_queued_audio_seconds: float = 14400.0  # decoded audio held by all requests at once (503 past it)
+    max_stop_sequences: int = 16  # stop strings per request (TGI's --max-stop-sequences)
+    max_parameter_items: int = 1024  # list items in a request's parameters (bad_words_ids, stop, suppress_tokens)
+    max_parameter_chars: int = 16384  # characters of text in a request's parameters (stop strings, prompts)
     # connections
     max_connections: int = 512  # open connections; more are answered 503 and closed at once
     header_timeout_s: float = 10.0  # from a request's first byte (or the connection's opening) to its last header
     body_timeout_s: float = 30.0  # to receive a request's whole body
     keep_alive_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
+    first_byte_timeout_s: float = 3.0  # a new connection that has sent nothing is closed after this
+    max_connections_per_client: int = 128  # open connections from one peer address
+    drain_timeout_s: float | None = None  # SIGTERM: requests in flight get this long (default: request timeout + 5)
 
     def check(self) -> None:
         """Raises ValueError naming the first setting out of range."""
@@ -38,6 +46,10 @@ class ServerConfig:
             "max_return_sequences",
             "max_request_cost",
             "max_connections",
+            "max_stop_sequences",
+            "max_parameter_items",
+            "max_parameter_chars",
+            "max_connections_per_client",
         )
         for name in positive:
             value = getattr(self, name)
@@ -53,12 +65,26 @@ class ServerConfig:
             "header_timeout_s",
             "body_timeout_s",
             "keep_alive_timeout_s",
+            "max_queued_audio_seconds",
+            "first_byte_timeout_s",
         ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise ValueError(f"`{name}` must be a number > 0, got {value!r}")
+        for name in ("max_request_audio_seconds", "drain_timeout_s"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or not 0 < value < float("inf")):
+                raise ValueError(f"`{name}` must be a number > 0, got {value!r}")
         if not isinstance(self.batch_wait_ms, (int, float)) or not 0 <= self.batch_wait_ms <= 10_000:
             raise ValueError(f"`batch_wait_ms` must be in [0, 10000], got {self.batch_wait_ms!r}")
+
+    @property
+    def request_audio_seconds(self) -> float:
+        return self.max_request_audio_seconds or self.max_audio_seconds
+
+    @property
+    def drain_seconds(self) -> float:
+        return self.drain_timeout_s or self.request_timeout_s + 5.0
 
     def limits(self) -> dict:
         """Every setting, for /info."""

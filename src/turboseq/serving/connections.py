@@ -27,7 +27,40 @@ def _raw_response(status: str, message: str, kind: str) -> bytes:
 
 
 _REFUSED = _raw_response("503 Service Unavailable", "too many open connections", "unavailable")
+_REFUSED_CLIENT = _raw_response("503 Service Unavailable", "too many open connections from this address", "unavailable")
 _TIMED_OUT = _raw_response("408 Request Timeout", "request headers not received in time", "timeout")
+
+
+def _bad_request(message: str) -> bytes:
+    return _raw_response("400 Bad Request", message, "invalid_http")
+
+
+def _header_block_error(data: bytes) -> str | None:
+    """Why the request head at the start of ``data`` is refused (None: fine, or not complete yet). h11 reads
+    bare-LF line endings and obsolete line folding; a proxy in front may read them otherwise (RFC 9112
+    section 2.2 and 5.2), so a request that uses them is refused rather than guessed at."""
+    data = data.lstrip(b"\r\n")  # RFC 9112: empty lines before a request line are ignored
+    end = data.find(b"\n\r\n")
+    bare_end = data.find(b"\n\n")
+    if end < 0 and bare_end < 0:
+        return None
+    head = data[: min(e for e in (end, bare_end) if e >= 0) + 1]
+    if head.count(b"\n") != head.count(b"\r\n") or bare_end >= 0 and (end < 0 or bare_end < end):
+        return "malformed request head: lines must end with CRLF"
+    if any(line[:1] in (b" ", b"\t") for line in head.split(b"\r\n")[1:]):
+        return "malformed request head: obsolete line folding"
+    return None
+
+
+def _framing_error(event: h11.Request) -> str | None:
+    names = [name.lower() for name, _ in event.headers]
+    if b"transfer-encoding" in names and b"content-length" in names:
+        return "a request with both Transfer-Encoding and Content-Length is refused (RFC 9112 section 6.3)"
+    return None
+
+
+class _Refused(Exception):
+    """A request head or framing that is refused with 400 and a closed connection."""
 
 
 class GuardedH11(H11Protocol):
@@ -36,26 +69,77 @@ class GuardedH11(H11Protocol):
     max_connections = 512
     header_timeout_s = 10.0
     body_timeout_s = 30.0
+    first_byte_timeout_s = 3.0
+    max_per_client = 128
+    per_client: dict = {}  # peer address -> open connections (one dict per configured class)
 
     @classmethod
-    def configure(cls, max_connections: int, header_timeout_s: float, body_timeout_s: float) -> type[GuardedH11]:
+    def configure(
+        cls,
+        max_connections: int,
+        header_timeout_s: float,
+        body_timeout_s: float,
+        first_byte_timeout_s: float = 3.0,
+        max_per_client: int = 128,
+    ) -> type[GuardedH11]:
         return type(
             "GuardedH11",
             (cls,),
-            dict(max_connections=max_connections, header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s),
+            dict(
+                max_connections=max_connections,
+                header_timeout_s=header_timeout_s,
+                body_timeout_s=body_timeout_s,
+                first_byte_timeout_s=first_byte_timeout_s,
+                max_per_client=max_per_client,
+                per_client={},
+            ),
         )
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._deadline: asyncio.TimerHandle | None = None
         self._phase = None
+        self._peer = None
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
             transport.write(_REFUSED)
             transport.close()
             return
-        self._arm("headers", self.header_timeout_s)
+        peer = self.client[0] if self.client else None
+        if peer is not None:
+            count = self.per_client.get(peer, 0) + 1
+            self.per_client[peer], self._peer = count, peer
+            if count > self.max_per_client:
+                transport.write(_REFUSED_CLIENT)
+                transport.close()
+                return
+        next_event = self.conn.next_event
+
+        def checked_next_event():  # every request head is checked before h11 parses it
+            if self.conn.their_state is h11.IDLE:
+                why = _header_block_error(self.conn.trailing_data[0])
+                if why is not None:
+                    raise _Refused(why)
+            event = next_event()
+            if isinstance(event, h11.Request):
+                why = _framing_error(event)
+                if why is not None:
+                    raise _Refused(why)
+            return event
+
+        self.conn.next_event = checked_next_event
+        self._arm("first byte", self.first_byte_timeout_s)
+
+    def handle_events(self) -> None:
+        try:
+            super().handle_events()
+        except _Refused as err:
+            if not self.transport.is_closing():
+                self.transport.write(_bad_request(str(err)))
+                self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._phase == "first byte":
+            self._arm("headers", self.header_timeout_s)
         super().data_received(data)
         state = self.conn.their_state
         if state is h11.IDLE and self._phase != "headers":  # the first bytes of a (next) request
@@ -71,6 +155,13 @@ class GuardedH11(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._peer is not None:
+            left = self.per_client.get(self._peer, 1) - 1
+            if left > 0:
+                self.per_client[self._peer] = left
+            else:
+                self.per_client.pop(self._peer, None)
+            self._peer = None
         super().connection_lost(exc)
 
     def _arm(self, phase: str, seconds: float) -> None:
@@ -85,6 +176,9 @@ class GuardedH11(H11Protocol):
 
     def _expired(self) -> None:
         if self.transport.is_closing():
+            return
+        if self._phase == "first byte":  # opened and never used: closed without a word
+            self.transport.close()
             return
         if self._phase == "headers" and (self.cycle is None or self.cycle.response_complete):
             self.transport.write(_TIMED_OUT)

@@ -7,7 +7,8 @@ HTTP status and a JSON ``{"error", "error_type"}`` body.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 # turboseq-only arguments a client may not set (the server owns batching)
@@ -18,6 +19,8 @@ class RequestError(Exception):
     """An error answered with ``status`` and JSON ``{"error": message, "error_type": kind}``."""
 
     def __init__(self, status: int, message: str, kind: str, headers: dict | None = None):
+        # a message may quote the client's own text: a lone surrogate in it could not be encoded as UTF-8
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.status, self.message, self.kind, self.headers = status, message, kind, headers or {}
 
@@ -26,12 +29,50 @@ def invalid(message: str) -> RequestError:
     return RequestError(422, message, "validation_error")
 
 
+def over_limit(message: str) -> RequestError:
+    return RequestError(422, message, "over_limit")
+
+
+def check_parameter_size(params, max_items: int, max_chars: int) -> None:
+    """422 when a request's parameters hold more list items (``bad_words_ids``, ``stop``, ``suppress_tokens``,
+    ... counted through nesting) or more characters of text than the server allows: each one costs the
+    engine work at every step, so a small body must not buy minutes of it."""
+    items = chars = 0
+    stack = [params]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            items += len(value)
+            chars += sum(len(k) for k in value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            items += len(value)
+            stack.extend(value)
+        elif isinstance(value, str):
+            chars += len(value)
+        if items > max_items:
+            raise over_limit(
+                f"the parameters hold over {max_items} list items; the server's limit is {max_items} "
+                "(--max-parameter-items)"
+            )
+        if chars > max_chars:
+            raise over_limit(
+                f"the parameters hold over {max_chars} characters of text; the server's limit is {max_chars} "
+                "(--max-parameter-chars)"
+            )
+
+
 # --- request bodies ---------------------------------------------------------------------------------------------
 
 
 def check_size(size: int, limit: int) -> None:
-    if size > limit:
-        raise RequestError(413, f"request body of {size} bytes is over the limit of {limit}", "payload_too_large")
+    if size > limit:  # the rest of the body is not read: the connection closes after the answer
+        raise RequestError(
+            413,
+            f"request body of {size} bytes is over the limit of {limit}",
+            "payload_too_large",
+            {"Connection": "close"},
+        )
 
 
 def check_not_server_owned(params: dict) -> None:
@@ -149,3 +190,5 @@ class Parsed:
     params: dict
     single: bool = False  # ``inputs`` was one value, not a list
     prepared: Prepared | None = None
+    release: Callable[[], None] | None = None  # gives back what parsing holds (decoded audio), once answered
+    options: dict = field(default_factory=dict)  # a route's own settings for ``Task.prepare`` (never a client's)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from turboseq.errors import AudioError, AudioTooLong
-from turboseq.formats.audio import CHUNK_SAMPLES, load_audio
+from turboseq.formats.audio import CHUNK_SAMPLES, SAMPLE_RATE, load_audio
 from turboseq.generation.settings import GenerationSettings
 from turboseq.models.decoding import DEFAULT_TEMPERATURES
 from turboseq.models.speech import SpeechModel
@@ -22,6 +24,7 @@ from turboseq.serving.requests import (
     check_not_server_owned,
     check_size,
     invalid,
+    over_limit,
     task_body,
 )
 from turboseq.serving.tasks import Route, Task, check_generation_cost, register
@@ -44,6 +47,13 @@ class SpeechTask(Task):
     name = "automatic-speech-recognition"
     payload_bytes = 25 << 20  # OpenAI's limit
     max_audio_seconds = 3600.0  # the server sets --max-audio-seconds
+    request_audio_seconds = 3600.0  # ... --max-request-audio-seconds
+    queued_audio_limit = 14400 * SAMPLE_RATE  # ... --max-queued-audio-seconds, in samples
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.audio_lock = threading.Lock()  # the parser thread adds, the event loop's answers give back
+        self.audio_held = 0  # samples decoded for requests not answered yet
 
     def parse(self, raw, content_type, limit):
         check_size(len(raw), limit)
@@ -61,23 +71,71 @@ class SpeechTask(Task):
                 415, f"unsupported content type {ctype!r}: send audio bytes (audio/*) or JSON", "unsupported_media_type"
             )
         self.check_count(len(blobs))  # before any decoding
-        return Parsed(self.decode(blobs), list(range(len(blobs))), len(blobs), params, single)
+        waves, release = self.decode(blobs)
+        return Parsed(waves, list(range(len(blobs))), len(blobs), params, single, release=release)
 
-    def decode(self, blobs: list[bytes]) -> list:
-        """16 kHz waveforms of the audio files; decoding stops as soon as one passes --max-audio-seconds."""
-        waves = []
+    def decode(self, blobs: list[bytes]) -> tuple[list, Callable[[], None]]:
+        """16 kHz waveforms of the audio files, and the function that gives back the samples they hold.
+        Decoding stops as soon as one input passes --max-audio-seconds, the request's inputs together
+        --max-request-audio-seconds (413), or all requests' audio held at once --max-queued-audio-seconds
+        (503: a compressed file of silence is small, its samples are not)."""
+        waves: list = []
+        held = 0
+
+        def release() -> None:
+            nonlocal held
+            with self.audio_lock:
+                self.audio_held -= held
+                held = 0
+
         for i, blob in enumerate(blobs):
+            request_left = self.request_audio_seconds - held / SAMPLE_RATE
+            with self.audio_lock:
+                queue_left = (self.queued_audio_limit - self.audio_held) / SAMPLE_RATE
+            limits = [
+                (self.max_audio_seconds, 413, "audio_too_long", "--max-audio-seconds"),
+                (request_left, 413, "audio_too_long", "--max-request-audio-seconds: all inputs of the request"),
+                (queue_left, 503, "busy", "--max-queued-audio-seconds: audio held by all requests; retry later"),
+            ]
+            seconds, status, kind, why = min(limits, key=lambda limit: limit[0])
             try:
-                waves.append(load_audio(blob, name=f"input {i}", max_seconds=self.max_audio_seconds))
+                wave = load_audio(blob, name=f"input {i}", max_seconds=max(seconds, 0.0))
             except AudioTooLong as err:
-                raise RequestError(413, f"{err} (--max-audio-seconds)", "audio_too_long") from None
+                release()
+                headers = {"Retry-After": "5"} if status == 503 else None
+                raise RequestError(status, f"{err} ({why})", kind, headers) from None
             except AudioError as err:
+                release()
                 raise RequestError(400, str(err), "invalid_audio") from None
-        return waves
+            with self.audio_lock:
+                self.audio_held += len(wave)
+            held += len(wave)
+            waves.append(wave)
+        return waves, release
 
     def check_cost(self, parsed, limits) -> None:
-        # per 30 s window: long audio is bounded by --max-audio-seconds, and its windows by --max-batch-size
-        check_generation_cost(parsed.prepared.settings.settings, 1, limits)
+        # per 30 s window: long audio is bounded by --max-audio-seconds, and its windows by --max-batch-size;
+        # a window is decoded again at each fallback temperature, with best_of samples at those above 0
+        request: SpeechRequest = parsed.prepared.settings
+        s = request.settings
+        temperatures = request.kwargs.get("temperature", DEFAULT_TEMPERATURES)
+        temperatures = list(temperatures) if isinstance(temperatures, (list, tuple)) else [temperatures]
+        best_of = request.kwargs.get("best_of", 5)
+        sampled = any(t > 0 for t in temperatures)
+        if sampled and best_of > limits.max_return_sequences:
+            raise over_limit(
+                f"`best_of` {best_of} is over the server's limit of {limits.max_return_sequences} "
+                "(--max-return-sequences)"
+            )
+        rows = max(s.num_beams, best_of if sampled else 1)
+        cost = rows * s.max_length * len(temperatures)
+        if cost > limits.max_request_cost:
+            raise over_limit(
+                f"request cost {cost} per 30 s window ({rows} beams or samples x {s.max_length} positions x "
+                f"{len(temperatures)} temperatures) is over the server's limit of {limits.max_request_cost} "
+                "(--max-request-cost)"
+            )
+        check_generation_cost(s, 1, limits)
 
     def prepare(self, params):
         """``SpeechModel.transcribe`` arguments from the request's parameters: faster-whisper's names
@@ -189,7 +247,8 @@ class SpeechTask(Task):
         if form.get("prompt"):
             params["initial_prompt"] = form["prompt"]
         blob = await upload.read()
-        parsed = Parsed(await service.off_loop(self.decode, [blob]), [0], 1, params, True)
+        waves, release = await service.off_loop(self.decode, [blob])
+        parsed = Parsed(waves, [0], 1, params, True, release=release)
         (result,) = await service.infer(request, parsed)
         if fmt == "json":
             return {"text": result.text}

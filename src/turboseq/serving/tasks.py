@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from turboseq.serving.requests import Parsed, Prepared, RequestError, invalid
+from turboseq.serving.requests import Parsed, Prepared, RequestError, invalid, over_limit
 
 __all__ = ["Task", "Route", "register", "task_for", "Parsed", "Prepared", "RequestError", "invalid", "TASKS"]
 
@@ -44,9 +44,9 @@ class Task:
         """The body of ``POST /`` as engine rows; raises RequestError."""
         raise NotImplementedError
 
-    def prepare(self, params: dict) -> Prepared:
+    def prepare(self, params: dict, **options) -> Prepared:
         """The request's parameters resolved into the task's settings, and its batch key; raises
-        ValueError/TypeError naming a bad parameter. By default the parameters are the settings, and requests
+        ValueError/TypeError naming a bad parameter. ``options`` are a route's own (``Parsed.options``). By default the parameters are the settings, and requests
         with equal parameters share batches."""
         return Prepared(params, json.dumps(params, sort_keys=True))
 
@@ -139,10 +139,6 @@ def task_for(model) -> Task:
     raise ValueError(f"no serving task is registered for {type(model).__name__}")
 
 
-def over_limit(message: str) -> RequestError:
-    return RequestError(422, message, "over_limit")
-
-
 def check_generation_cost(s, inputs: int, limits) -> None:
     """The limits every generation request meets (``s``: its ``GenerationSettings``; ``inputs``: the engine rows
     it brings, before beams or sampled copies): beams, return sequences, new tokens, and their product."""
@@ -158,6 +154,12 @@ def check_generation_cost(s, inputs: int, limits) -> None:
         raise over_limit(
             f"{new_tokens} new tokens (max_new_tokens or max_length) is over the server's limit of "
             f"{limits.max_new_tokens} (--max-new-tokens)"
+        )
+    stops = s.stop_strings or ()
+    if len(stops) > limits.max_stop_sequences:
+        raise over_limit(
+            f"{len(stops)} stop strings are over the server's limit of {limits.max_stop_sequences} "
+            "(--max-stop-sequences)"
         )
     rows = max(s.num_beams, s.num_return_sequences)
     cost = inputs * rows * s.max_length
