@@ -164,6 +164,11 @@ def _export(args) -> int:
     from turboseq.models.encoder import EncoderModel
     from turboseq.models.exported import export_encoder
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"{out}: is a directory; --out takes the path of the .pt2 file to write")
+    if not out.parent.is_dir():
+        raise ValueError(f"{out.parent}: no such directory (for --out {out})")
     model = _load(args, "export")
     if isinstance(model, EncoderModel):
         out = export_encoder(model, args.out, compile=args.compile)
@@ -387,7 +392,10 @@ VERBS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the verb, whose options the user was writing
+        parser.verb_parsers[args.verb].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return VERBS[args.verb](args)
     except (ValueError, OSError, MissingExtra) as err:  # ModelLoadError, AudioError, InputTooLong are ValueErrors

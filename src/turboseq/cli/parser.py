@@ -129,18 +129,26 @@ def _text_io_options(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error in one line, pointing at the verb's own help, instead of the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from turboseq.bench import CAUSAL_ARCHS, ENCODER_ARCHS, SEQ2SEQ_ARCHS, SPEECH_ARCHS
     from turboseq.version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="turboseq",
         description="Run Hugging Face encoder-decoder models (Marian, T5, BART, ...) fast and token-identical to "
         "transformers.",
     )
     parser.add_argument("--version", action="version", version=f"turboseq {__version__}")
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
     verbs.required = True
+    parser.verb_parsers = verbs.choices  # main() reports an unknown option under its verb
 
     for verb, what, help_text in (
         ("translate", "translation", "translate text, one sentence per line"),

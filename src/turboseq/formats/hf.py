@@ -19,6 +19,8 @@ def read_json(path: Path, required: bool = True) -> dict | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelLoadError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise ModelLoadError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path}: expected a JSON object")
     return data
@@ -57,6 +59,8 @@ def load_weights(model_dir: Path) -> tuple[dict, str]:
                 raise ModelLoadError(f"{index_path}: no weight_map")
             tensors = {}
             for shard in shards:
+                if not isinstance(shard, str) or Path(shard).name != shard:
+                    raise ModelLoadError(f"{index_path}: shard {shard!r} is not a file name in the model directory")
                 if not (model_dir / shard).is_file():
                     raise ModelLoadError(f"{model_dir / shard}: file not found (listed in {index_name})")
                 tensors.update(loader(model_dir / shard))

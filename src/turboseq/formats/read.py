@@ -77,6 +77,29 @@ def _inspect_dir(path: Path) -> tuple[ModelInfo, dict]:
     return ModelInfo(path, getattr(_family(path, model_type), "KIND", "seq2seq"), model_type), config
 
 
+# config.json entries that count something (heads, layers, widths, positions): whole numbers in a sane range
+_COUNTS = (
+    "n_head", "n_layer", "n_embd", "n_positions", "n_ctx", "n_inner", "num_attention_heads", "num_hidden_layers",
+    "num_key_value_heads", "hidden_size", "intermediate_size", "max_position_embeddings", "vocab_size", "d_model",
+    "d_kv", "d_ff", "num_heads", "num_layers", "num_decoder_layers", "encoder_layers", "decoder_layers",
+    "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim",
+    "max_source_positions", "max_target_positions", "num_mel_bins", "head_dim",
+)  # fmt: skip
+_NONZERO = ("heads", "hidden_size", "n_embd", "d_model", "d_kv", "head_dim", "vocab_size", "positions", "n_ctx")
+
+
+def check_config_numbers(path: Path, config: dict) -> None:
+    """Refuse (``ModelLoadError``) a config whose counts are not whole numbers in range: a zero head count
+    would divide by zero, a billion layers would loop for minutes before a missing weight is noticed."""
+    for key in _COUNTS:
+        value = config.get(key)
+        if value is None:
+            continue
+        lowest = 1 if any(part in key for part in _NONZERO) else 0
+        if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= 1 << 24:
+            raise ModelLoadError(f"{path}: `{key}` must be a whole number in [{lowest}, {1 << 24}], got {value!r}")
+
+
 def _family(model_dir: Path, model_type):
     family = FAMILIES.get(model_type)
     if family is None:
@@ -95,6 +118,7 @@ def read_model_dir(path: str | Path) -> ModelFiles:
         return read_ct2_dir(model_dir, config)
     family, kind, model_type = FAMILIES[info.model_type], info.kind, info.model_type
     generation_config = read_json(model_dir / "generation_config.json", required=False)
+    check_config_numbers(model_dir / "config.json", config)
     tensors, source = load_weights(model_dir)
     try:
         if kind == "encoder":  # encoders also read their pooling files
@@ -103,6 +127,11 @@ def read_model_dir(path: str | Path) -> ModelFiles:
             spec = family.build(config, Checkpoint(tensors, source))
     except KeyError as err:
         raise ModelLoadError(f"{model_dir / 'config.json'}: missing key {err}") from None
+    except (ArithmeticError, TypeError, ValueError, IndexError, RuntimeError) as err:
+        # a config whose numbers do not fit its weights (the shape check after loading names most of them)
+        raise ModelLoadError(
+            f"{model_dir / 'config.json'}: does not describe these weights ({type(err).__name__}: {err})"
+        ) from None
     extra = (
         family.generation_extras(model_dir, config, generation_config) if hasattr(family, "generation_extras") else {}
     )

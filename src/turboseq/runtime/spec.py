@@ -374,4 +374,11 @@ def shape_problems(spec: Seq2SeqSpec | EncoderSpec | CausalLMSpec) -> list[str]:
     if not isinstance(spec, EncoderSpec):
         stack("decoder", spec.decoder, d)
         expect("LM head", spec.lm_head.weight, (spec.lm_head.weight.shape[0], d))
+    # the config's position limit must not pass the position table (a longer input would index past it)
+    name, st = ("encoder", spec.encoder) if isinstance(spec, EncoderSpec) else ("decoder", spec.decoder)
+    table = st.embed.positions if isinstance(st.embed, Embeddings) else None
+    if table is not None and table.shape[0] < spec.max_positions:
+        problems.append(
+            f"{name} positions: the config allows {spec.max_positions} positions, the weights hold {table.shape[0]}"
+        )
     return problems

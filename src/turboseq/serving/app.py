@@ -226,6 +226,7 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
     task = task_for(model)
     task.max_input_tokens = min(config.max_input_tokens or task.max_input_tokens, task.max_input_tokens)
     task.max_batch_size = config.max_batch_size
+    task.max_beams = config.max_beams
     task.max_audio_seconds = config.max_audio_seconds  # speech tasks decode no more than this per input
     task.request_audio_seconds = config.request_audio_seconds  # ... per request
     task.queued_audio_limit = int(config.max_queued_audio_seconds * 16000)  # ... held at once, in samples

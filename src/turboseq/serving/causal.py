@@ -176,6 +176,11 @@ class CompletionTask(GenerationTask):
         row = self.warm_text()
         for n in (1, batch_size) if batch_size > 1 else (1,):
             self.model.generate_rows([row] * n, max_batch_size=None, max_new_tokens=16, min_new_tokens=16)
+        beams = min(8, self.max_beams)  # the widest batch a request may make
+        if beams > 1:
+            self.model.generate_rows(
+                [row] * batch_size, max_batch_size=None, num_beams=beams, max_new_tokens=8, min_new_tokens=8
+            )
 
     # --- OpenAI /v1/completions -----------------------------------------------------------------------------
 

@@ -177,10 +177,7 @@ class GuardedH11(H11Protocol):
     def _expired(self) -> None:
         if self.transport.is_closing():
             return
-        if self._phase == "first byte":  # opened and never used: closed without a word
-            self.transport.close()
-            return
-        if self._phase == "headers" and (self.cycle is None or self.cycle.response_complete):
+        if self._phase in ("headers", "first byte") and (self.cycle is None or self.cycle.response_complete):
             self.transport.write(_TIMED_OUT)
         self.transport.close()
 

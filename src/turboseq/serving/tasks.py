@@ -39,6 +39,7 @@ class Task:
         self.model = model
         self.max_input_tokens = model.spec.max_positions  # the server lowers it to --max-input-tokens
         self.max_batch_size = 32  # the server sets --max-batch-size
+        self.max_beams = 16  # ... and --max-beams
 
     def parse(self, raw: bytes, content_type: str, limit: int) -> Parsed:
         """The body of ``POST /`` as engine rows; raises RequestError."""

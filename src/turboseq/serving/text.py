@@ -149,6 +149,12 @@ class GenerationTask(TextTask):
         row = self.warm_text()
         for n in doubling(batch_size):
             self.model.generate_rows([row] * n, max_batch_size=None, min_new_tokens=32, max_new_tokens=32)
+        # and the widest batch a request may make: the most beams allowed (up to 8) over a full batch
+        beams = min(8, self.max_beams)
+        if beams > 1:
+            self.model.generate_rows(
+                [row] * batch_size, max_batch_size=None, num_beams=beams, min_new_tokens=16, max_new_tokens=16
+            )
 
 
 class TextStream:
