@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import run_cli
+from turboseq.formats.audio import load_audio
 from turboseq.serving.process import ServerProcess
 
 
@@ -36,6 +37,20 @@ def _float_wav(samples: np.ndarray) -> bytes:
     """A 32-bit float WAV (format 3) of 16 kHz mono ``samples``: it can hold NaN and infinity."""
     data = samples.astype("<f4").tobytes()
     fmt = struct.pack("<HHIIHH", 3, 1, 16000, 64000, 4, 32)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + len(data))
+        + b"WAVEfmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + (struct.pack("<I", len(data)) + data)
+    )
+
+
+def _pcm16_wav(samples: np.ndarray) -> bytes:
+    data = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
     return (
         b"RIFF"
         + struct.pack("<I", 36 + len(data))
@@ -153,7 +168,6 @@ def test_a_long_prefix_after_long_context_still_decodes(whisper, waves):
 
 def test_nan_audio_is_refused_at_parse_time():
     from turboseq.errors import AudioError
-    from turboseq.formats.audio import load_audio
 
     samples = np.zeros(16000, np.float32)
     samples[100] = np.nan
@@ -207,7 +221,8 @@ def _normal(srv) -> None:
 @pytest.mark.parametrize(
     "params, status, words",
     [
-        ({"temperature": [1.0] * 20000, "log_prob_threshold": 0.0}, 422, "at most 32 fallback temperatures"),
+        ({"temperature": [1.0] * 20000, "log_prob_threshold": 0.0}, 422, "--max-parameter-items"),
+        ({"temperature": [1.0] * 200, "log_prob_threshold": 0.0}, 422, "at most 32 fallback temperatures"),
         ({"best_of": 1000, "temperature": 1.0}, 422, "`best_of` 1000 is over the server's limit of 16"),
         ({"best_of": 16, "temperature": [0.1 * k for k in range(1, 11)]}, 422, "--max-request-cost"),
         ({"prefix": "word " * 300}, 200, ""),
@@ -225,15 +240,22 @@ def test_hostile_speech_parameters(speech_server, params, status, words):
     _normal(speech_server)
 
 
-def test_fallback_abuse_times_out_and_frees_the_engine(speech_server):
-    """Every attempt fails; the request gets 504 at its timeout and its work stops there: the next request is
-    answered at once and /health never reports the engine stalled."""
-    r = _speech(speech_server, {"temperature": [1.0] * 32, "best_of": 1, "log_prob_threshold": 0.0})
-    assert r.status_code == 504
-    t0 = time.time()
-    _normal(speech_server)
-    assert time.time() - t0 < 10  # the abandoned request's 32 attempts would take far longer
-    assert httpx.get(speech_server.url + "/health").status_code == 200
+def test_fallback_abuse_times_out_and_frees_the_engine(ct2_dir, clips):
+    """Every attempt fails (32 temperatures, 3 samples each: about 12 s of decoding here); the request gets 504
+    at its 2 s timeout and its work stops there: the next request is answered at once, and /health never
+    reports the engine stalled."""
+    srv = ServerProcess(ct2_dir, "--request-timeout-s", "2")
+    try:
+        srv.clip = clips[2].read_bytes()
+        srv.expected = httpx.post(srv.url + "/", content=srv.clip, headers={"content-type": "audio/wav"}).json()
+        r = _speech(srv, {"temperature": [1.0] * 32, "best_of": 3, "beam_size": 1, "log_prob_threshold": 0.0})
+        assert r.status_code == 504, r.text
+        t0 = time.time()
+        _normal(srv)
+        assert time.time() - t0 < 6  # the abandoned request's attempts would hold the engine ~10 s more
+        assert httpx.get(srv.url + "/health").status_code == 200
+    finally:
+        srv.stop()
 
 
 def test_nan_audio_gets_400_and_spares_its_batch_mates(speech_server):
@@ -404,7 +426,7 @@ def _send_abuse(srv, clip):
 
     body = {
         "inputs": base64.b64encode(clip).decode(),
-        "parameters": {"temperature": [1.0] * 32, "best_of": 1, "log_prob_threshold": 0.0},
+        "parameters": {"temperature": [1.0] * 32, "best_of": 1, "beam_size": 1, "log_prob_threshold": 0.0},
     }
     thread = threading.Thread(target=_swallow, args=(lambda: httpx.post(srv.url + "/", json=body, timeout=180),))
     thread.daemon = True

@@ -85,7 +85,7 @@ _COUNTS = (
     "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim",
     "max_source_positions", "max_target_positions", "num_mel_bins", "head_dim",
 )  # fmt: skip
-_NONZERO = ("heads", "hidden_size", "n_embd", "d_model", "d_kv", "head_dim", "vocab_size", "positions", "n_ctx")
+_LAYER_COUNTS = ("n_layer", "num_hidden_layers", "num_layers", "num_decoder_layers", "encoder_layers", "decoder_layers")
 
 
 def check_config_numbers(path: Path, config: dict) -> None:
@@ -95,7 +95,7 @@ def check_config_numbers(path: Path, config: dict) -> None:
         value = config.get(key)
         if value is None:
             continue
-        lowest = 1 if any(part in key for part in _NONZERO) else 0
+        lowest = 0 if key in _LAYER_COUNTS else 1
         if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= 1 << 24:
             raise ModelLoadError(f"{path}: `{key}` must be a whole number in [{lowest}, {1 << 24}], got {value!r}")
 

@@ -171,6 +171,8 @@ def _settings(model, prompt: list[int], opts: Options, temperature: float, max_i
     # length (openai/whisper's sample_len, 224) or what is left of it
     start = _output_start(model.whisper_text, prompt)
     gen["max_length"] = min(limit, start + min(total // 2, total - (start - 1)))
+    # a prefix that fills that budget (over ~222 tokens) still gets one new token, not an error
+    gen["max_length"] = min(limit, max(gen["max_length"], len(prompt) + 1))
     s = resolve(model.generation_defaults, gen, max_positions=limit, prompt_length=len(prompt),
                 vocab_size=model.spec.vocab_size)  # fmt: skip
     s.decoder_prompt = prompt
