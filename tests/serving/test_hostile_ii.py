@@ -515,3 +515,21 @@ def test_cli_usage_errors_are_one_line(gpt2_text, tmp_path):
         res.stderr.strip()
         == f"turboseq: error: {tmp_path}: is a directory; --out takes the path of the .pt2 file to write"
     )
+
+
+def test_a_huge_chunk_size_is_refused_at_once(lm_server):
+    t0 = time.time()
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    out = _raw(lm_server.port, head + b"ffffffffffff\r\n" + b"x" * 100, wait_s=10)
+    assert out.startswith(b"HTTP/1.1 413") and b"chunk of 281474976710655 bytes is over the limit" in out, out
+    assert time.time() - t0 < 3
+    # a small chunked body still works
+    body = b'{"inputs": "Hi", "parameters": {"max_new_tokens": 2}}'
+    out = _raw(lm_server.port, head + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n", wait_s=2)
+    assert out.startswith(b"HTTP/1.1 200"), out
+
+
+def test_ambiguous_framing_after_a_good_request_on_the_same_connection(lm_server):
+    bad = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    out = _raw(lm_server.port, _NEXT + bad + _NEXT, wait_s=5)
+    assert out.startswith(b"HTTP/1.1 200") and out.count(b"HTTP/1.1 400") == 1 and out.count(b"HTTP/1.1") == 2, out

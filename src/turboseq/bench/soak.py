@@ -3,8 +3,11 @@
 
 One server, warmed up; each sentence's answer asked alone first. Then the normal load (N clients sending
 single sentences back to back) runs for T seconds alone, and again for T seconds beside hostile clients:
-slow-header connections that trickle a byte at a time, idle connections, oversized and chunked bodies,
-malformed and deeply nested JSON, and parameters far past the limits. Reported: wrong answers and errors of
+slow-header connections that trickle a byte at a time, idle connections, a flood of idle sockets from one
+address reopened every 10 s, oversized and chunked bodies, a chunk declaring terabytes, ambiguous framing
+(Transfer-Encoding with Content-Length, bare LF, obsolete folding), malformed and deeply nested JSON, and
+parameters far past the limits or that failed inside the engine (50,000 bad words, a huge length penalty, a
+lone surrogate key). The hostile clients connect from another loopback address than the normal load. Reported: wrong answers and errors of
 the normal requests, their p99 in both phases, every 5xx anyone got, and the server's RSS from the start to a
 few seconds after the hostile phase. Bounded: every loop stops at its deadline.
 """
@@ -25,7 +28,26 @@ HOSTILE_BODIES = [
     ("many-inputs", json.dumps({"inputs": ["hi"] * 5000}).encode(), {}),
     ("oversized", b'{"inputs": "' + b"x" * (2 << 20) + b'"}', {}),
     ("png", b"\x89PNG\r\n", {"content-type": "image/png"}),
+    # the second round: parameters that would buy minutes of engine time, engine-time errors, surrogate keys
+    ("bad-words", json.dumps({"inputs": "Hello.", "parameters": {"bad_words_ids": [[5, 6, 7]] * 50000}}).encode(), {}),
+    ("length-penalty", b'{"inputs": "Hello.", "parameters": {"num_beams": 2, "length_penalty": -1e308}}', {}),
+    ("surrogate-key", b'{"inputs": "Hello.", "parameters": {"\\ud800": 1}}', {}),
+    ("internal-key", b'{"inputs": "Hello.", "parameters": {"_trim_stop": true}}', {}),
 ]
+
+# raw requests whose framing is ambiguous (each must get 400 and a closed connection) or oversized
+HOSTILE_RAW = [
+    ("te-and-cl", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    ("bare-lf", b"GET /health HTTP/1.1\nHost: x\n\n"),
+    ("obs-fold", b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n"),
+    (
+        "huge-chunk",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"ffffffffffff\r\nxx",
+    ),
+]
+
+FLOOD_ADDRESS = "127.0.0.2"  # the hostile clients connect from another loopback address than the normal load
 
 
 async def _slow_header_client(port: int, stop: float, counts: dict) -> None:
@@ -33,7 +55,7 @@ async def _slow_header_client(port: int, stop: float, counts: dict) -> None:
     request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n"
     while time.perf_counter() < stop:
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(FLOOD_ADDRESS, 0))
         except OSError:
             counts["connect_failed"] = counts.get("connect_failed", 0) + 1
             await asyncio.sleep(0.5)
@@ -57,7 +79,7 @@ async def _slow_header_client(port: int, stop: float, counts: dict) -> None:
 async def _idle_client(port: int, stop: float, counts: dict) -> None:
     while time.perf_counter() < stop:
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(FLOOD_ADDRESS, 0))
             answer = await asyncio.wait_for(reader.read(200), timeout=max(0.1, stop - time.perf_counter()))
             key = f"idle:{answer[9:12].decode(errors='replace') or 'closed'}"
             counts[key] = counts.get(key, 0) + 1
@@ -104,6 +126,43 @@ async def _chunked_client(url: str, stop: float, counts: dict, server_errors: li
             await asyncio.sleep(0.2)
 
 
+async def _raw_client(port: int, stop: float, counts: dict, server_errors: list) -> None:
+    i = 0
+    while time.perf_counter() < stop:
+        name, data = HOSTILE_RAW[i % len(HOSTILE_RAW)]
+        i += 1
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(FLOOD_ADDRESS, 0))
+            writer.write(data + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # never served after a refusal
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), timeout=max(0.1, stop - time.perf_counter()))
+            writer.close()
+        except (OSError, asyncio.TimeoutError):
+            counts[f"{name}:cut"] = counts.get(f"{name}:cut", 0) + 1
+            continue
+        status = answer[9:12].decode(errors="replace") or "closed"
+        key = f"{name}:{status}" + (":kept-open" if answer.count(b"HTTP/1.1") > 1 else "")
+        counts[key] = counts.get(key, 0) + 1
+        if status.startswith("5") or answer.count(b"HTTP/1.1") > 1:
+            server_errors.append((name, status, answer[:200].decode(errors="replace")))
+        await asyncio.sleep(0.1)
+
+
+async def _flood_client(port: int, stop: float, counts: dict, sockets: int = 160) -> None:
+    """Opens ``sockets`` idle connections from one address, again every 10 s (the per-address limit holds)."""
+    while time.perf_counter() < stop:
+        opened = []
+        for _ in range(sockets):
+            try:
+                opened.append(await asyncio.open_connection("127.0.0.1", port, local_addr=(FLOOD_ADDRESS, 0)))
+            except OSError:
+                counts["flood:connect_failed"] = counts.get("flood:connect_failed", 0) + 1
+        counts["flood:opened"] = counts.get("flood:opened", 0) + len(opened)
+        await asyncio.sleep(min(10.0, max(0.0, stop - time.perf_counter())))
+        for _, writer in opened:
+            writer.close()
+
+
 async def hostile_traffic(url: str, port: int, seconds: float, slow: int = 24, idle: int = 24) -> dict:
     """Runs every kind of hostile client for ``seconds``; returns the answers they got, by kind and status."""
     counts: dict = {}
@@ -115,6 +174,8 @@ async def hostile_traffic(url: str, port: int, seconds: float, slow: int = 24, i
         _body_client(url, stop, counts, server_errors),
         _body_client(url, stop, counts, server_errors),
         _chunked_client(url, stop, counts, server_errors),
+        _raw_client(port, stop, counts, server_errors),
+        _flood_client(port, stop, counts),
     )
     return {"answers": dict(sorted(counts.items())), "server_errors": server_errors}
 

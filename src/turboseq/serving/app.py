@@ -403,6 +403,7 @@ def serve(
         config.body_timeout_s,
         config.first_byte_timeout_s,
         config.max_connections_per_client,
+        app.state.service.config.max_payload_bytes,  # the task's default where the flag is not given
     )
     server = uvicorn.Server(
         uvicorn.Config(

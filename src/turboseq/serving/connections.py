@@ -31,10 +31,6 @@ _REFUSED_CLIENT = _raw_response("503 Service Unavailable", "too many open connec
 _TIMED_OUT = _raw_response("408 Request Timeout", "request headers not received in time", "timeout")
 
 
-def _bad_request(message: str) -> bytes:
-    return _raw_response("400 Bad Request", message, "invalid_http")
-
-
 def _header_block_error(data: bytes) -> str | None:
     """Why the request head at the start of ``data`` is refused (None: fine, or not complete yet). h11 reads
     bare-LF line endings and obsolete line folding; a proxy in front may read them otherwise (RFC 9112
@@ -60,7 +56,20 @@ def _framing_error(event: h11.Request) -> str | None:
 
 
 class _Refused(Exception):
-    """A request head or framing that is refused with 400 and a closed connection."""
+    """A request head, framing or chunk that is answered with ``status`` and a closed connection."""
+
+    def __init__(self, message: str, status: str = "400 Bad Request", kind: str = "invalid_http"):
+        super().__init__(message)
+        self.response = _raw_response(status, message, kind)
+
+
+def _chunk_size(data: bytes) -> int | None:
+    """The size a chunk-size line at the start of ``data`` declares (after the previous chunk's CRLF)."""
+    data = data.removeprefix(b"\r\n")
+    digits = len(data) - len(data.lstrip(b"0123456789abcdefABCDEF"))
+    if not digits or digits == len(data):  # no size, or the line is not complete yet
+        return None
+    return int(data[:digits], 16)
 
 
 class GuardedH11(H11Protocol):
@@ -71,6 +80,7 @@ class GuardedH11(H11Protocol):
     body_timeout_s = 30.0
     first_byte_timeout_s = 3.0
     max_per_client = 128
+    max_body_bytes = 1 << 20  # a chunk declared larger than this is refused before its bytes arrive
     per_client: dict = {}  # peer address -> open connections (one dict per configured class)
 
     @classmethod
@@ -81,6 +91,7 @@ class GuardedH11(H11Protocol):
         body_timeout_s: float,
         first_byte_timeout_s: float = 3.0,
         max_per_client: int = 128,
+        max_body_bytes: int = 1 << 20,
     ) -> type[GuardedH11]:
         return type(
             "GuardedH11",
@@ -91,6 +102,7 @@ class GuardedH11(H11Protocol):
                 body_timeout_s=body_timeout_s,
                 first_byte_timeout_s=first_byte_timeout_s,
                 max_per_client=max_per_client,
+                max_body_bytes=max_body_bytes,
                 per_client={},
             ),
         )
@@ -113,17 +125,36 @@ class GuardedH11(H11Protocol):
                 transport.close()
                 return
         next_event = self.conn.next_event
+        chunk_boundary = False  # a chunked body's next bytes start a chunk (its size line)
 
-        def checked_next_event():  # every request head is checked before h11 parses it
-            if self.conn.their_state is h11.IDLE:
+        def checked_next_event():  # every request head, and every chunk size, is checked before h11 reads it
+            nonlocal chunk_boundary
+            state = self.conn.their_state
+            if state is h11.IDLE:
                 why = _header_block_error(self.conn.trailing_data[0])
                 if why is not None:
                     raise _Refused(why)
+            elif state is h11.SEND_BODY and chunk_boundary:
+                size = _chunk_size(self.conn.trailing_data[0])
+                if size is not None and size > self.max_body_bytes:
+                    raise _Refused(
+                        f"request body chunk of {size} bytes is over the limit of {self.max_body_bytes}",
+                        "413 Content Too Large",
+                        "payload_too_large",
+                    )
             event = next_event()
             if isinstance(event, h11.Request):
                 why = _framing_error(event)
                 if why is not None:
                     raise _Refused(why)
+                chunk_boundary = any(
+                    name.lower() == b"transfer-encoding" and b"chunked" in value.lower()
+                    for name, value in event.headers
+                )
+            elif isinstance(event, h11.Data):
+                chunk_boundary = bool(event.chunk_end)
+            elif event is not h11.NEED_DATA and event is not h11.PAUSED:
+                chunk_boundary = False
             return event
 
         self.conn.next_event = checked_next_event
@@ -134,7 +165,9 @@ class GuardedH11(H11Protocol):
             super().handle_events()
         except _Refused as err:
             if not self.transport.is_closing():
-                self.transport.write(_bad_request(str(err)))
+                cycle = self.cycle  # the request being read, or the one before it on this connection
+                if cycle is None or cycle.response_complete or not cycle.response_started:
+                    self.transport.write(err.response)
                 self.transport.close()
 
     def data_received(self, data: bytes) -> None:
