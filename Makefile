@@ -1,16 +1,17 @@
 # Everything runs inside .venv, built from a fresh clone by the first target that needs it.
+SHELL   := /bin/bash
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 
-.PHONY: demo test bench lint format clean system-deps
+.PHONY: demo test bench lint format clean system-deps docs
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	# the CPU build of torch that lies on disk; must come before anything that depends on torch
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[bench,test,serve,lint,ray]'
+	$(PIP) install -q -e '.[bench,test,serve,lint,ray,docs]'
 	touch $(STAMP)
 
 # espeak-ng synthesizes the speech that Whisper tests, bench and demo transcribe (Debian package)
@@ -33,11 +34,15 @@ format: $(STAMP)
 	.venv/bin/ruff check --fix src tests scripts
 	.venv/bin/ruff format src tests scripts
 
-test: lint system-deps
+# the documentation site (docs/, mkdocs-material); --strict: a broken link or a page missing from nav fails
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir site 2>&1 | grep -v '^INFO' ; exit $${PIPESTATUS[0]}
+
+test: lint docs system-deps
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP) system-deps
 	.venv/bin/turboseq bench --out bench-out
 
 clean:
-	rm -rf .venv bench-out
+	rm -rf .venv bench-out site

@@ -6,13 +6,13 @@ The public face: ``load`` a model directory, then ``generate`` (transformers' fo
 """
 
 from turboseq.errors import AudioError, InputTooLong, ModelLoadError
+from turboseq.export.encoder import ExportedEncoder
 from turboseq.load import inspect, load
 from turboseq.models.causal import CausalLM
 from turboseq.models.encoder import EncoderModel
-from turboseq.models.exported import ExportedEncoder
-from turboseq.models.speech import SpeechModel
 from turboseq.models.text import Seq2SeqModel
-from turboseq.models.transcript import Segment, Transcription
+from turboseq.speech.model import SpeechModel
+from turboseq.speech.transcript import Segment, Transcription
 from turboseq.version import __version__
 
 __all__ = [

@@ -8,19 +8,20 @@ from pathlib import Path
 import torch
 
 from turboseq.errors import ModelLoadError
+from turboseq.export.encoder import ExportedEncoder, load_exported
+from turboseq.export.loader import ProgramSeq2Seq, ProgramSpeech, load_generation
 from turboseq.formats.pt2 import GENERATION_FORMAT, read_export_metadata
 from turboseq.formats.read import ModelInfo, inspect, read_model_dir
 from turboseq.generation.settings import generation_defaults
+from turboseq.kinds import ModelKind
 from turboseq.models.causal import CausalLM
 from turboseq.models.encoder import EncoderModel
-from turboseq.models.exported import ExportedEncoder, load_exported
-from turboseq.models.programs import ProgramSeq2Seq, ProgramSpeech, load_generation
-from turboseq.models.speech import SpeechModel
 from turboseq.models.text import Seq2SeqModel
 from turboseq.runtime.compute import COMPUTE_TYPES, ComputeType, prepare, resolve_compute_type, supported_compute_types
 from turboseq.runtime.layers import ACTIVATIONS
 from turboseq.runtime.memory import release_free_memory, tune_malloc
 from turboseq.runtime.spec import CausalLMSpec, EncoderSpec, Seq2SeqSpec, map_tensors, shape_problems, stacks
+from turboseq.speech.model import SpeechModel
 
 Model = Seq2SeqModel | SpeechModel | CausalLM | EncoderModel | ExportedEncoder | ProgramSeq2Seq | ProgramSpeech
 
@@ -96,11 +97,11 @@ def load(
         raise ModelLoadError(f"{Path(path) / 'config.json'}: the weights do not match the config: {problems[0]}{more}")
     _place(spec, torch_device, ct)
     model_dir = Path(path)
-    if files.kind == "encoder":
+    if files.kind is ModelKind.ENCODER:
         return EncoderModel(spec, files.config, model_dir, torch_device, ct.name)
     defaults = generation_defaults(files.generation_config, files.config)
-    if files.kind == "causal":
+    if files.kind is ModelKind.CAUSAL:
         return CausalLM(spec, files.config, defaults, model_dir, torch_device, ct.name)
-    if files.kind == "speech":
+    if files.kind is ModelKind.SPEECH:
         return SpeechModel(spec, files.config, defaults, model_dir, torch_device, ct.name, files.extra)
     return Seq2SeqModel(spec, files.config, defaults, model_dir, torch_device, ct.name)

@@ -24,7 +24,7 @@ class _Marker:
 
 @pytest.fixture(scope="module")
 def export_file(tmp_path_factory):
-    from turboseq.models.exported import export_encoder
+    from turboseq.export.encoder import export_encoder
 
     path = tmp_path_factory.mktemp("tiny-roberta")
     make_encoder(path, "roberta")
@@ -82,7 +82,7 @@ def test_a_crafted_export_never_runs_code(export_file, tmp_path, craft):
 
     with pytest.raises(ModelLoadError, match="refused: archive member .* could carry code"):
         turboseq.load(crafted)
-    from turboseq.models.exported import load_exported
+    from turboseq.export.encoder import load_exported
 
     with pytest.raises(ModelLoadError, match="refused"):
         load_exported(crafted)

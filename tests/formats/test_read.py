@@ -11,7 +11,7 @@ import turboseq
 from turboseq.errors import ModelLoadError
 from turboseq.formats.audio import log_mel
 from turboseq.formats.ct2 import read_model_bin
-from turboseq.models.speech import SpeechModel
+from turboseq.speech.model import SpeechModel
 
 
 def test_missing_and_corrupt_model_dirs(tmp_path, marian_one):

@@ -126,7 +126,7 @@ def test_output_flag_errors(marian):
     "kwargs", [{}, {"num_beams": 3}, {"num_beams": 3, "num_return_sequences": 2}], ids=["greedy", "beam3", "beam3-nrs2"]
 )
 def test_whisper_outputs_match_transformers(whisper, hf_whisper, waves, kwargs):
-    from tests.models.test_speech import log_mel
+    from tests.speech.test_model import log_mel
 
     feats = log_mel(waves[:3])
     with torch.inference_mode():
@@ -136,7 +136,7 @@ def test_whisper_outputs_match_transformers(whisper, hf_whisper, waves, kwargs):
 
 
 def test_whisper_return_dict_with_timestamps_is_refused(whisper, waves):
-    from tests.models.test_speech import log_mel
+    from tests.speech.test_model import log_mel
 
     with pytest.raises(ValueError, match=r"^`return_dict_in_generate` works without timestamps"):
         whisper.generate(log_mel(waves[:1]), return_timestamps=True, return_dict_in_generate=True)

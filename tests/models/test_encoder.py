@@ -139,7 +139,7 @@ def test_export_roundtrip(minilm, tmp_path):
     turboseq.load and through plain torch; corrupt and foreign files get clear errors."""
     import turboseq
     from turboseq.errors import ModelLoadError
-    from turboseq.models.exported import export_encoder
+    from turboseq.export.encoder import export_encoder
 
     model, _, tok, path = minilm
     out = export_encoder(model, tmp_path / "minilm.pt2")
@@ -168,7 +168,7 @@ def test_compiled_export(minilm, tmp_path):
     by length and returned in input order) and loads only when trusted."""
     import turboseq
     from turboseq.errors import ModelLoadError
-    from turboseq.models.exported import export_encoder
+    from turboseq.export.encoder import export_encoder
 
     model = minilm[0]
     out = export_encoder(model, tmp_path / "minilm-compiled.pt2", compile=True)

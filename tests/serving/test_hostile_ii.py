@@ -125,7 +125,7 @@ def test_a_stalled_engine_is_reported():
 
 def test_fallback_stops_at_once_for_an_abandoned_input(whisper, waves, monkeypatch):
     """Every temperature fails (log-probability threshold 0): once its input is given up, no further attempt."""
-    from turboseq.models import decoding
+    from turboseq.speech import decoding
 
     calls = []
     real = decoding.decode

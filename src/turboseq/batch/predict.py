@@ -16,15 +16,16 @@ from typing import Any
 
 import numpy as np
 
+from turboseq.kinds import ModelKind
 from turboseq.runtime.threads import set_worker_threads
 
 TASKS = ("translate", "generate", "embed", "transcribe")
 KIND_TASKS = {  # the kinds of model each task runs on; the first task listed for a kind is its default
-    "seq2seq": ("translate", "generate"),
-    "causal": ("generate",),
-    "encoder": ("embed",),
-    "export": ("embed",),
-    "speech": ("transcribe",),
+    ModelKind.SEQ2SEQ: ("translate", "generate"),
+    ModelKind.CAUSAL: ("generate",),
+    ModelKind.ENCODER: ("embed",),
+    ModelKind.EXPORT: ("embed",),
+    ModelKind.SPEECH: ("transcribe",),
 }
 INPUT_COLUMNS = {"translate": "text", "generate": "text", "embed": "text", "transcribe": "audio"}
 OUTPUT_COLUMNS = {

@@ -85,7 +85,7 @@ def run_encoder_bench(
     import tempfile
 
     from turboseq.bench.models import cache_root
-    from turboseq.models.exported import export_encoder, load_exported
+    from turboseq.export.encoder import export_encoder, load_exported
 
     exported = load_exported(export_encoder(model, Path(tempfile.mkdtemp()) / f"{arch}.pt2"))
     engines["turboseq-exported"] = lambda texts: exported.embed(texts, batch_size=batch)

@@ -118,8 +118,8 @@ def _artifact(model_dir: Path, engine: str):
     """The bench model exported (``turboseq-exported``) or exported and compiled (``turboseq-compiled``),
     built on first use and kept beside the other bench caches."""
     from turboseq.bench.models import cache_root
+    from turboseq.export.writer import export_generation
     from turboseq.load import load
-    from turboseq.models.artifact import export_generation
 
     compiled = engine == "turboseq-compiled"
     path = cache_root() / "exports" / f"{model_dir.name}-{engine.split('-', 1)[1]}.pt2"

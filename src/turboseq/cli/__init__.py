@@ -89,7 +89,7 @@ def _translate(args) -> int:
 def _transcribe(args) -> int:
     import json
 
-    from turboseq.models.transcript import to_srt, to_vtt
+    from turboseq.speech.transcript import to_srt, to_vtt
 
     if args.format in ("srt", "vtt") and len(args.files) > 1 and not args.output_dir:
         raise ValueError(f"--format {args.format} with several files needs --output-dir (one subtitle file each)")
@@ -160,9 +160,9 @@ def _embed(args) -> int:
 
 
 def _export(args) -> int:
-    from turboseq.models.artifact import export_generation
+    from turboseq.export.encoder import export_encoder
+    from turboseq.export.writer import export_generation
     from turboseq.models.encoder import EncoderModel
-    from turboseq.models.exported import export_encoder
 
     out = Path(args.out)
     if out.is_dir():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from turboseq.kinds import ModelKind
+
 
 def _number(text: str, low: float, high: float = float("inf"), low_included: bool = False) -> float:
     try:
@@ -94,14 +96,15 @@ def _int_list(text: str) -> list[int]:
 
 CAUSAL_NEW_TOKENS = 64  # `turboseq generate` with a decoder-only model and no --max-new-tokens
 
-# which kinds of model each verb serves (``formats.read.KINDS``)
+# which kinds of model each verb serves
+K = ModelKind
 VERB_KINDS = {
-    "translate": ("seq2seq",),
-    "generate": ("seq2seq", "causal"),
-    "transcribe": ("speech",),
-    "embed": ("encoder", "export"),
-    "export": ("encoder", "seq2seq", "speech"),
-    "serve": ("seq2seq", "causal", "speech", "encoder", "export"),
+    "translate": (K.SEQ2SEQ,),
+    "generate": (K.SEQ2SEQ, K.CAUSAL),
+    "transcribe": (K.SPEECH,),
+    "embed": (K.ENCODER, K.EXPORT),
+    "export": (K.ENCODER, K.SEQ2SEQ, K.SPEECH),
+    "serve": (K.SEQ2SEQ, K.CAUSAL, K.SPEECH, K.ENCODER, K.EXPORT),
     "batch": ("seq2seq", "causal", "speech", "encoder", "export"),
 }
 

@@ -14,16 +14,8 @@ from turboseq.formats.families import FAMILIES
 from turboseq.formats.families.common import Checkpoint
 from turboseq.formats.hf import load_weights, read_json
 from turboseq.formats.pt2 import read_export_metadata
+from turboseq.kinds import ModelKind
 from turboseq.runtime.spec import CausalLMSpec, EncoderSpec, Seq2SeqSpec
-
-# what each kind of model is, in words (CLI errors name it)
-KINDS = {
-    "seq2seq": "a text-to-text model",
-    "speech": "a speech-to-text (Whisper) model",
-    "encoder": "an encoder (embedding) model",
-    "causal": "a text-generation (decoder-only) model",
-    "export": "a turboseq export of an encoder",
-}
 
 
 @dataclass
@@ -31,13 +23,13 @@ class ModelInfo:
     """What ``inspect`` tells from a model's config alone."""
 
     path: Path
-    kind: str  # a key of KINDS
+    kind: ModelKind
     model_type: str | None
     source: str = "hf"  # "hf" (a Hugging Face directory), "ct2" (a CTranslate2 directory) or "export" (a file)
 
     def describe(self) -> str:
         name = f" ({self.model_type})" if self.model_type else ""
-        return f"{KINDS[self.kind]}{name}"
+        return f"{self.kind.description}{name}"
 
 
 @dataclass
@@ -63,7 +55,7 @@ def inspect(path: str | Path) -> ModelInfo:
     if path.is_file():
         meta = read_export_metadata(path, check_members=False)  # loading checks the members
         # an encoder export is its own kind (embeddings); a generation model's serves its family's verbs
-        return ModelInfo(path, meta.get("kind", "export"), meta.get("model_type"), "export")
+        return ModelInfo(path, ModelKind(meta.get("kind", "export")), meta.get("model_type"), "export")
     return _inspect_dir(path)[0]
 
 
@@ -72,9 +64,11 @@ def _inspect_dir(path: Path) -> tuple[ModelInfo, dict]:
     _check_dir(path)
     config = read_json(path / "config.json")
     if "model_type" not in config and (path / "model.bin").is_file():
-        return ModelInfo(path, "speech", "whisper", "ct2"), config  # CTranslate2: Whisper only (checked on load)
+        return ModelInfo(
+            path, ModelKind.SPEECH, "whisper", "ct2"
+        ), config  # CTranslate2: Whisper only (checked on load)
     model_type = config.get("model_type")
-    return ModelInfo(path, getattr(_family(path, model_type), "KIND", "seq2seq"), model_type), config
+    return ModelInfo(path, getattr(_family(path, model_type), "KIND", ModelKind.SEQ2SEQ), model_type), config
 
 
 # config.json entries that count something (heads, layers, widths, positions): whole numbers in a sane range
@@ -121,7 +115,7 @@ def read_model_dir(path: str | Path) -> ModelFiles:
     check_config_numbers(model_dir / "config.json", config)
     tensors, source = load_weights(model_dir)
     try:
-        if kind == "encoder":  # encoders also read their pooling files
+        if kind is ModelKind.ENCODER:  # encoders also read their pooling files
             spec = family.build(config, Checkpoint(tensors, source), model_dir)
         else:
             spec = family.build(config, Checkpoint(tensors, source))
@@ -155,4 +149,4 @@ def read_ct2_dir(model_dir: Path, ct2_config: dict) -> ModelFiles:
     except KeyError as err:
         raise ModelLoadError(f"{model_dir / 'model.bin'}: missing variable {err}") from None
     extra = whisper.generation_extras(model_dir, config, generation_config)
-    return ModelFiles(model_dir, "speech", "whisper", "ct2", config, generation_config, spec, extra)
+    return ModelFiles(model_dir, ModelKind.SPEECH, "whisper", "ct2", config, generation_config, spec, extra)

@@ -1,2 +1,3 @@
-"""The user-facing model objects: one encoder-decoder ``engine`` under the ``text`` and ``speech`` front ends,
-the ``encoder`` models, ``exported`` artifacts and ``transcript`` results."""
+"""The user-facing model objects: one generation ``engine`` with its encoder-decoder form under ``text`` and
+its decoder-only form ``causal``; the ``encoder`` models; ``alternatives``. Whisper lives in ``turboseq.speech``,
+exports in ``turboseq.export``."""

@@ -14,9 +14,6 @@ import numpy as np
 from turboseq.errors import AudioError, AudioTooLong
 from turboseq.formats.audio import CHUNK_SAMPLES, SAMPLE_RATE, load_audio
 from turboseq.generation.settings import GenerationSettings
-from turboseq.models.decoding import DEFAULT_TEMPERATURES
-from turboseq.models.speech import SpeechModel
-from turboseq.models.transcript import Transcription, to_srt, to_vtt
 from turboseq.serving.requests import (
     Parsed,
     Prepared,
@@ -28,6 +25,9 @@ from turboseq.serving.requests import (
     task_body,
 )
 from turboseq.serving.tasks import Route, Task, check_generation_cost, register
+from turboseq.speech.decoding import DEFAULT_TEMPERATURES
+from turboseq.speech.model import SpeechModel
+from turboseq.speech.transcript import Transcription, to_srt, to_vtt
 
 
 @dataclass

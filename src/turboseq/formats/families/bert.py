@@ -14,6 +14,7 @@ from pathlib import Path
 
 from turboseq.errors import ModelLoadError
 from turboseq.formats.families.common import Checkpoint, fuse
+from turboseq.kinds import ModelKind
 from turboseq.runtime.spec import (
     Classifier,
     Embeddings,
@@ -27,7 +28,7 @@ from turboseq.runtime.spec import (
 )
 
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
-KIND = "encoder"
+KIND = ModelKind.ENCODER
 
 
 def _prefixed(ckpt: Checkpoint) -> str:

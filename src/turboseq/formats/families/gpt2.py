@@ -7,6 +7,7 @@ projection, gelu_new, a final LayerNorm and the LM head tied to the token embedd
 from __future__ import annotations
 
 from turboseq.formats.families.common import Checkpoint
+from turboseq.kinds import ModelKind
 from turboseq.runtime.spec import (
     CausalLMSpec,
     DecoderLayer,
@@ -19,7 +20,7 @@ from turboseq.runtime.spec import (
 )
 
 MODEL_TYPES = ("gpt2",)
-KIND = "causal"
+KIND = ModelKind.CAUSAL
 
 
 def build(config: dict, ckpt: Checkpoint) -> CausalLMSpec:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from turboseq.errors import ModelLoadError
 from turboseq.formats.families.common import Checkpoint, fuse
+from turboseq.kinds import ModelKind
 from turboseq.runtime.spec import (
     CausalLMSpec,
     DecoderLayer,
@@ -23,7 +24,7 @@ from turboseq.runtime.spec import (
 )
 
 MODEL_TYPES = ("llama", "qwen2", "mistral")
-KIND = "causal"
+KIND = ModelKind.CAUSAL
 
 
 def _rope(config: dict) -> tuple[float, dict | None]:

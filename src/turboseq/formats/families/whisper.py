@@ -19,10 +19,11 @@ from torch import Tensor
 
 from turboseq.errors import ModelLoadError
 from turboseq.formats.families.common import Checkpoint, bart_style_layers, dedup, layer_norm
+from turboseq.kinds import ModelKind
 from turboseq.runtime.spec import AudioFrontEnd, Conv1d, Embeddings, Linear, Seq2SeqSpec, Stack
 
 MODEL_TYPES = ("whisper",)
-KIND = "speech"
+KIND = ModelKind.SPEECH
 
 
 def build(config: dict, ckpt: Checkpoint) -> Seq2SeqSpec:

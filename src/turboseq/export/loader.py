@@ -1,7 +1,7 @@
 """A generation artifact (``models.artifact``) loaded back: the eager model's API over exported programs.
 
 ``ProgramSeq2Seq`` and ``ProgramSpeech`` are the text and speech front ends with three hooks replaced: the
-encoder and the decoder state run the artifact's programs (``runtime.graphs``), and the LM head is built from
+encoder and the decoder state run the artifact's programs (``export.graphs``), and the LM head is built from
 the artifact's output projection (so greedy decoding keeps its exact shortcut). Batching, search, logits rules,
 ``translate``, ``transcribe`` and the rest are the eager model's own code.
 """
@@ -19,13 +19,14 @@ import torch
 from torch import Tensor
 
 from turboseq.errors import ModelLoadError
+from turboseq.export.graphs import PROGRAMS, ProgramState
+from turboseq.export.writer import check_format_version, read_carried_files
 from turboseq.formats.pt2 import read_export_metadata
-from turboseq.models.artifact import check_format_version, read_carried_files
-from turboseq.models.speech import SpeechModel
+from turboseq.kinds import ModelKind
 from turboseq.models.text import Seq2SeqModel
 from turboseq.runtime.compute import prepack
-from turboseq.runtime.graphs import PROGRAMS, ProgramState
 from turboseq.runtime.spec import Linear
+from turboseq.speech.model import SpeechModel
 
 
 class _Programs:
@@ -132,7 +133,7 @@ def load_generation(path: Path, trust_compiled_code: bool = False):
     spec = _spec_info(meta, archive.exported_programs["head"])
     device = torch.device("cpu")
     defaults = meta["generation_defaults"]
-    if meta["kind"] == "speech":
+    if meta["kind"] == ModelKind.SPEECH:
         cls, extra = ProgramSpeech, (meta.get("whisper") or {},)
     else:
         cls, extra = ProgramSeq2Seq, ()

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 
-from turboseq.models import vad as vad_module
+from turboseq.speech import vad as vad_module
 
 OPTIONS = [
     {},  # beam 5, timestamps, temperature fallback, conditioned on the previous text

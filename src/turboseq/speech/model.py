@@ -20,13 +20,13 @@ from turboseq.generation.batching import RowHooks, pad_rows
 from turboseq.generation.outputs import Trace
 from turboseq.generation.processors import SuppressTokens, TimestampRules
 from turboseq.generation.settings import GenerationSettings, resolve
-from turboseq.models import longform
-from turboseq.models.decoding import DEFAULT_TEMPERATURES, Options
 from turboseq.models.engine import EncoderDecoder, output_request
-from turboseq.models.transcript import Transcription
-from turboseq.models.vad import VadOptions
-from turboseq.models.whisper_text import WhisperText
 from turboseq.runtime.layers import encode
+from turboseq.speech import longform
+from turboseq.speech.decoding import DEFAULT_TEMPERATURES, Options
+from turboseq.speech.tokens import WhisperText
+from turboseq.speech.transcript import Transcription
+from turboseq.speech.vad import VadOptions
 
 SECONDS_PER_TIMESTAMP = 0.02  # a timestamp token counts 20 ms (one encoder position)
 # Whisper-only generate arguments (transformers' names); everything else goes to the generic settings

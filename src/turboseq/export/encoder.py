@@ -105,7 +105,7 @@ def export_encoder(model, out: str | Path, compile: bool = False) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, out, extra_files=extra)
     if compile:
-        from turboseq.models.artifact import add_members, compile_members
+        from turboseq.export.writer import add_members, compile_members
 
         with tempfile.TemporaryDirectory() as tmp:
             members = compile_members("encoder", program, Path(tmp))

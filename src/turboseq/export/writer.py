@@ -1,13 +1,13 @@
 """Export a generation model (Marian, T5, BART, Whisper, ...) to one self-contained ``.pt2`` file, and load it.
 
-The file holds the programs of ``runtime.graphs`` (encoder, cross-attention initializer, decoder prefill and
+The file holds the programs of ``export.graphs`` (encoder, cross-attention initializer, decoder prefill and
 step, output projection) as ``torch.export`` programs with dynamic batch, source and cache lengths; the weights,
 each stored once (tied and shared tensors are one payload); turboseq's metadata; and the model directory's small
 files (config, generation config, tokenizer). ``compile=True`` adds AOTInductor builds of the encoder and the
 decoder step (frozen, so weights are prepacked): native code for this machine's CPU.
 
 ``turboseq.load(FILE)`` gives a ``ProgramSeq2Seq`` or ``ProgramSpeech``: the same API as the eager model, with
-turboseq's search loops driving the programs (``runtime.graphs.ProgramState``).
+turboseq's search loops driving the programs (``export.graphs.ProgramState``).
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 
 from turboseq.errors import ModelLoadError
+from turboseq.export.graphs import CrossKVGraph, EncoderGraph, HeadGraph, StepGraph
 from turboseq.formats.pt2 import GENERATION_FORMAT as FORMAT
+from turboseq.kinds import ModelKind
 from turboseq.runtime.compute import dense_weights
-from turboseq.runtime.graphs import CrossKVGraph, EncoderGraph, HeadGraph, StepGraph
 from turboseq.version import __version__
 
 FORMAT_VERSION = 1
@@ -196,7 +197,7 @@ def add_members(data: bytes, members: list[tuple[str, bytes]]) -> bytes:
 def export_generation(model, out: str | Path, compile: bool = False, log=None) -> dict:
     """Write ``model`` (a float32 ``Seq2SeqModel`` or ``SpeechModel``) to ``out``; returns what was written:
     path, size in bytes, and seconds spent compiling (``compile``)."""
-    from turboseq.models.speech import SpeechModel
+    from turboseq.speech.model import SpeechModel
 
     if model.compute_type != "float32":
         raise ValueError(
@@ -217,7 +218,7 @@ def export_generation(model, out: str | Path, compile: bool = False, log=None) -
         format_version=FORMAT_VERSION,
         turboseq_version=__version__,
         torch_version=torch.__version__,
-        kind="speech" if audio else "seq2seq",
+        kind=str(ModelKind.SPEECH if audio else ModelKind.SEQ2SEQ),
         model_type=model.config.get("model_type"),
         compute_type="float32",
         compiled=list(COMPILED) if compile else [],

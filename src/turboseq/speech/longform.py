@@ -21,11 +21,11 @@ import torch
 
 from turboseq.formats import audio as audio_io
 from turboseq.generation.batching import RowHooks
-from turboseq.models import alignment
-from turboseq.models.decoding import Options, compression_ratio, take_rows, window_prompt, with_fallback
 from turboseq.models.progress import progress_bar
-from turboseq.models.transcript import Segment, Transcription
-from turboseq.models.vad import VadOptions, collect_chunks, restore_times, speech_timestamps
+from turboseq.speech import alignment
+from turboseq.speech.decoding import Options, compression_ratio, take_rows, window_prompt, with_fallback
+from turboseq.speech.transcript import Segment, Transcription
+from turboseq.speech.vad import VadOptions, collect_chunks, restore_times, speech_timestamps
 
 FRAMES_PER_SECOND = 100  # mel frames
 WINDOW_FRAMES = audio_io.FRAMES_PER_CHUNK  # 3000

@@ -16,11 +16,11 @@ import torch
 
 import turboseq
 from turboseq.errors import ModelLoadError
-from turboseq.models.artifact import export_generation
+from turboseq.export.writer import export_generation
 
 from ..helpers import make_family_model, source_batch
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+EXPORT_DOCS = Path(__file__).resolve().parents[2] / "docs" / "export.md"
 
 CASES = {
     "greedy": dict(num_beams=1, do_sample=False, min_new_tokens=12, max_new_tokens=12),
@@ -108,14 +108,14 @@ def _spec_tensors(obj):
     return [t for t in parts(obj, torch.Tensor) if not t.is_mkldnn]  # not the packed copies made on load
 
 
-def _readme_loop() -> str:
-    text = README.read_text(encoding="utf-8")
+def _docs_loop() -> str:
+    text = EXPORT_DOCS.read_text(encoding="utf-8")
     block = text.split("<!-- standalone-loop -->", 1)[1]
     return block.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-def test_readme_loop_runs_without_turboseq(tmp_path):
-    """The README's greedy loop (torch and tokenizers only) gives turboseq's tokens; turboseq cannot be imported."""
+def test_docs_loop_runs_without_turboseq(tmp_path):
+    """The docs' greedy loop (torch and tokenizers only) gives turboseq's tokens; turboseq cannot be imported."""
     from turboseq.bench.models import build_t5_tokenizer
 
     model_dir = tmp_path / "t5"
@@ -125,7 +125,7 @@ def test_readme_loop_runs_without_turboseq(tmp_path):
     export_generation(model, tmp_path / "model.pt2")
     guard = "import sys; sys.modules['turboseq'] = None\n"  # importing turboseq now raises ImportError
     script = tmp_path / "loop.py"
-    script.write_text(guard + _readme_loop(), encoding="utf-8")
+    script.write_text(guard + _docs_loop(), encoding="utf-8")
     run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     printed = json.loads(run.stdout.splitlines()[0])

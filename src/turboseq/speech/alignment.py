@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from turboseq.models.transcript import Word
 from turboseq.runtime.cache import DecoderState
 from turboseq.runtime.layers import build_cross_kv, decode_step
+from turboseq.speech.transcript import Word
 
 TOKENS_PER_SECOND = 50  # encoder positions per second
 MEDIAN_FILTER_WIDTH = 7

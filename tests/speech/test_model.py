@@ -14,7 +14,7 @@ import torch
 from turboseq.bench.speech import SENTENCES
 from turboseq.errors import AudioError
 from turboseq.formats.audio import load_audio, log_mel
-from turboseq.models.transcript import to_srt, to_vtt
+from turboseq.speech.transcript import to_srt, to_vtt
 
 
 def test_missing_file_directory_and_bad_arrays(tmp_path, whisper):
