@@ -29,8 +29,14 @@ def _pcm16_wav(samples: np.ndarray) -> bytes:
 
     data = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
     fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
-    return b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + struct.pack("<I", 16) + fmt + b"data" + (
-        struct.pack("<I", len(data)) + data
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + len(data))
+        + b"WAVEfmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + (struct.pack("<I", len(data)) + data)
     )
 
 
@@ -47,6 +53,9 @@ def doc_paths(marian_one, gpt2_text, minilm, ct2_dir, clips, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("docs-cwd")
     for name, clip in zip(("meeting.wav", "a.wav", "b.wav", "c.wav", "clip.wav"), clips):
         shutil.copy(clip, cwd / name)
+    from turboseq.export.encoder import export_encoder
+
+    export_encoder(minilm[0], cwd / "minilm.pt2")
     long = np.concatenate([load_audio(c) for c in clips] * 3)
     (cwd / "long.wav").write_bytes(_pcm16_wav(long))
     paths = {

@@ -66,6 +66,10 @@ def _translate(args) -> int:
     if args.verb == "generate":
         names += ["temperature", "top_k", "top_p", "repetition_penalty", "seed"]
         kwargs["do_sample"] = args.do_sample or None
+        unused = [f"--{n.replace('_', '-')}" for n in ("temperature", "top_k", "top_p") if getattr(args, n) is not None]
+        if unused and not args.do_sample:  # transformers warns too: they shape sampling only
+            print(f"turboseq: warning: {', '.join(unused)} ha{'ve' if len(unused) > 1 else 's'} no effect without "
+                  "--do-sample", file=sys.stderr)  # fmt: skip
         if args.stop:
             kwargs["stop_strings"] = args.stop
     for name in names:

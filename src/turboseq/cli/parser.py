@@ -109,7 +109,7 @@ VERB_KINDS = {
 }
 
 
-def _dtype_option(p: argparse.ArgumentParser) -> None:
+def _dtype_option(p: argparse.ArgumentParser, exact: str = "token-identical to transformers") -> None:
     p.add_argument(
         "--trust-compiled-code",
         action="store_true",
@@ -119,8 +119,8 @@ def _dtype_option(p: argparse.ArgumentParser) -> None:
         "--compute-type",
         default=None,
         metavar="TYPE",
-        help="float32 (default; token-identical to transformers), bfloat16, int8, int8_bfloat16 (faster, not "
-        "identical: README, fast mode) or auto (the fastest this CPU runs)",
+        help=f"float32 (default; {exact}), bfloat16, int8, int8_bfloat16 (faster, not identical: docs, compute "
+        "types) or auto (the fastest this CPU runs)",
     )
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="older name of --compute-type")
 
@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = OneLineParser(
         prog="turboseq",
-        description="Run Hugging Face encoder-decoder models (Marian, T5, BART, ...) fast and token-identical to "
-        "transformers.",
+        description="Run Hugging Face transformer models (Marian, T5, BART, GPT-2, Llama, Whisper, BERT, ...) fast "
+        "and token-identical to transformers. --model takes a local model directory (or a turboseq export).",
     )
     parser.add_argument("--version", action="version", version=f"turboseq {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     _text_io_options(em, "output")
     em.add_argument("--batch-size", type=_positive_int, default=32, help="texts per batch (default: 32)")
     em.add_argument("--normalize", choices=["yes", "no"], help="L2-normalize (default: as the model directory says)")
-    _dtype_option(em)
+    _dtype_option(em, "equal to transformers within float32 rounding")
 
     ex = verbs.add_parser(
         "export",

@@ -29,10 +29,16 @@ def load_tokenizer(model_dir: Path):
                 f"{config_file}: the tokenizer is custom code (auto_map), which turboseq never runs; "
                 "use a model directory with a standard tokenizer"
             )
+    import warnings
+
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+        with warnings.catch_warnings():
+            # MarianTokenizer's hint to install sacremoses, on every load: it only matters for its unused
+            # moses-based pre-tokenization of targets
+            warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
+            return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
     except Exception as err:
         raise ModelLoadError(f"{model_dir}: cannot load the tokenizer ({type(err).__name__}: {err})") from None
 

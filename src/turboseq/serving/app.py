@@ -318,6 +318,7 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
             "routes": ["/", f"/models/{service.name}"]
             + (["/generate_stream"] if task.streams else [])
             + [r.path for r in task.routes()],
+            "docs": "/docs",  # FastAPI's interactive page of every route
             "limits": {**config.limits(), "max_input_tokens": task.max_input_tokens},
         }
 

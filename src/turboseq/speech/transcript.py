@@ -85,7 +85,7 @@ def format_timestamp(seconds: float, separator: str) -> str:
 def _cues(result: Transcription, words: bool) -> list[tuple[float, float, str]]:
     """(start, end, text) per subtitle cue: one per segment, or one per word where the segments carry words."""
     if not words:
-        return [(s.start, s.end, s.text) for s in result.segments]
+        return [(s.start, s.end, s.text.strip()) for s in result.segments]  # Whisper's text starts with a space
     cues = []
     for s in result.segments:
         if s.words is None:
