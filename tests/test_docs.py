@@ -43,9 +43,9 @@ def _pcm16_wav(samples: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 def doc_paths(marian_one, gpt2_text, minilm, ct2_dir, clips, tmp_path_factory):
     """Where each path a snippet names really is, and a working directory holding the audio files they read."""
+    from tests.helpers import make_family_model
     from turboseq.bench.models import build_t5_tokenizer
     from turboseq.formats.audio import load_audio
-    from tests.helpers import make_family_model
 
     t5 = tmp_path_factory.mktemp("docs-t5")
     make_family_model(t5, "t5", vocab_size=1104, seed=4)
