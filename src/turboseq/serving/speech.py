@@ -127,6 +127,7 @@ class SpeechTask(Task):
                 f"`best_of` {best_of} is over the server's limit of {limits.max_return_sequences} "
                 "(--max-return-sequences)"
             )
+        check_generation_cost(s, 1, limits)  # beams and new tokens first: their limits name their flags
         rows = max(s.num_beams, best_of if sampled else 1)
         cost = rows * s.max_length * len(temperatures)
         if cost > limits.max_request_cost:
@@ -135,7 +136,6 @@ class SpeechTask(Task):
                 f"{len(temperatures)} temperatures) is over the server's limit of {limits.max_request_cost} "
                 "(--max-request-cost)"
             )
-        check_generation_cost(s, 1, limits)
 
     def prepare(self, params):
         """``SpeechModel.transcribe`` arguments from the request's parameters: faster-whisper's names
