@@ -9,7 +9,7 @@ import torch
 
 from turboseq.errors import ModelLoadError
 from turboseq.export.encoder import ExportedEncoder, load_exported
-from turboseq.export.loader import ProgramSeq2Seq, ProgramSpeech, load_generation
+from turboseq.export.loader import load_generation
 from turboseq.formats.pt2 import GENERATION_FORMAT, read_export_metadata
 from turboseq.formats.read import ModelInfo, inspect, read_model_dir
 from turboseq.generation.settings import generation_defaults
@@ -23,7 +23,7 @@ from turboseq.runtime.memory import release_free_memory, tune_malloc
 from turboseq.runtime.spec import CausalLMSpec, EncoderSpec, Seq2SeqSpec, map_tensors, shape_problems, stacks
 from turboseq.speech.model import SpeechModel
 
-Model = Seq2SeqModel | SpeechModel | CausalLM | EncoderModel | ExportedEncoder | ProgramSeq2Seq | ProgramSpeech
+Model = Seq2SeqModel | SpeechModel | CausalLM | EncoderModel | ExportedEncoder
 
 __all__ = ["COMPUTE_TYPES", "Model", "ModelInfo", "inspect", "load", "supported_compute_types"]
 
@@ -68,7 +68,7 @@ def load(
     "bfloat16", "int8", "int8_bfloat16" (faster, not identical: README, fast mode) or "auto" (the fastest this
     machine supports). ``dtype`` is the older name of the option ("float32" or "bfloat16").
 
-    An export file of a generation model (``turboseq export``) loads as ``ProgramSeq2Seq`` or ``ProgramSpeech``,
+    An export file of a generation model (``turboseq export``) loads as the same ``Seq2SeqModel`` or ``SpeechModel``, its ``backend`` running the file's programs,
     with the same API. One built with ``--compile`` holds native code: it loads only with
     ``trust_compiled_code=True``."""
     torch_device, ct = _check_options(device, dtype, compute_type)

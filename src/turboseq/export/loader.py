@@ -1,9 +1,9 @@
-"""A generation artifact (``models.artifact``) loaded back: the eager model's API over exported programs.
+"""A generation export (``export.writer``) loaded back: the eager model's API over exported programs.
 
-``ProgramSeq2Seq`` and ``ProgramSpeech`` are the text and speech front ends with three hooks replaced: the
-encoder and the decoder state run the artifact's programs (``export.graphs``), and the LM head is built from
-the artifact's output projection (so greedy decoding keeps its exact shortcut). Batching, search, logits rules,
-``translate``, ``transcribe`` and the rest are the eager model's own code.
+``load_generation`` builds the ordinary text or speech model (``Seq2SeqModel``, ``SpeechModel``) holding a
+``ProgramBackend``: the encoder and the decoder state run the file's programs (``export.graphs``), and the LM
+head is built from the file's output projection (so greedy decoding keeps its exact shortcut). Batching,
+search, logits rules, ``translate``, ``transcribe`` and the rest are the eager model's own code.
 """
 
 from __future__ import annotations
@@ -29,28 +29,32 @@ from turboseq.runtime.spec import Linear
 from turboseq.speech.model import SpeechModel
 
 
-class _Programs:
-    """What the two front ends share when they run an artifact."""
+class ProgramBackend:
+    """An export file's programs behind an encoder-decoder model (the counterpart of ``EagerBackend``)."""
 
-    programs: dict
-    artifact: Path
-    meta: dict
+    teacher_forcing = False  # the file has no program for all positions at once
+    word_timestamps = False  # ... nor for the alignment heads' attention
 
-    def _setup(self, artifact: Path, meta: dict, programs: dict) -> None:
-        self.artifact, self.meta, self.programs = artifact, meta, programs
+    def __init__(self, artifact: Path, meta: dict, programs: dict, audio: bool):
+        self.artifact, self.meta, self.programs, self.audio = artifact, meta, programs, audio
         self.compiled = tuple(meta.get("compiled") or ())
 
-    def __repr__(self) -> str:
+    @property
+    def label(self) -> str:
         compiled = f", compiled={list(self.compiled)}" if self.compiled else ""
-        return f"turboseq.{type(self).__name__}({self.meta.get('model_type')}, {str(self.artifact)!r}{compiled})"
+        return f"{str(self.artifact)!r}{compiled}"
 
-    def forward_logits(self, inputs, attention_mask, decoder_input_ids) -> Tensor:
-        raise ValueError(f"{self.artifact}: forward_logits needs the model directory; an export decodes only")
+    def encode(self, inputs: Tensor, mask: Tensor | None):
+        encoder = self.programs["encoder"]
+        if self.audio:
+            return encoder(inputs.to(dtype=torch.float32).contiguous()), None
+        mask = torch.ones_like(inputs) if mask is None else mask
+        return encoder(inputs.contiguous(), mask.contiguous()), mask.bool()
 
-    def _cross_kv(self, hidden: Tensor) -> None:
+    def cross_kv(self, hidden: Tensor) -> None:
         return None  # the programs build theirs (``cross_kv``)
 
-    def _decoder_state(self, hidden: Tensor, cross_mask, group: int, max_length: int, expand=None, cross_kv=None):
+    def decoder_state(self, hidden: Tensor, cross_mask, group: int, max_length: int, expand=None, cross_kv=None):
         cross_k, cross_v = self.programs["cross_kv"](hidden.contiguous())
         if expand is not None:
             cross_k, cross_v = cross_k.index_select(1, expand), cross_v.index_select(1, expand)
@@ -59,6 +63,12 @@ class _Programs:
         return ProgramState(
             self.programs, cross_k, cross_v, cross_mask, group, max_length, info["kv_heads"], info["head_dim"]
         )
+
+    def source_vocab_size(self) -> int:
+        return self.meta["spec"]["source_vocab_size"]
+
+    def input_shape(self) -> tuple[int, int]:
+        return self.meta["spec"]["n_mels"], self.meta["spec"]["frames"]
 
 
 def _spec_info(meta: dict, head_program) -> SimpleNamespace:
@@ -71,31 +81,6 @@ def _spec_info(meta: dict, head_program) -> SimpleNamespace:
     head = Linear(weight.contiguous(), bias)
     prepack(head)
     return SimpleNamespace(**meta["spec"], lm_head=head)
-
-
-class ProgramSeq2Seq(_Programs, Seq2SeqModel):
-    """A text-to-text artifact: ``generate``, ``translate``, ``generate_text`` as ``Seq2SeqModel``."""
-
-    def _source_vocab_size(self) -> int:
-        return self.meta["spec"]["source_vocab_size"]
-
-    def _encode(self, inputs: Tensor, mask: Tensor | None):
-        inputs = inputs.to(self.device)
-        mask = torch.ones_like(inputs) if mask is None else mask.to(self.device)
-        return self.programs["encoder"](inputs.contiguous(), mask.contiguous()), mask.bool()
-
-
-class ProgramSpeech(_Programs, SpeechModel):
-    """A Whisper artifact: ``generate`` and ``transcribe`` as ``SpeechModel`` (no word timestamps: the file has
-    no program for the alignment heads' attention)."""
-
-    word_timestamps = False
-
-    def _input_shape(self) -> tuple[int, int]:
-        return self.meta["spec"]["n_mels"], self.meta["spec"]["frames"]
-
-    def _encode(self, inputs: Tensor, mask):
-        return self.programs["encoder"](inputs.to(device=self.device, dtype=torch.float32).contiguous()), None
 
 
 def _callables(archive, meta: dict, path: Path) -> dict:
@@ -133,12 +118,12 @@ def load_generation(path: Path, trust_compiled_code: bool = False):
     spec = _spec_info(meta, archive.exported_programs["head"])
     device = torch.device("cpu")
     defaults = meta["generation_defaults"]
-    if meta["kind"] == ModelKind.SPEECH:
-        cls, extra = ProgramSpeech, (meta.get("whisper") or {},)
+    audio = meta["kind"] == ModelKind.SPEECH
+    backend = ProgramBackend(path, meta, programs, audio)
+    args = (spec, meta["config"], defaults, files_dir, device, "float32")
+    if audio:
+        model = SpeechModel(*args, meta.get("whisper") or {}, backend=backend)
     else:
-        cls, extra = ProgramSeq2Seq, ()
-    model = cls.__new__(cls)
-    model._setup(path, meta, programs)
-    model.__init__(spec, meta["config"], defaults, files_dir, device, "float32", *extra)
+        model = Seq2SeqModel(*args, backend=backend)
     weakref.finalize(model, shutil.rmtree, str(files_dir), True)
     return model

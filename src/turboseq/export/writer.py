@@ -6,7 +6,7 @@ each stored once (tied and shared tensors are one payload); turboseq's metadata;
 files (config, generation config, tokenizer). ``compile=True`` adds AOTInductor builds of the encoder and the
 decoder step (frozen, so weights are prepacked): native code for this machine's CPU.
 
-``turboseq.load(FILE)`` gives a ``ProgramSeq2Seq`` or ``ProgramSpeech``: the same API as the eager model, with
+``turboseq.load(FILE)`` gives a ``Seq2SeqModel`` or ``SpeechModel`` whose backend runs the programs: the same API as the eager model, with
 turboseq's search loops driving the programs (``export.graphs.ProgramState``).
 """
 

@@ -53,8 +53,10 @@ _IGNORED = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationSettings:
+    """Generation arguments resolved once (``resolve``): frozen; a per-call variant is ``dataclasses.replace``."""
+
     max_length: int  # total decoder length including the decoder prompt (start token)
     min_length: int
     min_new_tokens: int | None

@@ -21,8 +21,8 @@ from turboseq.generation.settings import GenerationSettings, for_prompt
 def _expand(model, source: Tensor, prompt: Tensor, n: int, s: GenerationSettings) -> list[tuple[int, float]]:
     """The ``n`` best next tokens after ``prompt`` with their log-probabilities (impossible ones left out);
     ``s``: the settings counted from ``prompt`` (``for_prompt``)."""
-    hidden, cross_mask = model._encode(source[None], None)
-    state = model._decoder_state(hidden, cross_mask, 1, len(prompt) + 1)
+    hidden, cross_mask = model.encode(source[None], None)
+    state = model.decoder_state(hidden, cross_mask, 1, len(prompt) + 1)
     ids = prompt[None].to(model.device)
     model_log_probs = torch.log_softmax(model.head.logits(state.step(ids)).float(), dim=-1)
     procs = build_processors(s, model.spec.vocab_size)
@@ -61,7 +61,7 @@ def alternatives(
     prompts = torch.stack([torch.tensor(prefix + [expanded[j][0]], dtype=torch.long) for j in todo])
     trace = Trace(want_logits=True)
     inputs = source[None].expand(len(todo), -1)
-    seqs = [per_input[0] for per_input in model._decode_batch(inputs, None, s, None, None, trace, prompts)]
+    seqs = [per_input[0] for per_input in model.decode_batch(inputs, None, s, None, None, trace, prompts)]
     for j, seq, score in zip(todo, seqs, _completion_scores(seqs, trace, s, prompts.shape[1])):
         results[j] = (seq[1:].tolist(), expanded[j][1] + score)
     return results

@@ -95,7 +95,7 @@ class CausalLM(Engine):
         # the pad token, or EOS where the model has none (as transformers pads)
         return pad_batch(rows, chunk, self.settings().pad_token_id, left=True)
 
-    def _decode_batch(
+    def decode_batch(
         self,
         inputs: Tensor,
         mask: Tensor | None,

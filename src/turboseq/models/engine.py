@@ -4,7 +4,8 @@ loops; ``EncoderDecoder`` is its encoder-decoder form, shared by the text (``mod
 
 Per encoder-decoder batch the encoder runs once, the cross-attention keys/values are built once per input
 (shared by its beams), and the search loop drives the decoder step against a preallocated cache. A front end
-says what its inputs are through four hooks: ``_row_length``, ``_collate``, ``_encode`` and ``_prompt``.
+says what its inputs are through three hooks: ``_row_length``, ``_collate`` and ``_prompt``; the model's
+``backend`` (``EagerBackend``, or an export's programs) runs the encoder and the decoder.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from turboseq.generation.settings import GenerationSettings, check_seed, for_pro
 from turboseq.runtime.cache import DecoderState
 from turboseq.runtime.compute import resolve_compute_type
 from turboseq.runtime.head import LMHead
-from turboseq.runtime.layers import build_cross_kv, decode_step
+from turboseq.runtime.layers import build_cross_kv, decode_step, encode
 
 _OUTPUT_FLAGS = ("return_dict_in_generate", "output_scores", "output_logits")
 
@@ -61,7 +62,7 @@ def generate_output(sequences: Tensor, trace: Trace, s: GenerationSettings, enco
 
 class Engine:
     """What every generation model shares: its spec, defaults, LM head, and the batching loop ``_run``; a
-    subclass decodes one batch (``_decode_batch``) and says how its inputs are measured and collated."""
+    subclass decodes one batch (``decode_batch``) and says how its inputs are measured and collated."""
 
     def __init__(self, spec, config: dict, generation_defaults: dict, path: Path, device, compute_type: str):
         self.spec = spec
@@ -144,7 +145,7 @@ class Engine:
             inputs, chunk_mask = self._collate(rows, mask, chunk)
             chunk_hooks = None if hooks is None else hooks.select(chunk)
             chunk_prompts = None if prompts is None else torch.stack([prompts[i] for i in chunk])
-            outs = self._decode_batch(inputs, chunk_mask, s, generator, chunk_hooks, trace, chunk_prompts)
+            outs = self.decode_batch(inputs, chunk_mask, s, generator, chunk_hooks, trace, chunk_prompts)
             for i, out in zip(chunk, outs):
                 results[i] = out
             if progress is not None:
@@ -157,7 +158,7 @@ class Engine:
     def _collate(self, rows, mask, chunk: list[int]) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
 
-    def _decode_batch(
+    def decode_batch(
         self,
         inputs: Tensor,
         mask: Tensor | None,
@@ -167,12 +168,25 @@ class Engine:
         trace: Trace | None = None,
         prompts: Tensor | None = None,
     ) -> list[list[Tensor]]:
+        """One batch of inputs through the search: per input its sequences."""
         raise NotImplementedError
 
 
 class EncoderDecoder(Engine):
     """An encoder-decoder model on turboseq's runtime; the front ends subclass it. Build one with
-    ``turboseq.load``."""
+    ``turboseq.load``. Its ``backend`` runs the encoder and the decoder (``EagerBackend`` here; an export
+    file's programs in ``export.loader``); the model holds it, the search loops drive it."""
+
+    def __init__(self, spec, config: dict, generation_defaults: dict, path: Path, device, compute_type: str,
+                 backend=None, audio: bool = False):  # fmt: skip
+        super().__init__(spec, config, generation_defaults, path, device, compute_type)
+        self.backend = backend if backend is not None else EagerBackend(spec, device, audio)
+
+    def __repr__(self) -> str:
+        label = self.backend.label
+        if label is None:
+            return super().__repr__()
+        return f"turboseq.{type(self).__name__}({self.config.get('model_type')}, {label})"
 
     def settings(self, **kwargs) -> GenerationSettings:
         s = super().settings(**kwargs)
@@ -180,11 +194,26 @@ class EncoderDecoder(Engine):
             raise ValueError("`stop_strings` is supported for decoder-only models; use `eos_token_id` here")
         return s
 
-    # --- the front end's hooks (besides the engine's _row_length and _collate) --------------------------------
+    # --- what the backend runs, for the search and for callers that decode windows more than once ----------
 
-    def _encode(self, inputs: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def encode(self, inputs: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Encoder hidden states [batch, src_len, d_model] and the cross-attention key mask (None: all keys)."""
-        raise NotImplementedError
+        return self.backend.encode(inputs, mask)
+
+    def cross_kv(self, hidden: Tensor) -> list[tuple[Tensor, Tensor]] | None:
+        """Every decoder layer's cross-attention K/V for encoder output ``hidden``, for callers that decode
+        the same windows more than once (None where the backend builds its own: an export's programs)."""
+        return self.backend.cross_kv(hidden)
+
+    def decoder_state(self, hidden: Tensor, cross_mask: Tensor | None, group: int, max_length: int, expand=None,
+                      cross_kv=None):  # fmt: skip
+        """The decoder's state for encoder output ``hidden``, with ``group`` rows per input (``expand``: the
+        input of each entry, where one input has several entries): an object with ``step(tokens) -> hidden``
+        and ``select(rows, sentences)``. ``cross_kv``: ``hidden``'s K/V from ``cross_kv``, where the caller
+        has them."""
+        return self.backend.decoder_state(hidden, cross_mask, group, max_length, expand, cross_kv)
+
+    # --- the front end's hook (besides the engine's _row_length and _collate) ------------------------------
 
     def _prompt(self, batch: int, s: GenerationSettings) -> Tensor:
         """The decoder prompt [batch, prompt_len]."""
@@ -196,8 +225,10 @@ class EncoderDecoder(Engine):
         transformers' ``model(input_ids, attention_mask, decoder_input_ids=...).logits`` (no logits rules).
         ``inputs``: source ids [batch, src_len] (Whisper: log-mel features). The quality bench compares
         compute types with it."""
+        if not self.backend.teacher_forcing:
+            raise ValueError(f"{self.backend.label}: forward_logits needs the model directory; an export decodes only")
         mask = None if attention_mask is None else torch.as_tensor(attention_mask).to(self.device)
-        hidden, cross_mask = self._encode(torch.as_tensor(inputs).to(self.device), mask)
+        hidden, cross_mask = self.encode(torch.as_tensor(inputs).to(self.device), mask)
         targets = torch.as_tensor(decoder_input_ids, dtype=torch.long).to(self.device)
         attn = self.spec.decoder.layers[0].self_attn
         cross_kv = build_cross_kv(self.spec, hidden)
@@ -206,7 +237,7 @@ class EncoderDecoder(Engine):
 
     # --- one batch ---------------------------------------------------------------------------------------
 
-    def _decode_batch(
+    def decode_batch(
         self,
         inputs: Tensor,
         mask: Tensor | None,
@@ -216,7 +247,7 @@ class EncoderDecoder(Engine):
         trace: Trace | None = None,
         prompts: Tensor | None = None,
     ) -> list[list[Tensor]]:
-        hidden, cross_mask = self._encode(inputs, mask)
+        hidden, cross_mask = self.encode(inputs, mask)
         batch = hidden.shape[0]
         if prompts is None:
             prompt = self._prompt(batch, s)
@@ -231,7 +262,7 @@ class EncoderDecoder(Engine):
             expand = torch.arange(batch, device=self.device).repeat_interleave(copies)
             prompt = prompt.index_select(0, expand)
             hooks = None if hooks is None else hooks.select(expand.cpu())
-        state = self._decoder_state(hidden, cross_mask, group, s.max_length, expand)
+        state = self.decoder_state(hidden, cross_mask, group, s.max_length, expand)
         if s.is_beam:
             return search.beam_search(state.step, state.select, self.head, prompt, s, procs, generator, hooks, trace)
         seqs = search.greedy_or_sample(
@@ -239,17 +270,29 @@ class EncoderDecoder(Engine):
         )
         return [seqs[i * copies : (i + 1) * copies] for i in range(batch)]
 
-    def _cross_kv(self, hidden: Tensor) -> list[tuple[Tensor, Tensor]] | None:
-        """Every decoder layer's cross-attention K/V for encoder output ``hidden``, for callers that decode
-        the same windows more than once (None where the decoder builds its own: an exported artifact)."""
+
+class EagerBackend:
+    """The eager runtime behind an encoder-decoder model: the encoder (token ids with a mask, or Whisper's
+    log-mel features), every layer's cross-attention K/V, and the decoder state over a preallocated cache."""
+
+    label = None  # repr: the model's directory
+    teacher_forcing = True  # forward_logits works
+    word_timestamps = True  # the alignment heads' attention can be read
+
+    def __init__(self, spec, device, audio: bool):
+        self.spec, self.device, self.audio = spec, device, audio
+
+    def encode(self, inputs: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        if self.audio:  # Whisper attends to every encoder position (the 30 s window is always full length)
+            return encode(self.spec.encoder, inputs.to(device=self.device, dtype=torch.float32), None), None
+        inputs = inputs.to(self.device)
+        mask = torch.ones_like(inputs) if mask is None else mask.to(self.device)
+        return encode(self.spec.encoder, inputs, mask), mask.bool()[:, None, None, :]
+
+    def cross_kv(self, hidden: Tensor) -> list[tuple[Tensor, Tensor]]:
         return build_cross_kv(self.spec, hidden)
 
-    def _decoder_state(self, hidden: Tensor, cross_mask: Tensor | None, group: int, max_length: int, expand=None,
-                       cross_kv=None):  # fmt: skip
-        """The decoder's state for encoder output ``hidden``, with ``group`` rows per input (``expand``: the
-        input of each entry, where one input has several entries): an object with ``step(tokens) -> hidden``
-        and ``select(rows, sentences)``. Here the eager runtime; an exported artifact runs its programs.
-        ``cross_kv``: ``hidden``'s cross-attention K/V from ``_cross_kv``, where the caller has them."""
+    def decoder_state(self, hidden, cross_mask, group: int, max_length: int, expand=None, cross_kv=None):
         if cross_kv is None:
             cross_kv = build_cross_kv(self.spec, hidden)
         if expand is not None:
@@ -259,6 +302,14 @@ class EncoderDecoder(Engine):
         return EagerDecoder(
             self.spec, DecoderState(cross_kv, cross_mask, group, attn.kv_heads, attn.head_dim, max_length)
         )
+
+    def source_vocab_size(self) -> int:
+        return self.spec.encoder.embed.tokens.shape[0]
+
+    def input_shape(self) -> tuple[int, int]:
+        """Whisper: mel bins, and the mel frames the encoder expects (3000: two per encoder position)."""
+        front = self.spec.encoder.embed
+        return front.convs[0].weight.shape[1], 2 * front.positions.shape[0]
 
 
 class EagerDecoder:

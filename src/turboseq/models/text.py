@@ -14,7 +14,6 @@ from turboseq.generation.settings import GenerationSettings
 from turboseq.models.alternatives import alternatives as alternatives_after
 from turboseq.models.engine import EncoderDecoder, generate_output, output_request
 from turboseq.models.progress import progress_bar
-from turboseq.runtime.layers import encode
 
 
 def _check_alternatives(n) -> None:
@@ -35,14 +34,6 @@ class Seq2SeqModel(EncoderDecoder):
         if not isinstance(rows, list):
             return rows[chunk], mask[chunk]
         return pad_batch(rows, chunk, self.spec.pad_token_id)
-
-    def _encode(self, inputs: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        inputs = inputs.to(self.device)
-        mask = torch.ones_like(inputs) if mask is None else mask.to(self.device)
-        return encode(self.spec.encoder, inputs, mask), mask.bool()[:, None, None, :]
-
-    def _source_vocab_size(self) -> int:
-        return self.spec.encoder.embed.tokens.shape[0]
 
     def _prompt(self, batch: int, s: GenerationSettings) -> Tensor:
         start = s.decoder_start_token_id if s.decoder_start_token_id is not None else self.spec.decoder_start_token_id
@@ -94,7 +85,7 @@ class Seq2SeqModel(EncoderDecoder):
             return torch.empty((0, 0), dtype=torch.long)
         if ids.shape[1] > self.spec.max_positions:
             raise ValueError(f"input has {ids.shape[1]} tokens; the model accepts at most {self.spec.max_positions}")
-        if ((ids < 0) | (ids >= self._source_vocab_size())).any():
+        if ((ids < 0) | (ids >= self.backend.source_vocab_size())).any():
             raise ValueError(f"`input_ids` has ids outside the vocabulary [0, {self.spec.vocab_size})")
         # right-padded rows are cut to their length, so batches can be regrouped without changing results
         lengths = mask.sum(dim=1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -175,7 +175,6 @@ def _settings(model, prompt: list[int], opts: Options, temperature: float, max_i
     gen["max_length"] = min(limit, max(gen["max_length"], len(prompt) + 1))
     s = resolve(model.generation_defaults, gen, max_positions=limit, prompt_length=len(prompt),
                 vocab_size=model.spec.vocab_size)  # fmt: skip
-    s.decoder_prompt = prompt
     text = model.whisper_text
     rules: list = []
     if opts.suppress_blank:
@@ -185,8 +184,7 @@ def _settings(model, prompt: list[int], opts: Options, temperature: float, max_i
     if not opts.without_timestamps:
         prefixed = start < len(prompt)
         rules.append(TimestampRules(text.no_timestamps, text.eot, len(prompt), max_initial_index, not prefixed))
-    s.rules = rules
-    return s
+    return replace(s, decoder_prompt=prompt, rules=rules)
 
 
 def _output_start(text, prompt: list[int]) -> int:
@@ -216,7 +214,7 @@ class _NoSpeechProbe:
 
 
 def take_rows(cross_kv: list[tuple[Tensor, Tensor]] | None, rows: list[int], total: int):
-    """The cross-attention K/V (``model._cross_kv``) of windows ``rows`` out of ``total``."""
+    """The cross-attention K/V (``model.cross_kv``) of windows ``rows`` out of ``total``."""
     if cross_kv is None or rows == list(range(total)):
         return cross_kv
     index = torch.tensor(rows, device=cross_kv[0][0].device)
@@ -228,7 +226,7 @@ def decode(model, hidden: Tensor, prompts: list[list[int]], opts: Options, tempe
     """Decode windows ``hidden`` [windows, positions, d_model] at one temperature; per window (tokens, sum of
     log-probabilities with EOS, no-speech probability). Windows are batched by prompt length; ``hooks``
     (``RowHooks`` over the windows) let abandoned windows leave the batch. ``cross_kv``: the windows'
-    cross-attention K/V (``model._cross_kv``), built here where None."""
+    cross-attention K/V (``model.cross_kv``), built here where None."""
     out: list = [None] * len(prompts)
     text = model.whisper_text
     for width in sorted({len(p) for p in prompts}):
@@ -245,7 +243,7 @@ def decode(model, hidden: Tensor, prompts: list[list[int]], opts: Options, tempe
             expand = torch.arange(len(rows), device=model.device).repeat_interleave(copies)
             prompt = prompt.index_select(0, expand)
             row_hooks = None if row_hooks is None else row_hooks.select(expand.cpu())
-        decoder = model._decoder_state(h, None, group, s.max_length, expand, take_rows(cross_kv, rows, len(prompts)))
+        decoder = model.decoder_state(h, None, group, s.max_length, expand, take_rows(cross_kv, rows, len(prompts)))
         sot_index = prompts[rows[0]].index(text.sot)
         probe = _NoSpeechProbe(decoder, model.spec, sot_index)
         if s.is_beam:
@@ -286,7 +284,7 @@ def _no_speech(model, probe: _NoSpeechProbe, hidden: Tensor, prompt: Tensor, ind
         return [0.0] * hidden.shape[0]
     at_start = probe.at_start
     if at_start is None or at_start.numel() == 0:  # an exported decoder: run the prompt up to the start token
-        decoder = model._decoder_state(hidden, None, 1, index + 1)
+        decoder = model.decoder_state(hidden, None, 1, index + 1)
         at_start = decoder.step(prompt[::per_window, : index + 1])
     else:
         at_start = at_start[::per_window]

@@ -150,8 +150,8 @@ def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial:
     text = model.whisper_text
     sizes = [min(WINDOW_FRAMES, s.content_frames - s.seek) for s in streams]
     feats = torch.stack([audio_io.window_features(s.features, s.seek, n) for s, n in zip(streams, sizes)])
-    hidden, _ = model._encode(feats, None)
-    cross_kv = model._cross_kv(hidden)  # built once: every temperature and the word alignment share them
+    hidden, _ = model.encode(feats, None)
+    cross_kv = model.cross_kv(hidden)  # built once: every temperature and the word alignment share them
     prompts = [
         window_prompt(
             text,
@@ -350,8 +350,8 @@ def batched(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[l
                 audio_io.window_features(audio_io.log_mel_long(c.audio, model.n_mels)[:, :-1], 0, WINDOW_FRAMES)
                 for c in batch
             ])  # fmt: skip
-            hidden, _ = model._encode(feats, None)
-            cross_kv = model._cross_kv(hidden)
+            hidden, _ = model.encode(feats, None)
+            cross_kv = model.cross_kv(hidden)
             prompts = [window_prompt(text, sot_sequences[c.input], previous, opts, None, model.spec.max_positions)
                        for c in batch]  # fmt: skip
             results = with_fallback(model, hidden, prompts, opts, 0, hooks.select([c.input for c in batch]), cross_kv)

@@ -8,7 +8,7 @@ language, task, no-timestamps) and Whisper's logits rules (``search.SuppressToke
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -21,7 +21,6 @@ from turboseq.generation.outputs import Trace
 from turboseq.generation.processors import SuppressTokens, TimestampRules
 from turboseq.generation.settings import GenerationSettings, resolve
 from turboseq.models.engine import EncoderDecoder, output_request
-from turboseq.runtime.layers import encode
 from turboseq.speech import longform
 from turboseq.speech.decoding import DEFAULT_TEMPERATURES, Options
 from turboseq.speech.tokens import WhisperText
@@ -37,20 +36,13 @@ class SpeechModel(EncoderDecoder):
     """A Whisper model on turboseq's runtime. Build it with ``turboseq.load`` (Hugging Face or CTranslate2
     Whisper directory)."""
 
-    word_timestamps = True  # an exported file cannot align words
-
-    def __init__(self, spec, config, generation_defaults, path, device, dtype, whisper_config: dict):
-        super().__init__(spec, config, generation_defaults, path, device, dtype)
+    def __init__(self, spec, config, generation_defaults, path, device, dtype, whisper_config: dict, backend=None):
+        super().__init__(spec, config, generation_defaults, path, device, dtype, backend, audio=True)
         self.whisper = whisper_config  # generation_config.json's Whisper keys (token ids, language table)
-        self.n_mels, self.frames = self._input_shape()
+        self.n_mels, self.frames = self.backend.input_shape()
         self.no_timestamps_id = whisper_config.get("no_timestamps_token_id")
         self.timestamp_begin = None if self.no_timestamps_id is None else self.no_timestamps_id + 1
         self._whisper_text: WhisperText | None = None
-
-    def _input_shape(self) -> tuple[int, int]:
-        """Mel bins, and the mel frames the encoder expects (3000: two per encoder position)."""
-        front = self.spec.encoder.embed
-        return front.convs[0].weight.shape[1], 2 * front.positions.shape[0]
 
     @property
     def tokenizer(self):
@@ -90,7 +82,6 @@ class SpeechModel(EncoderDecoder):
             prompt_length=len(prompt),
             vocab_size=self.spec.vocab_size,
         )
-        s.decoder_prompt = prompt
         begin = len(prompt)
         rules: list = []
         # transformers' order: begin-suppress, suppress, timestamps
@@ -106,8 +97,7 @@ class SpeechModel(EncoderDecoder):
                     self.no_timestamps_id, s.eos_token_ids[0], begin, self.whisper.get("max_initial_timestamp_index")
                 )
             )
-        s.rules = rules
-        return s
+        return replace(s, decoder_prompt=prompt, rules=rules)
 
     def _token_list(self, name: str, value) -> list[int]:
         """A list (or 1-D tensor) of token ids inside the vocabulary, as plain ints."""
@@ -148,10 +138,6 @@ class SpeechModel(EncoderDecoder):
 
     def _collate(self, rows, mask, chunk: list[int]) -> tuple[Tensor, None]:
         return torch.stack([rows[i] for i in chunk]), None
-
-    def _encode(self, inputs: Tensor, mask) -> tuple[Tensor, None]:
-        # Whisper attends to every encoder position (the 30 s window is always full length)
-        return encode(self.spec.encoder, inputs.to(device=self.device, dtype=torch.float32), None), None
 
     def _prompt(self, batch: int, s: GenerationSettings) -> Tensor:
         return torch.tensor(s.decoder_prompt, dtype=torch.long, device=self.device).expand(batch, -1).contiguous()
@@ -204,7 +190,7 @@ class SpeechModel(EncoderDecoder):
         if s.is_beam and s.num_return_sequences > 1:
             # transformers' Whisper repeats each input num_return_sequences times and keeps one hypothesis of
             # each copy: the same best hypothesis, repeated (sampling draws one sequence per copy, as here)
-            copies, s.num_return_sequences = s.num_return_sequences, 1
+            copies, s = s.num_return_sequences, replace(s, num_return_sequences=1)
         outputs = self._run(list(feats), None, s, max_batch_size, None, seed, trace=trace)
         if trace is not None:
             return whisper_output(outputs, trace, s, copies)
@@ -275,8 +261,8 @@ class SpeechModel(EncoderDecoder):
 
     def _language_probs(self, windows: Tensor, names: list[str], ids: Tensor) -> list[list[tuple[str, float]]]:
         """Per window, every language and its probability (softmax over the language tokens after the start token)."""
-        hidden, _ = self._encode(windows, None)
-        decoder = self._decoder_state(hidden, None, 1, 1)
+        hidden, _ = self.encode(windows, None)
+        decoder = self.decoder_state(hidden, None, 1, 1)
         start = torch.full((hidden.shape[0], 1), self.whisper_text.sot, dtype=torch.long, device=self.device)
         probs = self.head.logits(decoder.step(start)).float()[:, ids.to(self.device)].softmax(dim=-1).cpu()
         return [sorted(zip(names, row.tolist()), key=lambda p: -p[1]) for row in probs]
@@ -342,7 +328,7 @@ class SpeechModel(EncoderDecoder):
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"`{name}` must be a string, got {value!r}")
         text.sot_sequence(language, task)  # an unknown language or task fails here, before any decoding
-        if opts.word_timestamps and not self.word_timestamps:
+        if opts.word_timestamps and not self.backend.word_timestamps:
             raise ValueError("word timestamps need the model directory: an exported file cannot align words yet")
         if opts.word_timestamps and not self.whisper.get("alignment_heads"):
             raise ValueError("this model has no `alignment_heads` in its generation config: word timestamps need them")
