@@ -140,7 +140,6 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from turboseq.bench import CAUSAL_ARCHS, ENCODER_ARCHS, SEQ2SEQ_ARCHS, SPEECH_ARCHS
     from turboseq.version import __version__
 
     parser = OneLineParser(
@@ -153,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.required = True
     parser.verb_parsers = verbs.choices  # main() reports an unknown option under its verb
 
+    _add_text_verbs(verbs)
+    _add_transcribe(verbs)
+    _add_embed(verbs)
+    _add_export(verbs)
+    _add_batch(verbs)
+    _add_serve(verbs)
+    _add_bench(verbs)
+    return parser
+
+
+def _add_text_verbs(verbs) -> None:
+    """The `translate and generate (text in, text out)` verb's options."""
     for verb, what, help_text in (
         ("translate", "translation", "translate text, one sentence per line"),
         (
@@ -197,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _dtype_option(tr)
 
+
+def _add_transcribe(verbs) -> None:
+    """The `transcribe (Whisper)` verb's options."""
     tc = verbs.add_parser(
         "transcribe",
         help="speech to text with a Whisper model",
@@ -256,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     _dtype_option(tc)
     tc.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
+
+def _add_embed(verbs) -> None:
+    """The `embed (encoders)` verb's options."""
     em = verbs.add_parser(
         "embed",
         help="sentence embeddings as JSON lines",
@@ -271,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--normalize", choices=["yes", "no"], help="L2-normalize (default: as the model directory says)")
     _dtype_option(em, "equal to transformers within float32 rounding")
 
+
+def _add_export(verbs) -> None:
+    """The `export` verb's options."""
     ex = verbs.add_parser(
         "export",
         help="export a model to one self-contained torch.export file",
@@ -289,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
         "for this CPU; minutes; load with trust_compiled_code=True / --trust-compiled-code)",
     )
 
+
+def _add_batch(verbs) -> None:
+    """The `batch (tables, locally or on Ray Data)` verb's options."""
     ba = verbs.add_parser(
         "batch",
         help="one task over a table's rows (Parquet, JSON lines, CSV), locally or on Ray",
@@ -329,128 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     _dtype_option(ba)
     ba.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
-    sv = verbs.add_parser(
-        "serve",
-        help="HTTP server with dynamic batching, streaming and metrics",
-        description="Serve one model over HTTP (FastAPI + uvicorn): POST / and /models/NAME in Hugging Face's task "
-        "format, /generate_stream (server-sent events) for text generation, /v1/embeddings for encoders, "
-        "/v1/audio/transcriptions for Whisper, /health, /info, /metrics. The model is warmed up once listening "
-        "(/health is 503 until then). Concurrent requests with the same parameters are merged into engine batches. "
-        "SIGTERM: stop accepting, finish requests in flight, exit 0.",
-    )
-    sv.add_argument("--model", required=True, metavar="DIR", help="model directory")
-    sv.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    sv.add_argument("--port", type=_port, default=8000, help="port (default: 8000)")
-    sv.add_argument("--max-batch-size", type=_positive_int, default=32, help="inputs per engine batch and per request")
-    sv.add_argument("--max-batch-tokens", type=_positive_int, default=8192, help="padded input tokens per engine batch")
-    sv.add_argument(
-        "--batch-wait-ms",
-        type=_wait_ms,
-        help="how long a batch waits for more requests, up to 4x while they keep arriving (default: 5; 20 with "
-        "--ray, where requests reach a replica through Ray's proxy, tens of milliseconds apart)",
-    )
-    sv.add_argument("--max-queue", type=_positive_int, default=256, help="waiting requests before 429")
-    sv.add_argument("--request-timeout-s", type=_seconds, default=60.0, help="per-request limit before 504")
-    sv.add_argument("--max-input-tokens", type=_positive_int, help="per-input token limit (default: the model's)")
-    sv.add_argument(
-        "--max-payload-bytes",
-        type=_positive_int,
-        help="request body limit, 413 above (default: 1 MiB; 25 MiB for speech models)",
-    )
-    limits = sv.add_argument_group("limits per request (422 past them; see README, Limits and security)")
-    limits.add_argument("--max-beams", type=_positive_int, default=16, help="num_beams (default: 16)")
-    limits.add_argument(
-        "--max-return-sequences", type=_positive_int, default=16, help="num_return_sequences (default: 16)"
-    )
-    limits.add_argument("--max-new-tokens", type=_positive_int, help="new tokens (default: the model's positions)")
-    limits.add_argument(
-        "--max-request-cost",
-        type=_positive_int,
-        default=65536,
-        help="inputs x max(beams, sequences) x decoder positions (default: 65536)",
-    )
-    limits.add_argument(
-        "--max-audio-seconds", type=_seconds, default=3600.0, help="per audio input; 413 past it (default: 3600)"
-    )
-    limits.add_argument(
-        "--max-request-audio-seconds",
-        type=_seconds,
-        help="all audio of one request; 413 past it (default: --max-audio-seconds)",
-    )
-    limits.add_argument(
-        "--max-queued-audio-seconds",
-        type=_seconds,
-        default=14400.0,
-        help="decoded audio held by all requests at once; 503 past it (default: 14400)",
-    )
-    limits.add_argument(
-        "--max-stop-sequences", type=_positive_int, default=16, help="stop strings per request (default: 16)"
-    )
-    limits.add_argument(
-        "--max-parameter-items",
-        type=_positive_int,
-        default=1024,
-        help="list items in a request's parameters, e.g. bad_words_ids (default: 1024)",
-    )
-    limits.add_argument(
-        "--max-parameter-chars",
-        type=_positive_int,
-        default=16384,
-        help="characters of text in a request's parameters (default: 16384)",
-    )
-    conns = sv.add_argument_group("connections")
-    conns.add_argument(
-        "--max-connections",
-        type=_positive_int,
-        default=512,
-        help="open connections; more get 503 at once (default: 512)",
-    )
-    conns.add_argument(
-        "--header-timeout-s", type=_seconds, default=10.0, help="to receive a request's headers (default: 10)"
-    )
-    conns.add_argument(
-        "--body-timeout-s", type=_seconds, default=30.0, help="to receive a request's body; 408 past it (default: 30)"
-    )
-    conns.add_argument(
-        "--keep-alive-timeout-s",
-        type=_seconds,
-        default=5.0,
-        help="an idle keep-alive connection is closed after this (default: 5)",
-    )
-    conns.add_argument(
-        "--first-byte-timeout-s",
-        type=_seconds,
-        default=3.0,
-        help="a new connection that has sent nothing is closed after this (default: 3)",
-    )
-    conns.add_argument(
-        "--max-connections-per-client",
-        type=_positive_int,
-        default=128,
-        help="open connections from one peer address; more get 503 at once (default: 128)",
-    )
-    conns.add_argument(
-        "--drain-timeout-s",
-        type=_seconds,
-        help="on SIGTERM, requests in flight get this long; a second signal exits at once "
-        "(default: --request-timeout-s + 5)",
-    )
-    ray = sv.add_argument_group("Ray Serve (pip install 'turboseq[ray]')")
-    ray.add_argument(
-        "--ray", action="store_true", help="serve as a Ray Serve deployment: same routes, one model per replica"
-    )
-    ray.add_argument("--replicas", type=_positive_int, default=1, help="--ray: replicas (default: 1)")
-    ray.add_argument("--max-replicas", type=_positive_int, help="--ray: autoscale from --replicas up to this many")
-    ray.add_argument(
-        "--num-cpus-per-replica",
-        type=_seconds,
-        default=1.0,
-        help="--ray: CPUs per replica, its torch threads (default: 1)",
-    )
-    ray.add_argument("--ray-address", help="--ray: join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
-    sv.add_argument("--no-batching", action="store_true", help="one request per engine call (for comparison)")
-    _dtype_option(sv)
-    sv.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
+
+def _add_bench(verbs) -> None:
+    """The `bench` verb's options."""
+    from turboseq.bench import CAUSAL_ARCHS, ENCODER_ARCHS, SEQ2SEQ_ARCHS, SPEECH_ARCHS
 
     be = verbs.add_parser(
         "bench",
@@ -493,4 +398,141 @@ def build_parser() -> argparse.ArgumentParser:
         "identical outputs and teacher-forced agreement on small models trained on a synthetic task (built "
         "once, cached), Whisper tiny.en WER on espeak-ng speech, MiniLM embedding cosine",
     )
-    return parser
+
+
+def _add_serve(verbs) -> None:
+    """The `serve` verb's options."""
+    sv = verbs.add_parser(
+        "serve",
+        help="HTTP server with dynamic batching, streaming and metrics",
+        description="Serve one model over HTTP (FastAPI + uvicorn): POST / and /models/NAME in Hugging Face's task "
+        "format, /generate_stream (server-sent events) for text generation, /v1/embeddings for encoders, "
+        "/v1/audio/transcriptions for Whisper, /health, /info, /metrics. The model is warmed up once listening "
+        "(/health is 503 until then). Concurrent requests with the same parameters are merged into engine batches. "
+        "SIGTERM: stop accepting, finish requests in flight, exit 0.",
+    )
+    sv.add_argument("--model", required=True, metavar="DIR", help="model directory")
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    sv.add_argument("--port", type=_port, default=8000, help="port (default: 8000)")
+    sv.add_argument("--max-batch-size", type=_positive_int, default=32, help="inputs per engine batch and per request")
+    sv.add_argument("--max-batch-tokens", type=_positive_int, default=8192, help="padded input tokens per engine batch")
+    sv.add_argument(
+        "--batch-wait-ms",
+        type=_wait_ms,
+        help="how long a batch waits for more requests, up to 4x while they keep arriving (default: 5; 20 with "
+        "--ray, where requests reach a replica through Ray's proxy, tens of milliseconds apart)",
+    )
+    sv.add_argument("--max-queue", type=_positive_int, default=256, help="waiting requests before 429")
+    sv.add_argument("--request-timeout-s", type=_seconds, default=60.0, help="per-request limit before 504")
+    sv.add_argument("--max-input-tokens", type=_positive_int, help="per-input token limit (default: the model's)")
+    sv.add_argument(
+        "--max-payload-bytes",
+        type=_positive_int,
+        help="request body limit, 413 above (default: 1 MiB; 25 MiB for speech models)",
+    )
+    _serve_limits(sv)
+    _serve_connections(sv)
+    _serve_ray(sv)
+    sv.add_argument("--no-batching", action="store_true", help="one request per engine call (for comparison)")
+    _dtype_option(sv)
+    sv.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
+
+
+def _serve_limits(sv) -> None:
+    limits = sv.add_argument_group("limits per request (422 past them; see README, Limits and security)")
+    limits.add_argument("--max-beams", type=_positive_int, default=16, help="num_beams (default: 16)")
+    limits.add_argument(
+        "--max-return-sequences", type=_positive_int, default=16, help="num_return_sequences (default: 16)"
+    )
+    limits.add_argument("--max-new-tokens", type=_positive_int, help="new tokens (default: the model's positions)")
+    limits.add_argument(
+        "--max-request-cost",
+        type=_positive_int,
+        default=65536,
+        help="inputs x max(beams, sequences) x decoder positions (default: 65536)",
+    )
+    limits.add_argument(
+        "--max-audio-seconds", type=_seconds, default=3600.0, help="per audio input; 413 past it (default: 3600)"
+    )
+    limits.add_argument(
+        "--max-request-audio-seconds",
+        type=_seconds,
+        help="all audio of one request; 413 past it (default: --max-audio-seconds)",
+    )
+    limits.add_argument(
+        "--max-queued-audio-seconds",
+        type=_seconds,
+        default=14400.0,
+        help="decoded audio held by all requests at once; 503 past it (default: 14400)",
+    )
+    limits.add_argument(
+        "--max-stop-sequences", type=_positive_int, default=16, help="stop strings per request (default: 16)"
+    )
+    limits.add_argument(
+        "--max-parameter-items",
+        type=_positive_int,
+        default=1024,
+        help="list items in a request's parameters, e.g. bad_words_ids (default: 1024)",
+    )
+    limits.add_argument(
+        "--max-parameter-chars",
+        type=_positive_int,
+        default=16384,
+        help="characters of text in a request's parameters (default: 16384)",
+    )
+
+
+def _serve_connections(sv) -> None:
+    conns = sv.add_argument_group("connections")
+    conns.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=512,
+        help="open connections; more get 503 at once (default: 512)",
+    )
+    conns.add_argument(
+        "--header-timeout-s", type=_seconds, default=10.0, help="to receive a request's headers (default: 10)"
+    )
+    conns.add_argument(
+        "--body-timeout-s", type=_seconds, default=30.0, help="to receive a request's body; 408 past it (default: 30)"
+    )
+    conns.add_argument(
+        "--keep-alive-timeout-s",
+        type=_seconds,
+        default=5.0,
+        help="an idle keep-alive connection is closed after this (default: 5)",
+    )
+    conns.add_argument(
+        "--first-byte-timeout-s",
+        type=_seconds,
+        default=3.0,
+        help="a new connection that has sent nothing is closed after this (default: 3)",
+    )
+    conns.add_argument(
+        "--max-connections-per-client",
+        type=_positive_int,
+        default=128,
+        help="open connections from one peer address; more get 503 at once (default: 128)",
+    )
+    conns.add_argument(
+        "--drain-timeout-s",
+        type=_seconds,
+        help="on SIGTERM, requests in flight get this long; a second signal exits at once "
+        "(default: --request-timeout-s + 5)",
+    )
+
+
+def _serve_ray(sv) -> None:
+    ray = sv.add_argument_group("Ray Serve (pip install 'turboseq[ray]')")
+    ray.add_argument(
+        "--ray", action="store_true", help="serve as a Ray Serve deployment: same routes, one model per replica"
+    )
+    ray.add_argument("--replicas", type=_positive_int, default=1, help="--ray: replicas (default: 1)")
+    ray.add_argument("--max-replicas", type=_positive_int, help="--ray: autoscale from --replicas up to this many")
+    ray.add_argument(
+        "--num-cpus-per-replica",
+        type=_seconds,
+        default=1.0,
+        help="--ray: CPUs per replica, its torch threads (default: 1)",
+    )
+    ray.add_argument("--ray-address", help="--ray: join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")

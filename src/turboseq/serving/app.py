@@ -216,24 +216,27 @@ class Service:
 
 
 def create_app(model, name: str | None = None, config: ServerConfig | None = None, warmup: bool = True):
-    """The FastAPI app serving ``model`` (a loaded turboseq model) with its registered task."""
+    """The FastAPI app serving ``model`` (a loaded turboseq model) with its registered task: the error
+    handlers, the operations routes (``/health``, ``/info``, ``/metrics``) and the task's routes."""
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, Response
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     config = replace(config or ServerConfig())  # a copy: defaults below are this app's
     config.check()
-    task = task_for(model)
-    task.max_input_tokens = min(config.max_input_tokens or task.max_input_tokens, task.max_input_tokens)
-    task.max_batch_size = config.max_batch_size
-    task.max_beams = config.max_beams
-    task.max_audio_seconds = config.max_audio_seconds  # speech tasks decode no more than this per input
-    task.request_audio_seconds = config.request_audio_seconds  # ... per request
-    task.queued_audio_limit = int(config.max_queued_audio_seconds * 16000)  # ... held at once, in samples
+    task = task_for(model, config)
     if config.max_payload_bytes is None:
         config.max_payload_bytes = task.payload_bytes
     service = Service(task, name or Path(str(model.path)).name, config)
-    metrics = service.metrics
+    app = FastAPI(title="turboseq", version=__version__, lifespan=_lifespan(service, warmup))
+    app.state.service = service
+    _add_error_handlers(app, service.metrics)
+    _add_operations_routes(app, service, model)
+    _add_task_routes(app, service)
+    return app
+
+
+def _lifespan(service: Service, warmup: bool):
+    """Start the parser thread, the batcher and the warm-up with the app; on shutdown give up what still runs."""
+    task, config = service.task, service.config
 
     async def warm_up(executor):
         try:
@@ -254,7 +257,7 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
 
         # bodies are parsed (tokenized, audio decoded) in a thread of their own, off the event loop
         service.parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turboseq-parse")
-        batcher = service.batcher = Batcher(task, config, metrics)
+        batcher = service.batcher = Batcher(task, config, service.metrics)
         batcher.task_handle = asyncio.create_task(batcher.run_forever())
         # warm up in the background: the server listens meanwhile and answers 503 "warming up"
         warming = asyncio.create_task(warm_up(batcher.executor))
@@ -265,8 +268,13 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
         batcher.executor.shutdown(wait=False, cancel_futures=True)
         service.parser.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="turboseq", version=__version__, lifespan=lifespan)
-    app.state.service = service
+    return lifespan
+
+
+def _add_error_handlers(app, metrics: Metrics) -> None:
+    """Every error as JSON ``{"error", "error_type"}``: a request's own, a bug's (500 with an id), a route's."""
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(RequestError)
     async def _request_error(request, err: RequestError):
@@ -284,26 +292,34 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
         message = f"no route {request.method} {request.url.path}" if err.status_code == 404 else str(err.detail)
         return JSONResponse({"error": message, "error_type": kind}, status_code=err.status_code)
 
+
+def _health(service: Service):
+    """``/health``'s answer: (body, status)."""
+    stalled = service.batcher.stalled_for() if service.batcher is not None else None
+    if stalled is not None:  # the engine holds a batch whose every request has timed out: not progressing
+        return {
+            "status": "stalled",
+            "error": f"the engine has run one batch {stalled:.0f} s past its requests' timeout",
+        }, 503
+    if service.draining:
+        return {"status": "draining"}, 503
+    if service.warmup_error:
+        return {"status": "failed", "error": f"warm-up failed: {service.warmup_error}"}, 503
+    if not service.ready:
+        return {"status": "warming up"}, 503
+    return {"status": "ok"}, 200
+
+
+def _add_operations_routes(app, service: Service, model) -> None:
+    """``/health`` (GET and HEAD), ``/info`` and ``/metrics``."""
+    from fastapi.responses import JSONResponse, Response
+
+    task, config = service.task, service.config
+
     @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
-        stalled = service.batcher.stalled_for() if service.batcher is not None else None
-        if stalled is not None:  # the engine holds a batch whose every request has timed out: not progressing
-            return JSONResponse(
-                {
-                    "status": "stalled",
-                    "error": f"the engine has run one batch {stalled:.0f} s past its requests' timeout",
-                },
-                status_code=503,
-            )
-        if service.draining:
-            return JSONResponse({"status": "draining"}, status_code=503)
-        if service.warmup_error:
-            return JSONResponse(
-                {"status": "failed", "error": f"warm-up failed: {service.warmup_error}"}, status_code=503
-            )
-        if not service.ready:
-            return JSONResponse({"status": "warming up"}, status_code=503)
-        return {"status": "ok"}
+        body, status = _health(service)
+        return JSONResponse(body, status_code=status)
 
     @app.get("/info")
     async def info():
@@ -326,7 +342,14 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
     async def prometheus():
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_task_routes(app, service: Service) -> None:
+    """``POST /`` and ``/models/{name}`` in the task's format, ``/generate_stream``, and the task's own routes."""
+    from fastapi.responses import JSONResponse
+
+    task, config = service.task, service.config
 
     async def parse(request: Request) -> Parsed:
         service.ensure_ready()
@@ -365,7 +388,6 @@ def create_app(model, name: str | None = None, config: ServerConfig | None = Non
 
     for route in task.routes():
         app.add_api_route(route.path, endpoint(route.handler), methods=["POST"])
-    return app
 
 
 def serve(

@@ -60,8 +60,8 @@ class CompletionTask(GenerationTask):
     """Prompt continuation: ``[{"generated_text": ...}]`` (``return_full_text`` false by default, as TGI), a blank
     prompt starting from the BOS token; ``/generate_stream``; OpenAI's ``/v1/completions``."""
 
-    def __init__(self, model):
-        super().__init__(model)
+    def __init__(self, model, config=None):
+        super().__init__(model, config)
         self.name, self.field = "text-generation", "generated_text"
 
     def tokenize(self, inputs: list[str], params: dict, single: bool = False) -> Parsed:
@@ -188,127 +188,138 @@ class CompletionTask(GenerationTask):
         return [Route("/v1/completions", self.openai_completions)]
 
     async def openai_completions(self, service, request):
+        """OpenAI's ``/v1/completions``: plain or streamed (completion chunks, then ``[DONE]``)."""
         service.ensure_ready()
         check_json_content_type(request.headers.get("content-type", ""))
         body = json_fields(
             decode_json(await service.read_body(request), service.config.max_payload_bytes),
-            {
-                "model", "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "stream", "seed", "echo",
-                "user", "presence_penalty", "frequency_penalty", "logprobs", "best_of", "suffix",
-            },
+            _COMPLETION_FIELDS,
             "prompt",
-        )  # fmt: skip
-        for name, neutral in (("presence_penalty", 0), ("frequency_penalty", 0), ("logprobs", None), ("suffix", None)):
-            if body.get(name, neutral) not in (neutral, None):
-                raise invalid(f"`{name}` is not supported")
-        n = body.get("n", 1)
-        if body.get("best_of") not in (None, n):
-            raise invalid("`best_of` is not supported (other than equal to `n`)")
-        prompts = text_list(body["prompt"], "prompt")
-        temperature = body.get("temperature", 1.0)
-        top_p = body.get("top_p", 1.0)
-        for name, value, low, high in (("temperature", temperature, 0.0, 2.0), ("top_p", top_p, 0.0, 1.0)):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or not low <= value <= high
-            ):
-                raise invalid(f"`{name}` must be a number in [{low:g}, {high:g}], got {value!r}")
-        if top_p == 0:
-            raise invalid("`top_p` must be > 0, got 0")
-        stream = body.get("stream", False)
-        echo = body.get("echo", False)
-        for name, value in (("stream", stream), ("echo", echo)):
-            if not isinstance(value, bool):
-                raise invalid(f"`{name}` must be a boolean")
-        stop = body.get("stop")
-        stops = [stop] if isinstance(stop, str) else stop
-        if stops is not None and (
-            not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(t, str) and t for t in stops)
-        ):
-            raise invalid("`stop` must be a string or a list of up to 4 non-empty strings")
-        params = {
-            "max_new_tokens": body.get("max_tokens", OPENAI_DEFAULT_TOKENS),
-            "num_return_sequences": n,
-            "return_full_text": echo,
-            "stop_strings": stops or None,
-        }
-        if temperature > 0:
-            params.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-        elif n != 1:
-            raise invalid("`n` > 1 needs `temperature` > 0 (greedy decoding gives one answer)")
-        if body.get("seed") is not None:
-            params["seed"] = body["seed"]
+        )
+        prompts, params, stream = _completion_params(body)
         self.check_count(len(prompts))
         parsed = await service.off_loop(self.tokenize, prompts, {})
         parsed.params = params
         parsed.options = {"trim_stop": True}
-        created, name = int(time.time()), service.name
-        completion_id = "cmpl-" + uuid.uuid4().hex[:24]
-
-        def chunk(text: str, reason: str | None) -> dict:
-            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
-            return {
-                "id": completion_id,
-                "object": "text_completion",
-                "created": created,
-                "model": name,
-                "choices": [choice],
-            }
-
-        if stream:
-            if len(prompts) != 1 or n != 1:
-                raise invalid("streaming takes one prompt and n=1")
-
-            class OpenAIEvents(StreamEvents):
-                """Completion chunks; with stop strings, text is held back until it cannot start one."""
-
-                hold = max((len(t) for t in stops or ()), default=1) - 1
-                sent = ""
-                pending = ""
-
-                def token(self, token: dict) -> list[str]:
-                    self.pending += token["text"]
-                    if stops:
-                        cut = _cut_at_stop(self.sent + self.pending, stops)
-                        ready = cut[len(self.sent) : max(len(self.sent), len(cut) - self.hold)]
-                    else:
-                        ready = self.pending
-                    if not ready:
-                        return []
-                    self.sent += ready
-                    self.pending = self.pending[len(ready) :]
-                    return [sse_event(chunk(ready, None))]
-
-                def end(self, text: str, reason: str) -> list[str]:
-                    body = text[len(self.sent) :] if text.startswith(self.sent) else ""
-                    return [sse_event(chunk(body, "length" if reason == "length" else "stop")), "data: [DONE]\n\n"]
-
-            return await service.stream(request, parsed, OpenAIEvents())
-        answers = await service.infer(request, parsed)
-        choices = []
-        for i, answer in enumerate(answers):
-            for j, (text, reason) in enumerate(zip(answer.texts, answer.reasons)):
-                choices.append(
-                    {
-                        "text": text,
-                        "index": i * n + j,
-                        "logprobs": None,
-                        "finish_reason": "length" if reason == "length" else "stop",
-                    }
-                )
-        prompt_tokens = sum(a.prompt_tokens for a in answers)
-        completion_tokens = sum(sum(a.new_tokens) for a in answers)
-        return {
-            "id": completion_id,
+        head = {
+            "id": "cmpl-" + uuid.uuid4().hex[:24],
             "object": "text_completion",
-            "created": created,
-            "model": name,
-            "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "created": int(time.time()),
+            "model": service.name,
         }
+        if stream:
+            if len(prompts) != 1 or params["num_return_sequences"] != 1:
+                raise invalid("streaming takes one prompt and n=1")
+            return await service.stream(request, parsed, _CompletionChunks(head, params["stop_strings"]))
+        answers = await service.infer(request, parsed)
+        return _completion_body(head, answers, params["num_return_sequences"])
+
+
+_COMPLETION_FIELDS = {
+    "model", "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "stream", "seed", "echo",
+    "user", "presence_penalty", "frequency_penalty", "logprobs", "best_of", "suffix",
+}  # fmt: skip
+
+
+def _completion_params(body: dict) -> tuple[list[str], dict, bool]:
+    """A completion request's prompts, its generation parameters (TGI's names), and whether it streams; 422
+    for what turboseq does not support or a value out of OpenAI's ranges."""
+    for name, neutral in (("presence_penalty", 0), ("frequency_penalty", 0), ("logprobs", None), ("suffix", None)):
+        if body.get(name, neutral) not in (neutral, None):
+            raise invalid(f"`{name}` is not supported")
+    n = body.get("n", 1)
+    if body.get("best_of") not in (None, n):
+        raise invalid("`best_of` is not supported (other than equal to `n`)")
+    prompts = text_list(body["prompt"], "prompt")
+    temperature = body.get("temperature", 1.0)
+    top_p = body.get("top_p", 1.0)
+    for name, value, low, high in (("temperature", temperature, 0.0, 2.0), ("top_p", top_p, 0.0, 1.0)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or not low <= value <= high
+        ):
+            raise invalid(f"`{name}` must be a number in [{low:g}, {high:g}], got {value!r}")
+    if top_p == 0:
+        raise invalid("`top_p` must be > 0, got 0")
+    stream = body.get("stream", False)
+    echo = body.get("echo", False)
+    for name, value in (("stream", stream), ("echo", echo)):
+        if not isinstance(value, bool):
+            raise invalid(f"`{name}` must be a boolean")
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop
+    if stops is not None and (
+        not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(t, str) and t for t in stops)
+    ):
+        raise invalid("`stop` must be a string or a list of up to 4 non-empty strings")
+    params = {
+        "max_new_tokens": body.get("max_tokens", OPENAI_DEFAULT_TOKENS),
+        "num_return_sequences": n,
+        "return_full_text": echo,
+        "stop_strings": stops or None,
+    }
+    if temperature > 0:
+        params.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    elif n != 1:
+        raise invalid("`n` > 1 needs `temperature` > 0 (greedy decoding gives one answer)")
+    if body.get("seed") is not None:
+        params["seed"] = body["seed"]
+    return prompts, params, stream
+
+
+def _completion_chunk(head: dict, text: str, reason: str | None) -> dict:
+    return {**head, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": reason}]}
+
+
+class _CompletionChunks(StreamEvents):
+    """OpenAI's completion chunks; with stop strings, text is held back until it cannot start one."""
+
+    def __init__(self, head: dict, stops: list[str] | None):
+        self.head, self.stops = head, stops
+        self.hold = max((len(t) for t in stops or ()), default=1) - 1
+        self.sent = self.pending = ""
+
+    def token(self, token: dict) -> list[str]:
+        self.pending += token["text"]
+        if self.stops:
+            cut = _cut_at_stop(self.sent + self.pending, self.stops)
+            ready = cut[len(self.sent) : max(len(self.sent), len(cut) - self.hold)]
+        else:
+            ready = self.pending
+        if not ready:
+            return []
+        self.sent += ready
+        self.pending = self.pending[len(ready) :]
+        return [sse_event(_completion_chunk(self.head, ready, None))]
+
+    def end(self, text: str, reason: str) -> list[str]:
+        rest = text[len(self.sent) :] if text.startswith(self.sent) else ""
+        final = _completion_chunk(self.head, rest, "length" if reason == "length" else "stop")
+        return [sse_event(final), "data: [DONE]\n\n"]
+
+
+def _completion_body(head: dict, answers: list[Continuation], n: int) -> dict:
+    choices = []
+    for i, answer in enumerate(answers):
+        for j, (text, reason) in enumerate(zip(answer.texts, answer.reasons)):
+            choices.append(
+                {
+                    "text": text,
+                    "index": i * n + j,
+                    "logprobs": None,
+                    "finish_reason": "length" if reason == "length" else "stop",
+                }
+            )
+    prompt_tokens = sum(a.prompt_tokens for a in answers)
+    completion_tokens = sum(sum(a.new_tokens) for a in answers)
+    return {
+        **head,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }

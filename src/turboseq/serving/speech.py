@@ -14,6 +14,7 @@ import numpy as np
 from turboseq.errors import AudioError, AudioTooLong
 from turboseq.formats.audio import CHUNK_SAMPLES, SAMPLE_RATE, load_audio
 from turboseq.generation.settings import GenerationSettings
+from turboseq.serving.config import ServerConfig
 from turboseq.serving.requests import (
     Parsed,
     Prepared,
@@ -46,12 +47,13 @@ class SpeechTask(Task):
 
     name = "automatic-speech-recognition"
     payload_bytes = 25 << 20  # OpenAI's limit
-    max_audio_seconds = 3600.0  # the server sets --max-audio-seconds
-    request_audio_seconds = 3600.0  # ... --max-request-audio-seconds
-    queued_audio_limit = 14400 * SAMPLE_RATE  # ... --max-queued-audio-seconds, in samples
 
-    def __init__(self, model):
-        super().__init__(model)
+    def __init__(self, model, config=None):
+        super().__init__(model, config)
+        config = config or ServerConfig()
+        self.max_audio_seconds = config.max_audio_seconds  # per input: decoding stops past it
+        self.request_audio_seconds = config.request_audio_seconds  # all inputs of a request
+        self.queued_audio_limit = int(config.max_queued_audio_seconds * SAMPLE_RATE)  # held at once, in samples
         self.audio_lock = threading.Lock()  # the parser thread adds, the event loop's answers give back
         self.audio_held = 0  # samples decoded for requests not answered yet
 

@@ -35,11 +35,16 @@ class Task:
     payload_bytes = 1 << 20  # default body limit
     streams = False  # whether /generate_stream serves this task
 
-    def __init__(self, model):
+    def __init__(self, model, config=None):
+        """``config``: the server's ``ServerConfig`` (its limits), or None for the defaults."""
+        from turboseq.serving.config import ServerConfig
+
+        config = config or ServerConfig()
         self.model = model
-        self.max_input_tokens = model.spec.max_positions  # the server lowers it to --max-input-tokens
-        self.max_batch_size = 32  # the server sets --max-batch-size
-        self.max_beams = 16  # ... and --max-beams
+        positions = model.spec.max_positions
+        self.max_input_tokens = min(config.max_input_tokens or positions, positions)  # --max-input-tokens
+        self.max_batch_size = config.max_batch_size  # inputs per engine batch and per request
+        self.max_beams = config.max_beams  # the widest batch a warm-up runs
 
     def parse(self, raw: bytes, content_type: str, limit: int) -> Parsed:
         """The body of ``POST /`` as engine rows; raises RequestError."""
@@ -133,10 +138,11 @@ def register(model_class: type):
     return add
 
 
-def task_for(model) -> Task:
+def task_for(model, config=None) -> Task:
+    """The registered task of ``model``, with the limits of ``config`` (a ``ServerConfig``; None: defaults)."""
     for cls in type(model).__mro__:  # the most specific registration wins
         if cls in TASKS:
-            return TASKS[cls](model)
+            return TASKS[cls](model, config)
     raise ValueError(f"no serving task is registered for {type(model).__name__}")
 
 

@@ -27,8 +27,8 @@ from turboseq.serving.tasks import Route, Task, check_generation_cost, doubling,
 
 
 class TextTask(Task):
-    def __init__(self, model):
-        super().__init__(model)
+    def __init__(self, model, config=None):
+        super().__init__(model, config)
         # the parser thread encodes, the engine thread and the streams decode: a fast tokenizer's state may not
         # be used from two threads at once
         self.tokenizer_lock = threading.Lock()
@@ -94,8 +94,8 @@ class GenerationTask(TextTask):
 
     streams = True
 
-    def __init__(self, model):
-        super().__init__(model)
+    def __init__(self, model, config=None):
+        super().__init__(model, config)
         self.name = "translation" if model.config.get("model_type") == "marian" else "text2text-generation"
         self.field = "translation_text" if self.name == "translation" else "generated_text"
 
