@@ -162,7 +162,23 @@ def resolve(
     merged = dict(_DEFAULTS)
     merged.update({k: v for k, v in model_defaults.items() if k in _DEFAULTS and v is not None})
     merged.update({k: v for k, v in kwargs.items() if k in _DEFAULTS and v is not None})
+    search = _search_settings(merged)
+    lengths = _length_settings(merged, kwargs, max_positions, prompt_length)
+    tokens = _token_settings(merged, vocab_size, search["num_beams"])
+    return GenerationSettings(
+        **search,
+        **lengths,
+        **tokens,
+        forced_bos_token_id=merged["forced_bos_token_id"],
+        forced_eos_token_id=merged["forced_eos_token_id"],
+        renormalize_logits=bool(merged["renormalize_logits"]),
+        decoder_start_token_id=merged["decoder_start_token_id"],
+        prompt_length=prompt_length,
+    )
 
+
+def _search_settings(merged: dict) -> dict:
+    """Beams, sequences, sampling and the penalties, checked."""
     num_beams = _as_int("num_beams", merged["num_beams"], 1)
     nrs = _as_int("num_return_sequences", merged["num_return_sequences"], 1)
     for flag in ("do_sample", "renormalize_logits"):
@@ -190,9 +206,23 @@ def resolve(
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"`early_stopping` must be True, False or 'never', got {early_stopping!r}")
     no_repeat = _as_int("no_repeat_ngram_size", merged["no_repeat_ngram_size"], 0)
+    return dict(
+        num_beams=num_beams,
+        num_return_sequences=nrs,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat,
+    )
 
-    # Lengths count the decoder prompt, as in transformers; max_new_tokens wins over max_length.
-    position_limit = max_positions
+
+def _length_settings(merged: dict, kwargs: dict, position_limit: int, prompt_length: int) -> dict:
+    """Lengths count the decoder prompt, as in transformers; max_new_tokens wins over max_length, and the
+    call's arguments over the model's defaults."""
     max_new = None
     if kwargs.get("max_new_tokens") is not None:
         max_new = _as_int("max_new_tokens", kwargs["max_new_tokens"], 1)
@@ -221,7 +251,11 @@ def resolve(
     min_new = merged["min_new_tokens"]
     if min_new is not None:
         min_new = _as_int("min_new_tokens", min_new, 0)
+    return dict(max_length=max_length, min_length=min_length, min_new_tokens=min_new, max_new_tokens=max_new)
 
+
+def _token_settings(merged: dict, vocab_size: int | None, num_beams: int) -> dict:
+    """EOS, padding, the forced and banned tokens, and stop strings, checked against the vocabulary."""
     eos = merged["eos_token_id"]
     eos_ids = [] if eos is None else _token_ids("eos_token_id", eos, vocab_size, many=True)
     for key in ("pad_token_id", "decoder_start_token_id", "forced_bos_token_id"):
@@ -248,31 +282,7 @@ def resolve(
             )
         if num_beams > 1:
             raise ValueError("`stop_strings` works with num_beams=1 (greedy or sampling)")
-    return GenerationSettings(
-        max_length=max_length,
-        min_length=min_length,
-        min_new_tokens=min_new,
-        num_beams=num_beams,
-        num_return_sequences=nrs,
-        length_penalty=length_penalty,
-        early_stopping=early_stopping,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        no_repeat_ngram_size=no_repeat,
-        bad_words_ids=bad or None,
-        forced_bos_token_id=merged["forced_bos_token_id"],
-        forced_eos_token_id=merged["forced_eos_token_id"],
-        renormalize_logits=bool(merged["renormalize_logits"]),
-        eos_token_ids=eos_ids,
-        pad_token_id=pad,
-        decoder_start_token_id=merged["decoder_start_token_id"],
-        prompt_length=prompt_length,
-        max_new_tokens=max_new,
-        stop_strings=stops,
-    )
+    return dict(eos_token_ids=eos_ids, pad_token_id=pad, bad_words_ids=bad or None, stop_strings=stops)
 
 
 def for_prompt(s: GenerationSettings, width: int, max_positions: int) -> GenerationSettings:

@@ -17,6 +17,7 @@ from torch import Tensor
 from turboseq.errors import InputTooLong
 from turboseq.generation import search
 from turboseq.generation.batching import RowHooks, pad_batch, pad_rows
+from turboseq.generation.listeners import listeners_for
 from turboseq.generation.outputs import Trace
 from turboseq.generation.processors import build_processors
 from turboseq.generation.settings import GenerationSettings, for_prompt, resolve
@@ -149,7 +150,8 @@ class CausalLM(Engine):
             return decode_step(spec, state, tokens)
 
         if s.is_beam:
-            seqs = search.beam_search(step, state.select, self.head, prompt, s, procs, generator, hooks, trace)
+            listeners = listeners_for(trace, hooks)
+            seqs = search.beam_search(step, state.select, self.head, prompt, s, procs, generator, listeners)
         else:
             stop = None
             if s.stop_strings:
@@ -160,9 +162,8 @@ class CausalLM(Engine):
                     return tokenizer.decode([t for t in ids if t < vocab], skip_special_tokens=True)
 
                 stop = StopStrings(s.stop_strings, decode)
-            flat = search.greedy_or_sample(
-                step, state.select, self.head, prompt, s, procs, generator, hooks, stop, trace
-            )
+            listeners = listeners_for(trace, hooks, stop)
+            flat = search.greedy_or_sample(step, state.select, self.head, prompt, s, procs, generator, listeners)
             seqs = [flat[i * copies : (i + 1) * copies] for i in range(batch)]
         cut = [0] * batch if padding is None else padding.tolist()
         return [[seq[cut[i] :] for seq in per_input] for i, per_input in enumerate(seqs)]

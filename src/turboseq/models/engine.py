@@ -18,6 +18,7 @@ from torch import Tensor
 from turboseq.formats.tokenizer import load_tokenizer
 from turboseq.generation import search
 from turboseq.generation.batching import RowHooks, make_batches
+from turboseq.generation.listeners import listeners_for
 from turboseq.generation.outputs import Trace, transition_scores
 from turboseq.generation.processors import build_processors
 from turboseq.generation.settings import GenerationSettings, check_seed, for_prompt, resolve
@@ -263,11 +264,10 @@ class EncoderDecoder(Engine):
             prompt = prompt.index_select(0, expand)
             hooks = None if hooks is None else hooks.select(expand.cpu())
         state = self.decoder_state(hidden, cross_mask, group, s.max_length, expand)
+        listeners = listeners_for(trace, hooks)
         if s.is_beam:
-            return search.beam_search(state.step, state.select, self.head, prompt, s, procs, generator, hooks, trace)
-        seqs = search.greedy_or_sample(
-            state.step, state.select, self.head, prompt, s, procs, generator, hooks, trace=trace
-        )
+            return search.beam_search(state.step, state.select, self.head, prompt, s, procs, generator, listeners)
+        seqs = search.greedy_or_sample(state.step, state.select, self.head, prompt, s, procs, generator, listeners)
         return [seqs[i * copies : (i + 1) * copies] for i in range(batch)]
 
 

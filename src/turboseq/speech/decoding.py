@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from turboseq.generation import search
+from turboseq.generation.listeners import BeamSums, Listeners, RowHooksListener, SampledSums
 from turboseq.generation.processors import SuppressTokens, TimestampRules, build_processors
 from turboseq.generation.settings import MAX_LENGTH_PENALTY, resolve
 from turboseq.models.engine import EagerDecoder
@@ -248,15 +249,13 @@ def decode(model, hidden: Tensor, prompts: list[list[int]], opts: Options, tempe
         probe = _NoSpeechProbe(decoder, model.spec, sot_index)
         if s.is_beam:
             sums: list = [None] * len(rows)
-            seqs = search.beam_search(
-                probe.step, probe.select, model.head, prompt, s, procs, None, row_hooks, sums=sums
-            )
+            listeners = Listeners(BeamSums(sums, procs), None if row_hooks is None else RowHooksListener(row_hooks))
+            seqs = search.beam_search(probe.step, probe.select, model.head, prompt, s, procs, None, listeners)
             picked = [(seqs[j][0], sums[j][0]) for j in range(len(rows))]
         else:
             totals = torch.zeros(prompt.shape[0])
-            seqs = search.greedy_or_sample(
-                probe.step, probe.select, model.head, prompt, s, procs, None, row_hooks, sums=totals
-            )
+            listeners = Listeners(SampledSums(totals), None if row_hooks is None else RowHooksListener(row_hooks))
+            seqs = search.greedy_or_sample(probe.step, probe.select, model.head, prompt, s, procs, None, listeners)
             picked = [_best_sample(seqs[j * copies : (j + 1) * copies], totals[j * copies : (j + 1) * copies], s,
                                    width) for j in range(len(rows))]  # fmt: skip
         no_speech = _no_speech(model, probe, h, prompt, sot_index, group * copies)

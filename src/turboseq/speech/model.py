@@ -308,10 +308,36 @@ class SpeechModel(EncoderDecoder):
         inputs = [audio] if single else list(audio)
         waves = [audio_io.as_waveform(a, str(a) if isinstance(a, (str, Path)) else f"input {i}")
                  for i, a in enumerate(inputs)]  # fmt: skip
-        temps = tuple(temperature) if isinstance(temperature, (list, tuple)) else (temperature,)
         piped = batch_size is not None
         if piped and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
+        opts, vad = self._transcribe_options(
+            piped, beam_size, temperature, without_timestamps, vad_filter, vad_parameters, language, task, options
+        )
+        hooks = RowHooks(abandoned)
+        kept, chunks = waves, [None] * len(waves)
+        if vad is not None and not piped:
+            kept, chunks = longform.vad_filter(waves, vad)
+        languages = [
+            self._language(w, language, language_detection_segments, language_detection_threshold) for w in kept
+        ]
+        sots = [self.whisper_text.sot_sequence(lang, task) for lang, _, _ in languages]
+        if piped:
+            segments, chunks = longform.batched(self, kept, opts, sots, batch_size, vad, progress, hooks)
+        else:
+            segments = longform.sequential(self, kept, opts, sots, max_batch_size, progress, hooks)
+        results = []
+        for i, wave in enumerate(waves):
+            speech = None if chunks[i] is None else sum(c["end"] - c["start"] for c in chunks[i]) / audio_io.SAMPLE_RATE
+            lang, prob, ranked = languages[i]
+            results.append(longform.finish(segments[i], wave, chunks[i], lang, prob, ranked, speech))
+        return results[0] if single else results
+
+    def _transcribe_options(self, piped, beam_size, temperature, without_timestamps, vad_filter, vad_parameters,
+                            language, task, options) -> tuple[Options, VadOptions | None]:  # fmt: skip
+        """``transcribe``'s options checked, in one line each, before any decoding: faster-whisper's
+        ``TranscriptionOptions`` (the batched pipeline's defaults where ``piped``) and the VAD's."""
+        temps = tuple(temperature) if isinstance(temperature, (list, tuple)) else (temperature,)
         if without_timestamps is None:
             without_timestamps = piped
         if vad_filter is None:
@@ -323,48 +349,33 @@ class SpeechModel(EncoderDecoder):
         if piped:
             opts.max_initial_timestamp = 0.0
         opts.check(self.spec.vocab_size)
-        text = self.whisper_text
         for name, value in (("language", language), ("task", task)):
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"`{name}` must be a string, got {value!r}")
-        text.sot_sequence(language, task)  # an unknown language or task fails here, before any decoding
+        self.whisper_text.sot_sequence(language, task)  # an unknown language or task fails here
         if opts.word_timestamps and not self.backend.word_timestamps:
             raise ValueError("word timestamps need the model directory: an exported file cannot align words yet")
         if opts.word_timestamps and not self.whisper.get("alignment_heads"):
             raise ValueError("this model has no `alignment_heads` in its generation config: word timestamps need them")
-        vad = None
         if not isinstance(vad_filter, bool):
             raise ValueError(f"`vad_filter` must be true or false, got {vad_filter!r}")
         if vad_parameters is not None:
             VadOptions.of(vad_parameters)  # checked even where VAD is off: a typo should not pass silently
-        if vad_filter:
-            vad = VadOptions.of(vad_parameters, **({"max_speech_duration_s": 30.0} if piped else {}))
-            if piped and vad_parameters is None:
-                vad.min_silence_duration_ms = 160
-        hooks = RowHooks(abandoned)
-        kept, chunks = waves, [None] * len(waves)
-        if vad is not None and not piped:
-            kept, chunks = longform.vad_filter(waves, vad)
-        languages = []
-        for w in kept:
-            if language is None and self.whisper.get("is_multilingual"):
-                feats = audio_io.log_mel_long(w[: language_detection_segments * audio_io.CHUNK_SAMPLES], self.n_mels)
-                languages.append(self.detect_language(
-                    features=feats, language_detection_segments=language_detection_segments,
-                    language_detection_threshold=language_detection_threshold or 0.5))  # fmt: skip
-            else:
-                languages.append((language or "en", 1.0, None))
-        sots = [text.sot_sequence(lang, task) for lang, _, _ in languages]
-        if piped:
-            segments, chunks = longform.batched(self, kept, opts, sots, batch_size, vad, progress, hooks)
-        else:
-            segments = longform.sequential(self, kept, opts, sots, max_batch_size, progress, hooks)
-        results = []
-        for i, wave in enumerate(waves):
-            speech = None if chunks[i] is None else sum(c["end"] - c["start"] for c in chunks[i]) / audio_io.SAMPLE_RATE
-            lang, prob, ranked = languages[i]
-            results.append(longform.finish(segments[i], wave, chunks[i], lang, prob, ranked, speech))
-        return results[0] if single else results
+        if not vad_filter:
+            return opts, None
+        vad = VadOptions.of(vad_parameters, **({"max_speech_duration_s": 30.0} if piped else {}))
+        if piped and vad_parameters is None:
+            vad.min_silence_duration_ms = 160
+        return opts, vad
+
+    def _language(self, wave, language, segments: int, threshold) -> tuple:
+        """(code, probability, ranked) of one input: the given language, or detected on multilingual models."""
+        if language is None and self.whisper.get("is_multilingual"):
+            feats = audio_io.log_mel_long(wave[: segments * audio_io.CHUNK_SAMPLES], self.n_mels)
+            return self.detect_language(
+                features=feats, language_detection_segments=segments, language_detection_threshold=threshold or 0.5
+            )
+        return (language or "en", 1.0, None)
 
 
 def whisper_output(outputs: list[list[Tensor]], trace: Trace, s: GenerationSettings, copies: int):
