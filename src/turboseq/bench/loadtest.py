@@ -88,6 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="model directory (default: the opus-mt-shaped bench model)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--calm-seconds", type=float, help="--soak: the normal-load-only phase (default: --seconds)")
     parser.add_argument("--batching", choices=["on", "off", "both"], default="both")
     parser.add_argument(
         "--parameters",
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
     if args.soak:
         from turboseq.bench.soak import format_soak, passed, run_soak
 
-        report = run_soak(model_dir, args.clients, args.seconds, params, bench_sentences())
+        report = run_soak(model_dir, args.clients, args.seconds, params, bench_sentences(), args.calm_seconds)
         print(json.dumps(report), flush=True)
         print("\n" + format_soak(report))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

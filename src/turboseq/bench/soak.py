@@ -180,8 +180,11 @@ async def hostile_traffic(url: str, port: int, seconds: float, slow: int = 24, i
     return {"answers": dict(sorted(counts.items())), "server_errors": server_errors}
 
 
-def run_soak(model_dir, clients: int, seconds: float, params: dict, sentences: list[str]) -> dict:
-    """The two phases on one server (see the module docstring); returns the report."""
+def run_soak(
+    model_dir, clients: int, seconds: float, params: dict, sentences: list[str], calm_seconds: float | None = None
+) -> dict:
+    """The two phases on one server (see the module docstring): ``calm_seconds`` (default ``seconds``) of normal
+    load alone, then ``seconds`` beside hostile traffic; returns the report."""
     import httpx
 
     from turboseq.bench.clients import normal_load, rss_mb
@@ -195,7 +198,9 @@ def run_soak(model_dir, clients: int, seconds: float, params: dict, sentences: l
             r.raise_for_status()
             expected[text] = r.json()[0]
         rss_start = rss_mb(server.pid)
-        calm = asyncio.run(normal_load(server.url, sentences, expected, params, clients, seconds, server.pid))
+        calm = asyncio.run(
+            normal_load(server.url, sentences, expected, params, clients, calm_seconds or seconds, server.pid)
+        )
 
         async def both():
             return await asyncio.gather(

@@ -86,6 +86,8 @@ async def read_body(request, limit: int, timeout_s: float) -> bytes:
     included, whatever Content-Length says), 408 when it has not fully arrived within ``timeout_s``."""
     import asyncio
 
+    from starlette.requests import ClientDisconnect
+
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
         check_size(int(declared), limit)
@@ -98,6 +100,8 @@ async def read_body(request, limit: int, timeout_s: float) -> bytes:
             chunk = await asyncio.wait_for(stream.__anext__(), max(deadline - loop.time(), 0.0))
         except StopAsyncIteration:
             break
+        except ClientDisconnect:  # the client left mid-body (or its connection was refused below HTTP)
+            raise RequestError(499, "client closed the request", "client_closed") from None
         except asyncio.TimeoutError:
             raise RequestError(
                 408, f"request body not received within {timeout_s:g} s", "timeout", {"Connection": "close"}
