@@ -7,8 +7,10 @@ decoder cache is reordered in place, and nothing is computed for rows whose resu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,21 @@ from turboseq.generation.settings import GenerationSettings
 Step = Callable[[Tensor], Tensor]
 Select = Callable[[Tensor, Tensor], None]
 NO_LISTENERS = Listeners()
+
+
+@lru_cache(maxsize=1)
+def sorts_beam_samples() -> bool:
+    """Whether the installed transformers sorts beam sampling's drawn candidates by their score before the first
+    ``num_beams`` of them may finish (5.24 and later); earlier versions keep the order of the draws. The tests
+    compare with the installed transformers, so turboseq follows it (read from its package metadata: the
+    generation layer does not import transformers)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = re.match(r"(\d+)\.(\d+)", version("transformers"))
+    except PackageNotFoundError:
+        return True
+    return found is None or (int(found[1]), int(found[2])) >= (5, 24)
 
 
 def _exponential_noise(shape, generator: torch.Generator | None, device) -> Tensor:
@@ -246,8 +263,11 @@ def beam_search(
         log_probs = log_probs.view(n, nb, vocab).add_(beams.running_scores[:, :, None]).view(n, nb * vocab)
         if s.do_sample:  # beam sampling: the noise of the whole batch, as transformers draws it
             noise = _exponential_noise((batch, nb * vocab), generator, device)[active]
-            topk_idx = torch.topk(F.softmax(log_probs, dim=-1) / noise, keep_k)[1]
+            topk_idx = torch.topk(F.softmax(log_probs, dim=-1) / noise, keep_k)[1]  # in draw order
             topk_scores = torch.gather(log_probs, 1, topk_idx)
+            if sorts_beam_samples():  # transformers >= 5.24 ranks the drawn candidates by score
+                topk_scores, order = topk_scores.sort(dim=-1, descending=True)
+                topk_idx = topk_idx.gather(-1, order)
         else:
             topk_scores, topk_idx = _top_candidates(log_probs, nb, vocab, keep_k)
         src_beam = topk_idx // vocab  # [n, keep_k]
