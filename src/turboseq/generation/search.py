@@ -122,6 +122,19 @@ def greedy_or_sample(
     return [seqs[i, : min(int(lengths[i]), cur_len)] for i in range(batch)]
 
 
+def _sampled_candidates(log_probs: Tensor, k: int, generator, batch: int, active: Tensor) -> tuple[Tensor, Tensor]:
+    """Beam sampling's ``k`` candidates per sentence, as ``torch.multinomial`` draws them without replacement
+    from the noise of the whole batch (transformers' random stream); ranked by score where the installed
+    transformers does (5.24 and later), else in draw order."""
+    noise = _exponential_noise((batch, log_probs.shape[1]), generator, log_probs.device)[active]
+    topk_idx = torch.topk(F.softmax(log_probs, dim=-1) / noise, k)[1]  # in draw order
+    topk_scores = torch.gather(log_probs, 1, topk_idx)
+    if sorts_beam_samples():
+        topk_scores, order = topk_scores.sort(dim=-1, descending=True)
+        topk_idx = topk_idx.gather(-1, order)
+    return topk_scores, topk_idx
+
+
 def _top_candidates(scores: Tensor, nb: int, vocab: int, k: int) -> tuple[Tensor, Tensor]:
     """``torch.topk(scores, k)`` over each sentence's [nb * vocab] candidates, in two rounds: the best k of
     every beam, then the best k of those (the same k values; on one sentence's row, where one long row keeps a
@@ -261,13 +274,8 @@ def beam_search(
         log_probs = apply(procs, beams.running[:, :, :cur_len].reshape(n * nb, cur_len), log_probs)
         listeners.scored(log_probs)
         log_probs = log_probs.view(n, nb, vocab).add_(beams.running_scores[:, :, None]).view(n, nb * vocab)
-        if s.do_sample:  # beam sampling: the noise of the whole batch, as transformers draws it
-            noise = _exponential_noise((batch, nb * vocab), generator, device)[active]
-            topk_idx = torch.topk(F.softmax(log_probs, dim=-1) / noise, keep_k)[1]  # in draw order
-            topk_scores = torch.gather(log_probs, 1, topk_idx)
-            if sorts_beam_samples():  # transformers >= 5.24 ranks the drawn candidates by score
-                topk_scores, order = topk_scores.sort(dim=-1, descending=True)
-                topk_idx = topk_idx.gather(-1, order)
+        if s.do_sample:
+            topk_scores, topk_idx = _sampled_candidates(log_probs, keep_k, generator, batch, active)
         else:
             topk_scores, topk_idx = _top_candidates(log_probs, nb, vocab, keep_k)
         src_beam = topk_idx // vocab  # [n, keep_k]
