@@ -47,7 +47,10 @@ HOSTILE_RAW = [
     ),
 ]
 
-FLOOD_ADDRESS = "127.0.0.2"  # the hostile clients connect from another loopback address than the normal load
+# the hostile clients connect from other loopback addresses than the normal load: the flood of idle sockets
+# from one (the per-address limit answers it 503), the slow, idle and malformed-framing clients from another
+FLOOD_ADDRESS = "127.0.0.2"
+HOSTILE_ADDRESS = "127.0.0.3"
 
 
 async def _slow_header_client(port: int, stop: float, counts: dict) -> None:
@@ -55,7 +58,7 @@ async def _slow_header_client(port: int, stop: float, counts: dict) -> None:
     request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n"
     while time.perf_counter() < stop:
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(FLOOD_ADDRESS, 0))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(HOSTILE_ADDRESS, 0))
         except OSError:
             counts["connect_failed"] = counts.get("connect_failed", 0) + 1
             await asyncio.sleep(0.5)
@@ -79,7 +82,7 @@ async def _slow_header_client(port: int, stop: float, counts: dict) -> None:
 async def _idle_client(port: int, stop: float, counts: dict) -> None:
     while time.perf_counter() < stop:
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(FLOOD_ADDRESS, 0))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(HOSTILE_ADDRESS, 0))
             answer = await asyncio.wait_for(reader.read(200), timeout=max(0.1, stop - time.perf_counter()))
             key = f"idle:{answer[9:12].decode(errors='replace') or 'closed'}"
             counts[key] = counts.get(key, 0) + 1
@@ -132,7 +135,7 @@ async def _raw_client(port: int, stop: float, counts: dict, server_errors: list)
         name, data = HOSTILE_RAW[i % len(HOSTILE_RAW)]
         i += 1
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(FLOOD_ADDRESS, 0))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(HOSTILE_ADDRESS, 0))
             writer.write(data + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # never served after a refusal
             await writer.drain()
             answer = await asyncio.wait_for(reader.read(), timeout=max(0.1, stop - time.perf_counter()))
