@@ -7,7 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from turboseq.cli.parser import CAUSAL_NEW_TOKENS, VERB_KINDS, build_parser
+from turboseq.cli.arguments import CAUSAL_NEW_TOKENS, VERB_KINDS
+from turboseq.cli.parser import build_parser
 from turboseq.errors import MissingExtra
 
 __all__ = ["main", "build_parser", "VERB_KINDS"]
