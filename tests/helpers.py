@@ -513,3 +513,37 @@ def make_causal(path, name: str, vocab_size: int = 300, tokenizer: bool = False)
     model.generation_config = transformers.GenerationConfig(bos_token_id=vocab_size - 1, eos_token_id=eos)
     model.save_pretrained(path)
     return getattr(transformers, model_cls).from_pretrained(path).eval()
+
+
+def wav_bytes(samples, float32: bool = False) -> bytes:
+    """A 16 kHz mono WAV file of ``samples``: 16-bit PCM (clipped to [-1, 1]), or 32-bit float (format 3), which
+    can hold NaN and infinity."""
+    import struct
+
+    import numpy as np
+
+    if float32:
+        data, fmt = np.asarray(samples).astype("<f4").tobytes(), struct.pack("<HHIIHH", 3, 1, 16000, 64000, 4, 32)
+    else:
+        data = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+        fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
+    head = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + struct.pack("<I", 16) + fmt
+    return head + b"data" + struct.pack("<I", len(data)) + data
+
+
+def raw_http(port: int, data: bytes, wait_s: float = 5.0) -> bytes:
+    """Send raw bytes to a loopback server, then read whatever it answers until it closes (or ``wait_s``)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
+        out = b""
+        try:  # a server that answers before the whole request arrived may close while we still send
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return out

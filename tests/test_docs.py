@@ -24,26 +24,10 @@ def test_the_docs_have_snippets_to_run():
         assert runnable[name] >= 1, runnable
 
 
-def _pcm16_wav(samples: np.ndarray) -> bytes:
-    import struct
-
-    data = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
-    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
-    return (
-        b"RIFF"
-        + struct.pack("<I", 36 + len(data))
-        + b"WAVEfmt "
-        + struct.pack("<I", 16)
-        + fmt
-        + b"data"
-        + (struct.pack("<I", len(data)) + data)
-    )
-
-
 @pytest.fixture(scope="module")
 def doc_paths(marian_one, gpt2_text, minilm, ct2_dir, clips, tmp_path_factory):
     """Where each path a snippet names really is, and a working directory holding the audio files they read."""
-    from tests.helpers import make_family_model
+    from tests.helpers import make_family_model, wav_bytes
     from turboseq.bench.models import build_t5_tokenizer
     from turboseq.formats.audio import load_audio
 
@@ -57,7 +41,7 @@ def doc_paths(marian_one, gpt2_text, minilm, ct2_dir, clips, tmp_path_factory):
 
     export_encoder(minilm[0], cwd / "minilm.pt2")
     long = np.concatenate([load_audio(c) for c in clips] * 3)
-    (cwd / "long.wav").write_bytes(_pcm16_wav(long))
+    (cwd / "long.wav").write_bytes(wav_bytes(long))
     paths = {
         "path/to/opus-mt-en-de": marian_one[1],
         "path/to/flan-t5-small": t5,

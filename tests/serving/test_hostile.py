@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.helpers import raw_http
 from turboseq.serving.process import ServerProcess
 
 TIMEOUTS = ("--header-timeout-s", "1", "--body-timeout-s", "1")
@@ -162,19 +163,6 @@ def _post(url: str, **kwargs) -> httpx.Response:
     return httpx.post(url, timeout=30, **kwargs)
 
 
-def _raw(port: int, data: bytes, wait_s: float = 5.0) -> bytes:
-    """Send raw bytes, then read whatever the server answers until it closes (or ``wait_s``)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
-        sock.sendall(data)
-        out = b""
-        try:
-            while chunk := sock.recv(65536):
-                out += chunk
-        except TimeoutError:
-            pass
-    return out
-
-
 # --- text generation ------------------------------------------------------------------------------------------
 
 
@@ -278,7 +266,7 @@ def test_get_on_a_post_route_is_405_json(text_server):
 def test_a_lying_content_length_times_out_with_408(text_server):
     """The header says 1000 bytes, 10 arrive: the body deadline answers 408 and closes."""
     t0 = time.time()
-    out = _raw(
+    out = raw_http(
         text_server.port,
         b'POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"inputs":',
         wait_s=10,
@@ -290,9 +278,9 @@ def test_a_lying_content_length_times_out_with_408(text_server):
 
 def test_partial_headers_and_idle_connections_are_cut(text_server):
     t0 = time.time()
-    out = _raw(text_server.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Le", wait_s=10)
+    out = raw_http(text_server.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Le", wait_s=10)
     assert out.startswith(b"HTTP/1.1 408") and b"request headers not received in time" in out
-    out = _raw(text_server.port, b"", wait_s=10)  # connects and says nothing
+    out = raw_http(text_server.port, b"", wait_s=10)  # connects and says nothing
     assert out.startswith(b"HTTP/1.1 408")
     assert time.time() - t0 < 10
     _status_ok(text_server, text_server.normal)

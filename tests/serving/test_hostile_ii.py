@@ -7,60 +7,15 @@ import base64
 import json
 import signal
 import socket
-import struct
 import time
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import raw_http, run_cli, wav_bytes
 from turboseq.formats.audio import load_audio
 from turboseq.serving.process import ServerProcess
-
-
-def _raw(port: int, data: bytes, wait_s: float = 5.0, source: str | None = None) -> bytes:
-    with socket.create_connection(
-        ("127.0.0.1", port), timeout=wait_s, source_address=(source, 0) if source else None
-    ) as s:
-        s.sendall(data)
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except TimeoutError:
-            pass
-    return out
-
-
-def _float_wav(samples: np.ndarray) -> bytes:
-    """A 32-bit float WAV (format 3) of 16 kHz mono ``samples``: it can hold NaN and infinity."""
-    data = samples.astype("<f4").tobytes()
-    fmt = struct.pack("<HHIIHH", 3, 1, 16000, 64000, 4, 32)
-    return (
-        b"RIFF"
-        + struct.pack("<I", 36 + len(data))
-        + b"WAVEfmt "
-        + struct.pack("<I", 16)
-        + fmt
-        + b"data"
-        + (struct.pack("<I", len(data)) + data)
-    )
-
-
-def _pcm16_wav(samples: np.ndarray) -> bytes:
-    data = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
-    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
-    return (
-        b"RIFF"
-        + struct.pack("<I", 36 + len(data))
-        + b"WAVEfmt "
-        + struct.pack("<I", 16)
-        + fmt
-        + b"data"
-        + (struct.pack("<I", len(data)) + data)
-    )
-
 
 # --- the engine is shared: a failing input fails only its own request ---------------------------------------------
 
@@ -172,10 +127,10 @@ def test_nan_audio_is_refused_at_parse_time():
     samples = np.zeros(16000, np.float32)
     samples[100] = np.nan
     with pytest.raises(AudioError, match="input 0: samples contain NaN or infinity"):
-        load_audio(_float_wav(samples), name="input 0")
+        load_audio(wav_bytes(samples, float32=True), name="input 0")
     samples[100] = 1e30
     with pytest.raises(AudioError, match=r"samples far outside \[-1, 1\]"):
-        load_audio(_float_wav(samples), name="input 0")
+        load_audio(wav_bytes(samples, float32=True), name="input 0")
 
 
 # --- live speech server ------------------------------------------------------------------------------------------
@@ -261,7 +216,7 @@ def test_fallback_abuse_times_out_and_frees_the_engine(ct2_dir, clips):
 def test_nan_audio_gets_400_and_spares_its_batch_mates(speech_server):
     samples = (np.random.default_rng(0).standard_normal(32000) * 0.1).astype(np.float32)
     samples[5] = np.inf
-    bad = _float_wav(samples)
+    bad = wav_bytes(samples, float32=True)
 
     async def both():
         async with httpx.AsyncClient(timeout=60) as client:
@@ -378,7 +333,7 @@ _NEXT = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
     ],
 )
 def test_ambiguous_framing_gets_400_and_a_closed_connection(lm_server, head, words):
-    out = _raw(lm_server.port, head + _NEXT, wait_s=5)
+    out = raw_http(lm_server.port, head + _NEXT, wait_s=5)
     assert out.startswith(b"HTTP/1.1 400") and words in out, out
     assert out.count(b"HTTP/1.1") == 1  # the pipelined request behind it is never served
 
@@ -387,7 +342,7 @@ def test_a_body_over_the_limit_closes_the_connection(lm_server):
     t0 = time.time()
     head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     chunk = b"%x\r\n" % 300_000 + b"x" * 300_000 + b"\r\n"
-    out = _raw(lm_server.port, head + chunk * 5, wait_s=15)
+    out = raw_http(lm_server.port, head + chunk * 5, wait_s=15)
     assert out.startswith(b"HTTP/1.1 413") and out.count(b"HTTP/1.1") == 1  # no unsolicited 408 later
     assert time.time() - t0 < 10
 
@@ -520,16 +475,16 @@ def test_cli_usage_errors_are_one_line(gpt2_text, tmp_path):
 def test_a_huge_chunk_size_is_refused_at_once(lm_server):
     t0 = time.time()
     head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-    out = _raw(lm_server.port, head + b"ffffffffffff\r\n" + b"x" * 100, wait_s=10)
+    out = raw_http(lm_server.port, head + b"ffffffffffff\r\n" + b"x" * 100, wait_s=10)
     assert out.startswith(b"HTTP/1.1 413") and b"chunk of 281474976710655 bytes is over the limit" in out, out
     assert time.time() - t0 < 3
     # a small chunked body still works
     body = b'{"inputs": "Hi", "parameters": {"max_new_tokens": 2}}'
-    out = _raw(lm_server.port, head + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n", wait_s=2)
+    out = raw_http(lm_server.port, head + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n", wait_s=2)
     assert out.startswith(b"HTTP/1.1 200"), out
 
 
 def test_ambiguous_framing_after_a_good_request_on_the_same_connection(lm_server):
     bad = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-    out = _raw(lm_server.port, _NEXT + bad + _NEXT, wait_s=5)
+    out = raw_http(lm_server.port, _NEXT + bad + _NEXT, wait_s=5)
     assert out.startswith(b"HTTP/1.1 200") and out.count(b"HTTP/1.1 400") == 1 and out.count(b"HTTP/1.1") == 2, out
