@@ -14,8 +14,6 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from turboseq.generation.processors import LogSoftmax
-
 
 def length_norm(length: int, penalty: float) -> float:
     """``length ** penalty`` as transformers computes it, or infinity where a huge penalty overflows a float."""
@@ -136,10 +134,11 @@ class Listeners:
             item.end(finished_scores)
 
 
-def listeners_for(trace=None, hooks=None, stop: Callable[[Tensor], Tensor] | None = None) -> Listeners:
+def listeners_for(trace=None, hooks=None, stop: Callable[[Tensor], Tensor] | None = None, *more: Listener) -> Listeners:
     """The listeners of a call's optional side channels: a ``Trace`` (``return_dict_in_generate``), ``RowHooks``
-    (streaming, abandoned rows) and stop strings."""
+    (streaming, abandoned rows), stop strings, and any ``more``."""
     return Listeners(
+        *more,
         None if trace is None else TraceListener(trace),
         None if hooks is None else RowHooksListener(hooks),
         None if stop is None else StopListener(stop),
@@ -225,13 +224,13 @@ class StopListener(Listener):
 
 class SampledSums(Listener):
     """Greedy and sampling: each row's sum of the log-probabilities of its chosen tokens (the log-softmax of the
-    processed scores, before temperature and top-k/top-p), EOS included, into ``totals`` [rows]: Whisper's
+    processed scores, before temperature and top-k/top-p), EOS included, in ``totals`` [rows]: Whisper's
     average log-probability."""
 
     needs_logits = needs_processed = True
 
-    def __init__(self, totals: Tensor):
-        self.totals = totals
+    def start(self, batch, prompt_len, s, beam, device) -> None:
+        self.totals = torch.zeros(batch)
 
     def picked(self, rows: Tensor, processed: Tensor, tokens: Tensor) -> None:
         picked = torch.log_softmax(processed, dim=-1).gather(1, tokens[:, None])[:, 0]
@@ -240,13 +239,11 @@ class SampledSums(Listener):
 
 class BeamSums(Listener):
     """Beam search: per sentence, the sum of the log-probabilities of each returned hypothesis' tokens, EOS
-    included, renormalised after the logits rules (as CTranslate2 scores), into ``sums`` [sentences]."""
-
-    def __init__(self, sums: list, procs: list):
-        self.sums = sums
-        self.renormalized = bool(procs) and isinstance(procs[-1], LogSoftmax)  # log-normalisers are 0
+    included, renormalised after the logits rules (as CTranslate2 scores), in ``sums`` [sentences]."""
 
     def start(self, batch, prompt_len, s, beam, device) -> None:
+        self.sums: list = [None] * batch
+        self.renormalized = s.renormalize_logits  # the processors end with a log-softmax: log-normalisers are 0
         # per hypothesis: the sum of the log-normalisers of the processed scores on its path
         self.beams, self.penalty = s.num_beams, s.length_penalty
         self.running_norm = torch.zeros((batch, self.beams), device=device)

@@ -15,14 +15,12 @@ import torch
 from torch import Tensor
 
 from turboseq.errors import InputTooLong
-from turboseq.generation import search
 from turboseq.generation.batching import RowHooks, pad_batch, pad_rows
-from turboseq.generation.listeners import listeners_for
 from turboseq.generation.outputs import Trace
-from turboseq.generation.processors import build_processors
+from turboseq.generation.runner import run_search
 from turboseq.generation.settings import GenerationSettings, for_prompt, resolve
 from turboseq.generation.stops import StopStrings
-from turboseq.models.engine import Engine, generate_output, output_request
+from turboseq.models.engine import EagerDecoder, Engine, generate_output, output_request
 from turboseq.models.progress import progress_bar
 from turboseq.runtime.cache import DecoderState
 from turboseq.runtime.layers import decode_step
@@ -112,61 +110,43 @@ class CausalLM(Engine):
         batch, width = inputs.shape
         s = for_prompt(s, width, spec.max_positions)
         padding = None if mask is None or bool(mask.all()) else (width - mask.sum(dim=1)).to(self.device)
-        procs = build_processors(s, spec.vocab_size)
-        group = s.num_beams if s.is_beam else 1
-        copies = 1 if s.is_beam else s.num_return_sequences
-        # the search loops see padding as id `vocab_size`, which no logits rule matches (transformers' repetition
-        # penalty ignores padding too); the prefill reads it as id 0, masked
+        # the search loops see padding as id `vocab_size` (``EagerDecoder.step``)
         prompt = inputs if padding is None else inputs.masked_fill(~mask.to(self.device).bool(), spec.vocab_size)
-        if copies > 1:  # sampled sequences: one decoder row each
-            expand = torch.arange(batch, device=self.device).repeat_interleave(copies)
-            prompt = prompt.index_select(0, expand)
-            hooks = None if hooks is None else hooks.select(expand.cpu())
         attn = spec.decoder.layers[0].self_attn
-        state = DecoderState(
-            None,
-            None,
-            group,
-            attn.kv_heads,
-            attn.head_dim,
-            s.max_length,
-            initial_capacity=width + 64,
-            layers=len(spec.decoder.layers),
-            rows=batch,
-            like=torch.empty(0, dtype=self.attention_dtype, device=self.device),
-            padding=padding,
+
+        def make_decoder(fanout, expand):
+            fan_out = fanout.group * fanout.copies  # decoder rows per prompt
+            state = DecoderState(
+                None,
+                None,
+                fanout.group,
+                attn.kv_heads,
+                attn.head_dim,
+                s.max_length,
+                initial_capacity=width + 64,
+                layers=len(spec.decoder.layers),
+                rows=batch * fan_out,
+                like=torch.empty(0, dtype=self.attention_dtype, device=self.device),
+                padding=None if padding is None else padding.repeat_interleave(fan_out),
+            )
+            return EagerDecoder(spec, state, prompt_share=fan_out)  # a prompt runs once per input
+
+        seqs = run_search(
+            make_decoder, self.head, prompt, s, spec.vocab_size, generator, hooks=hooks, trace=trace, stop=self._stop(s)
         )
-        fan_out = group * copies  # decoder rows per prompt
-
-        def step(tokens: Tensor) -> Tensor:
-            if state.length == 0 and padding is not None:
-                tokens = tokens.masked_fill(tokens >= spec.vocab_size, 0)
-            if state.length == 0 and fan_out > 1:
-                # the prompt once per input, then its cache copied to the input's beams or samples
-                hidden = decode_step(spec, state, tokens[::fan_out])
-                rows = torch.arange(batch, device=self.device).repeat_interleave(fan_out)
-                state.select(rows)
-                return hidden.index_select(0, rows)
-            return decode_step(spec, state, tokens)
-
-        if s.is_beam:
-            listeners = listeners_for(trace, hooks)
-            seqs = search.beam_search(step, state.select, self.head, prompt, s, procs, generator, listeners)
-        else:
-            stop = None
-            if s.stop_strings:
-                tokenizer = self.tokenizer
-                vocab = spec.vocab_size
-
-                def decode(ids: list[int]) -> str:
-                    return tokenizer.decode([t for t in ids if t < vocab], skip_special_tokens=True)
-
-                stop = StopStrings(s.stop_strings, decode)
-            listeners = listeners_for(trace, hooks, stop)
-            flat = search.greedy_or_sample(step, state.select, self.head, prompt, s, procs, generator, listeners)
-            seqs = [flat[i * copies : (i + 1) * copies] for i in range(batch)]
         cut = [0] * batch if padding is None else padding.tolist()
         return [[seq[cut[i] :] for seq in per_input] for i, per_input in enumerate(seqs)]
+
+    def _stop(self, s: GenerationSettings) -> StopStrings | None:
+        """The stop strings of ``s`` over the model's tokenizer (None: none)."""
+        if not s.stop_strings:
+            return None
+        tokenizer, vocab = self.tokenizer, self.spec.vocab_size
+
+        def decode(ids: list[int]) -> str:  # the loops' padding id (``vocab_size``) is no token
+            return tokenizer.decode([t for t in ids if t < vocab], skip_special_tokens=True)
+
+        return StopStrings(s.stop_strings, decode)
 
     # --- token-level API ---------------------------------------------------------------------------------
 

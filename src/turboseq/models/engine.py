@@ -16,11 +16,9 @@ import torch
 from torch import Tensor
 
 from turboseq.formats.tokenizer import load_tokenizer
-from turboseq.generation import search
 from turboseq.generation.batching import RowHooks, make_batches
-from turboseq.generation.listeners import listeners_for
 from turboseq.generation.outputs import Trace, transition_scores
-from turboseq.generation.processors import build_processors
+from turboseq.generation.runner import run_search
 from turboseq.generation.settings import GenerationSettings, check_seed, for_prompt, resolve
 from turboseq.runtime.cache import DecoderState
 from turboseq.runtime.compute import resolve_compute_type
@@ -255,20 +253,11 @@ class EncoderDecoder(Engine):
         else:  # forced prefixes: lengths count them, as transformers counts decoder_input_ids
             prompt = prompts.to(self.device)
             s = for_prompt(s, prompt.shape[1], self.spec.max_positions)
-        procs = build_processors(s, self.spec.vocab_size)
-        group = s.num_beams if s.is_beam else 1
-        copies = 1 if s.is_beam else s.num_return_sequences
-        expand = None
-        if copies > 1:  # sampled sequences: one decoder row (and one cross K/V entry) each
-            expand = torch.arange(batch, device=self.device).repeat_interleave(copies)
-            prompt = prompt.index_select(0, expand)
-            hooks = None if hooks is None else hooks.select(expand.cpu())
-        state = self.decoder_state(hidden, cross_mask, group, s.max_length, expand)
-        listeners = listeners_for(trace, hooks)
-        if s.is_beam:
-            return search.beam_search(state.step, state.select, self.head, prompt, s, procs, generator, listeners)
-        seqs = search.greedy_or_sample(state.step, state.select, self.head, prompt, s, procs, generator, listeners)
-        return [seqs[i * copies : (i + 1) * copies] for i in range(batch)]
+
+        def make_decoder(fanout, expand):
+            return self.decoder_state(hidden, cross_mask, fanout.group, s.max_length, expand)
+
+        return run_search(make_decoder, self.head, prompt, s, self.spec.vocab_size, generator, hooks=hooks, trace=trace)
 
 
 class EagerBackend:
@@ -299,9 +288,8 @@ class EagerBackend:
             cross_kv = [(k.index_select(0, expand), v.index_select(0, expand)) for k, v in cross_kv]
             cross_mask = None if cross_mask is None else cross_mask.index_select(0, expand)
         attn = self.spec.decoder.layers[0].self_attn
-        return EagerDecoder(
-            self.spec, DecoderState(cross_kv, cross_mask, group, attn.kv_heads, attn.head_dim, max_length)
-        )
+        state = DecoderState(cross_kv, cross_mask, group, attn.kv_heads, attn.head_dim, max_length)
+        return EagerDecoder(self.spec, state, prompt_share=group)
 
     def source_vocab_size(self) -> int:
         return self.spec.encoder.embed.tokens.shape[0]
@@ -313,23 +301,20 @@ class EagerBackend:
 
 
 class EagerDecoder:
-    """``decode_step`` over a ``DecoderState``, as the search loops call it."""
+    """``decode_step`` over a ``DecoderState``, as the search runner (``generation.runner``) drives it: the
+    ``prompt_share`` consecutive rows of a sentence (its beams; a decoder-only input's beams or samples) may
+    share one prefill of their prompt."""
 
-    def __init__(self, spec, state: DecoderState):
-        self.spec, self.state = spec, state
+    def __init__(self, spec, state: DecoderState, prompt_share: int = 1):
+        self.spec, self.state, self.prompt_share = spec, state, prompt_share
+        self.select = state.select
+        self.narrow = state.narrow
+        self.widen = state.widen
 
     def step(self, tokens: Tensor, all_positions: bool = False) -> Tensor:
-        state, group = self.state, self.state.group
-        if state.length or group == 1 or tokens.shape[1] == 1:
-            return decode_step(self.spec, state, tokens, all_positions)
-        # a prompt: the rows of a sentence (its beams) share it, so it runs once per sentence and its cache
-        # is copied to the sentence's rows
-        sentences = tokens.shape[0] // group
-        state.group, state.rows = 1, sentences
-        hidden = decode_step(self.spec, state, tokens[::group], all_positions)
-        state.group = group
-        state.select(torch.arange(sentences, device=tokens.device).repeat_interleave(group))
-        return hidden.repeat_interleave(group, dim=0)
-
-    def select(self, rows: Tensor, sentences: Tensor | None = None) -> None:
-        self.state.select(rows, sentences)
+        state = self.state
+        if state.length == 0 and state.padding is not None:
+            # the search loops see left padding as id `vocab_size`, which no logits rule matches (transformers'
+            # repetition penalty ignores padding too); the prefill reads it as id 0, masked
+            tokens = tokens.masked_fill(tokens >= self.spec.vocab_size, 0)
+        return decode_step(self.spec, state, tokens, all_positions)

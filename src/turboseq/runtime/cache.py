@@ -100,6 +100,19 @@ class DecoderState:
         vs[: self.rows, self.length : end] = v
         return ks[: self.rows, :end].transpose(1, 2), vs[: self.rows, :end].transpose(1, 2)
 
+    def narrow(self, share: int) -> None:
+        """Hold one row per ``share`` consecutive rows (the beams or samples of one input), so that a prompt
+        they have in common runs once; ``widen`` then copies each row's cache back to its ``share`` rows."""
+        self.rows //= share
+        self.group = max(1, self.group // share)
+        if self.padding is not None:
+            self.padding = self.padding[::share]
+
+    def widen(self, share: int, group: int) -> None:
+        """Undo ``narrow``: every row copied to ``share`` consecutive rows, ``group`` rows per sentence."""
+        self.select(torch.arange(self.rows, device=self.self_k[0].device).repeat_interleave(share))
+        self.group = group
+
     def select(self, rows: Tensor, sentences: Tensor | None = None) -> None:
         """Keep decoder rows ``rows`` (new row i <- old row rows[i]) and, if given, sentences ``sentences``.
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from turboseq.generation import search
-from turboseq.generation.listeners import BeamSums, Listeners, RowHooksListener, SampledSums
-from turboseq.generation.processors import SuppressTokens, TimestampRules, build_processors
+from turboseq.generation.listeners import BeamSums, SampledSums
+from turboseq.generation.processors import SuppressTokens, TimestampRules
+from turboseq.generation.runner import run_search
 from turboseq.generation.settings import MAX_LENGTH_PENALTY, resolve
 from turboseq.models.engine import EagerDecoder
 
@@ -197,16 +197,21 @@ def _output_start(text, prompt: list[int]) -> int:
 
 
 class _NoSpeechProbe:
-    """The decoder's ``step`` for one run, keeping the hidden state at the start token on the first call."""
+    """A decoder (``generation.runner``) that keeps the hidden state at the start token of its first step: the
+    eager runtime returns every position at once (an export's programs only the last: ``at_start`` stays
+    empty)."""
 
-    def __init__(self, decoder, spec, index: int):
-        self.decoder, self.spec, self.index = decoder, spec, index
+    def __init__(self, decoder, index: int):
+        self.decoder, self.index = decoder, index
         self.at_start: Tensor | None = None
         self.select = decoder.select
+        self.prompt_share = getattr(decoder, "prompt_share", 1)
+        if self.prompt_share > 1:
+            self.narrow, self.widen = decoder.narrow, decoder.widen
 
     def step(self, tokens: Tensor) -> Tensor:
         if self.at_start is None:
-            if isinstance(self.decoder, EagerDecoder):  # the eager runtime: every position at once
+            if isinstance(self.decoder, EagerDecoder):
                 every = self.decoder.step(tokens, all_positions=True)
                 self.at_start = every[:, self.index]
                 return every[:, -1]
@@ -229,43 +234,45 @@ def decode(model, hidden: Tensor, prompts: list[list[int]], opts: Options, tempe
     (``RowHooks`` over the windows) let abandoned windows leave the batch. ``cross_kv``: the windows'
     cross-attention K/V (``model.cross_kv``), built here where None."""
     out: list = [None] * len(prompts)
-    text = model.whisper_text
     for width in sorted({len(p) for p in prompts}):
         rows = [i for i, p in enumerate(prompts) if len(p) == width]
         s = _settings(model, prompts[rows[0]], opts, temperature, max_initial_index)
-        procs = build_processors(s, model.spec.vocab_size)
-        prompt = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=model.device)
         h = hidden.index_select(0, torch.tensor(rows, device=hidden.device))
-        group = s.num_beams if s.is_beam else 1
-        copies = 1 if s.is_beam else s.num_return_sequences
-        expand = None
         row_hooks = None if hooks is None else hooks.select(rows)
-        if copies > 1:
-            expand = torch.arange(len(rows), device=model.device).repeat_interleave(copies)
-            prompt = prompt.index_select(0, expand)
-            row_hooks = None if row_hooks is None else row_hooks.select(expand.cpu())
-        decoder = model.decoder_state(h, None, group, s.max_length, expand, take_rows(cross_kv, rows, len(prompts)))
-        sot_index = prompts[rows[0]].index(text.sot)
-        probe = _NoSpeechProbe(decoder, model.spec, sot_index)
-        if s.is_beam:
-            sums: list = [None] * len(rows)
-            listeners = Listeners(BeamSums(sums, procs), None if row_hooks is None else RowHooksListener(row_hooks))
-            seqs = search.beam_search(probe.step, probe.select, model.head, prompt, s, procs, None, listeners)
-            picked = [(seqs[j][0], sums[j][0]) for j in range(len(rows))]
-        else:
-            totals = torch.zeros(prompt.shape[0])
-            listeners = Listeners(SampledSums(totals), None if row_hooks is None else RowHooksListener(row_hooks))
-            seqs = search.greedy_or_sample(probe.step, probe.select, model.head, prompt, s, procs, None, listeners)
-            picked = [_best_sample(seqs[j * copies : (j + 1) * copies], totals[j * copies : (j + 1) * copies], s,
-                                   width) for j in range(len(rows))]  # fmt: skip
-        no_speech = _no_speech(model, probe, h, prompt, sot_index, group * copies)
-        keep = _output_start(text, prompts[rows[0]])  # a prefix is part of the output, as in CTranslate2
-        for j, i in enumerate(rows):
-            seq, total = picked[j]
-            tokens = seq[keep:].tolist()
-            if tokens and tokens[-1] == text.eot:
-                tokens = tokens[:-1]
-            out[i] = (tokens, float(total), no_speech[j])
+        decoded = _decode_alike(model, h, prompts[rows[0]], [prompts[i] for i in rows], s, row_hooks,
+                                take_rows(cross_kv, rows, len(prompts)))  # fmt: skip
+        for i, result in zip(rows, decoded):
+            out[i] = result
+    return out
+
+
+def _decode_alike(model, hidden: Tensor, first: list[int], prompts: list[list[int]], s, hooks, cross_kv) -> list:
+    """``decode`` for windows whose prompts have one length and one layout (``first``'s)."""
+    text = model.whisper_text
+    prompt = torch.tensor(prompts, dtype=torch.long, device=model.device)
+    sot_index = first.index(text.sot)
+    probes: list[_NoSpeechProbe] = []
+
+    def make_decoder(fanout, expand):
+        decoder = model.decoder_state(hidden, None, fanout.group, s.max_length, expand, cross_kv)
+        probes.append(_NoSpeechProbe(decoder, sot_index))
+        return probes[-1]
+
+    sums = BeamSums() if s.is_beam else SampledSums()
+    seqs = run_search(make_decoder, model.head, prompt, s, model.spec.vocab_size, hooks=hooks, listeners=[sums])
+    if s.is_beam:
+        picked = [(seqs[j][0], sums.sums[j][0]) for j in range(len(prompts))]
+    else:
+        c = s.num_return_sequences
+        picked = [_best_sample(seqs[j], sums.totals[j * c : (j + 1) * c], s, len(first)) for j in range(len(prompts))]
+    no_speech = _no_speech(model, probes[0], hidden, prompt, sot_index)
+    keep = _output_start(text, first)  # a prefix is part of the output, as in CTranslate2
+    out = []
+    for (seq, total), p_no_speech in zip(picked, no_speech):
+        tokens = seq[keep:].tolist()
+        if tokens and tokens[-1] == text.eot:
+            tokens = tokens[:-1]
+        out.append((tokens, float(total), p_no_speech))
     return out
 
 
@@ -276,7 +283,7 @@ def _best_sample(seqs: list[Tensor], totals: Tensor, s, width: int) -> tuple[Ten
     return seqs[best], float(totals[best])
 
 
-def _no_speech(model, probe: _NoSpeechProbe, hidden: Tensor, prompt: Tensor, index: int, per_window: int) -> list:
+def _no_speech(model, probe: _NoSpeechProbe, hidden: Tensor, prompt: Tensor, index: int) -> list:
     """Per window, the probability of the no-speech token at the start token (raw logits)."""
     no_speech = model.whisper_text.no_speech
     if no_speech is None:
@@ -284,9 +291,9 @@ def _no_speech(model, probe: _NoSpeechProbe, hidden: Tensor, prompt: Tensor, ind
     at_start = probe.at_start
     if at_start is None or at_start.numel() == 0:  # an exported decoder: run the prompt up to the start token
         decoder = model.decoder_state(hidden, None, 1, index + 1)
-        at_start = decoder.step(prompt[::per_window, : index + 1])
+        at_start = decoder.step(prompt[:, : index + 1])
     else:
-        at_start = at_start[::per_window]
+        at_start = at_start[:: at_start.shape[0] // hidden.shape[0]]  # a window's rows are consecutive
     probs = model.head.logits(at_start).float().softmax(dim=-1)
     return probs[:, no_speech].tolist()
 
