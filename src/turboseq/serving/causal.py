@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass, replace
 
 from turboseq.errors import InputTooLong
-from turboseq.generation.settings import GenerationSettings, check_seed
+from turboseq.generation.settings import check_seed
 from turboseq.models.causal import CausalLM
 from turboseq.serving.requests import (
     Parsed,
@@ -24,16 +24,16 @@ from turboseq.serving.requests import (
     text_list,
 )
 from turboseq.serving.tasks import Route, StreamEvents, check_generation_cost, over_limit, register, sse_event
-from turboseq.serving.text import GenerationTask
+from turboseq.serving.text import GenerationRequest, GenerationTask
 
 DEFAULT_NEW_TOKENS = 100  # TGI's default where a request sets no length
 OPENAI_DEFAULT_TOKENS = 16  # OpenAI's max_tokens default
 
 
-@dataclass
-class CompletionRequest:
-    settings: GenerationSettings
-    seed: int | None
+@dataclass(frozen=True)
+class CompletionRequest(GenerationRequest):
+    """A completion request's settings, resolved once; the server's own fields beside the client's."""
+
     return_full_text: bool = False
     trim_stop: bool = False  # OpenAI: the text ends before the stop string
     default_length: bool = False  # the request set no length: TGI's default, cut to what fits after the prompt
@@ -89,7 +89,7 @@ class CompletionTask(GenerationTask):
             ) from None
         return Parsed(rows, list(range(len(inputs))), len(inputs), params, single)
 
-    def prepare(self, params: dict, trim_stop: bool = False) -> Prepared:
+    def prepare(self, params: dict, trim_stop: bool = False) -> Prepared[GenerationRequest]:
         """``trim_stop`` (OpenAI's routes, never a client's parameter): answers end before the stop string."""
         check_not_server_owned(params)
         params = dict(params)
@@ -119,9 +119,9 @@ class CompletionTask(GenerationTask):
             # not a refusal
             fits = min(s.max_new_tokens, positions - longest, limits.max_new_tokens or positions)
             if fits != s.max_new_tokens:
-                s = request.settings = replace(s, max_new_tokens=fits)
-                if parsed.prepared.key is not None:
-                    parsed.prepared.key += f"|{fits}"
+                s = replace(s, max_new_tokens=fits)
+                key = parsed.prepared.key
+                parsed.prepared = Prepared(replace(request, settings=s), None if key is None else f"{key}|{fits}")
         if s.max_new_tokens is None and longest >= s.max_length:
             raise over_limit(f"`max_length` {s.max_length} leaves no room after a prompt of {longest} tokens")
         total = longest + s.max_new_tokens if s.max_new_tokens is not None else s.max_length

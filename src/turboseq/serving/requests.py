@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 # turboseq-only arguments a client may not set (the server owns batching)
 SERVER_OWNED = {"max_batch_size", "max_batch_tokens", "progress", "batch_size", "on_tokens", "abandoned"}
@@ -172,13 +172,16 @@ def task_body(raw: bytes, limit: int) -> tuple[list[str], dict, bool]:
     return text_list(body["inputs"], "inputs"), params, isinstance(body["inputs"], str)
 
 
-@dataclass
-class Prepared:
-    """A request's parameters, resolved once by its task (``Task.prepare``) and carried with its job:
-    ``settings`` are the task's own (the server never looks inside); requests with equal ``key`` may share an
-    engine batch, and a None key runs alone."""
+S = TypeVar("S")  # a task's resolved request settings (``Task.prepare``)
 
-    settings: Any
+
+@dataclass(frozen=True)
+class Prepared(Generic[S]):
+    """A request's parameters, resolved once by its task (``Task.prepare``) and carried with its job:
+    ``settings`` are the task's own type (the server never looks inside); requests with equal ``key`` may share
+    an engine batch, and a None key runs alone. Frozen: a task that narrows them (``check_cost``) replaces them."""
+
+    settings: S
     key: str | None
 
 
@@ -193,6 +196,6 @@ class Parsed:
     count: int
     params: dict
     single: bool = False  # ``inputs`` was one value, not a list
-    prepared: Prepared | None = None
+    prepared: Prepared[Any] | None = None
     release: Callable[[], None] | None = None  # gives back what parsing holds (decoded audio), once answered
     options: dict = field(default_factory=dict)  # a route's own settings for ``Task.prepare`` (never a client's)

@@ -31,7 +31,7 @@ from turboseq.speech.model import SpeechModel
 from turboseq.speech.transcript import Transcription, to_srt, to_vtt
 
 
-@dataclass
+@dataclass(frozen=True)
 class SpeechRequest:
     """A transcription request's ``transcribe`` arguments and its generation settings, resolved once."""
 
@@ -41,7 +41,7 @@ class SpeechRequest:
 
 
 @register(SpeechModel)
-class SpeechTask(Task):
+class SpeechTask(Task[SpeechRequest]):
     """Speech recognition: raw audio bytes (``audio/*``) or JSON with base64 ``inputs``; answers
     ``{"text", "chunks": [{"timestamp": [start, end], "text"}]}`` per input. OpenAI's transcription route."""
 
@@ -139,7 +139,7 @@ class SpeechTask(Task):
                 "(--max-request-cost)"
             )
 
-    def prepare(self, params):
+    def prepare(self, params) -> Prepared[SpeechRequest]:
         """``SpeechModel.transcribe`` arguments from the request's parameters: faster-whisper's names
         (``beam_size``, ``temperature``, ``word_timestamps``, ``vad_filter``, ...), ``batched: true`` for the
         batched pipeline, and transformers' ``num_beams`` and ``return_timestamps`` (chunks in the answer)."""

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic
 
-from turboseq.serving.requests import Parsed, Prepared, RequestError, invalid, over_limit
+from turboseq.serving.requests import Parsed, Prepared, RequestError, S, invalid, over_limit
 
-__all__ = ["Task", "Route", "register", "task_for", "Parsed", "Prepared", "RequestError", "invalid", "TASKS"]
+__all__ = ["Task", "S", "Route", "register", "task_for", "Parsed", "Prepared", "RequestError", "invalid", "TASKS"]
 
 
 @dataclass
@@ -30,7 +30,9 @@ class Route:
     handler: Callable
 
 
-class Task:
+class Task(Generic[S]):
+    """One kind of model behind the server; ``S``: the type of its resolved request settings (``prepare``)."""
+
     name = "unknown"  # Hugging Face pipeline task, shown by /info
     payload_bytes = 1 << 20  # default body limit
     streams = False  # whether /generate_stream serves this task
@@ -50,7 +52,7 @@ class Task:
         """The body of ``POST /`` as engine rows; raises RequestError."""
         raise NotImplementedError
 
-    def prepare(self, params: dict, **options) -> Prepared:
+    def prepare(self, params: dict, **options) -> Prepared[S]:
         """The request's parameters resolved into the task's settings, and its batch key; raises
         ValueError/TypeError naming a bad parameter. ``options`` are a route's own (``Parsed.options``). By default the parameters are the settings, and requests
         with equal parameters share batches."""
@@ -72,12 +74,12 @@ class Task:
         """A row's share of the batch budget (``--max-batch-tokens``)."""
         return len(row)
 
-    def run(self, rows: list, settings: Any, abandoned=None, on_tokens=None) -> tuple[list, int]:
+    def run(self, rows: list, settings: S, abandoned=None, on_tokens=None) -> tuple[list, int]:
         """One engine batch: (one answer per row, tokens generated). ``abandoned()`` names rows nobody waits
         for any more; ``on_tokens(rows, tokens)`` receives streamed tokens (streaming tasks only)."""
         raise NotImplementedError
 
-    def empty(self, settings: Any):
+    def empty(self, settings: S):
         """The answer to a blank input."""
         return None
 
@@ -89,7 +91,7 @@ class Task:
         """Run a small and a full-size batch: kernels initialize and memory reaches its working set."""
 
     # streaming tasks (``streams = True``) also give:
-    def check_stream(self, settings: Any) -> None:
+    def check_stream(self, settings: S) -> None:
         """Raises RequestError when these settings cannot be streamed."""
         raise NotImplementedError
 
@@ -97,7 +99,7 @@ class Task:
         """A finished stream's full text and finish reason, from its answer and its decoder."""
         return answer, decoder.finish_reason
 
-    def stream_decoder(self, settings: Any):
+    def stream_decoder(self, settings: S):
         """An object with ``push(token) -> {"id", "text", "special"}``, ``rest(final_text) -> str`` and
         ``finish_reason`` (see ``serving.text.TextStream``)."""
         raise NotImplementedError

@@ -23,10 +23,10 @@ from turboseq.serving.requests import (
     task_body,
     text_list,
 )
-from turboseq.serving.tasks import Route, Task, check_generation_cost, doubling, register
+from turboseq.serving.tasks import Route, S, Task, check_generation_cost, doubling, register
 
 
-class TextTask(Task):
+class TextTask(Task[S]):
     def __init__(self, model, config=None):
         super().__init__(model, config)
         # the parser thread encodes, the engine thread and the streams decode: a fast tokenizer's state may not
@@ -80,7 +80,7 @@ class TextTask(Task):
             return self.model.tokenizer(text)["input_ids"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationRequest:
     """A generation request's settings, resolved once."""
 
@@ -89,7 +89,7 @@ class GenerationRequest:
 
 
 @register(Seq2SeqModel)
-class GenerationTask(TextTask):
+class GenerationTask(TextTask[GenerationRequest]):
     """Translation (Marian) and text-to-text generation: ``[{"translation_text" | "generated_text": ...}]``."""
 
     streams = True
@@ -99,7 +99,7 @@ class GenerationTask(TextTask):
         self.name = "translation" if model.config.get("model_type") == "marian" else "text2text-generation"
         self.field = "translation_text" if self.name == "translation" else "generated_text"
 
-    def prepare(self, params: dict) -> Prepared:
+    def prepare(self, params: dict) -> Prepared[GenerationRequest]:
         check_not_server_owned(params)
         seed = params.get("seed")
         check_seed(seed)
@@ -188,12 +188,12 @@ class TextStream:
 
 
 @register(EncoderModel)
-class EmbeddingTask(TextTask):
+class EmbeddingTask(TextTask[bool]):
     """Sentence embeddings: ``[[float, ...], ...]``; OpenAI's ``/v1/embeddings``."""
 
     name = "feature-extraction"
 
-    def prepare(self, params):
+    def prepare(self, params) -> Prepared[bool]:
         unknown = set(params) - {"normalize", "truncation"}
         if unknown:
             raise ValueError(f"unknown parameter(s) for an embedding model: {', '.join(sorted(unknown))}")
@@ -202,10 +202,10 @@ class EmbeddingTask(TextTask):
             raise ValueError("`normalize` must be a boolean")
         return Prepared(normalize, json.dumps(normalize))
 
-    def run(self, rows, normalize, abandoned=None, on_tokens=None):
+    def run(self, rows, normalize: bool, abandoned=None, on_tokens=None):
         return self.model.embed_ids(rows, normalize=normalize).tolist(), 0
 
-    def empty(self, normalize):
+    def empty(self, normalize: bool):
         return []
 
     def warm(self, batch_size):
