@@ -86,7 +86,7 @@ def test_batched_pipeline_matches_faster_whisper_on_the_same_chunks(whisper, fas
 
     def chunks(audio, options=None, sampling_rate=16000, **kwargs):
         opts = vad_module.VadOptions.of({k: getattr(options, k) for k in vars(options)} if options else kwargs)
-        return vad_module.speech_timestamps(audio, opts)
+        return [{"start": c.start, "end": c.end} for c in vad_module.speech_timestamps(audio, opts)]
 
     monkeypatch.setattr(fw_transcribe, "get_speech_timestamps", chunks)
     pipeline = BatchedInferencePipeline(faster_whisper)
@@ -157,7 +157,7 @@ def test_vad_skips_a_long_gap_and_keeps_times_right(whisper, clips24):
     audio = np.concatenate([first, np.zeros(int(gap * 16000), np.float32), second])
     onset = (len(first) / 16000) + gap
     speech = vad_module.speech_timestamps(audio, vad_module.VadOptions())
-    assert len(speech) == 2 and speech[1]["start"] / 16000 > onset - 0.6
+    assert len(speech) == 2 and speech[1].start / 16000 > onset - 0.6
     for batch_size in (None, 4):
         result = whisper.transcribe(audio, vad_filter=True, word_timestamps=True, batch_size=batch_size)
         words = [w for s in result.segments for w in s.words]
@@ -172,11 +172,11 @@ def test_speech_chunks_follow_the_rules(recording):
     20 s silence (at about 122 s) never inside a chunk."""
     opts = vad_module.VadOptions(max_speech_duration_s=30, min_silence_duration_ms=160)
     chunks = vad_module.speech_timestamps(recording, opts)
-    assert chunks and all(0 <= c["start"] < c["end"] <= len(recording) for c in chunks)
-    assert all(a["end"] <= b["start"] for a, b in zip(chunks, chunks[1:]))
-    assert all(c["end"] - c["start"] <= 30 * 16000 for c in chunks)
+    assert chunks and all(0 <= c.start < c.end <= len(recording) for c in chunks)
+    assert all(a.end <= b.start for a, b in zip(chunks, chunks[1:]))
+    assert all(c.end - c.start <= 30 * 16000 for c in chunks)
     pieces, meta = vad_module.collect_chunks(recording, chunks, max_duration=30)
-    assert all(len(p) <= 30 * 16000 for p in pieces) and meta[0]["offset"] == 0.0
+    assert all(len(p) <= 30 * 16000 for p in pieces) and meta[0].offset == 0.0
 
 
 # --- errors ---------------------------------------------------------------------------------------------------

@@ -51,37 +51,16 @@ def run_job(
     column plus ``output_column``. Shards already written by the same job are skipped. ``options`` go to the
     task's helper (``num_beams=4``, ...). With ``use_ray``, Ray Data runs ``concurrency`` actors of
     ``num_cpus`` CPUs each (a local Ray, or the cluster at ``ray_address``); without it, this process runs it."""
-    from turboseq.load import inspect
-
     if use_ray:  # before anything is read or written
         require_extra("ray.data", "ray", "turboseq batch --ray")
     for name, value in (("batch_size", batch_size), ("shard_rows", shard_rows), ("concurrency", concurrency)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
     model = str(Path(model).resolve())
-    task = task_for_kind(inspect(model).kind, task, model)
-    column = column or INPUT_COLUMNS[task]
-    output_column = output_column or OUTPUT_COLUMNS[task]
-    table = read_table(input_path, column)
-    if output_column in table.column_names:
-        raise ValueError(f"{input_path} already has a column {output_column!r}; name another with --output-column")
-    fmt = input_format(input_path)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir}: exists and is not a directory")
-    Manifest(
-        input=str(Path(input_path).resolve()),
-        input_rows=table.num_rows,
-        input_bytes=Path(input_path).stat().st_size,
-        model=model,
-        task=task,
-        column=column,
-        output_column=output_column,
-        shard_rows=shard_rows,
-        options=options,
-        compute_type=compute_type,
-        format=fmt,
-    ).check_or_write(out_dir)
+    task, column, output_column, table, fmt = _open_job(
+        model, input_path, out_dir, task, column, output_column, shard_rows, options, compute_type
+    )
     shards = -(-table.num_rows // shard_rows)
 
     def shard_len(k: int) -> int:  # the last shard may be short
@@ -120,6 +99,36 @@ def run_job(
                     bar.update(len(chunk))
                 finish(k, outputs)
     return result
+
+
+def _open_job(model: str, input_path, out_dir: Path, task, column, output_column, shard_rows, options, compute_type):
+    """The job's task and columns, its input table and format, checked against (or recorded in) the output
+    directory's manifest: (task, column, output_column, table, format)."""
+    from turboseq.load import inspect
+
+    task = task_for_kind(inspect(model).kind, task, model)
+    column = column or INPUT_COLUMNS[task]
+    output_column = output_column or OUTPUT_COLUMNS[task]
+    table = read_table(input_path, column)
+    if output_column in table.column_names:
+        raise ValueError(f"{input_path} already has a column {output_column!r}; name another with --output-column")
+    fmt = input_format(input_path)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a directory")
+    Manifest(
+        input=str(Path(input_path).resolve()),
+        input_rows=table.num_rows,
+        input_bytes=Path(input_path).stat().st_size,
+        model=model,
+        task=task,
+        column=column,
+        output_column=output_column,
+        shard_rows=shard_rows,
+        options=options,
+        compute_type=compute_type,
+        format=fmt,
+    ).check_or_write(out_dir)
+    return task, column, output_column, table, fmt
 
 
 def _run_on_ray(

@@ -53,55 +53,13 @@ def run_encoder_bench(
     profile: bool = False,
     log=print,
 ) -> list[dict]:
-    from transformers import AutoModel
-
     from turboseq.bench.models import xlmr_base_dir
     from turboseq.load import load
 
     path = minilm_dir() if arch == "minilm" else xlmr_base_dir()
     model = load(path)
     tok = model.tokenizer
-    hf = {impl: AutoModel.from_pretrained(path, attn_implementation=impl).eval() for impl in ("eager", "sdpa")}
-
-    def hf_embed(impl, texts):
-        enc = tok(texts, padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            h = hf[impl](**enc).last_hidden_state
-        mask = enc["attention_mask"][..., None].float()
-        return F.normalize((h * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=1)
-
-    def ts_padded(texts):
-        enc = tok(texts, padding=True, return_tensors="pt")
-        h = model(enc["input_ids"], enc["attention_mask"], packed=False)
-        mask = enc["attention_mask"][..., None].float()
-        return F.normalize(h.sum(1) / mask.sum(1), dim=1)
-
-    engines = {
-        "transformers-eager": lambda texts: hf_embed("eager", texts),
-        "transformers-sdpa": lambda texts: hf_embed("sdpa", texts),
-        "turboseq-padded": ts_padded,
-        "turboseq-packed": lambda texts: model.embed(texts, batch_size=batch),
-    }
-    import tempfile
-
-    from turboseq.bench.models import cache_root
-    from turboseq.export.encoder import export_encoder, load_exported
-
-    exported = load_exported(export_encoder(model, Path(tempfile.mkdtemp()) / f"{arch}.pt2"))
-    engines["turboseq-exported"] = lambda texts: exported.embed(texts, batch_size=batch)
-    compiled_path = cache_root() / "exports" / f"{arch}-encoder-compiled.pt2"  # compiling takes a minute: kept
-    if not compiled_path.is_file():
-        export_encoder(model, compiled_path, compile=True)
-    compiled = load_exported(compiled_path, trust_compiled_code=True)  # built here, by this process
-    engines["turboseq-compiled"] = lambda texts: compiled.embed(texts, batch_size=batch)
-    try:
-        from sentence_transformers import SentenceTransformer
-
-        st = SentenceTransformer(str(path), device="cpu")
-        engines["sentence-transformers"] = lambda texts: st.encode(texts, batch_size=batch, convert_to_tensor=True)
-    except ImportError:
-        pass
-
+    engines = _encoder_engines(arch, path, model, batch)
     what = "all-MiniLM-L6-v2, real weights" if arch == "minilm" else "xlm-roberta-base shape, random weights"
     log(f"arch: {arch} ({what}) | batch {batch} | threads {torch.get_num_threads()}")
     rows = []
@@ -125,16 +83,7 @@ def run_encoder_bench(
     table = format_encoder_table(rows)
     log("\n" + table)
     if profile:
-        from torch.profiler import ProfilerActivity
-        from torch.profiler import profile as torch_profile
-
-        texts = workloads(batch)["mixed"]
-        for engine in ("transformers-sdpa", "turboseq-packed"):
-            engines[engine](texts)
-            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-                engines[engine](texts)
-            top = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
-            log(f"\n== {engine}: mixed batch of {batch}, top operators by self CPU time ==\n{top}")
+        _profile_encoders(engines, batch, log)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,6 +91,69 @@ def run_encoder_bench(
         (out_dir / "bench.md").write_text(table + "\n")
         log(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}")
     return rows
+
+
+def _encoder_engines(arch: str, path: Path, model, batch: int) -> dict:
+    """Every engine's ``embed(texts) -> [batch, dim]``: transformers (eager, sdpa), turboseq (padded, packed,
+    exported, compiled) and sentence-transformers where installed."""
+    import tempfile
+
+    from transformers import AutoModel
+
+    from turboseq.bench.models import cache_root
+    from turboseq.export.encoder import export_encoder, load_exported
+
+    tok = model.tokenizer
+    hf = {impl: AutoModel.from_pretrained(path, attn_implementation=impl).eval() for impl in ("eager", "sdpa")}
+
+    def hf_embed(impl, texts):
+        enc = tok(texts, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            h = hf[impl](**enc).last_hidden_state
+        mask = enc["attention_mask"][..., None].float()
+        return F.normalize((h * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=1)
+
+    def ts_padded(texts):
+        enc = tok(texts, padding=True, return_tensors="pt")
+        h = model(enc["input_ids"], enc["attention_mask"], packed=False)
+        mask = enc["attention_mask"][..., None].float()
+        return F.normalize(h.sum(1) / mask.sum(1), dim=1)
+
+    engines = {
+        "transformers-eager": lambda texts: hf_embed("eager", texts),
+        "transformers-sdpa": lambda texts: hf_embed("sdpa", texts),
+        "turboseq-padded": ts_padded,
+        "turboseq-packed": lambda texts: model.embed(texts, batch_size=batch),
+    }
+    exported = load_exported(export_encoder(model, Path(tempfile.mkdtemp()) / f"{arch}.pt2"))
+    engines["turboseq-exported"] = lambda texts: exported.embed(texts, batch_size=batch)
+    compiled_path = cache_root() / "exports" / f"{arch}-encoder-compiled.pt2"  # compiling takes a minute: kept
+    if not compiled_path.is_file():
+        export_encoder(model, compiled_path, compile=True)
+    compiled = load_exported(compiled_path, trust_compiled_code=True)  # built here, by this process
+    engines["turboseq-compiled"] = lambda texts: compiled.embed(texts, batch_size=batch)
+    try:
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(path), device="cpu")
+        engines["sentence-transformers"] = lambda texts: st.encode(texts, batch_size=batch, convert_to_tensor=True)
+    except ImportError:
+        pass
+    return engines
+
+
+def _profile_encoders(engines: dict, batch: int, log) -> None:
+    """The top operators of transformers (sdpa) and turboseq (packed) on the mixed workload."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    texts = workloads(batch)["mixed"]
+    for engine in ("transformers-sdpa", "turboseq-packed"):
+        engines[engine](texts)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            engines[engine](texts)
+        top = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+        log(f"\n== {engine}: mixed batch of {batch}, top operators by self CPU time ==\n{top}")
 
 
 def format_encoder_table(rows: list[dict]) -> str:

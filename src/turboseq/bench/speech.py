@@ -114,11 +114,8 @@ def synthesize(sentences: list[str], out_dir: Path, voice: str = "en-us", speed:
 def run_speech_bench(
     beams=(1, 5), clips: int = 5, repeats: int = 3, out_dir: Path | None = None, log=print
 ) -> list[dict]:
-    import torch
-
     from turboseq.formats.audio import load_audio
     from turboseq.formats.convert import export_hf
-    from turboseq.load import load
 
     ct2_dir = whisper_ct2_dir()
     cache = Path.home() / ".cache" / "turboseq"
@@ -127,8 +124,38 @@ def run_speech_bench(
         export_hf(ct2_dir, hf_dir)
     files = synthesize(SENTENCES[:clips], cache / "speech")
     seconds = sum(len(load_audio(f)) for f in files) / 16000
+    engines = _speech_engines(ct2_dir, hf_dir, log)
+    results = []
+    for name, run in engines.items():  # engine-major: faster-whisper (CTranslate2) last
+        for nb in beams:
+            run(files[0], nb)  # warm-up
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                texts = [run(f, nb) for f in files]
+                best = min(best, time.perf_counter() - start)
+            per_clip = best / len(files)
+            results.append(
+                {"engine": name, "beams": nb, "seconds_per_clip": per_clip, "rtf": best / seconds, "texts": texts}
+            )
+            log(f"{name:24s} beam {nb}: {per_clip * 1000:7.1f} ms/clip  RTF {best / seconds:.3f}")
+    table = format_speech_table(results, seconds / len(files))
+    log(table)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "bench-whisper.json").write_text(json.dumps(results, indent=2))
+        (out_dir / "bench-whisper.md").write_text(table + "\n")
+    return results
 
+
+def _speech_engines(ct2_dir: Path, hf_dir: Path, log) -> dict:
+    """Every engine's ``run(path, beams) -> text``: transformers, turboseq, and faster-whisper (float32, int8)
+    where installed, all with faster-whisper's options for one clip (no timestamps, no fallback, no prompt)."""
+    import torch
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
+
+    from turboseq.formats.audio import load_audio
+    from turboseq.load import load
 
     hf = WhisperForConditionalGeneration.from_pretrained(hf_dir).eval()
     fe = WhisperFeatureExtractor.from_pretrained(hf_dir)
@@ -172,28 +199,7 @@ def run_speech_bench(
         engines["faster-whisper-int8"] = lambda p, nb: fw_run(p, nb, "int8")
     except ImportError:
         log("faster-whisper is not installed: pip install faster-whisper (bench extra); measuring without it")
-
-    results = []
-    for name, run in engines.items():  # engine-major: faster-whisper (CTranslate2) last
-        for nb in beams:
-            run(files[0], nb)  # warm-up
-            best = float("inf")
-            for _ in range(repeats):
-                start = time.perf_counter()
-                texts = [run(f, nb) for f in files]
-                best = min(best, time.perf_counter() - start)
-            per_clip = best / len(files)
-            results.append(
-                {"engine": name, "beams": nb, "seconds_per_clip": per_clip, "rtf": best / seconds, "texts": texts}
-            )
-            log(f"{name:24s} beam {nb}: {per_clip * 1000:7.1f} ms/clip  RTF {best / seconds:.3f}")
-    table = format_speech_table(results, seconds / len(files))
-    log(table)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "bench-whisper.json").write_text(json.dumps(results, indent=2))
-        (out_dir / "bench-whisper.md").write_text(table + "\n")
-    return results
+    return engines
 
 
 def format_speech_table(results: list[dict], clip_seconds: float) -> str:

@@ -320,66 +320,28 @@ def decode_step(
     ``state``; layers without cross-attention skip it.
     """
     stack = spec.decoder
-    rows, new_len = tokens.shape
+    new_len = tokens.shape[1]
     start = state.length
     state.reserve(start + new_len)
     positions = state.positions(new_len)  # [rows, new_len] or None: start ..
     x = embed(stack.embed, tokens, start, positions)  # [rows, new_len, d_model]
     end = start + new_len
-    mask = state.self_mask(new_len)
-    causal = mask is None and bool(new_len > 1)  # a multi-token prompt: causal inside it (the cache is empty then)
-    if stack.relative_bias is not None:
-        # only the new positions' rows of the bias, from the cache length: [1, heads, new_len, end]
-        mask = relative_position_bias(stack.relative_bias, start, new_len, end).to(x.dtype)
-        if causal:
-            mask = mask.masked_fill(
-                torch.ones(new_len, end, dtype=torch.bool, device=x.device).triu(start + 1), -math.inf
-            )
-            causal = False
+    mask, causal = _self_mask(stack, state, start, new_len, x)
     cos = sin = None
     if stack.rotary is not None:
         where = positions if positions is not None else torch.arange(start, end, device=x.device)[None]
         cos, sin = stack.rotary.cos[where][:, :, None], stack.rotary.sin[where][:, :, None]
+    exact = stack.exact_attention
     for i, layer in enumerate(stack.layers):
-
-        def self_attention(h, attn: SelfAttention = layer.self_attn, i: int = i):
-            heads, kv_heads = attn.num_heads, attn.kv_heads
-            # [rows, new_len, heads + 2 * kv_heads, head_dim]: k and v go to the cache in this layout
-            qkv = linear(h, attn.qkv).view(rows, new_len, heads + 2 * kv_heads, -1)
-            qk, v = qkv[:, :, : heads + kv_heads], qkv[:, :, heads + kv_heads :]
-            if cos is not None:  # queries and keys rotated together (in float32, back to the cache's dtype)
-                qk = _rotate(qk, cos, sin).to(v.dtype)
-            q, k = qk[:, :, :heads], qk[:, :, heads:]
-            keys, values = state.write(i, k, v)
-            if new_len == 1 and kv_heads == heads:
-                out = _attend(q.transpose(1, 2), keys, values, mask, attn.scale, stack.exact_attention)
-                return linear(_merge_heads(out), attn.out)
-            out = F.scaled_dot_product_attention(
-                q.transpose(1, 2),
-                keys,
-                values,
-                attn_mask=mask,
-                is_causal=causal,
-                scale=attn.scale,
-                enable_gqa=kv_heads != heads,
-            )
-            return linear(_merge_heads(out), attn.out)
-
-        def cross_attention(h, i: int = i, attn=layer.cross_attn):
-            cross_k, cross_v = state.cross_kv[i]
-            sentences, heads, _, head_dim = cross_k.shape
-            # [sentences, heads, group * new_len, head_dim]: the beams of a sentence share its keys/values
-            q = linear(h, attn.q).view(sentences, state.group * new_len, heads, head_dim).transpose(1, 2)
-            out = _attend(q, cross_k, cross_v, state.cross_mask, attn.scale, stack.exact_attention)
-            if state.capture is not None and i in state.capture:
-                picked = state.capture[i]
-                scale = attn.scale if attn.scale is not None else head_dim**-0.5
-                state.captured.append((q[:, picked] @ cross_k[:, picked].transpose(-1, -2)).float() * scale)
-            return linear(out.transpose(1, 2).reshape(rows, new_len, heads * head_dim), attn.out)
-
-        x = _sublayer(x, layer.self_attn_norm, stack.pre_norm, self_attention)
+        x = _sublayer(
+            x, layer.self_attn_norm, stack.pre_norm,
+            lambda h, a=layer.self_attn, i=i: _cached_self_attention(h, a, state, i, mask, causal, cos, sin, exact),
+        )  # fmt: skip
         if layer.cross_attn is not None:
-            x = _sublayer(x, layer.cross_attn_norm, stack.pre_norm, cross_attention)
+            x = _sublayer(
+                x, layer.cross_attn_norm, stack.pre_norm,
+                lambda h, a=layer.cross_attn, i=i: _cross_attention(h, a, state, i, exact),
+            )  # fmt: skip
         x = _sublayer(x, layer.ffn_norm, stack.pre_norm, lambda h, f=layer.ffn: feed_forward(h, f))
     state.length = end
     if not all_positions:
@@ -389,3 +351,58 @@ def decode_step(
     if spec.head_scale != 1.0:
         x = x * spec.head_scale
     return x
+
+
+def _self_mask(stack, state: DecoderState, start: int, new_len: int, x: Tensor) -> tuple[Tensor | None, bool]:
+    """The self-attention mask of the next ``new_len`` queries (None: none) and whether SDPA applies causality
+    itself (a multi-token prompt into an empty cache)."""
+    end = start + new_len
+    mask = state.self_mask(new_len)
+    causal = mask is None and bool(new_len > 1)
+    if stack.relative_bias is not None:
+        # only the new positions' rows of the bias, from the cache length: [1, heads, new_len, end]
+        mask = relative_position_bias(stack.relative_bias, start, new_len, end).to(x.dtype)
+        if causal:
+            mask = mask.masked_fill(
+                torch.ones(new_len, end, dtype=torch.bool, device=x.device).triu(start + 1), -math.inf
+            )
+            causal = False
+    return mask, causal
+
+
+def _cached_self_attention(h: Tensor, attn: SelfAttention, state: DecoderState, i: int, mask, causal: bool, cos,
+                           sin, exact: bool) -> Tensor:  # fmt: skip
+    """Layer ``i``'s self-attention of the new positions ``h`` [rows, new_len, d_model] over the cache, their
+    keys and values written to it."""
+    rows, new_len = h.shape[0], h.shape[1]
+    heads, kv_heads = attn.num_heads, attn.kv_heads
+    # [rows, new_len, heads + 2 * kv_heads, head_dim]: k and v go to the cache in this layout
+    qkv = linear(h, attn.qkv).view(rows, new_len, heads + 2 * kv_heads, -1)
+    qk, v = qkv[:, :, : heads + kv_heads], qkv[:, :, heads + kv_heads :]
+    if cos is not None:  # queries and keys rotated together (in float32, back to the cache's dtype)
+        qk = _rotate(qk, cos, sin).to(v.dtype)
+    q, k = qk[:, :, :heads], qk[:, :, heads:]
+    keys, values = state.write(i, k, v)
+    if new_len == 1 and kv_heads == heads:
+        out = _attend(q.transpose(1, 2), keys, values, mask, attn.scale, exact)
+        return linear(_merge_heads(out), attn.out)
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), keys, values, attn_mask=mask, is_causal=causal, scale=attn.scale,
+        enable_gqa=kv_heads != heads,
+    )  # fmt: skip
+    return linear(_merge_heads(out), attn.out)
+
+
+def _cross_attention(h: Tensor, attn, state: DecoderState, i: int, exact: bool) -> Tensor:
+    """Layer ``i``'s cross-attention of ``h`` [rows, new_len, d_model] over the sentence's encoder K/V."""
+    rows, new_len = h.shape[0], h.shape[1]
+    cross_k, cross_v = state.cross_kv[i]
+    sentences, heads, _, head_dim = cross_k.shape
+    # [sentences, heads, group * new_len, head_dim]: the beams of a sentence share its keys/values
+    q = linear(h, attn.q).view(sentences, state.group * new_len, heads, head_dim).transpose(1, 2)
+    out = _attend(q, cross_k, cross_v, state.cross_mask, attn.scale, exact)
+    if state.capture is not None and i in state.capture:
+        picked = state.capture[i]
+        scale = attn.scale if attn.scale is not None else head_dim**-0.5
+        state.captured.append((q[:, picked] @ cross_k[:, picked].transpose(-1, -2)).float() * scale)
+    return linear(out.transpose(1, 2).reshape(rows, new_len, heads * head_dim), attn.out)

@@ -13,13 +13,15 @@ arithmetic so that word times match faster-whisper's).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from turboseq.runtime.cache import DecoderState
 from turboseq.runtime.layers import build_cross_kv, decode_step
-from turboseq.speech.transcript import Word
+from turboseq.speech.transcript import WindowSegment, Word
 
 TOKENS_PER_SECOND = 50  # encoder positions per second
 MEDIAN_FILTER_WIDTH = 7
@@ -141,7 +143,19 @@ def _negative_dtw(matrices: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarr
     return paths
 
 
-def word_timings(text, alignment, tokens: list[int], language: str | None) -> list[dict]:
+@dataclass
+class WordTiming:
+    """A word of one window's text: its tokens, start and end (seconds into the window) and mean token
+    probability."""
+
+    word: str
+    tokens: list[int]
+    start: float
+    end: float
+    probability: float
+
+
+def word_timings(text, alignment, tokens: list[int], language: str | None) -> list[WordTiming]:
     """Words of ``tokens`` (one window's text tokens) with start and end (seconds into the window) and mean
     token probability, from ``attention_alignment``'s result."""
     text_idx, time_idx, probs = alignment
@@ -153,74 +167,74 @@ def word_timings(text, alignment, tokens: list[int], language: str | None) -> li
     jump_times = time_idx[jumps] / TOKENS_PER_SECOND
     starts, ends = jump_times[bounds[:-1]], jump_times[bounds[1:]]
     return [
-        {"word": w, "tokens": t, "start": float(s), "end": float(e), "probability": float(np.mean(probs[i:j]))}
+        WordTiming(w, t, float(s), float(e), float(np.mean(probs[i:j])))
         for w, t, s, e, i, j in zip(words, word_tokens, starts, ends, bounds[:-1], bounds[1:])
     ]
 
 
-def merge_punctuations(timings: list[dict], prepended: str, appended: str) -> None:
+def merge_punctuations(timings: list[WordTiming], prepended: str, appended: str) -> None:
     """Opening punctuation joins the following word, closing punctuation the previous one (in place)."""
     i, j = len(timings) - 2, len(timings) - 1
     while i >= 0:
         before, after = timings[i], timings[j]
-        if before["word"].startswith(" ") and before["word"].strip() in prepended:
-            after["word"] = before["word"] + after["word"]
-            after["tokens"] = before["tokens"] + after["tokens"]
-            before["word"], before["tokens"] = "", []
+        if before.word.startswith(" ") and before.word.strip() in prepended:
+            after.word = before.word + after.word
+            after.tokens = before.tokens + after.tokens
+            before.word, before.tokens = "", []
         else:
             j = i
         i -= 1
     i, j = 0, 1
     while j < len(timings):
         before, after = timings[i], timings[j]
-        if not before["word"].endswith(" ") and after["word"] in appended:
-            before["word"] = before["word"] + after["word"]
-            before["tokens"] = before["tokens"] + after["tokens"]
-            after["word"], after["tokens"] = "", []
+        if not before.word.endswith(" ") and after.word in appended:
+            before.word = before.word + after.word
+            before.tokens = before.tokens + after.tokens
+            after.word, after.tokens = "", []
         else:
             i = j
         j += 1
 
 
-def clip_long_words(timings: list[dict], prepended: str, appended: str) -> tuple[float, float]:
+def clip_long_words(timings: list[WordTiming], prepended: str, appended: str) -> tuple[float, float]:
     """Words at sentence ends may not last over twice the median word (capped at 0.7 s); then punctuation
     is merged. Returns (median duration, max duration)."""
-    durations = np.array([t["end"] - t["start"] for t in timings])
+    durations = np.array([t.end - t.start for t in timings])
     durations = durations[durations.nonzero()]
     median = min(0.7, float(np.median(durations))) if len(durations) else 0.0
     longest = median * 2
     if len(durations):
         for i in range(1, len(timings)):
-            if timings[i]["end"] - timings[i]["start"] > longest:
-                if timings[i]["word"] in _SENTENCE_END:
-                    timings[i]["end"] = timings[i]["start"] + longest
-                elif timings[i - 1]["word"] in _SENTENCE_END:
-                    timings[i]["start"] = timings[i]["end"] - longest
+            if timings[i].end - timings[i].start > longest:
+                if timings[i].word in _SENTENCE_END:
+                    timings[i].end = timings[i].start + longest
+                elif timings[i - 1].word in _SENTENCE_END:
+                    timings[i].start = timings[i].end - longest
     merge_punctuations(timings, prepended, appended)
     return median, longest
 
 
-def attach_words(segments: list[dict], timings: list[dict], offset: float, median: float, longest: float,
+def attach_words(segments: list[WindowSegment], timings: list[WordTiming], offset: float, median: float, longest: float,
                  last_speech: float, eot: int) -> float:  # fmt: skip
-    """Give each segment (dicts with start, end, tokens) of one window its words, times shifted by ``offset``;
+    """Give each segment of one window its words, times shifted by ``offset``;
     the first word after a pause and the segment edges are corrected as faster-whisper does. Returns the end
     of the last speech."""
     index = 0
     for seg in segments:
         saved, words = 0, []
-        count = sum(1 for t in seg["tokens"] if t < eot)
+        count = sum(1 for t in seg.tokens if t < eot)
         while index < len(timings) and saved < count:
             timing = timings[index]
-            if timing["word"]:
+            if timing.word:
                 words.append(
                     Word(
-                        round(offset + timing["start"], 2),
-                        round(offset + timing["end"], 2),
-                        timing["word"],
-                        timing["probability"],
+                        round(offset + timing.start, 2),
+                        round(offset + timing.end, 2),
+                        timing.word,
+                        timing.probability,
                     )  # fmt: skip
                 )
-            saved += len(timing["tokens"])
+            saved += len(timing.tokens)
             index += 1
         if words:
             first = words[0]
@@ -231,15 +245,15 @@ def attach_words(segments: list[dict], timings: list[dict], offset: float, media
                     boundary = max(words[1].end / 2, words[1].end - longest)
                     first.end = words[1].start = boundary
                 first.start = max(0, first.end - longest)
-            if seg["start"] < first.end and seg["start"] - 0.5 > first.start:
-                first.start = max(0, min(first.end - median, seg["start"]))
+            if seg.start < first.end and seg.start - 0.5 > first.start:
+                first.start = max(0, min(first.end - median, seg.start))
             else:
-                seg["start"] = first.start
+                seg.start = first.start
             last = words[-1]
-            if seg["end"] > last.start and seg["end"] + 0.5 < last.end:
-                last.end = max(last.start + median, seg["end"])
+            if seg.end > last.start and seg.end + 0.5 < last.end:
+                last.end = max(last.start + median, seg.end)
             else:
-                seg["end"] = last.end
-            last_speech = seg["end"]
-        seg["words"] = words
+                seg.end = last.end
+            last_speech = seg.end
+        seg.words = words
     return last_speech

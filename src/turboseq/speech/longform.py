@@ -24,8 +24,8 @@ from turboseq.generation.batching import RowHooks
 from turboseq.models.progress import progress_bar
 from turboseq.speech import alignment
 from turboseq.speech.decoding import Options, compression_ratio, take_rows, window_prompt, with_fallback
-from turboseq.speech.transcript import Segment, Transcription
-from turboseq.speech.vad import VadOptions, collect_chunks, restore_times, speech_timestamps
+from turboseq.speech.transcript import Segment, Transcription, WindowSegment
+from turboseq.speech.vad import SpeechChunk, VadOptions, collect_chunks, restore_times, speech_timestamps
 
 FRAMES_PER_SECOND = 100  # mel frames
 WINDOW_FRAMES = audio_io.FRAMES_PER_CHUNK  # 3000
@@ -53,7 +53,7 @@ class _Stream:
 
 def split_by_timestamps(text, tokens: list[int], time_offset: float, segment_size: int, segment_duration: float,
                         seek: int):  # fmt: skip
-    """One window's tokens cut into segments at consecutive timestamp pairs: (segments as dicts, the next
+    """One window's tokens cut into segments at consecutive timestamp pairs: (its segments, the next
     seek in mel frames, whether the window ended on a single timestamp)."""
     first = text.timestamp_begin
     single_ending = len(tokens) >= 2 and tokens[-2] < first <= tokens[-1]
@@ -64,9 +64,8 @@ def split_by_timestamps(text, tokens: list[int], time_offset: float, segment_siz
         last = 0
         for cut in cuts:
             piece = tokens[last:cut]
-            segments.append({"seek": seek, "tokens": piece,
-                             "start": time_offset + (piece[0] - first) * TIME_PRECISION,
-                             "end": time_offset + (piece[-1] - first) * TIME_PRECISION})  # fmt: skip
+            start, end = (time_offset + (piece[k] - first) * TIME_PRECISION for k in (0, -1))
+            segments.append(WindowSegment(seek, start, end, piece))
             last = cut
         if single_ending:
             seek += segment_size
@@ -77,19 +76,19 @@ def split_by_timestamps(text, tokens: list[int], time_offset: float, segment_siz
         stamps = [t for t in tokens if t >= first] if first is not None else []
         if stamps and stamps[-1] != first:
             duration = (stamps[-1] - first) * TIME_PRECISION
-        segments.append({"seek": seek, "start": time_offset, "end": time_offset + duration, "tokens": tokens})
+        segments.append(WindowSegment(seek, time_offset, time_offset + duration, tokens))
         seek += segment_size
     return segments, seek, single_ending
 
 
-def _add_words(model, hidden_rows, windows: list[list[dict]], num_frames: list[int], sot_sequences, opts: Options,
+def _add_words(model, hidden_rows, windows: list[list[WindowSegment]], num_frames: list[int], sot_sequences, opts: Options,
                last_speech: list[float], inputs: list[int], cross_kv=None) -> None:  # fmt: skip
     """Words for every segment of ``windows`` (each a window's segments, ``hidden_rows`` their encoder output,
     ``cross_kv`` its cross-attention K/V or None),
     aligned in one decoder pass per start sequence; ``last_speech[inputs[i]]`` carries the end of the last speech
     of window i's input from one window to the next (in order)."""
     text = model.whisper_text
-    texts = [[t for seg in segs for t in seg["tokens"] if t < text.eot] for segs in windows]
+    texts = [[t for seg in segs for t in seg.tokens if t < text.eot] for segs in windows]
     aligned: dict[int, tuple] = {}
     by_sot: dict[tuple, list[int]] = {}
     for i, t in enumerate(texts):
@@ -112,7 +111,7 @@ def _add_words(model, hidden_rows, windows: list[list[dict]], num_frames: list[i
         language = _language(model, sot_sequences[i])
         timings = alignment.word_timings(text, aligned[i], texts[i], language) if i in aligned else []
         median, longest = alignment.clip_long_words(timings, opts.prepend_punctuations, opts.append_punctuations)
-        offset = segs[0]["seek"] / FRAMES_PER_SECOND
+        offset = segs[0].seek / FRAMES_PER_SECOND
         k = inputs[i]
         last_speech[k] = alignment.attach_words(segs, timings, offset, median, longest, last_speech[k], text.eot)
 
@@ -181,43 +180,56 @@ def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial:
         )
         kept_rows.append((row, s, previous_seek, result, single_ending, time_offset))
         kept_windows.append(segments)
-    skipped = set()
-    if opts.word_timestamps:
-        rows = [r[0] for r in kept_rows]
-        index = torch.tensor(rows, device=hidden.device)
-        # sequential: each window starts from its stream's last speech (the attach step's own is not kept)
-        starts = [r[1].last_speech for r in kept_rows]
-        _add_words(model, hidden.index_select(0, index), kept_windows, [sizes[r] for r in rows],
-                   [r[1].sot_sequence for r in kept_rows], opts, starts, list(range(len(rows))),
-                   take_rows(cross_kv, rows, len(streams)))  # fmt: skip
-        for k, ((_, s, previous_seek, _, single_ending, time_offset), segments) in enumerate(
-            zip(kept_rows, kept_windows)
-        ):
-            if not single_ending:
-                end = _last_end(segments)
-                if end is not None and end > time_offset:
-                    s.seek = round(end * FRAMES_PER_SECOND)
-            if opts.hallucination_silence_threshold is not None:
-                if _skip_hallucinations(s, segments, previous_seek, time_offset, opts.hallucination_silence_threshold):
-                    skipped.add(k)
-                    continue
+    skipped = _round_words(model, hidden, cross_kv, kept_rows, kept_windows, sizes, len(streams), opts)
+    return moved + _keep_segments(text, kept_rows, kept_windows, skipped, opts)
+
+
+def _round_words(model, hidden, cross_kv, kept_rows, kept_windows, sizes, total: int, opts: Options) -> set[int]:
+    """Words for the windows of a sequential round that were not skipped, each stream's seek and last speech moved
+    after them; returns the windows dropped as hallucinations (``hallucination_silence_threshold``)."""
+    skipped: set[int] = set()
+    if not opts.word_timestamps:
+        return skipped
+    rows = [r[0] for r in kept_rows]
+    index = torch.tensor(rows, device=hidden.device)
+    # sequential: each window starts from its stream's last speech (the attach step's own is not kept)
+    starts = [r[1].last_speech for r in kept_rows]
+    _add_words(model, hidden.index_select(0, index), kept_windows, [sizes[r] for r in rows],
+               [r[1].sot_sequence for r in kept_rows], opts, starts, list(range(len(rows))),
+               take_rows(cross_kv, rows, total))  # fmt: skip
+    for k, ((_, s, previous_seek, _, single_ending, time_offset), segments) in enumerate(zip(kept_rows, kept_windows)):
+        if not single_ending:
             end = _last_end(segments)
-            if end is not None:
-                s.last_speech = end
+            if end is not None and end > time_offset:
+                s.seek = round(end * FRAMES_PER_SECOND)
+        if opts.hallucination_silence_threshold is not None:
+            if _skip_hallucinations(s, segments, previous_seek, time_offset, opts.hallucination_silence_threshold):
+                skipped.add(k)
+                continue
+        end = _last_end(segments)
+        if end is not None:
+            s.last_speech = end
+    return skipped
+
+
+def _keep_segments(text, kept_rows, kept_windows, skipped: set[int], opts: Options) -> int:
+    """The segments of a sequential round's windows added to their streams (and their text to the prompt's
+    source); returns the frames the streams moved on."""
+    moved = 0
     for k, ((_, s, previous_seek, result, _, _), segments) in enumerate(zip(kept_rows, kept_windows)):
         if k in skipped:
             moved += s.seek - previous_seek
             continue
         for seg in segments:
-            tokens = seg["tokens"]
+            tokens = seg.tokens
             decoded = text.decode(tokens)
-            if seg["start"] == seg["end"] or not decoded.strip():
+            if seg.start == seg.end or not decoded.strip():
                 continue
             s.tokens.extend(tokens)
             s.segments.append(
                 Segment(
-                    seg["start"],
-                    seg["end"],
+                    seg.start,
+                    seg.end,
                     decoded,
                     tokens,
                     len(s.segments) + 1,
@@ -226,7 +238,7 @@ def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial:
                     result.compression_ratio,
                     result.no_speech_prob,
                     result.temperature,
-                    seg.get("words") if opts.word_timestamps else None,
+                    seg.words if opts.word_timestamps else None,
                 )  # fmt: skip
             )
         if not opts.condition_on_previous_text or result.temperature > opts.prompt_reset_on_temperature:
@@ -235,22 +247,22 @@ def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial:
     return moved
 
 
-def _last_end(segments: list[dict]) -> float | None:
+def _last_end(segments: list[WindowSegment]) -> float | None:
     """The end of the last word, or of the last segment where no segment has words."""
     for seg in reversed(segments):
-        if seg.get("words"):
-            return seg["words"][-1].end
-    return segments[-1]["end"] if segments else None
+        if seg.words:
+            return seg.words[-1].end
+    return segments[-1].end if segments else None
 
 
 _PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"
 
 
-def _anomaly(seg: dict | None) -> bool:
+def _anomaly(seg: WindowSegment | None) -> bool:
     """A segment whose first words are improbable, very short or very long: a likely hallucination."""
-    if seg is None or not seg.get("words"):
+    if seg is None or not seg.words:
         return False
-    words = [w for w in seg["words"] if w.word not in _PUNCTUATION][:8]
+    words = [w for w in seg.words if w.word not in _PUNCTUATION][:8]
     score = 0.0
     for w in words:
         duration = w.end - w.start
@@ -260,13 +272,13 @@ def _anomaly(seg: dict | None) -> bool:
     return score >= 3 or score + 0.01 >= len(words)
 
 
-def _skip_hallucinations(s: _Stream, segments: list[dict], previous_seek: int, time_offset: float,
+def _skip_hallucinations(s: _Stream, segments: list[WindowSegment], previous_seek: int, time_offset: float,
                          threshold: float) -> bool:  # fmt: skip
     """faster-whisper's ``hallucination_silence_threshold``: a likely hallucination after a long silence is
     skipped (the window is decoded again after the silence). True: drop the whole window's output."""
-    with_words = [seg for seg in segments if seg.get("words")]
+    with_words = [seg for seg in segments if seg.words]
     if with_words and _anomaly(with_words[0]):
-        gap = with_words[0]["start"] - time_offset
+        gap = with_words[0].start - time_offset
         if gap > threshold:
             s.seek = previous_seek + round(gap * FRAMES_PER_SECOND)
             return True
@@ -274,24 +286,22 @@ def _skip_hallucinations(s: _Stream, segments: list[dict], previous_seek: int, t
     duration = s.content_frames / FRAMES_PER_SECOND
     last_end = s.last_speech
     for i, seg in enumerate(segments):
-        if not seg.get("words"):
+        if not seg.words:
             continue
         if _anomaly(seg):
-            following = next((x for x in segments[i + 1 :] if x.get("words")), None)
+            following = next((x for x in segments[i + 1 :] if x.words), None)
             next_start = (
-                following["words"][0].start
-                if following is not None
-                else time_offset + _window_seconds(s, previous_seek)
+                following.words[0].start if following is not None else time_offset + _window_seconds(s, previous_seek)
             )
-            before = seg["start"] - last_end > threshold or seg["start"] < threshold or seg["start"] - time_offset < 2.0
-            after = next_start - seg["end"] > threshold or _anomaly(following) or window_end - seg["end"] < 2.0
+            before = seg.start - last_end > threshold or seg.start < threshold or seg.start - time_offset < 2.0
+            after = next_start - seg.end > threshold or _anomaly(following) or window_end - seg.end < 2.0
             if before and after:
-                s.seek = round(max(time_offset + 1, seg["start"]) * FRAMES_PER_SECOND)
-                if duration - seg["end"] < threshold:
+                s.seek = round(max(time_offset + 1, seg.start) * FRAMES_PER_SECOND)
+                if duration - seg.end < threshold:
                     s.seek = s.content_frames
                 del segments[i:]
                 break
-        last_end = seg["end"]
+        last_end = seg.end
     return False
 
 
@@ -321,14 +331,14 @@ def batched(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[l
     chunks (None without VAD) for mapping times back."""
     text = model.whisper_text
     chunks: list[_Chunk] = []
-    speech: list[list[dict] | None] = []
+    speech: list[list[SpeechChunk] | None] = []
     step = audio_io.CHUNK_SAMPLES
     for i, wave in enumerate(waves):
         if vad is not None:
             found = speech_timestamps(wave, vad)
             pieces, meta = collect_chunks(wave, found, max_duration=30.0)
             speech.append(found)
-            chunks += [_Chunk(i, p, m["offset"], m["duration"]) for p, m in zip(pieces, meta) if len(p)]
+            chunks += [_Chunk(i, p, m.offset, m.duration) for p, m in zip(pieces, meta) if len(p)]
         else:
             speech.append(None)
             starts = range(0, len(wave), step) if len(wave) else []
@@ -360,7 +370,7 @@ def batched(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[l
                 size = int(math.ceil(c.duration) * FRAMES_PER_SECOND)
                 segments, _, _ = split_by_timestamps(text, result.tokens, c.offset, size, c.duration, 0)
                 for seg in segments:
-                    seg["seek"] = int(c.offset * FRAMES_PER_SECOND)
+                    seg.seek = int(c.offset * FRAMES_PER_SECOND)
                 windows.append(segments)
                 sizes.append(size)
             if opts.word_timestamps:
@@ -368,28 +378,28 @@ def batched(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[l
                            last_speech, [c.input for c in batch], cross_kv)  # fmt: skip
             for c, result, segments in zip(batch, results, windows):
                 for seg in segments:
-                    decoded = text.decode(seg["tokens"])
+                    decoded = text.decode(seg.tokens)
                     out = per_input[c.input]
                     out.append(
                         Segment(
-                            round(seg["start"], 3),
-                            round(seg["end"], 3),
+                            round(seg.start, 3),
+                            round(seg.end, 3),
                             decoded,
-                            seg["tokens"],
+                            seg.tokens,
                             len(out) + 1,
-                            seg["seek"],
+                            seg.seek,
                             result.avg_logprob,
                             compression_ratio(decoded),
                             result.no_speech_prob,
                             result.temperature,
-                            seg.get("words") if opts.word_timestamps else None,
+                            seg.words if opts.word_timestamps else None,
                         )  # fmt: skip
                     )
             bar.update(len(batch))
     return per_input, speech
 
 
-def vad_filter(waves: list[np.ndarray], vad: VadOptions) -> tuple[list[np.ndarray], list[list[dict]]]:
+def vad_filter(waves: list[np.ndarray], vad: VadOptions) -> tuple[list[np.ndarray], list[list[SpeechChunk]]]:
     """Each wave's speech only (faster-whisper's sequential VAD filter), and its speech chunks."""
     kept, found = [], []
     for wave in waves:

@@ -328,7 +328,7 @@ class SpeechModel(EncoderDecoder):
             segments = longform.sequential(self, kept, opts, sots, max_batch_size, progress, hooks)
         results = []
         for i, wave in enumerate(waves):
-            speech = None if chunks[i] is None else sum(c["end"] - c["start"] for c in chunks[i]) / audio_io.SAMPLE_RATE
+            speech = None if chunks[i] is None else sum(c.end - c.start for c in chunks[i]) / audio_io.SAMPLE_RATE
             lang, prob, ranked = languages[i]
             results.append(longform.finish(segments[i], wave, chunks[i], lang, prob, ranked, speech))
         return results[0] if single else results

@@ -20,6 +20,18 @@ class Word:
 
 
 @dataclass
+class WindowSegment:
+    """A segment of one decoded window before it is numbered and scored: where its window starts (mel frame),
+    its times (seconds from the start of the audio), its tokens, and its words once aligned."""
+
+    seek: int
+    start: float
+    end: float
+    tokens: list[int]
+    words: list[Word] | None = None
+
+
+@dataclass
 class Segment:
     start: float  # seconds from the start of the audio
     end: float

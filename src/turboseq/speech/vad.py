@@ -119,8 +119,26 @@ def speech_probabilities(audio: np.ndarray) -> np.ndarray:
     return silero()(torch.cat([context, frames], dim=1)).numpy()
 
 
-def speech_timestamps(audio: np.ndarray, opts: VadOptions) -> list[dict]:
-    """Speech chunks ``{"start", "end"}`` (samples) of ``audio``: frames above ``threshold`` open speech,
+@dataclass
+class SpeechChunk:
+    """A stretch of speech in a recording, in samples (faster-whisper's ``{"start", "end"}``)."""
+
+    start: int
+    end: int
+
+
+@dataclass
+class Piece:
+    """Speech chunks joined into one piece of audio: where it starts in the speech-only time and how long it is
+    (seconds), and the chunks it holds."""
+
+    offset: float
+    duration: float
+    chunks: list[SpeechChunk]
+
+
+def speech_timestamps(audio: np.ndarray, opts: VadOptions) -> list[SpeechChunk]:
+    """The speech chunks of ``audio``: frames above ``threshold`` open speech,
     ``min_silence_duration_ms`` below ``neg_threshold`` close it, chunks over ``max_speech_duration_s`` are
     split at their last pause of over 98 ms (or cut), and every chunk is padded by ``speech_pad_ms``."""
     probs = speech_probabilities(audio) if len(audio) else np.zeros(0)
@@ -130,8 +148,8 @@ def speech_timestamps(audio: np.ndarray, opts: VadOptions) -> list[dict]:
     max_speech = SAMPLE_RATE * opts.max_speech_duration_s - FRAME - 2 * pad
     min_silence = SAMPLE_RATE * opts.min_silence_duration_ms / 1000
     min_silence_at_max = SAMPLE_RATE * 98 / 1000
-    speeches: list[dict] = []
-    current: dict = {}
+    speeches: list[SpeechChunk] = []
+    current: SpeechChunk | None = None
     triggered = False
     temp_end = prev_end = next_start = 0
     for i, p in enumerate(probs):
@@ -142,22 +160,22 @@ def speech_timestamps(audio: np.ndarray, opts: VadOptions) -> list[dict]:
                 next_start = here
         if p >= opts.threshold and not triggered:
             triggered = True
-            current["start"] = here
+            current = SpeechChunk(here, 0)
             continue
-        if triggered and here - current["start"] > max_speech:
+        if triggered and here - current.start > max_speech:
             if prev_end:
-                current["end"] = prev_end
+                current.end = prev_end
                 speeches.append(current)
-                current = {}
+                current = None
                 if next_start < prev_end:
                     triggered = False
                 else:
-                    current["start"] = next_start
+                    current = SpeechChunk(next_start, 0)
                 prev_end = next_start = temp_end = 0
             else:
-                current["end"] = here
+                current.end = here
                 speeches.append(current)
-                current = {}
+                current = None
                 prev_end = next_start = temp_end = 0
                 triggered = False
                 continue
@@ -168,69 +186,69 @@ def speech_timestamps(audio: np.ndarray, opts: VadOptions) -> list[dict]:
                 prev_end = temp_end
             if here - temp_end < min_silence:
                 continue
-            current["end"] = temp_end
-            if current["end"] - current["start"] > min_speech:
+            current.end = temp_end
+            if current.end - current.start > min_speech:
                 speeches.append(current)
-            current = {}
+            current = None
             prev_end = next_start = temp_end = 0
             triggered = False
-    if current and len(audio) - current["start"] > min_speech:
-        current["end"] = len(audio)
+    if current is not None and len(audio) - current.start > min_speech:
+        current.end = len(audio)
         speeches.append(current)
     for i, speech in enumerate(speeches):
         if i == 0:
-            speech["start"] = int(max(0, speech["start"] - pad))
+            speech.start = int(max(0, speech.start - pad))
         if i != len(speeches) - 1:
-            gap = speeches[i + 1]["start"] - speech["end"]
+            gap = speeches[i + 1].start - speech.end
             if gap < 2 * pad:
-                speech["end"] += int(gap // 2)
-                speeches[i + 1]["start"] = int(max(0, speeches[i + 1]["start"] - gap // 2))
+                speech.end += int(gap // 2)
+                speeches[i + 1].start = int(max(0, speeches[i + 1].start - gap // 2))
             else:
-                speech["end"] = int(min(len(audio), speech["end"] + pad))
-                speeches[i + 1]["start"] = int(max(0, speeches[i + 1]["start"] - pad))
+                speech.end = int(min(len(audio), speech.end + pad))
+                speeches[i + 1].start = int(max(0, speeches[i + 1].start - pad))
         else:
-            speech["end"] = int(min(len(audio), speech["end"] + pad))
+            speech.end = int(min(len(audio), speech.end + pad))
     return speeches
 
 
-def collect_chunks(audio: np.ndarray, chunks: list[dict], max_duration: float = float("inf")):
-    """The speech of ``chunks`` joined into pieces of at most ``max_duration`` seconds: (audio pieces, per
-    piece {"offset", "duration"} in seconds of speech-only time, and the chunks it holds)."""
+def collect_chunks(audio: np.ndarray, chunks: list[SpeechChunk], max_duration: float = float("inf")):
+    """The speech of ``chunks`` joined into pieces of at most ``max_duration`` seconds: (audio pieces, and per
+    piece its ``Piece``)."""
     if not chunks:
-        return [np.zeros(0, np.float32)], [{"offset": 0.0, "duration": 0.0, "segments": []}]
+        return [np.zeros(0, np.float32)], [Piece(0.0, 0.0, [])]
     pieces, meta = [], []
     parts: list = []
     members: list = []
     length = total = 0
     for chunk in chunks:
-        size = chunk["end"] - chunk["start"]
+        size = chunk.end - chunk.start
         if length + size > max_duration * SAMPLE_RATE:
             pieces.append(np.concatenate(parts) if parts else np.zeros(0, np.float32))
-            meta.append({"offset": total / SAMPLE_RATE, "duration": length / SAMPLE_RATE, "segments": members})
+            meta.append(Piece(total / SAMPLE_RATE, length / SAMPLE_RATE, members))
             total += length
             parts, members, length = [], [], 0
             # faster-whisper leaves a chunk that opens a new piece out of that piece's chunk list
-            parts.append(audio[chunk["start"] : chunk["end"]])
+            parts.append(audio[chunk.start : chunk.end])
             length = size
         else:
             members.append(chunk)
-            parts.append(audio[chunk["start"] : chunk["end"]])
+            parts.append(audio[chunk.start : chunk.end])
             length += size
     pieces.append(np.concatenate(parts) if parts else np.zeros(0, np.float32))
-    meta.append({"offset": total / SAMPLE_RATE, "duration": length / SAMPLE_RATE, "segments": members})
+    meta.append(Piece(total / SAMPLE_RATE, length / SAMPLE_RATE, members))
     return pieces, meta
 
 
 class TimeMap:
     """Maps times in the speech-only audio back to the original recording."""
 
-    def __init__(self, chunks: list[dict]):
+    def __init__(self, chunks: list[SpeechChunk]):
         self.ends, self.silence_before = [], []
         previous_end = silent = 0
         for chunk in chunks:
-            silent += chunk["start"] - previous_end
-            previous_end = chunk["end"]
-            self.ends.append(chunk["end"] - silent)
+            silent += chunk.start - previous_end
+            previous_end = chunk.end
+            self.ends.append(chunk.end - silent)
             self.silence_before.append(silent / SAMPLE_RATE)
 
     def chunk_index(self, time: float, is_end: bool = False) -> int:
@@ -245,7 +263,7 @@ class TimeMap:
         return round(self.silence_before[index] + time, 2)
 
 
-def restore_times(segments, chunks: list[dict]) -> None:
+def restore_times(segments, chunks: list[SpeechChunk]) -> None:
     """Segments (and words) timed on the speech-only audio, moved to the original recording's time (in place);
     a word's start and end map through the chunk of its middle."""
     if not chunks:

@@ -37,10 +37,63 @@ def _activation(config: dict) -> tuple[str, bool]:
     return ("gelu_new" if proj == "gated-gelu" else parts[-1]), parts[0] == "gated"
 
 
+class _Blocks:
+    """T5's blocks read from a checkpoint: norms, attentions, feed-forwards, relative position biases."""
+
+    def __init__(self, config: dict, ckpt: Checkpoint):
+        self.config, self.ckpt = config, ckpt
+        self.heads = config["num_heads"]
+        self.eps = config.get("layer_norm_epsilon", 1e-6)
+        self.act, self.gated = _activation(config)
+
+    def norm(self, prefix: str) -> LayerNorm:
+        return LayerNorm(self.ckpt.first(prefix + "weight"), None, self.eps, rms=True)
+
+    def attention(self, prefix: str, cross: bool):
+        q, k, v, o = (self.ckpt.linear(f"{prefix}{n}.", bias=False) for n in "qkvo")
+        if cross:
+            return CrossAttention(q=q, kv=fuse(k, v), out=o, num_heads=self.heads, scale=1.0)
+        return SelfAttention(qkv=fuse(q, k, v), out=o, num_heads=self.heads, scale=1.0)
+
+    def ffn(self, prefix: str) -> FeedForward:
+        p, ckpt = prefix + "DenseReluDense.", self.ckpt
+        out = ckpt.linear(p + "wo.", bias=False)
+        # its inputs carry outliers far beyond the other activations (transformers keeps `wo` in float32 for
+        # the same reason): never int8 (``runtime.compute``)
+        out.outliers = True
+        if self.gated:
+            return FeedForward(
+                ckpt.linear(p + "wi_0.", bias=False), out, self.act, up=ckpt.linear(p + "wi_1.", bias=False)
+            )
+        return FeedForward(ckpt.linear(p + "wi.", bias=False), out, self.act)
+
+    def bias(self, stack: str, bidirectional: bool) -> RelativePositionBias:
+        table = self.ckpt.first(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+        return RelativePositionBias(table, bidirectional, self.config.get("relative_attention_max_distance", 128))
+
+    def encoder_layer(self, i: int) -> EncoderLayer:
+        p = f"encoder.block.{i}.layer."
+        return EncoderLayer(
+            self_attn=self.attention(p + "0.SelfAttention.", cross=False),
+            self_attn_norm=self.norm(p + "0.layer_norm."),
+            ffn=self.ffn(p + "1."),
+            ffn_norm=self.norm(p + "1.layer_norm."),
+        )
+
+    def decoder_layer(self, i: int) -> DecoderLayer:
+        p = f"decoder.block.{i}.layer."
+        return DecoderLayer(
+            self_attn=self.attention(p + "0.SelfAttention.", cross=False),
+            self_attn_norm=self.norm(p + "0.layer_norm."),
+            cross_attn=self.attention(p + "1.EncDecAttention.", cross=True),
+            cross_attn_norm=self.norm(p + "1.layer_norm."),
+            ffn=self.ffn(p + "2."),
+            ffn_norm=self.norm(p + "2.layer_norm."),
+        )
+
+
 def build(config: dict, ckpt: Checkpoint) -> Seq2SeqSpec:
-    heads = config["num_heads"]
-    eps = config.get("layer_norm_epsilon", 1e-6)
-    act, gated = _activation(config)
+    blocks = _Blocks(config, ckpt)
     shared = ckpt.first("shared.weight", "encoder.embed_tokens.weight")
     src_tokens = ckpt.optional("encoder.embed_tokens.weight")
     tgt_tokens = ckpt.optional("decoder.embed_tokens.weight")
@@ -50,69 +103,23 @@ def build(config: dict, ckpt: Checkpoint) -> Seq2SeqSpec:
     head = ckpt.optional("lm_head.weight")
     head = shared if head is None else head
     rescale = config.get("scale_decoder_outputs", config.get("tie_word_embeddings", True) is not False)
-
-    def norm(prefix: str) -> LayerNorm:
-        return LayerNorm(ckpt.first(prefix + "weight"), None, eps, rms=True)
-
-    def attention(prefix: str, cross: bool):
-        q, k, v, o = (ckpt.linear(f"{prefix}{n}.", bias=False) for n in "qkvo")
-        if cross:
-            return CrossAttention(q=q, kv=fuse(k, v), out=o, num_heads=heads, scale=1.0)
-        return SelfAttention(qkv=fuse(q, k, v), out=o, num_heads=heads, scale=1.0)
-
-    def ffn(prefix: str) -> FeedForward:
-        p = prefix + "DenseReluDense."
-        out = ckpt.linear(p + "wo.", bias=False)
-        # its inputs carry outliers far beyond the other activations (transformers keeps `wo` in float32 for
-        # the same reason): never int8 (``runtime.compute``)
-        out.outliers = True
-        if gated:
-            return FeedForward(ckpt.linear(p + "wi_0.", bias=False), out, act, up=ckpt.linear(p + "wi_1.", bias=False))
-        return FeedForward(ckpt.linear(p + "wi.", bias=False), out, act)
-
-    def bias(stack: str, bidirectional: bool) -> RelativePositionBias:
-        table = ckpt.first(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
-        return RelativePositionBias(table, bidirectional, config.get("relative_attention_max_distance", 128))
-
-    encoder_layers = []
-    for i in range(config["num_layers"]):
-        p = f"encoder.block.{i}.layer."
-        encoder_layers.append(
-            EncoderLayer(
-                self_attn=attention(p + "0.SelfAttention.", cross=False),
-                self_attn_norm=norm(p + "0.layer_norm."),
-                ffn=ffn(p + "1."),
-                ffn_norm=norm(p + "1.layer_norm."),
-            )
-        )
-    decoder_layers = []
-    for i in range(config.get("num_decoder_layers") or config["num_layers"]):
-        p = f"decoder.block.{i}.layer."
-        decoder_layers.append(
-            DecoderLayer(
-                self_attn=attention(p + "0.SelfAttention.", cross=False),
-                self_attn_norm=norm(p + "0.layer_norm."),
-                cross_attn=attention(p + "1.EncDecAttention.", cross=True),
-                cross_attn_norm=norm(p + "1.layer_norm."),
-                ffn=ffn(p + "2."),
-                ffn_norm=norm(p + "2.layer_norm."),
-            )
-        )
+    encoder_layers = [blocks.encoder_layer(i) for i in range(config["num_layers"])]
+    decoder_layers = [blocks.decoder_layer(i) for i in range(config.get("num_decoder_layers") or config["num_layers"])]
     pad = config.get("pad_token_id", 0)
     return Seq2SeqSpec(
         encoder=Stack(
             Embeddings(src_tokens),
             encoder_layers,
             pre_norm=True,
-            final_norm=norm("encoder.final_layer_norm."),
-            relative_bias=bias("encoder", bidirectional=True),
+            final_norm=blocks.norm("encoder.final_layer_norm."),
+            relative_bias=blocks.bias("encoder", bidirectional=True),
         ),
         decoder=Stack(
             Embeddings(tgt_tokens),
             decoder_layers,
             pre_norm=True,
-            final_norm=norm("decoder.final_layer_norm."),
-            relative_bias=bias("decoder", bidirectional=False),
+            final_norm=blocks.norm("decoder.final_layer_norm."),
+            relative_bias=blocks.bias("decoder", bidirectional=False),
         ),
         lm_head=Linear(head),
         # relative positions have no hard limit; n_positions is the length T5 was trained for
