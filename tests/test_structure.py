@@ -20,7 +20,6 @@ FOREIGN_PRIVATE = (
 )
 
 
-
 def _modules():
     for path in sorted(SRC.rglob("*.py")):
         yield path, ast.parse(path.read_text(encoding="utf-8"))
