@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import turboseq
 from tests.helpers import source_batch
-from turboseq.runtime import compute
+from turboseq.runtime import compute, cpu
 
 REDUCED = ("bfloat16", "int8", "int8_bfloat16")
 _LOW = {torch.bfloat16, torch.float16, torch.int8, torch.quint8, torch.qint8, torch.qint32}
@@ -211,8 +211,46 @@ def test_compute_type_errors_name_the_valid_ones(marian_one, monkeypatch):
     assert turboseq.load(path, compute_type="auto").compute_type == "float32"
 
 
-def test_auto_picks_int8_where_supported(marian_one):
+def test_auto_follows_the_cpu_capability(marian_one, monkeypatch):
+    """``auto`` is the preference table's type for the capability turboseq chooses by, lowered here to each level
+    at most the CPU's own; a type the lowered capability cannot run is refused as on such a CPU."""
     _, path = marian_one
-    supported = compute.supported_compute_types()
-    expected = "int8" if "int8" in supported else supported[-1]
-    assert turboseq.load(path, compute_type="auto").compute_type == expected
+    detected = cpu.cpu_info().detected
+    for level in cpu.Capability:
+        if level > detected:
+            continue
+        monkeypatch.setenv(cpu.ENV, level.label)
+        want = cpu.AUTO[level]
+        assert turboseq.load(path, compute_type="auto").compute_type == want, level
+        supported = compute.supported_compute_types()
+        assert ("int8" in supported) == (level >= cpu.Capability.AVX2)
+        assert ("bfloat16" in supported) == (level >= cpu.Capability.AVX512_VNNI and "bfloat16" in _REAL)
+    monkeypatch.setenv(cpu.ENV, "baseline")
+    with pytest.raises(ValueError) as err:
+        turboseq.load(path, compute_type="int8")
+    assert str(err.value) == "compute type 'int8' is not supported on this cpu (supported here: float32, auto)"
+
+
+_REAL = compute.supported_compute_types()
+
+
+@pytest.mark.skipif("int8" not in _REAL, reason="fbgemm int8 is not available on this CPU")
+def test_int8_without_vnni_keeps_seven_bit_activations_and_stays_batch_invariant(marian, monkeypatch):
+    """Forced to AVX2 (no VNNI), the int8 product quantizes activations to 7 bits, as fbgemm needs there: results
+    move a little, stay close to float32 and batch-invariant."""
+    _, _, path = marian
+    model = turboseq.load(path, compute_type="int8")
+    exact = turboseq.load(path)
+    ids, mask = source_batch(model.spec.vocab_size, model.spec.pad_token_id, seed=7)
+    targets = _targets(exact, ids, mask)
+    full = model.forward_logits(ids, mask, targets)
+    monkeypatch.setenv(cpu.ENV, "avx2")
+    seven = model.forward_logits(ids, mask, targets)
+    if cpu.cpu_info().detected >= cpu.Capability.AVX512_VNNI:
+        assert not torch.equal(full, seven)  # the reduced range is in effect
+    assert _cosine(seven, exact.forward_logits(ids, mask, targets)) > 0.97
+    batched = model.generate(ids, mask, max_new_tokens=8)
+    for i in range(ids.shape[0]):
+        n = int(mask[i].sum())
+        alone = model.generate(ids[i : i + 1, :n], max_new_tokens=8)
+        assert torch.equal(batched[i, : alone.shape[1]], alone[0])

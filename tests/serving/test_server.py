@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.helpers import make_family_model, make_marian
+from turboseq.runtime.cpu import Capability
 from turboseq.serving.process import ServerProcess
 
 SENTENCES = [
@@ -35,6 +36,7 @@ def test_health_info_metrics(server, marian_one):
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     info = httpx.get(server.url + "/info").json()
     assert info["model"] == path.name and info["task"] == "translation" and info["version"]
+    assert info["cpu"]["capability"] in {c.label for c in Capability} and info["cpu"]["model"]
     assert info["limits"]["max_batch_size"] == 4 and info["limits"]["max_input_tokens"] == 40
     metrics = httpx.get(server.url + "/metrics").text
     for name in (

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from turboseq.bench import ENCODER_ARCHS  # noqa: F401  (the names the CLI lists)
 from turboseq.bench.models import bench_sentences
-from turboseq.bench.timing import median_seconds
+from turboseq.bench.timing import machine, median_seconds
 
 LONG_PARAGRAPH = (
     "The committee will publish its final report next spring, after consulting with experts from several "
@@ -61,7 +61,8 @@ def run_encoder_bench(
     tok = model.tokenizer
     engines = _encoder_engines(arch, path, model, batch)
     what = "all-MiniLM-L6-v2, real weights" if arch == "minilm" else "xlm-roberta-base shape, random weights"
-    log(f"arch: {arch} ({what}) | batch {batch} | threads {torch.get_num_threads()}")
+    log(machine())
+    log(f"arch: {arch} ({what}) | batch {batch}")
     rows = []
     for name, texts in workloads(batch).items():
         tokens = [len(ids) for ids in tok(texts)["input_ids"]]

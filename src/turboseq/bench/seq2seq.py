@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from turboseq.bench.models import bench_model_dir, bench_sentences, ct2_converted
-from turboseq.bench.timing import median_seconds
+from turboseq.bench.timing import machine, median_seconds
 from turboseq.formats.tokenizer import load_tokenizer
 
 MODES = {"greedy": 1, "beam4": 4}
@@ -161,7 +161,8 @@ def run_bench(
     engines = engines or available_engines()
     model_dir = bench_model_dir(arch)
     eng = Engines(model_dir, engines)
-    log(f"arch: {arch} | model: {model_dir} | threads: {torch.get_num_threads()} | forced length: {new_tokens} tokens")
+    log(machine())
+    log(f"arch: {arch} | model: {model_dir} | forced length: {new_tokens} tokens")
     cells = []
     # engine by engine: once CTranslate2 has run in a process, PyTorch's small parallel ops there run about
     # 15% slower (measured here; its bundled OpenMP runtime stays loaded), so the PyTorch engines go first
@@ -181,7 +182,7 @@ def run_bench(
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "bench.json").write_text(json.dumps([asdict(c) for c in cells], indent=2))
-        (out_dir / "bench.md").write_text(table + "\n")
+        (out_dir / "bench.md").write_text(f"{machine()}\n\n{table}\n")
         plot(cells, engines, out_dir / "bench.png", arch)
         log(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, {out_dir / 'bench.png'}")
     return cells

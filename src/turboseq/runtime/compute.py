@@ -18,6 +18,7 @@ looked up into float32. Nothing here touches process-wide settings (matmul preci
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from functools import cache
 import torch
 from torch import Tensor
 
+from turboseq.runtime.cpu import ENV, Capability, auto_compute_type, cpu_info
 from turboseq.runtime.spec import Embeddings, Linear, linears, parts, stacks
 
 COMPUTE_TYPES = ("float32", "bfloat16", "int8", "int8_bfloat16")
@@ -51,30 +53,19 @@ _TYPES = {
 }
 
 
-@cache
-def _cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def _has_vnni() -> bool:
-    return bool({"avx512_vnni", "avx_vnni"} & _cpu_flags())
-
-
 def supported_compute_types(device: torch.device | str = "cpu") -> list[str]:
     """The compute types this machine runs on ``device``, fastest last."""
     if torch.device(device).type != "cpu":
         return ["float32", "bfloat16"]  # the int8 kernels here are CPU kernels
     names = ["float32"]
-    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    level = cpu_info().capability
+    if (
+        level >= Capability.AVX512_VNNI
+        and torch.backends.mkldnn.is_available()
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    ):
         names.append("bfloat16")
-    if "fbgemm" in torch.backends.quantized.supported_engines:
+    if level >= Capability.AVX2 and "fbgemm" in torch.backends.quantized.supported_engines:
         names.append("int8")
         if "bfloat16" in names:
             names.append("int8_bfloat16")
@@ -82,12 +73,14 @@ def supported_compute_types(device: torch.device | str = "cpu") -> list[str]:
 
 
 def resolve_compute_type(name: str, device: torch.device | str = "cpu") -> ComputeType:
-    """The compute type called ``name`` ("auto": the fastest supported one), or a ValueError naming the valid
-    ones."""
+    """The compute type called ``name`` ("auto": the one this CPU runs fastest, ``runtime.cpu.AUTO``), or a
+    ValueError naming the valid ones."""
     supported = supported_compute_types(device)
     if name == "auto":
-        # int8 products with float32 attention: the fastest here at every batch size (README: fast mode)
-        return _TYPES["int8" if "int8" in supported else supported[-1]]
+        if torch.device(device).type != "cpu":
+            return _TYPES[supported[-1]]
+        preferred = auto_compute_type()
+        return _TYPES[preferred if preferred in supported else "float32"]
     if name == "float16":
         raise ValueError(
             "compute type float16 is not offered: T5-family activations overflow its range (a known transformers "
@@ -226,6 +219,14 @@ def _row_buffer(rows: int, width: int) -> Tensor:
     return buf
 
 
+@cache
+def _reduce_range(_forced: str | None) -> bool:
+    """Without AVX-512 VNNI fbgemm multiplies u8 by s8 in pairs summed into int16 (AVX2's ``vpmaddubsw``), which
+    saturates unless activations keep 7 bits: its ``reduce_range``. (Cached per value of the capability
+    variable, which is read on each call so tests can lower it.)"""
+    return cpu_info().capability < Capability.AVX512_VNNI
+
+
 def int8_linear(x: Tensor, lin: Linear) -> Tensor:
     """``x @ W.T + b`` with int8 weights and int8 activations quantized per row, float32 in and out.
 
@@ -240,6 +241,6 @@ def int8_linear(x: Tensor, lin: Linear) -> Tensor:
     scale = x2.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)  # [rows, 1] (vector_norm(inf) is slower)
     buf = _row_buffer(rows, shape[-1])[: rows + 1]
     torch.div(x2, scale, out=buf[1:])
-    y = torch.ops.quantized.linear_dynamic(buf, lin.packed, not _has_vnni())[1:]
+    y = torch.ops.quantized.linear_dynamic(buf, lin.packed, _reduce_range(os.environ.get(ENV)))[1:]
     y = torch.addcmul(lin.bias, y, scale) if lin.bias is not None else y.mul_(scale)
     return y.view(*shape[:-1], y.shape[-1])

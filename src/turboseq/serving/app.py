@@ -26,6 +26,7 @@ from fastapi import Request  # module level: FastAPI resolves handler annotation
 import turboseq.serving.causal  # noqa: F401  (registers the built-in tasks)
 import turboseq.serving.speech  # noqa: F401
 import turboseq.serving.text  # noqa: F401
+from turboseq.runtime.cpu import cpu_info
 from turboseq.serving.batcher import Batcher, Cancelled, Job, Metrics
 from turboseq.serving.config import ServerConfig
 from turboseq.serving.requests import Parsed, RequestError, check_parameter_size, read_body
@@ -330,6 +331,7 @@ def _add_operations_routes(app, service: Service, model) -> None:
             "compute_type": getattr(model, "compute_type", "float32"),
             "dtype": getattr(model, "compute_type", "float32"),
             "version": __version__,
+            "cpu": cpu_info().as_dict(),
             "streaming": task.streams,
             "routes": ["/", f"/models/{service.name}"]
             + (["/generate_stream"] if task.streams else [])
