@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from turboseq.bench.models import cache_root, ct2_converted
-from turboseq.bench.seq2seq import compute_type_of, turboseq_engines
-from turboseq.bench.timing import median_seconds
+from turboseq.bench.rounds import best_of_rounds, spread_note
+from turboseq.bench.seq2seq import compute_type_of, ratio_pairs, turboseq_engines
+from turboseq.bench.timing import machine, median_seconds
 
 GPT2_SMALL = dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257)
 # SmolLM-135M's shape: 30 layers of width 576, 9 query heads over 3 key/value heads, tied head
@@ -174,7 +176,13 @@ def run_causal_bench(
     new_tokens: int,
     min_seconds: float,
     out_dir: Path,
+    rounds: int = 1,
 ) -> list[Cell]:
+    """Every engine over prompts x batches; with ``rounds`` > 1, each engine in its own process per round
+    (``bench.rounds``) and each cell's best round, its spread printed and a noisy cell marked."""
+    if rounds > 1:
+        return _in_own_processes(arch, batches, prompts, engines, new_tokens, min_seconds, out_dir, rounds)
+    print(machine(), flush=True)
     model_dir = causal_model_dir(arch)
     bench = Engines(model_dir, engines)
     vocab = bench.ts.spec.vocab_size
@@ -202,36 +210,69 @@ def run_causal_bench(
                     f"tok/s  decode {cell.decode_tokens_per_s:7.1f} tok/s  overall {cell.tokens_per_s:7.1f} tok/s",
                     flush=True,
                 )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"bench-{arch}.json").write_text(json.dumps([asdict(c) for c in cells], indent=2))
-    (out_dir / f"bench-{arch}.md").write_text(markdown(arch, cells, new_tokens))
-    print(markdown(arch, cells, new_tokens))
+    _write(arch, cells, new_tokens, out_dir)
     return cells
 
 
-def markdown(arch: str, cells: list[Cell], new_tokens: int) -> str:
+def _in_own_processes(arch, batches, prompts, engines, new_tokens, min_seconds, out_dir: Path, rounds: int):
+    argv = ["--arch", arch, "--batches", ",".join(map(str, batches)), "--prompts", ",".join(map(str, prompts))]
+    argv += ["--new-tokens", str(new_tokens), "--min-seconds", str(min_seconds)]
+    print(machine(), flush=True)
+    print(f"{arch}: {rounds} rounds, each engine in its own process", flush=True)
+    log = partial(print, flush=True)
+    results = best_of_rounds(
+        argv, engines, rounds, f"bench-{arch}.json", lambda c: (c["prompt"], c["batch"]), "tokens_per_s", log
+    )
+    order = {e: i for i, e in enumerate(engines)}
+    results.sort(key=lambda r: (r[0]["prompt"], r[0]["batch"], order[r[0]["engine"]]))
+    cells, spreads = [], {}
+    for best, spread in results:
+        cell = Cell(**best)
+        cells.append(cell)
+        spreads[(cell.engine, cell.prompt, cell.batch)] = spread
+        print(
+            f"{arch} prompt {cell.prompt:4d} batch {cell.batch:3d} {cell.engine:22s} {cell.tokens_per_s:7.1f} tok/s  {spread.text()}"
+        )
+    _write(arch, cells, new_tokens, out_dir, spreads)
+    return cells
+
+
+def _write(arch: str, cells: list[Cell], new_tokens: int, out_dir: Path, spreads=None) -> None:
+    table = markdown(arch, cells, new_tokens, spreads)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [asdict(c) for c in cells]
+    if spreads:
+        rows = [{**r, "spread": asdict(spreads[(c.engine, c.prompt, c.batch)])} for r, c in zip(rows, cells)]
+    (out_dir / f"bench-{arch}.json").write_text(json.dumps(rows, indent=2))
+    (out_dir / f"bench-{arch}.md").write_text(f"{machine()}\n\n{table}")
+    print(table)
+
+
+def markdown(arch: str, cells: list[Cell], new_tokens: int, spreads=None) -> str:
+    """The table (``*``: a cell whose rounds varied too much), with the ratios to the peers."""
+    spreads = spreads or {}
     engines = list(dict.fromkeys(c.engine for c in cells))
+    pairs = ratio_pairs(engines)
     lines = [
         f"{arch}: {new_tokens} new tokens per prompt, greedy; tokens/s overall (prefill / decode)",
         "",
-        "| prompt | batch | "
-        + " | ".join(engines)
-        + " | turboseq / transformers | turboseq / CT2 float32 | turboseq-int8 / CT2 int8 |",
-        "|---|---|" + "---|" * len(engines) + "---|---|---|",
+        "| prompt | batch | " + " | ".join(engines + [f"{x} / {y}" for x, y in pairs]) + " |",
+        "|---|---|" + "---|" * (len(engines) + len(pairs)),
     ]
     keys = list(dict.fromkeys((c.prompt, c.batch) for c in cells))
     for prompt, batch in keys:
         row = {c.engine: c for c in cells if (c.prompt, c.batch) == (prompt, batch)}
         parts = [
             f"{row[e].tokens_per_s:.0f} ({row[e].prefill_tokens_per_s:.0f} / {row[e].decode_tokens_per_s:.0f})"
+            + ("*" if (s := spreads.get((e, prompt, batch))) is not None and s.wide else "")
+            if e in row
+            else "-"
             for e in engines
         ]
-        ts = row.get("turboseq")
-        hf = row.get("transformers")
-        ct2 = row.get("ctranslate2-float32")
-        ratio_hf = f"{ts.tokens_per_s / hf.tokens_per_s:.2f}x" if ts and hf else "-"
-        ratio_ct2 = f"{ts.tokens_per_s / ct2.tokens_per_s:.2f}x" if ts and ct2 else "-"
-        i8, ct2_i8 = row.get("turboseq-int8"), row.get("ctranslate2-int8")
-        ratio_i8 = f"{i8.tokens_per_s / ct2_i8.tokens_per_s:.2f}x" if i8 and ct2_i8 else "-"
-        lines.append(f"| {prompt} | {batch} | " + " | ".join(parts) + f" | {ratio_hf} | {ratio_ct2} | {ratio_i8} |")
+        parts += [
+            f"{row[x].tokens_per_s / row[y].tokens_per_s:.2f}x" if x in row and y in row else "-" for x, y in pairs
+        ]
+        lines.append(f"| {prompt} | {batch} | " + " | ".join(parts) + " |")
+    if spreads:
+        lines += ["", spread_note(list(spreads.values()))]
     return "\n".join(lines) + "\n"

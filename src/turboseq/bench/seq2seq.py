@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from turboseq.bench.models import bench_model_dir, bench_sentences, ct2_converted
+from turboseq.bench.rounds import best_of_rounds, spread_note
 from turboseq.bench.timing import machine, median_seconds
 from turboseq.formats.tokenizer import load_tokenizer
 
@@ -174,18 +175,66 @@ def run_bench(
                 cell = Cell(engine, batch, mode, seconds, batch * new_tokens / seconds)
                 cells.append(cell)
                 log(f"  {engine:20} {mode:6} batch {batch:3} {cell.tokens_per_s:9.1f} tok/s")
-    table = format_table(cells, engines)
-    log("\n" + table)
     if profile:
         log(profile_report(eng, new_tokens))
+    report(cells, engines, arch, out_dir, log)
+    return cells
+
+
+def run_bench_rounds(
+    arch: str,
+    batches,
+    modes,
+    engines: list[str],
+    new_tokens: int,
+    min_seconds: float,
+    rounds: int,
+    out_dir: Path | None,
+    log=print,
+) -> list[Cell]:
+    """``run_bench`` with every engine in its own process, ``rounds`` times, the order alternating
+    (``bench.rounds``): each cell's best round, its spread printed and a noisy cell marked."""
+    argv = ["--arch", arch, "--batches", ",".join(map(str, batches)), "--modes", ",".join(modes)]
+    argv += ["--new-tokens", str(new_tokens), "--min-seconds", str(min_seconds)]
+    log(machine())
+    log(f"arch: {arch} | forced length: {new_tokens} tokens | {rounds} rounds, each engine in its own process")
+    results = best_of_rounds(
+        argv, engines, rounds, "bench.json", lambda c: (c["mode"], c["batch"]), "tokens_per_s", log
+    )
+    cells, spreads = [], {}
+    for best, spread in results:
+        cell = Cell(**best)
+        cells.append(cell)
+        spreads[(cell.engine, cell.mode, cell.batch)] = spread
+    order = {e: i for i, e in enumerate(engines)}
+    cells.sort(key=lambda c: (order[c.engine], list(MODES).index(c.mode), c.batch))
+    for c in cells:
+        log(
+            f"  {c.engine:20} {c.mode:6} batch {c.batch:3} {c.tokens_per_s:9.1f} tok/s  {spreads[(c.engine, c.mode, c.batch)].text()}"
+        )
+    report(cells, engines, arch, out_dir, log, spreads)
+    return cells
+
+
+def report(cells: list[Cell], engines: list[str], arch: str, out_dir: Path | None, log, spreads=None) -> None:
+    """The table (noisy cells marked when ``spreads`` are known), and bench.json/md/png under ``out_dir``."""
+    table = format_table(cells, engines, spreads)
+    if spreads:
+        table += f"\n\n{spread_note(list(spreads.values()))}"
+    log("\n" + table)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "bench.json").write_text(json.dumps([asdict(c) for c in cells], indent=2))
+        rows = [{**asdict(c), **_spread_fields(spreads, c)} for c in cells]
+        (out_dir / "bench.json").write_text(json.dumps(rows, indent=2))
         (out_dir / "bench.md").write_text(f"{machine()}\n\n{table}\n")
         plot(cells, engines, out_dir / "bench.png", arch)
         log(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, {out_dir / 'bench.png'}")
-    return cells
+
+
+def _spread_fields(spreads, cell: Cell) -> dict:
+    spread = (spreads or {}).get((cell.engine, cell.mode, cell.batch))
+    return {} if spread is None else {"spread": asdict(spread)}
 
 
 def ratio_pairs(engines: list[str]) -> list[tuple[str, str]]:
@@ -200,15 +249,18 @@ def ratio_pairs(engines: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def format_table(cells: list[Cell], engines: list[str]) -> str:
-    """Markdown: tokens/s per engine and the ratios of ``ratio_pairs``."""
+def format_table(cells: list[Cell], engines: list[str], spreads=None) -> str:
+    """Markdown: tokens/s per engine (``*``: a cell whose rounds varied too much) and the ratios of
+    ``ratio_pairs``."""
+    spreads = spreads or {}
     pairs = ratio_pairs(engines)
     head = ["mode", "batch"] + [f"{e} tok/s" for e in engines] + [f"{a} / {b}" for a, b in pairs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     keys = sorted({(c.mode, c.batch) for c in cells}, key=lambda k: (list(MODES).index(k[0]), k[1]))
     for mode, batch in keys:
         by = {c.engine: c.tokens_per_s for c in cells if c.mode == mode and c.batch == batch}
-        row = [mode, str(batch)] + [f"{by[e]:.1f}" if e in by else "-" for e in engines]
+        marks = {e: "*" if (s := spreads.get((e, mode, batch))) is not None and s.wide else "" for e in engines}
+        row = [mode, str(batch)] + [f"{by[e]:.1f}{marks[e]}" if e in by else "-" for e in engines]
         row += [f"{by[a] / by[b]:.2f}x" if a in by and b in by else "-" for a, b in pairs]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

@@ -339,6 +339,7 @@ def _bench(args) -> int:
             new_tokens=args.new_tokens or 64,
             min_seconds=args.min_seconds,
             out_dir=Path(args.out),
+            rounds=args.rounds,
         )
         return 0
     args.batches = args.batches or [1, 16, 64]
@@ -364,23 +365,18 @@ def _bench(args) -> int:
             profile=args.profile,
         )
         return 0
-    from turboseq.bench.seq2seq import ARTIFACT_ENGINES, MODES, available_engines, run_bench
+    from turboseq.bench.seq2seq import ARTIFACT_ENGINES, MODES, available_engines, run_bench, run_bench_rounds
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f"unknown mode(s) {', '.join(bad)}; available: {', '.join(MODES)}")
     engines = _engines(args, available_engines(), ARTIFACT_ENGINES)
-    run_bench(
-        arch=args.arch,
-        batches=args.batches,
-        modes=modes,
-        engines=engines,
-        new_tokens=args.new_tokens,
-        min_seconds=args.min_seconds,
-        out_dir=Path(args.out),
-        profile=args.profile,
-    )
+    options = dict(arch=args.arch, batches=args.batches, modes=modes, engines=engines, new_tokens=args.new_tokens)
+    if args.rounds > 1 and not args.profile:
+        run_bench_rounds(**options, min_seconds=args.min_seconds, rounds=args.rounds, out_dir=Path(args.out))
+    else:
+        run_bench(**options, min_seconds=args.min_seconds, out_dir=Path(args.out), profile=args.profile)
     return 0
 
 

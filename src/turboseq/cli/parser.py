@@ -246,7 +246,10 @@ def _add_bench(verbs) -> None:
         "bench",
         help="measure transformers vs turboseq (vs CTranslate2) tokens/s",
         description="Build (once, cached under ~/.cache/turboseq) a random-weight model of a real checkpoint's "
-        "shape (--arch) and time every engine on the same sentences with a forced output length, in one process.",
+        "shape (--arch) and time every engine on the same sentences with a forced output length. Seq2seq and "
+        "decoder-only shapes run each engine in its own fresh process, --rounds times, the order alternating, and "
+        "report each cell's best round with the spread over rounds (a cell whose rounds differ by over 10%% is "
+        "flagged).",
     )
     be.add_argument(
         "--arch",
@@ -274,6 +277,13 @@ def _add_bench(verbs) -> None:
     )
     be.add_argument("--new-tokens", type=positive_int, help="forced output length (default: 32; decoder-only: 64)")
     be.add_argument("--min-seconds", type=float, default=2.0, help="time each cell at least this long (default: 2)")
+    be.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=3,
+        help="seq2seq and decoder-only: rounds of every engine, each in its own process; 1 runs every engine in "
+        "this process, one after another (default: 3)",
+    )
     be.add_argument("--out", default="bench-out", metavar="DIR", help="where to write bench.json/md/png")
     be.add_argument("--profile", action="store_true", help="print the top operators of the slow and fast paths")
     be.add_argument(
