@@ -79,9 +79,10 @@ def _translate(args) -> int:
     if isinstance(model, CausalLM) and "max_new_tokens" not in kwargs:
         kwargs["max_new_tokens"] = CAUSAL_NEW_TOKENS
     run = model.translate if args.verb == "translate" else model.generate_text
+    if args.batch_size is not None:
+        kwargs["batch_size"] = args.batch_size
     outputs = run(
         lines,
-        batch_size=args.batch_size,
         max_batch_tokens=args.max_batch_tokens,
         truncation=args.truncation,
         progress=bool(args.input) and not args.no_progress,

@@ -89,7 +89,11 @@ def _add_text_verbs(verbs) -> None:
             tr.add_argument(
                 "--stop", action="append", metavar="TEXT", help="stop a continuation at this text (repeatable)"
             )
-        tr.add_argument("--batch-size", type=positive_int, default=32, help="inputs per batch (default: 32)")
+        tr.add_argument(
+            "--batch-size",
+            type=positive_int,
+            help="inputs per batch (default: 64 for encoder-decoders, 32 for decoder-only)",
+        )
         tr.add_argument(
             "--max-batch-tokens", type=positive_int, help="padded source tokens per batch (default: no limit)"
         )

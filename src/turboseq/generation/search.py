@@ -19,6 +19,7 @@ from torch import Tensor
 from turboseq.generation.listeners import Listeners, length_norm
 from turboseq.generation.processors import WARPERS, apply, only_bans
 from turboseq.generation.settings import GenerationSettings
+from turboseq.runtime.head import argmax_rows
 
 # step(tokens [rows, new_len]) -> hidden [rows, d_model]; select(rows, sentences) keeps/reorders decoder rows
 Step = Callable[[Tensor], Tensor]
@@ -94,9 +95,9 @@ def greedy_or_sample(
             if s.do_sample:
                 probs = F.softmax(scores, dim=-1)
                 noise = _exponential_noise((batch, probs.shape[1]), generator, device)
-                next_tokens = (probs / noise[active]).argmax(dim=-1)
+                next_tokens = argmax_rows(probs / noise[active])
             else:
-                next_tokens = scores.argmax(dim=-1)
+                next_tokens = argmax_rows(scores)
             listeners.picked(active, processed, next_tokens)
         if listeners.keeps_rows and eos.numel():
             next_tokens = torch.where(unfinished, next_tokens, s.pad_token_id)

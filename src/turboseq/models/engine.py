@@ -25,6 +25,10 @@ from turboseq.runtime.compute import resolve_compute_type
 from turboseq.runtime.head import LMHead
 from turboseq.runtime.layers import build_cross_kv, decode_step, encode
 
+# encoder-decoder inputs per batch: batching amortizes reading the weights, and 64 rows beat 32 in every compute
+# type (opus-mt shape, 64 inputs, greedy, Intel Xeon with AMX: bfloat16 +24%, float32 +5%, int8 +1%; beam 4:
+# bfloat16 +6%, int8 +4%)
+DEFAULT_BATCH = 64
 _OUTPUT_FLAGS = ("return_dict_in_generate", "output_scores", "output_logits")
 
 

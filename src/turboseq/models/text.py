@@ -12,7 +12,7 @@ from turboseq.formats.tokenizer import encode_texts
 from turboseq.generation.batching import RowHooks, pad_batch, pad_rows
 from turboseq.generation.settings import GenerationSettings
 from turboseq.models.alternatives import alternatives as alternatives_after
-from turboseq.models.engine import EncoderDecoder, generate_output, output_request
+from turboseq.models.engine import DEFAULT_BATCH, EncoderDecoder, generate_output, output_request
 from turboseq.models.progress import progress_bar
 
 
@@ -47,7 +47,7 @@ class Seq2SeqModel(EncoderDecoder):
         input_ids: Tensor | Sequence[Sequence[int]],
         attention_mask: Tensor | None = None,
         *,
-        max_batch_size: int | None = 32,
+        max_batch_size: int | None = DEFAULT_BATCH,
         max_batch_tokens: int | None = None,
         seed: int | None = None,
         **kwargs,
@@ -141,7 +141,7 @@ class Seq2SeqModel(EncoderDecoder):
         self,
         rows: Sequence[Sequence[int]],
         *,
-        max_batch_size: int | None = 32,
+        max_batch_size: int | None = DEFAULT_BATCH,
         max_batch_tokens: int | None = None,
         seed: int | None = None,
         on_tokens=None,
@@ -189,7 +189,7 @@ class Seq2SeqModel(EncoderDecoder):
         alternatives: int | None = None,
         min_alternative_expansion_prob: float = 0.0,
         truncation: bool = False,
-        batch_size: int = 32,
+        batch_size: int = DEFAULT_BATCH,
         max_batch_tokens: int | None = None,
         progress: bool = False,
         seed: int | None = None,

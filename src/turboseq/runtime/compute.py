@@ -18,17 +18,15 @@ looked up into float32. Nothing here touches process-wide settings (matmul preci
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
 
 import torch
 from torch import Tensor
 
-from turboseq.runtime.cpu import ENV, Capability, auto_compute_type, cpu_info
+from turboseq.runtime.cpu import Capability, at_least, auto_compute_type, cpu_info
 from turboseq.runtime.spec import Embeddings, Linear, linears, parts, stacks
 
 COMPUTE_TYPES = ("float32", "bfloat16", "int8", "int8_bfloat16")
@@ -219,14 +217,6 @@ def _row_buffer(rows: int, width: int) -> Tensor:
     return buf
 
 
-@cache
-def _reduce_range(_forced: str | None) -> bool:
-    """Without AVX-512 VNNI fbgemm multiplies u8 by s8 in pairs summed into int16 (AVX2's ``vpmaddubsw``), which
-    saturates unless activations keep 7 bits: its ``reduce_range``. (Cached per value of the capability
-    variable, which is read on each call so tests can lower it.)"""
-    return cpu_info().capability < Capability.AVX512_VNNI
-
-
 def int8_linear(x: Tensor, lin: Linear) -> Tensor:
     """``x @ W.T + b`` with int8 weights and int8 activations quantized per row, float32 in and out.
 
@@ -241,6 +231,8 @@ def int8_linear(x: Tensor, lin: Linear) -> Tensor:
     scale = x2.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)  # [rows, 1] (vector_norm(inf) is slower)
     buf = _row_buffer(rows, shape[-1])[: rows + 1]
     torch.div(x2, scale, out=buf[1:])
-    y = torch.ops.quantized.linear_dynamic(buf, lin.packed, _reduce_range(os.environ.get(ENV)))[1:]
+    # without AVX-512 VNNI fbgemm multiplies u8 by s8 in pairs summed into int16 (AVX2's ``vpmaddubsw``), which
+    # saturates unless activations keep 7 bits: its ``reduce_range``
+    y = torch.ops.quantized.linear_dynamic(buf, lin.packed, not at_least(Capability.AVX512_VNNI))[1:]
     y = torch.addcmul(lin.bias, y, scale) if lin.bias is not None else y.mul_(scale)
     return y.view(*shape[:-1], y.shape[-1])

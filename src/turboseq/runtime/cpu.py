@@ -130,6 +130,17 @@ def cpu_info() -> CpuInfo:
     return CpuInfo(model, flags, detected, parse(value, detected) if value else detected)
 
 
+def at_least(level: Capability) -> bool:
+    """Whether turboseq chooses as on a CPU with ``level`` or more: cheap enough for a kernel choice per call
+    (cached per value of ``TURBOSEQ_CPU_CAPABILITY``, which is still read each time)."""
+    return _capability(os.environ.get(ENV)) >= level
+
+
+@cache
+def _capability(_forced: str | None) -> Capability:
+    return cpu_info().capability
+
+
 def auto_compute_type() -> str:
     """What ``compute_type="auto"`` means on this CPU (before checking the build supports it)."""
     return AUTO[cpu_info().capability]
