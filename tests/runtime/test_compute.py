@@ -269,3 +269,34 @@ def test_bfloat16_greedy_bans_in_bfloat16_and_picks_the_same_tokens(marian_one, 
     direct = model.generate(ids, mask, **kwargs)
     monkeypatch.setattr(LMHead, "greedy", lambda self, h, input_ids, procs: None)  # the float32 copy's path
     assert torch.equal(direct, model.generate(ids, mask, **kwargs))
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.skipif("bfloat16" not in _REAL, reason="bfloat16 is not supported on this CPU")
+def test_bfloat16_attention_kernel_follows_the_capability(marian_one, monkeypatch):
+    """One decoded position over many rows: SDPA's flash kernel with AMX, two batched products without it (each
+    as fast where chosen); both give the same tokens here."""
+    _, path = marian_one
+    model = turboseq.load(path, compute_type="bfloat16")
+    ids, mask = source_batch(model.spec.vocab_size, model.spec.pad_token_id, 3, (12, 3, 9, 1, 15, 6, 4, 8, 10, 2))
+    kwargs = dict(num_beams=1, min_new_tokens=4, max_new_tokens=4)
+    outputs = {}
+    for level in ("amx", "avx512_bf16"):
+        if cpu.cpu_info().detected < cpu.Capability[level.upper()]:
+            continue
+        monkeypatch.setenv(cpu.ENV, level)
+        with _Ops() as ops:
+            outputs[level] = model.generate(ids, mask, **kwargs)
+        two_products = "aten.matmul.default" in ops.names
+        assert two_products == (level != "amx"), level
+    if len(outputs) == 2:
+        assert torch.equal(outputs["amx"], outputs["avx512_bf16"])
