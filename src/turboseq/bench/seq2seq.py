@@ -213,7 +213,24 @@ def run_bench_rounds(
             f"  {c.engine:20} {c.mode:6} batch {c.batch:3} {c.tokens_per_s:9.1f} tok/s  {spreads[(c.engine, c.mode, c.batch)].text()}"
         )
     report(cells, engines, arch, out_dir, log, spreads)
+    floors(arch, engines, max(batches), new_tokens, log)
     return cells
+
+
+def floors(arch: str, engines: list[str], batch: int, new_tokens: int, log=print) -> None:
+    """Each turboseq engine's greedy decode step at ``batch`` rows against its GEMM floor (``bench.floor``),
+    one engine loaded at a time in this process (no CTranslate2 here)."""
+    from turboseq.bench.floor import measure
+    from turboseq.load import load
+
+    model_dir = bench_model_dir(arch)
+    enc = _inputs(load_tokenizer(model_dir), batch)
+    log(f"\ndecode step against its GEMM floor (greedy, {batch} rows):")
+    for engine in engines:
+        if engine.startswith("turboseq") and engine not in ARTIFACT_ENGINES:
+            model = load(model_dir, compute_type=compute_type_of(engine))
+            log(f"  {engine:20} {measure(model, enc['input_ids'], enc['attention_mask'], new_tokens).text()}")
+            del model
 
 
 def report(cells: list[Cell], engines: list[str], arch: str, out_dir: Path | None, log, spreads=None) -> None:
