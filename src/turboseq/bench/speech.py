@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from turboseq.bench.rounds import best_of_rounds, spread_note
+from turboseq.bench.timing import machine
+
 # a dozen everyday sentences of different shapes: numbers, names, questions, long and short
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -112,8 +115,15 @@ def synthesize(sentences: list[str], out_dir: Path, voice: str = "en-us", speed:
 
 
 def run_speech_bench(
-    beams=(1, 5), clips: int = 5, repeats: int = 3, out_dir: Path | None = None, log=print
+    beams=(1, 5),
+    clips: int = 5,
+    repeats: int = 3,
+    out_dir: Path | None = None,
+    log=print,
+    engines: list[str] | None = None,
 ) -> list[dict]:
+    """ms per clip of every engine in ``engines`` (default: all available), in this process, one after another
+    (faster-whisper last); ``turboseq bench --arch whisper`` runs each engine in its own process instead."""
     from turboseq.formats.audio import load_audio
     from turboseq.formats.convert import export_hf
 
@@ -124,9 +134,10 @@ def run_speech_bench(
         export_hf(ct2_dir, hf_dir)
     files = synthesize(SENTENCES[:clips], cache / "speech")
     seconds = sum(len(load_audio(f)) for f in files) / 16000
-    engines = _speech_engines(ct2_dir, hf_dir, log)
+    names = engines or available_speech_engines()
+    runners = _speech_engines(ct2_dir, hf_dir, sorted(names, key=lambda e: e.startswith("faster-whisper")))
     results = []
-    for name, run in engines.items():  # engine-major: faster-whisper (CTranslate2) last
+    for name, run in runners.items():  # engine-major: faster-whisper (CTranslate2) last
         for nb in beams:
             run(files[0], nb)  # warm-up
             best = float("inf")
@@ -136,93 +147,153 @@ def run_speech_bench(
                 best = min(best, time.perf_counter() - start)
             per_clip = best / len(files)
             results.append(
-                {"engine": name, "beams": nb, "seconds_per_clip": per_clip, "rtf": best / seconds, "texts": texts}
+                {
+                    "engine": name,
+                    "beams": nb,
+                    "seconds_per_clip": per_clip,
+                    "clips_per_s": 1 / per_clip,
+                    "rtf": best / seconds,
+                    "clip_seconds": seconds / len(files),
+                    "texts": texts,
+                }
             )
             log(f"{name:24s} beam {nb}: {per_clip * 1000:7.1f} ms/clip  RTF {best / seconds:.3f}")
-    table = format_speech_table(results, seconds / len(files))
+    write_speech_results(results, out_dir, log)
+    return results
+
+
+def write_speech_results(results: list[dict], out_dir: Path | None, log=print, spreads=None) -> None:
+    table = format_speech_table(results, results[0]["clip_seconds"], spreads)
     log(table)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "bench-whisper.json").write_text(json.dumps(results, indent=2))
-        (out_dir / "bench-whisper.md").write_text(table + "\n")
-    return results
+        (out_dir / "bench-whisper.md").write_text(f"{machine()}\n\n{table}\n")
 
 
-def _speech_engines(ct2_dir: Path, hf_dir: Path, log) -> dict:
-    """Every engine's ``run(path, beams) -> text``: transformers, turboseq, and faster-whisper (float32, int8)
-    where installed, all with faster-whisper's options for one clip (no timestamps, no fallback, no prompt)."""
+def available_speech_engines() -> list[str]:
+    """transformers, turboseq in each compute type this CPU runs, and faster-whisper (float32, int8) where
+    installed."""
+    from turboseq.runtime.compute import supported_compute_types
+
+    engines = ["transformers", "turboseq"] + [f"turboseq-{c}" for c in supported_compute_types() if c != "float32"]
+    try:
+        import faster_whisper  # noqa: F401
+
+        engines += ["faster-whisper-float32", "faster-whisper-int8"]
+    except ImportError:
+        pass
+    return engines
+
+
+def _speech_engines(ct2_dir: Path, hf_dir: Path, names: list[str]) -> dict:
+    """Each named engine's ``run(path, beams) -> text``, all with faster-whisper's options for one clip (no
+    timestamps, no fallback, no prompt)."""
     import torch
-    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
 
     from turboseq.formats.audio import load_audio
     from turboseq.load import load
 
-    hf = WhisperForConditionalGeneration.from_pretrained(hf_dir).eval()
-    fe = WhisperFeatureExtractor.from_pretrained(hf_dir)
-    tok = WhisperTokenizerFast(tokenizer_file=str(hf_dir / "tokenizer.json"))
-    model = load(ct2_dir)
+    def hf_engine():
+        from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
 
-    def hf_run(path, nb):
-        feats = fe(load_audio(path), sampling_rate=16000, return_tensors="pt").input_features
-        with torch.inference_mode():
-            return tok.batch_decode(hf.generate(feats, num_beams=nb), skip_special_tokens=True)[0].strip()
+        hf = WhisperForConditionalGeneration.from_pretrained(hf_dir).eval()
+        fe = WhisperFeatureExtractor.from_pretrained(hf_dir)
+        tok = WhisperTokenizerFast(tokenizer_file=str(hf_dir / "tokenizer.json"))
 
-    def ts_run(path, nb):  # faster-whisper's options below, in turboseq's names (the same)
-        return model.transcribe(
-            path, beam_size=nb, without_timestamps=True, temperature=0.0, condition_on_previous_text=False
-        ).text
+        def run(path, nb):
+            feats = fe(load_audio(path), sampling_rate=16000, return_tensors="pt").input_features
+            with torch.inference_mode():
+                return tok.batch_decode(hf.generate(feats, num_beams=nb), skip_special_tokens=True)[0].strip()
 
-    fw_models = {}
+        return run
 
-    def fw_run(path, nb, compute_type):
+    def ts_engine(compute_type: str):
+        model = load(ct2_dir, compute_type=compute_type)
+
+        def run(path, nb):  # faster-whisper's options, in turboseq's names (the same)
+            return model.transcribe(
+                path, beam_size=nb, without_timestamps=True, temperature=0.0, condition_on_previous_text=False
+            ).text
+
+        return run
+
+    def fw_engine(compute_type: str):
         from faster_whisper import WhisperModel
 
-        if compute_type not in fw_models:
-            fw_models[compute_type] = WhisperModel(
-                str(ct2_dir), device="cpu", compute_type=compute_type, cpu_threads=torch.get_num_threads()
+        fw = WhisperModel(str(ct2_dir), device="cpu", compute_type=compute_type, cpu_threads=torch.get_num_threads())
+
+        def run(path, nb):
+            segments, _ = fw.transcribe(
+                str(path),
+                beam_size=nb,
+                without_timestamps=True,
+                temperature=0.0,
+                condition_on_previous_text=False,
+                vad_filter=False,
             )
-        segments, _ = fw_models[compute_type].transcribe(
-            str(path),
-            beam_size=nb,
-            without_timestamps=True,
-            temperature=0.0,
-            condition_on_previous_text=False,
-            vad_filter=False,
-        )
-        return " ".join(s.text.strip() for s in segments)
+            return " ".join(s.text.strip() for s in segments)
 
-    engines = {"transformers": hf_run, "turboseq": ts_run}
-    try:
-        import faster_whisper  # noqa: F401
+        return run
 
-        engines["faster-whisper-float32"] = lambda p, nb: fw_run(p, nb, "float32")
-        engines["faster-whisper-int8"] = lambda p, nb: fw_run(p, nb, "int8")
-    except ImportError:
-        log("faster-whisper is not installed: pip install faster-whisper (bench extra); measuring without it")
-    return engines
+    runners = {}
+    for name in names:
+        if name == "transformers":
+            runners[name] = hf_engine()
+        elif name.startswith("turboseq"):
+            runners[name] = ts_engine(name.split("-", 1)[1] if "-" in name else "float32")
+        else:
+            runners[name] = fw_engine(name.rsplit("-", 1)[1])
+    return runners
 
 
-def format_speech_table(results: list[dict], clip_seconds: float) -> str:
+def format_speech_table(results: list[dict], clip_seconds: float, spreads=None) -> str:
+    """ms per clip (real-time factor) per engine and beam (``*``: rounds that varied too much), with turboseq's
+    ratios to transformers and faster-whisper float32, and each reduced type's to faster-whisper int8."""
+    spreads = spreads or {}
     by = {(r["engine"], r["beams"]): r for r in results}
     engines = list(dict.fromkeys(r["engine"] for r in results))
+    pairs = [("turboseq", "transformers"), ("turboseq", "faster-whisper-float32")]
+    pairs += [(e, "faster-whisper-int8") for e in engines if e.startswith("turboseq-")]
+    pairs = [(a, b) for a, b in pairs if a in engines and b in engines]
     lines = [
         f"clips: {clip_seconds:.1f} s of speech on average; ms per clip (real-time factor)",
         "",
-        "| beam | " + " | ".join(engines) + " | ts/hf | ts/fw fp32 |",
-        "|---|" + "---|" * (len(engines) + 2),
+        "| beam | " + " | ".join(engines + [f"{b} / {a}" for a, b in pairs]) + " |",
+        "|---|" + "---|" * (len(engines) + len(pairs)),
     ]
     for nb in sorted({r["beams"] for r in results}):
         cells = []
         for e in engines:
             r = by.get((e, nb))
-            cells.append("-" if r is None else f"{r['seconds_per_clip'] * 1000:.0f} ({r['rtf']:.3f})")
-        ts = by.get(("turboseq", nb))
-
-        def ratio(other, nb=nb, ts=ts):
-            o = by.get((other, nb))
-            return "-" if ts is None or o is None else f"{o['seconds_per_clip'] / ts['seconds_per_clip']:.2f}x"
-
-        lines.append(
-            f"| {nb} | " + " | ".join(cells) + f" | {ratio('transformers')} | {ratio('faster-whisper-float32')} |"
-        )
+            wide = (s := spreads.get((e, nb))) is not None and s.wide
+            cells.append(
+                "-" if r is None else f"{r['seconds_per_clip'] * 1000:.0f} ({r['rtf']:.3f}){'*' if wide else ''}"
+            )
+        for a, b in pairs:
+            ra, rb = by.get((a, nb)), by.get((b, nb))
+            cells.append("-" if ra is None or rb is None else f"{rb['seconds_per_clip'] / ra['seconds_per_clip']:.2f}x")
+        lines.append(f"| {nb} | " + " | ".join(cells) + " |")
+    if spreads:
+        lines += ["", spread_note(list(spreads.values()))]
     return "\n".join(lines)
+
+
+def run_speech_rounds(engines: list[str], rounds: int, out_dir: Path | None, log=print) -> list[dict]:
+    """``run_speech_bench`` with every engine in its own process, ``rounds`` times, the order alternating
+    (``bench.rounds``): each cell's fastest round, its spread printed and a noisy cell marked."""
+    log(machine())
+    log(f"whisper tiny.en: {rounds} rounds, each engine in its own process")
+    found = best_of_rounds(
+        ["--arch", "whisper"], engines, rounds, "bench-whisper.json", lambda c: (c["beams"],), "clips_per_s", log
+    )
+    order = {e: i for i, e in enumerate(engines)}
+    found.sort(key=lambda r: (order[r[0]["engine"]], r[0]["beams"]))
+    results = [best for best, _ in found]
+    spreads = {(best["engine"], best["beams"]): spread for best, spread in found}
+    for best, spread in found:
+        log(
+            f"{best['engine']:24s} beam {best['beams']}: {best['seconds_per_clip'] * 1000:7.1f} ms/clip  (clips/s {spread.text()[1:]}"
+        )
+    write_speech_results(results, out_dir, log, spreads)
+    return results

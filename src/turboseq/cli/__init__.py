@@ -351,9 +351,13 @@ def _bench(args) -> int:
         run_longform_bench(out_dir=Path(args.out))
         return 0
     if args.arch in SPEECH_ARCHS:
-        from turboseq.bench.speech import run_speech_bench
+        from turboseq.bench.speech import available_speech_engines, run_speech_bench, run_speech_rounds
 
-        run_speech_bench(out_dir=Path(args.out))
+        engines = _engines(args, available_speech_engines())
+        if args.rounds > 1:
+            run_speech_rounds(engines, args.rounds, Path(args.out))
+        else:
+            run_speech_bench(out_dir=Path(args.out), engines=engines)
         return 0
     if args.arch in ENCODER_ARCHS:
         from turboseq.bench.encoder import run_encoder_bench

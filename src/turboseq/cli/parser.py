@@ -250,7 +250,7 @@ def _add_bench(verbs) -> None:
         "bench",
         help="measure transformers vs turboseq (vs CTranslate2) tokens/s",
         description="Build (once, cached under ~/.cache/turboseq) a random-weight model of a real checkpoint's "
-        "shape (--arch) and time every engine on the same sentences with a forced output length. Seq2seq and "
+        "shape (--arch) and time every engine on the same sentences with a forced output length. Seq2seq, whisper and "
         "decoder-only shapes run each engine in its own fresh process, --rounds times, the order alternating, and "
         "report each cell's best round with the spread over rounds (a cell whose rounds differ by over 10%% is "
         "flagged).",
@@ -285,7 +285,7 @@ def _add_bench(verbs) -> None:
         "--rounds",
         type=positive_int,
         default=3,
-        help="seq2seq and decoder-only: rounds of every engine, each in its own process; 1 runs every engine in "
+        help="seq2seq, decoder-only and whisper: rounds of every engine, each in its own process; 1 runs every engine in "
         "this process, one after another (default: 3)",
     )
     be.add_argument("--out", default="bench-out", metavar="DIR", help="where to write bench.json/md/png")
