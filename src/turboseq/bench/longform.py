@@ -28,6 +28,27 @@ def _normalize(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^a-z0-9' ]", " ", text)).strip()
 
 
+ENGINES = ("turboseq", "faster-whisper-float32")
+
+
+def _compute_type(engine: str) -> str:
+    """``turboseq`` and ``faster-whisper`` run float32; ``turboseq-int8``, ``faster-whisper-int8``... that type."""
+    name = engine.removeprefix("faster-whisper").removeprefix("turboseq")
+    return name[1:] if name.startswith("-") else "float32"
+
+
+def check_engines(engines) -> tuple[str, str]:
+    """(turboseq engine, faster-whisper engine) from ``--engines``: one of each, in any compute type."""
+    ts = [e for e in engines if e.startswith("turboseq")]
+    fw = [e for e in engines if e.startswith("faster-whisper")]
+    if len(ts) != 1 or len(fw) != 1 or len(engines) != 2:
+        raise ValueError(
+            "whisper-longform compares one turboseq engine with one faster-whisper engine, e.g. "
+            "--engines turboseq-bfloat16,faster-whisper-int8"
+        )
+    return ts[0], fw[0]
+
+
 def _time_in_process(engine: str, repeats: int) -> dict[str, list[float]]:
     """In a fresh process: one engine's pipelines on the recording (and the 24 clips), a warm-up each, then
     ``repeats`` timed runs; seconds per run by pipeline name."""
@@ -40,10 +61,10 @@ def _time_in_process(engine: str, repeats: int) -> dict[str, list[float]]:
     recording = load_audio(long_recording(cache))
     clips = [str(c) for c in synthesize(ALL_SENTENCES, cache)]
     ct2_dir = whisper_ct2_dir()
-    if engine == "turboseq":
+    if engine.startswith("turboseq"):
         from turboseq.load import load
 
-        model = load(ct2_dir)
+        model = load(ct2_dir, compute_type=_compute_type(engine))
         runs = {
             "sequential": lambda: model.transcribe(recording, **OPTIONS),
             "batched (8)": lambda: model.transcribe(recording, batch_size=8, **OPTIONS),
@@ -52,7 +73,9 @@ def _time_in_process(engine: str, repeats: int) -> dict[str, list[float]]:
     else:
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-        fw = WhisperModel(str(ct2_dir), device="cpu", compute_type="float32", cpu_threads=torch.get_num_threads())
+        fw = WhisperModel(
+            str(ct2_dir), device="cpu", compute_type=_compute_type(engine), cpu_threads=torch.get_num_threads()
+        )
         pipeline = BatchedInferencePipeline(fw)
         runs = {
             "sequential": lambda: list(fw.transcribe(recording, **OPTIONS)[0]),
@@ -70,7 +93,7 @@ def _time_in_process(engine: str, repeats: int) -> dict[str, list[float]]:
     return times
 
 
-def run_longform_bench(repeats: int = 3, out_dir: Path | None = None, log=print) -> dict:
+def run_longform_bench(repeats: int = 3, out_dir: Path | None = None, log=print, engines=ENGINES) -> dict:
     import jiwer
     import torch
     from faster_whisper import WhisperModel
@@ -85,18 +108,19 @@ def run_longform_bench(repeats: int = 3, out_dir: Path | None = None, log=print)
     ct2_dir = whisper_ct2_dir()
     times: dict[str, list[float]] = {}
     spawn = multiprocessing.get_context("spawn")
+    ts_engine, fw_engine = check_engines(engines)
     for _ in range(ROUNDS):
-        for engine in ("turboseq", "faster-whisper"):
+        for engine, label in ((ts_engine, "turboseq"), (fw_engine, "faster-whisper")):
             with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
                 measured = pool.submit(_time_in_process, engine, repeats).result()
             for name, runs in measured.items():
-                times.setdefault(f"{engine} {name}", []).extend(runs)
+                times.setdefault(f"{label} {name}", []).extend(runs)
                 log(f"{engine + ' ' + name:28s} {', '.join(f'{t:.2f}' for t in runs)} s")
     seconds = len(recording) / 16000
     best = {name: min(t) for name, t in times.items()}
     lines = [
         f"recording: {seconds:.0f} s (24 sentences in two voices, pauses, a 6 s and a 20 s silence); "
-        f"VAD and word timestamps on; float32; each engine in {ROUNDS} fresh processes of its own, alternating; "
+        f"VAD and word timestamps on; {ts_engine} vs {fw_engine}; each engine in {ROUNDS} fresh processes of its own, alternating; "
         f"best of {ROUNDS * repeats} runs (spread)",
         "",
         "| pipeline | faster-whisper | turboseq | turboseq speed-up | turboseq batched vs faster-whisper sequential |",
@@ -111,8 +135,10 @@ def run_longform_bench(repeats: int = 3, out_dir: Path | None = None, log=print)
             f"(±{spread[f'turboseq {kind}']:.2f}) | {fw_t / ts_t:.2f}x | {'-' if cross is None else f'{cross:.2f}x'} |"
         )
     # parity without VAD (both engines see the same audio) and the defaults' word error rate
-    model = load(ct2_dir)
-    fw = WhisperModel(str(ct2_dir), device="cpu", compute_type="float32", cpu_threads=torch.get_num_threads())
+    model = load(ct2_dir, compute_type=_compute_type(ts_engine))
+    fw = WhisperModel(
+        str(ct2_dir), device="cpu", compute_type=_compute_type(fw_engine), cpu_threads=torch.get_num_threads()
+    )
     ours = model.transcribe(recording, word_timestamps=True).segments
     theirs = list(fw.transcribe(recording, word_timestamps=True)[0])
     equal = sum((round(a.start, 2), round(a.end, 2), a.text) == (round(b.start, 2), round(b.end, 2), b.text)

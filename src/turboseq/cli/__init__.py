@@ -346,9 +346,11 @@ def _bench(args) -> int:
     args.batches = args.batches or [1, 16, 64]
     args.new_tokens = args.new_tokens or 32
     if args.arch == "whisper-longform":
-        from turboseq.bench.longform import run_longform_bench
+        from turboseq.bench.longform import ENGINES, check_engines, run_longform_bench
 
-        run_longform_bench(out_dir=Path(args.out))
+        engines = tuple(e.strip() for e in args.engines.split(",")) if args.engines else ENGINES
+        check_engines(engines)
+        run_longform_bench(out_dir=Path(args.out), engines=engines)
         return 0
     if args.arch in SPEECH_ARCHS:
         from turboseq.bench.speech import available_speech_engines, run_speech_bench, run_speech_rounds

@@ -277,7 +277,9 @@ def _add_bench(verbs) -> None:
         help="comma-separated subset of: transformers, turboseq (float32), turboseq-bfloat16, turboseq-int8, "
         "turboseq-int8_bfloat16, ctranslate2-float32, ctranslate2-int8; by name only: turboseq-exported and "
         "turboseq-compiled (the float32 model as `turboseq export` files, built once); decoder-only archs also "
-        "transformers-static (default: all installed and supported by this CPU)",
+        "transformers-static; whisper: faster-whisper-float32 and faster-whisper-int8 for CTranslate2; "
+        "whisper-longform: one turboseq and one faster-whisper engine (default: turboseq,faster-whisper-float32) "
+        "(default: all installed and supported by this CPU)",
     )
     be.add_argument("--new-tokens", type=positive_int, help="forced output length (default: 32; decoder-only: 64)")
     be.add_argument("--min-seconds", type=float, default=2.0, help="time each cell at least this long (default: 2)")
