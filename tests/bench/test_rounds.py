@@ -43,3 +43,19 @@ def test_a_failing_child_says_why(tmp_path):
     message = str(err.value)
     assert message.startswith("bench of turboseq failed in its own process (exit 2):")
     assert "invalid choice: 'no-such-arch'" in message
+
+
+def test_longform_engines_name_their_compute_types():
+    from turboseq.bench import longform
+
+    assert longform.check_engines(("turboseq-bfloat16", "faster-whisper-int8")) == (
+        "turboseq-bfloat16",
+        "faster-whisper-int8",
+    )
+    assert [longform.engine_compute_type(e) for e in ("turboseq", "turboseq-int8", "faster-whisper-float32")] == [
+        "float32",
+        "int8",
+        "float32",
+    ]
+    with pytest.raises(ValueError, match="one turboseq engine with one faster-whisper engine"):
+        longform.check_engines(("turboseq", "turboseq-int8"))

@@ -31,7 +31,7 @@ def _normalize(text: str) -> str:
 ENGINES = ("turboseq", "faster-whisper-float32")
 
 
-def _compute_type(engine: str) -> str:
+def engine_compute_type(engine: str) -> str:
     """``turboseq`` and ``faster-whisper`` run float32; ``turboseq-int8``, ``faster-whisper-int8``... that type."""
     name = engine.removeprefix("faster-whisper").removeprefix("turboseq")
     return name[1:] if name.startswith("-") else "float32"
@@ -64,7 +64,7 @@ def _time_in_process(engine: str, repeats: int) -> dict[str, list[float]]:
     if engine.startswith("turboseq"):
         from turboseq.load import load
 
-        model = load(ct2_dir, compute_type=_compute_type(engine))
+        model = load(ct2_dir, compute_type=engine_compute_type(engine))
         runs = {
             "sequential": lambda: model.transcribe(recording, **OPTIONS),
             "batched (8)": lambda: model.transcribe(recording, batch_size=8, **OPTIONS),
@@ -74,7 +74,7 @@ def _time_in_process(engine: str, repeats: int) -> dict[str, list[float]]:
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
         fw = WhisperModel(
-            str(ct2_dir), device="cpu", compute_type=_compute_type(engine), cpu_threads=torch.get_num_threads()
+            str(ct2_dir), device="cpu", compute_type=engine_compute_type(engine), cpu_threads=torch.get_num_threads()
         )
         pipeline = BatchedInferencePipeline(fw)
         runs = {
@@ -135,9 +135,9 @@ def run_longform_bench(repeats: int = 3, out_dir: Path | None = None, log=print,
             f"(±{spread[f'turboseq {kind}']:.2f}) | {fw_t / ts_t:.2f}x | {'-' if cross is None else f'{cross:.2f}x'} |"
         )
     # parity without VAD (both engines see the same audio) and the defaults' word error rate
-    model = load(ct2_dir, compute_type=_compute_type(ts_engine))
+    model = load(ct2_dir, compute_type=engine_compute_type(ts_engine))
     fw = WhisperModel(
-        str(ct2_dir), device="cpu", compute_type=_compute_type(fw_engine), cpu_threads=torch.get_num_threads()
+        str(ct2_dir), device="cpu", compute_type=engine_compute_type(fw_engine), cpu_threads=torch.get_num_threads()
     )
     ours = model.transcribe(recording, word_timestamps=True).segments
     theirs = list(fw.transcribe(recording, word_timestamps=True)[0])
