@@ -58,16 +58,32 @@ def _seq2seq_quality(model_dir, compute_types: list[str], n: int, log) -> list[d
         valid = labels >= 0
         agreement = (top1[valid] == labels[valid]).float().mean().item()
         rows.append(dict(engine=f"turboseq {name}", identical=identical, agreement=agreement))
-    rows.append(_ct2_seq2seq(model_dir, tok, enc, reference, eos, n))
+    rows.append(_ct2_seq2seq(model_dir, tok, enc, reference, eos, n, log))
     return rows
 
 
-def _ct2_seq2seq(model_dir, tok, enc, reference, eos, n) -> dict:
+def _ct2_dir(model_dir, log):
+    """The model converted for CTranslate2, or None (logged: not installed, or its converter cannot read this
+    transformers version's config) so the other rows are still measured."""
     try:
-        import ctranslate2
+        import ctranslate2  # noqa: F401
     except ImportError:
+        log("ctranslate2 is not installed: its row is left empty")
+        return None
+    try:
+        return str(ct2_converted(model_dir))
+    except Exception as err:  # the converter's own error, from inside CTranslate2
+        log(f"CTranslate2 could not convert {model_dir.name}: {type(err).__name__}: {err}; its row is left empty")
+        return None
+
+
+def _ct2_seq2seq(model_dir, tok, enc, reference, eos, n, log) -> dict:
+    path = _ct2_dir(model_dir, log)
+    if path is None:
         return dict(engine="ctranslate2 int8", identical=None, agreement=None)
-    translator = ctranslate2.Translator(str(ct2_converted(model_dir)), device="cpu", compute_type="int8")
+    import ctranslate2
+
+    translator = ctranslate2.Translator(path, device="cpu", compute_type="int8")
     sources = [
         tok.convert_ids_to_tokens(ids[m.bool()].tolist()) for ids, m in zip(enc["input_ids"], enc["attention_mask"])
     ]
@@ -124,16 +140,17 @@ def _causal_quality(model_dir, compute_types: list[str], n: int, log) -> list[di
             hits += sum(a == b for a, b in zip(pred, r))
             total += len(r)
         rows.append(dict(engine=f"turboseq {name}", identical=identical, agreement=hits / total))
-    rows.append(_ct2_causal(model_dir, tok, prompts, reference, eos, n))
+    rows.append(_ct2_causal(model_dir, tok, prompts, reference, eos, n, log))
     return rows
 
 
-def _ct2_causal(model_dir, tok, prompts, reference, eos, n) -> dict:
-    try:
-        import ctranslate2
-    except ImportError:
+def _ct2_causal(model_dir, tok, prompts, reference, eos, n, log) -> dict:
+    path = _ct2_dir(model_dir, log)
+    if path is None:
         return dict(engine="ctranslate2 int8", identical=None, agreement=None)
-    generator = ctranslate2.Generator(str(ct2_converted(model_dir)), device="cpu", compute_type="int8")
+    import ctranslate2
+
+    generator = ctranslate2.Generator(path, device="cpu", compute_type="int8")
     starts = [tok.convert_ids_to_tokens(p) for p in prompts]
     res = generator.generate_batch(starts, max_length=48, beam_size=1, include_prompt_in_result=False)
     eos_id = min(eos)
