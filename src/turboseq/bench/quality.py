@@ -117,7 +117,9 @@ def _causal_quality(model_dir, compute_types: list[str], n: int, log) -> list[di
     tok = exact.tokenizer
     prompts = [tok(prompt_text(s))["input_ids"] for s, _ in task_pairs(n, HELD_OUT_SEED)]
     eos = set(exact.settings().eos_token_ids)
-    outs = exact.generate_rows(prompts, num_beams=1, max_new_tokens=48)
+    # as many new tokens as the longest prompt leaves room for in the model's positions (at most 48)
+    new = min(48, exact.spec.max_positions - max(len(p) for p in prompts))
+    outs = exact.generate_rows(prompts, num_beams=1, max_new_tokens=new)
     reference = [_rows_until_eos(o[0], eos, len(p)) for o, p in zip(outs, prompts)]
     # teacher forcing: prompt + float32's tokens, left-padded
     full = [p + r[:-1] for p, r in zip(prompts, reference)]
@@ -130,7 +132,7 @@ def _causal_quality(model_dir, compute_types: list[str], n: int, log) -> list[di
     rows = []
     for name in compute_types:
         model = exact if name == "float32" else load(model_dir, compute_type=name)
-        got = model.generate_rows(prompts, num_beams=1, max_new_tokens=48)
+        got = model.generate_rows(prompts, num_beams=1, max_new_tokens=new)
         identical = sum(_rows_until_eos(g[0], eos, len(p)) == r for g, p, r in zip(got, prompts, reference)) / n
         top1 = model.forward_logits(ids, mask).argmax(-1)
         hits = total = 0
@@ -140,11 +142,11 @@ def _causal_quality(model_dir, compute_types: list[str], n: int, log) -> list[di
             hits += sum(a == b for a, b in zip(pred, r))
             total += len(r)
         rows.append(dict(engine=f"turboseq {name}", identical=identical, agreement=hits / total))
-    rows.append(_ct2_causal(model_dir, tok, prompts, reference, eos, n, log))
+    rows.append(_ct2_causal(model_dir, tok, prompts, reference, eos, n, log, new))
     return rows
 
 
-def _ct2_causal(model_dir, tok, prompts, reference, eos, n, log) -> dict:
+def _ct2_causal(model_dir, tok, prompts, reference, eos, n, log, new_tokens: int) -> dict:
     path = _ct2_dir(model_dir, log)
     if path is None:
         return dict(engine="ctranslate2 int8", identical=None, agreement=None)
@@ -152,7 +154,7 @@ def _ct2_causal(model_dir, tok, prompts, reference, eos, n, log) -> dict:
 
     generator = ctranslate2.Generator(path, device="cpu", compute_type="int8")
     starts = [tok.convert_ids_to_tokens(p) for p in prompts]
-    res = generator.generate_batch(starts, max_length=48, beam_size=1, include_prompt_in_result=False)
+    res = generator.generate_batch(starts, max_length=new_tokens, beam_size=1, include_prompt_in_result=False)
     eos_id = min(eos)
     got = [list(r.sequences_ids[0]) + [eos_id] for r in res]
     identical = sum(g[: len(r)] == r for g, r in zip(got, reference)) / n
