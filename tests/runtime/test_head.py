@@ -45,3 +45,56 @@ def test_screening_bound_holds_on_random_hidden_states(marian, monkeypatch):
     monkeypatch.setattr(type(head), "MAX_CANDIDATE_FRACTION", 1.0)
     ids = torch.zeros((32, 1), dtype=torch.long)
     assert torch.equal(head.greedy(h, ids, lambda i, x: x), exact.argmax(-1))
+
+
+def _hard_rows(columns: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """64 rows of scores with what a vocabulary-wide reduction can get wrong: the maximum repeated (in one
+    block, across blocks, in the columns after the last whole block), -inf bans, NaN, a row of all -inf."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(64, columns, generator=g) * 3).to(dtype)
+    x[:, ::7] = float("-inf")
+    top = x.max().item() + 1
+    x[1, [5, 300]] = top  # the same maximum in two blocks
+    x[2, [700, columns - 1]] = top  # in a block and in the tail
+    x[3, columns - 2] = top  # in the tail only
+    x[4, [3000, 3001]] = top  # twice in one block
+    x[5, [10, columns - 3]] = float("nan")  # NaN counts as the largest
+    x[6, columns - 1] = float("nan")
+    x[6, 12] = top
+    x[7] = float("-inf")
+    return x
+
+
+@pytest.mark.parametrize("columns", [58101, 32128, 50257, 4096])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_argmax_rows_is_argmax(columns, dtype):
+    """The blocked argmax returns ``argmax(dim=-1)``'s index on every row: first index on ties, NaN first,
+    vocabularies that are and are not a multiple of the block, few and many rows."""
+    from turboseq.runtime.head import argmax_rows
+
+    x = _hard_rows(columns, dtype, seed=columns)
+    assert torch.equal(argmax_rows(x), x.argmax(dim=-1))
+    assert torch.equal(argmax_rows(x[:3].contiguous()), x[:3].argmax(dim=-1))
+    assert torch.equal(argmax_rows(x[:, : columns - 5]), x[:, : columns - 5].argmax(dim=-1))  # a strided view
+
+
+@pytest.mark.parametrize("k", [1, 8, 20])
+@pytest.mark.parametrize("columns", [58101, 50257, 5000])
+def test_top_k_rows_is_topk(k, columns):
+    """The blocked top-k returns ``torch.topk``'s values in order and, on rows where none of them is repeated,
+    its indices; the indices always point at the values."""
+    from turboseq.runtime.head import top_k_rows
+
+    x = _hard_rows(columns, torch.float32, seed=k)
+    x = x[~x.isnan().any(dim=1)]  # NaN rows: topk ranks NaN first too, but their order is not comparable
+    values, index = top_k_rows(x, k)
+    expected_values, expected_index = torch.topk(x, k)
+    assert torch.equal(values, expected_values)
+    assert torch.equal(x.gather(1, index), values)
+    # rows where each of the k values occurs once in the whole row
+    distinct = torch.tensor(
+        [int(torch.isin(row, top).sum()) == top.unique().numel() == k for row, top in zip(x, values)]
+    )
+    distinct &= expected_values.isfinite().all(dim=1)
+    assert torch.equal(index[distinct], expected_index[distinct])
+    assert distinct.sum() >= x.shape[0] - 8

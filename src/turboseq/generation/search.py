@@ -19,7 +19,7 @@ from torch import Tensor
 from turboseq.generation.listeners import Listeners, length_norm
 from turboseq.generation.processors import WARPERS, apply, only_bans
 from turboseq.generation.settings import GenerationSettings
-from turboseq.runtime.head import argmax_rows
+from turboseq.runtime.head import argmax_rows, top_k_rows
 
 # step(tokens [rows, new_len]) -> hidden [rows, d_model]; select(rows, sentences) keeps/reorders decoder rows
 Step = Callable[[Tensor], Tensor]
@@ -143,7 +143,7 @@ def _top_candidates(scores: Tensor, nb: int, vocab: int, k: int) -> tuple[Tensor
     n = scores.shape[0]
     if vocab <= k:
         return torch.topk(scores, k)
-    values, idx = torch.topk(scores.view(n * nb, vocab), k)  # [n * nb, k]
+    values, idx = top_k_rows(scores.view(n * nb, vocab), k)  # [n * nb, k]
     idx += (torch.arange(nb, device=scores.device) * vocab).repeat(n)[:, None]
     best, pos = torch.topk(values.view(n, nb * k), k)
     return best, idx.view(n, nb * k).gather(1, pos)

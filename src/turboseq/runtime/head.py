@@ -10,12 +10,56 @@ from turboseq.runtime.compute import prepack
 from turboseq.runtime.layers import linear
 from turboseq.runtime.spec import Linear
 
+# blocks of this many columns: the vocabulary-wide reductions below run as a vectorized per-block maximum
+# (``amax``) and then look inside a few blocks only
+_BLOCK = 256
+# below this many rows ``torch.max`` over the whole row is as fast
+_BLOCKED_ARGMAX_MIN_ROWS = 8
+
 
 def argmax_rows(x: Tensor) -> Tensor:
-    """The index of each row's largest value, the first one on ties, as ``argmax(dim=-1)`` (NaN counts as the
-    largest there too), from ``torch.max``'s reduction: ~2.8x faster than ``argmax``'s over a vocabulary-wide
-    row on CPU (64 x 58101 float32, 2 threads: 1.0 vs 2.8 ms), which decoding pays at every step."""
-    return x.max(dim=-1).indices
+    """The index of each row's largest value of x [rows, columns], the first one on ties, as ``argmax(dim=-1)``
+    (NaN counts as the largest there too).
+
+    At batch, the maximum of every block of ``_BLOCK`` columns comes first (``amax``, vectorized), then the first
+    block holding the row's maximum is searched: 2.4x faster than ``torch.max``'s indexed reduction over a
+    vocabulary-wide row, itself 2.8x faster than ``argmax``'s (64 x 58101 float32, 2 threads: 0.37, 0.9 and
+    2.8 ms), which greedy decoding pays at every step."""
+    rows, columns = x.shape
+    blocks = columns // _BLOCK
+    if rows < _BLOCKED_ARGMAX_MIN_ROWS or blocks < 2 or not x.is_contiguous():
+        return x.max(dim=-1).indices
+    split = blocks * _BLOCK
+    main = x[:, :split].view(rows, blocks, _BLOCK)
+    best, block = main.amax(dim=-1).max(dim=-1)  # the first block holding the maximum (or a NaN)
+    index = block * _BLOCK + main[torch.arange(rows, device=x.device), block].max(dim=-1).indices
+    if split < columns:  # the columns after the last whole block win only with a larger value (or a first NaN)
+        tail_best, tail_index = x[:, split:].max(dim=-1)
+        later = (tail_best > best) | (tail_best.isnan() & ~best.isnan())
+        index = torch.where(later, tail_index + split, index)
+    return index
+
+
+def top_k_rows(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``torch.topk(x, k)`` over the rows of x [rows, columns]: the same values, in order, and the same indices
+    (among equal values the order may differ, which ``torch.topk`` leaves unspecified too).
+
+    The k blocks of ``_BLOCK`` columns with the largest maxima hold the k largest values (a value outside them
+    is below k block maxima), so only those blocks (and the columns after the last whole block) are ranked:
+    3.2x faster than ``torch.topk`` over a 58101-wide row (64 rows, k = 8, float32, 2 threads: 0.7 vs 2.3 ms),
+    which beam search pays at every step."""
+    rows, columns = x.shape
+    blocks = columns // _BLOCK
+    if blocks < 4 * k or not x.is_contiguous():
+        return torch.topk(x, k)
+    split = blocks * _BLOCK
+    chosen = torch.topk(x[:, :split].view(rows, blocks, _BLOCK).amax(dim=-1), k).indices  # [rows, k]
+    within = torch.arange(_BLOCK, device=x.device)
+    index = (chosen[:, :, None] * _BLOCK + within).view(rows, k * _BLOCK)
+    if split < columns:
+        index = torch.cat([index, torch.arange(split, columns, device=x.device).expand(rows, -1)], dim=1)
+    values, picked = torch.topk(x.gather(1, index), k)
+    return values, index.gather(1, picked)
 
 
 class LMHead:
@@ -68,7 +112,7 @@ class LMHead:
         err = h_norm * (self.rounding + self.slack) + (h - hb.float()).norm(dim=1, keepdim=True) * self.norm_bf16
         # the caller passes only processors that ban or force tokens (``bans_only``): they keep the bound
         screened = procs(input_ids, approx.clone())
-        candidates = screened >= screened.max(dim=1, keepdim=True).values - 2 * err
+        candidates = screened >= screened.amax(dim=1, keepdim=True) - 2 * err
         columns = candidates.any(dim=0).nonzero().squeeze(1)
         if columns.numel() > self.MAX_CANDIDATE_FRACTION * approx.shape[1]:
             return None
