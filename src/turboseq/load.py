@@ -47,8 +47,6 @@ def _place(spec: Seq2SeqSpec | EncoderSpec | CausalLMSpec, device: torch.device,
         spec, lambda t: t.to(device=device, dtype=torch.float32 if t.is_floating_point() else t.dtype).contiguous()
     )
     prepare(spec, ct)
-    if device.type == "cpu":
-        release_free_memory()
 
 
 def load(
@@ -96,12 +94,20 @@ def load(
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ModelLoadError(f"{Path(path) / 'config.json'}: the weights do not match the config: {problems[0]}{more}")
     _place(spec, torch_device, ct)
-    model_dir = Path(path)
+    model = _model(files, spec, Path(path), torch_device, ct)
+    if torch_device.type == "cpu":
+        # the float32 staging copies of converted weights and the LM head's screen set-up would otherwise stay
+        # resident (``runtime.memory``: freed blocks are kept for reuse)
+        release_free_memory()
+    return model
+
+
+def _model(files, spec, model_dir: Path, device: torch.device, ct: ComputeType) -> Model:
     if files.kind is ModelKind.ENCODER:
-        return EncoderModel(spec, files.config, model_dir, torch_device, ct.name)
+        return EncoderModel(spec, files.config, model_dir, device, ct.name)
     defaults = generation_defaults(files.generation_config, files.config)
     if files.kind is ModelKind.CAUSAL:
-        return CausalLM(spec, files.config, defaults, model_dir, torch_device, ct.name)
+        return CausalLM(spec, files.config, defaults, model_dir, device, ct.name)
     if files.kind is ModelKind.SPEECH:
-        return SpeechModel(spec, files.config, defaults, model_dir, torch_device, ct.name, files.extra)
-    return Seq2SeqModel(spec, files.config, defaults, model_dir, torch_device, ct.name)
+        return SpeechModel(spec, files.config, defaults, model_dir, device, ct.name, files.extra)
+    return Seq2SeqModel(spec, files.config, defaults, model_dir, device, ct.name)

@@ -300,3 +300,23 @@ def test_bfloat16_attention_kernel_follows_the_capability(marian_one, monkeypatc
         assert two_products == (level != "amx"), level
     if len(outputs) == 2:
         assert torch.equal(outputs["amx"], outputs["avx512_bf16"])
+
+
+def test_float32_holds_each_linear_once(marian_one):
+    """float32 keeps only the packed copy of a prepacked linear (the LM head also keeps its dense weight, read
+    by the greedy screen), and ``dense_weights`` gives the exact dense weights back, for an export."""
+    from safetensors.torch import load_file
+
+    from turboseq.runtime.spec import linears
+
+    model, path = marian_one
+    spec = model.spec
+    layers = [lin for lin in linears(spec) if lin is not spec.lm_head]
+    assert layers and all(lin.weight.device.type == "meta" and lin.packed is not None for lin in layers)
+    assert spec.lm_head.weight.device.type == "cpu"
+    stored = load_file(str(path / "model.safetensors"))
+    fc1 = spec.decoder.layers[0].ffn.fc1
+    with compute.dense_weights(spec):
+        assert fc1.packed is None and torch.equal(fc1.weight, stored["model.decoder.layers.0.fc1.weight"])
+        assert all(lin.weight.device.type == "cpu" for lin in linears(spec))
+    assert fc1.weight.device.type == "meta" and fc1.packed is not None

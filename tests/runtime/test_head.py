@@ -36,7 +36,9 @@ def test_screening_bound_holds_on_random_hidden_states(marian, monkeypatch):
     h = torch.randn(32, model.spec.d_model, generator=g) * 3
     exact = head.logits(h)
     hb = h.to(torch.bfloat16)
-    approx = torch.nn.functional.linear(hb, head.weight_bf16).float() + head.lin.bias
+    screen = head.lin_bf16
+    weight_bf16 = screen.weight if screen.packed is None else screen.packed.to_dense()
+    approx = torch.nn.functional.linear(hb, weight_bf16).float() + head.lin.bias
     err = (
         h.norm(dim=1, keepdim=True) * (head.rounding + head.slack)
         + (h - hb.float()).norm(dim=1, keepdim=True) * head.norm_bf16

@@ -101,14 +101,16 @@ def resolve_compute_type(name: str, device: torch.device | str = "cpu") -> Compu
 def dense_weights(spec):
     """Within the block, every linear of ``spec`` runs on its dense weight (its packed copy set aside, then put
     back): what tracing for ``torch.export`` needs, as oneDNN's opaque packed tensors cannot be exported."""
-    saved = [(lin, lin.packed) for lin in linears(spec)]
+    saved = [(lin, lin.weight, lin.packed) for lin in linears(spec)]
     try:
-        for lin, _ in saved:
+        for lin, weight, packed in saved:
+            if weight.device.type == "meta" and packed is not None and not lin.int8:
+                lin.weight = packed.to_dense()  # oneDNN's reorder back to the plain layout: the same values
             lin.packed = None
         yield
     finally:
-        for lin, packed in saved:
-            lin.packed = packed
+        for lin, weight, packed in saved:
+            lin.weight, lin.packed = weight, packed
 
 
 def prepack(lin: Linear) -> None:
@@ -135,12 +137,18 @@ def _quantize(lin: Linear) -> None:
 
 def prepare(spec, ct: ComputeType) -> None:
     """Lay every linear out for the fastest product of ``ct`` (weights already on their device, float32 or
-    the checkpoint's float type). Float32 keeps its dense weights (the LM head's exact greedy shortcut and the
-    encoder export read them); reduced types keep only the packed form (a shape-only stand-in stays)."""
+    the checkpoint's float type). A prepacked linear keeps only its packed form (a shape-only stand-in of the
+    dense weight stays; ``dense_weights`` gives it back for an export), except float32's LM head, whose exact
+    greedy shortcut reads rows of the dense weight."""
     if ct.reduced:
+        # a table shared by the encoder and the decoder stays shared: id -> (float32 table, bfloat16 table)
+        converted: dict[int, tuple[Tensor, Tensor]] = {}
         for emb in parts(spec, Embeddings):
-            emb.tokens = emb.tokens.to(torch.bfloat16)  # looked up into float32 (``runtime.layers.embed``)
+            if id(emb.tokens) not in converted:
+                converted[id(emb.tokens)] = (emb.tokens, emb.tokens.to(torch.bfloat16))
+            emb.tokens = converted[id(emb.tokens)][1]  # looked up into float32 (``runtime.layers.embed``)
     bf16 = "bfloat16" in supported_compute_types(spec_device(spec))
+    head = getattr(spec, "lm_head", None)
     for lin in linears(spec):
         reduced = ct.reduced
         if reduced and ct.gemm == torch.int8 and not lin.outliers and lin.weight.device.type == "cpu":
@@ -151,7 +159,7 @@ def prepare(spec, ct: ComputeType) -> None:
                 lin.weight = lin.weight.to(torch.bfloat16)
                 lin.bias = None if lin.bias is None else lin.bias.to(torch.bfloat16)
             prepack(lin)
-        if reduced and lin.packed is not None:
+        if lin.packed is not None and (reduced or lin is not head):
             lin.weight = lin.weight.to("meta")  # shape and dtype only: the packed copy is the weight now
         elif lin.packed is None and lin.weight.device.type == "cpu":
             # no oneDNN: F.linear hands BLAS a contiguous [in, out] matrix, faster for few-row products

@@ -81,15 +81,17 @@ class LMHead:
         # float32 only (reduced compute types take their own argmax; their dense weight is a stand-in)
         self.screen = lin.weight.dtype == torch.float32 and not lin.int8 and lin.weight.device.type != "meta"
         if self.screen:
-            self.weight_bf16 = lin.weight.to(torch.bfloat16)
-            rounding = (lin.weight - self.weight_bf16.float()).norm(dim=1).max().item()
-            norm_bf16 = self.weight_bf16.float().norm(dim=1).max().item()
+            weight_bf16 = lin.weight.to(torch.bfloat16)
+            rounding = (lin.weight - weight_bf16.float()).norm(dim=1).max().item()
+            norm_bf16 = weight_bf16.float().norm(dim=1).max().item()
             self.rounding, self.norm_bf16 = rounding, norm_bf16
             # rounding of a float32-accumulated dot product of length n is below n * 2**-24 * |a| |b| (x2 margin)
             self.slack = 2.0 * lin.weight.shape[1] * 2.0**-24 * norm_bf16
 
-            self.lin_bf16 = Linear(self.weight_bf16)
+            self.lin_bf16 = Linear(weight_bf16)
             prepack(self.lin_bf16)
+            if self.lin_bf16.packed is not None:
+                self.lin_bf16.weight = weight_bf16.to("meta")  # the packed copy is the screen's weight
 
     def logits(self, h: Tensor) -> Tensor:
         """float32 logits [rows, vocab] in every compute type."""
