@@ -268,6 +268,28 @@ def encode_packed(stack: Stack, tokens: Tensor, lengths: Tensor) -> Tensor:
     return x
 
 
+def encode_unpadded(stack: Stack, ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """``encode`` of a right-padded batch of token ids [batch, src_len] with the padding left out of every dense
+    layer (``encode_packed``): hidden states [batch, src_len, d_model], zeros at the padded positions, which a
+    key mask hides from cross-attention. A batch without padding, with left padding or an empty row, or a
+    stack with a relative position bias (T5's, computed over the padded length) runs ``encode`` as it is."""
+    batch, src_len = ids.shape
+    lengths = attention_mask.sum(dim=1)
+    right_padded = attention_mask == (torch.arange(src_len, device=ids.device) < lengths[:, None])
+    if (
+        stack.relative_bias is not None
+        or isinstance(stack.embed, AudioFrontEnd)
+        or int(lengths.min()) in (0, src_len)
+        or not bool(right_padded.all())
+    ):
+        return encode(stack, ids, attention_mask)
+    keep = attention_mask.bool()
+    hidden = encode_packed(stack, ids[keep], lengths)  # [real tokens, d_model]
+    out = hidden.new_zeros(batch, src_len, hidden.shape[-1])
+    out[keep] = hidden
+    return out
+
+
 def build_cross_kv(spec: Seq2SeqSpec, encoder_out: Tensor) -> list[tuple[Tensor, Tensor]]:
     """Project the encoder output once into every decoder layer's cross-attention keys and values.
 
