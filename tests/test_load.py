@@ -1,5 +1,9 @@
 """``turboseq.load`` and ``turboseq.inspect``: the kind of model decided once, options checked at the edge."""
 
+import gc
+import sys
+from pathlib import Path
+
 import pytest
 
 import turboseq
@@ -81,3 +85,18 @@ def test_generation_numbers_must_be_finite(marian_one):
     ):
         with pytest.raises(ValueError, match="finite number|must be <="):
             model.settings(**kwargs)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+@pytest.mark.parametrize("compute_type", ["float32", "int8"])
+def test_a_loaded_model_keeps_no_mapping_of_its_weights_file(tmp_path, compute_type):
+    """safetensors maps the file it reads; a model that kept one tensor on that storage would keep the whole
+    file resident beside its own copies of the weights."""
+    from tests.helpers import make_marian_with_tokenizer
+
+    make_marian_with_tokenizer(tmp_path, "swish-untied-4h")
+    model = turboseq.load(tmp_path, compute_type=compute_type)
+    gc.collect()
+    weights = str(tmp_path / "model.safetensors")
+    assert weights not in Path("/proc/self/maps").read_text()
+    assert model.translate(["a b c"], max_new_tokens=3)

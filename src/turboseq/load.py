@@ -43,10 +43,21 @@ def _check_options(device: str, dtype: str | None, compute_type: str | None) -> 
 def _place(spec: Seq2SeqSpec | EncoderSpec | CausalLMSpec, device: torch.device, ct: ComputeType) -> None:
     """Move the weights to ``device`` in float32, then lay them out for the products of ``ct``
     (``runtime.compute.prepare``)."""
-    map_tensors(
-        spec, lambda t: t.to(device=device, dtype=torch.float32 if t.is_floating_point() else t.dtype).contiguous()
-    )
+    as_read: set[int] = set()  # storages of the tensors as the files gave them
+
+    def to_float32(t: torch.Tensor) -> torch.Tensor:
+        as_read.add(t.untyped_storage().data_ptr())
+        return t.to(device=device, dtype=torch.float32 if t.is_floating_point() else t.dtype).contiguous()
+
+    map_tensors(spec, to_float32)
     prepare(spec, ct)
+    if device.type == "cpu":
+        # safetensors maps the file: one tensor still on that storage (a bias, a norm) keeps the whole mapping,
+        # converted weights included, resident (280 MB for the opus-mt shape), so every such tensor gets its own
+        map_tensors(
+            spec,
+            lambda t: t.clone() if t.device.type == "cpu" and t.untyped_storage().data_ptr() in as_read else t,
+        )
 
 
 def load(

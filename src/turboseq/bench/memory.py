@@ -32,6 +32,55 @@ print(json.dumps({"rss": rss() - before, "weights": weight_bytes(model.spec)}))
 """
 
 
+_CT2_PROBE = """
+import json, sys
+import ctranslate2
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+
+kind = getattr(ctranslate2, sys.argv[3])
+options = dict(device="cpu", compute_type=sys.argv[2], intra_threads=1)
+model = kind(sys.argv[1], **options)  # the first load initializes the libraries: measure a second one
+del model
+before = rss()
+model = kind(sys.argv[1], **options)
+print(json.dumps({"rss": rss() - before}))
+"""
+
+
+def ct2_memory_after_load(ct2_dir: Path, compute_type: str, kind: str = "Translator") -> float:
+    """Resident memory (MB) a CTranslate2 ``kind`` ("Translator" or "Generator") adds on load, measured as
+    ``memory_after_load`` measures turboseq's."""
+    out = subprocess.run(
+        [sys.executable, "-c", _CT2_PROBE, str(ct2_dir), compute_type, kind], capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])["rss"] / 2**20
+
+
+def engine_memory(model_dir: Path, ct2_dir: Path | None, engines: list[str], kind: str = "Translator") -> list[dict]:
+    """``rss_mb`` per engine, ``weights_mb`` for turboseq's (None for CTranslate2's): turboseq engines by
+    their compute type, ``ctranslate2-<type>`` engines when ``ct2_dir`` is given."""
+    rows = []
+    for engine in engines:
+        if engine.startswith("turboseq"):
+            name = engine.split("-", 1)[1] if "-" in engine else "float32"
+            rows.append(dict(engine=engine, **memory_after_load(model_dir, [name])[0]))
+        elif engine.startswith("ctranslate2-") and ct2_dir is not None:
+            rss = ct2_memory_after_load(ct2_dir, engine.split("-", 1)[1], kind)
+            rows.append(dict(engine=engine, compute_type=engine.split("-", 1)[1], rss_mb=rss, weights_mb=None))
+    return rows
+
+
+def format_engine_memory(rows: list[dict]) -> str:
+    lines = ["| engine | resident after load (MB) | weights as held (MB) |", "|---|---|---|"]
+    for r in rows:
+        weights = "" if r["weights_mb"] is None else f"{r['weights_mb']:.0f}"
+        lines.append(f"| {r['engine']} | {r['rss_mb']:.0f} | {weights} |")
+    return "\n".join(lines)
+
+
 def memory_after_load(model_dir: Path, compute_types: list[str]) -> list[dict]:
     """Per compute type: ``rss_mb`` (resident memory the load added) and ``weights_mb`` (what the weights hold
     as the runtime uses them, ``runtime.compute.weight_bytes``)."""

@@ -214,7 +214,19 @@ def run_bench_rounds(
         )
     report(cells, engines, arch, out_dir, log, spreads)
     floors(arch, engines, max(batches), new_tokens, log)
+    memory(arch, engines, log)
     return cells
+
+
+def memory(arch: str, engines: list[str], log=print) -> None:
+    """Resident memory each engine's model adds on load, each in a fresh process (``bench.memory``)."""
+    from turboseq.bench.memory import engine_memory, format_engine_memory
+
+    model_dir = bench_model_dir(arch)
+    ct2_dir = ct2_converted(model_dir) if any(e.startswith("ctranslate2-") for e in engines) else None
+    measured = [e for e in engines if e.startswith(("turboseq", "ctranslate2-")) and e not in ARTIFACT_ENGINES]
+    log("\nmemory after load (resident, each engine in a fresh process):")
+    log(format_engine_memory(engine_memory(model_dir, ct2_dir, measured)))
 
 
 def floors(arch: str, engines: list[str], batch: int, new_tokens: int, log=print) -> None:
