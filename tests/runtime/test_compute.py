@@ -320,3 +320,15 @@ def test_float32_holds_each_linear_once(marian_one):
         assert fc1.packed is None and torch.equal(fc1.weight, stored["model.decoder.layers.0.fc1.weight"])
         assert all(lin.weight.device.type == "cpu" for lin in linears(spec))
     assert fc1.weight.device.type == "meta" and fc1.packed is not None
+
+
+def test_int8_runs_outside_inference_mode_after_running_inside_it(marian_one):
+    """int8's per-thread row buffer, first made under ``torch.inference_mode`` (as ``generate`` runs), must not
+    break a later product outside it, where an inference tensor cannot be written."""
+    _, path = marian_one
+    lin = turboseq.load(path, compute_type="int8").spec.decoder.layers[0].ffn.fc1
+    x = torch.randn(3, lin.weight.shape[1])
+    compute._buffers.by_width = {}  # as in a fresh thread
+    with torch.inference_mode():
+        inside = compute.int8_linear(x, lin)
+    assert torch.equal(compute.int8_linear(x, lin), inside)

@@ -112,6 +112,7 @@ class Engine:
             self.generation_defaults, kwargs, max_positions=self.spec.max_positions, vocab_size=self.spec.vocab_size
         )
 
+    @torch.inference_mode()  # the text API (generate_text, translate, transcribe) runs here too, not only generate
     def _run(
         self,
         rows,

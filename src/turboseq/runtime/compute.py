@@ -218,8 +218,10 @@ def _row_buffer(rows: int, width: int) -> Tensor:
     if cache_ is None:
         cache_ = _buffers.by_width = {}
     buf = cache_.get(width)
-    if buf is None or buf.shape[0] < rows + 1:
-        buf = torch.zeros(max(rows + 1, 2 * (0 if buf is None else buf.shape[0])), width)
+    # one made under inference_mode cannot be written outside it (a caller's own inference_mode, then plain use)
+    stale = buf is not None and buf.is_inference() and not torch.is_inference_mode_enabled()
+    if buf is None or stale or buf.shape[0] < rows + 1:
+        buf = torch.zeros(max(rows + 1, 2 * (0 if buf is None or stale else buf.shape[0])), width)
         buf[0, 0], buf[0, 1 % width] = 1.0, -1.0
         cache_[width] = buf
     return buf
