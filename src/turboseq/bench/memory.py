@@ -9,15 +9,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-_PROBE = """
-import json, sys, torch
-import turboseq
-from turboseq.runtime.compute import weight_bytes
-
+# resident memory of the probe's own process, in bytes
+_RSS = """
 def rss():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+"""
 
+_PROBE = (
+    """
+import json, sys, torch
+import turboseq
+from turboseq.runtime.compute import weight_bytes
+"""
+    + _RSS
+    + """
 import gc
 from turboseq.runtime.memory import release_free_memory
 
@@ -30,16 +36,16 @@ before = rss()
 model = turboseq.load(sys.argv[1], compute_type=sys.argv[2])
 print(json.dumps({"rss": rss() - before, "weights": weight_bytes(model.spec)}))
 """
+)
 
 
-_CT2_PROBE = """
+_CT2_PROBE = (
+    """
 import json, sys
 import ctranslate2
-
-def rss():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
-
+"""
+    + _RSS
+    + """
 kind = getattr(ctranslate2, sys.argv[3])
 options = dict(device="cpu", compute_type=sys.argv[2], intra_threads=1)
 model = kind(sys.argv[1], **options)  # the first load initializes the libraries: measure a second one
@@ -48,25 +54,30 @@ before = rss()
 model = kind(sys.argv[1], **options)
 print(json.dumps({"rss": rss() - before}))
 """
+)
+
+
+def _run_probe(script: str, *args: str) -> dict:
+    """Run a probe in a fresh Python process; its last line of output is its figures as JSON."""
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def ct2_memory_after_load(ct2_dir: Path, compute_type: str, kind: str = "Translator") -> float:
     """Resident memory (MB) a CTranslate2 ``kind`` ("Translator" or "Generator") adds on load, measured as
     ``memory_after_load`` measures turboseq's."""
-    out = subprocess.run(
-        [sys.executable, "-c", _CT2_PROBE, str(ct2_dir), compute_type, kind], capture_output=True, text=True, check=True
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])["rss"] / 2**20
+    return _run_probe(_CT2_PROBE, str(ct2_dir), compute_type, kind)["rss"] / 2**20
 
 
 def engine_memory(model_dir: Path, ct2_dir: Path | None, engines: list[str], kind: str = "Translator") -> list[dict]:
     """``rss_mb`` per engine, ``weights_mb`` for turboseq's (None for CTranslate2's): turboseq engines by
     their compute type, ``ctranslate2-<type>`` engines when ``ct2_dir`` is given."""
+    from turboseq.bench.seq2seq import compute_type_of
+
     rows = []
     for engine in engines:
         if engine.startswith("turboseq"):
-            name = engine.split("-", 1)[1] if "-" in engine else "float32"
-            rows.append(dict(engine=engine, **memory_after_load(model_dir, [name])[0]))
+            rows.append(dict(engine=engine, **memory_after_load(model_dir, [compute_type_of(engine)])[0]))
         elif engine.startswith("ctranslate2-") and ct2_dir is not None:
             rss = ct2_memory_after_load(ct2_dir, engine.split("-", 1)[1], kind)
             rows.append(dict(engine=engine, compute_type=engine.split("-", 1)[1], rss_mb=rss, weights_mb=None))
@@ -86,10 +97,7 @@ def memory_after_load(model_dir: Path, compute_types: list[str]) -> list[dict]:
     as the runtime uses them, ``runtime.compute.weight_bytes``)."""
     rows = []
     for name in compute_types:
-        out = subprocess.run(
-            [sys.executable, "-c", _PROBE, str(model_dir), name], capture_output=True, text=True, check=True
-        ).stdout
-        figures = json.loads(out.strip().splitlines()[-1])
+        figures = _run_probe(_PROBE, str(model_dir), name)
         rows.append(dict(compute_type=name, rss_mb=figures["rss"] / 2**20, weights_mb=figures["weights"] / 2**20))
     return rows
 
