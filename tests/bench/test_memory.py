@@ -7,7 +7,13 @@ def test_engine_memory_rows_per_engine(tmp_path):
     from turboseq.bench.memory import engine_memory, format_engine_memory
 
     make_marian_with_tokenizer(tmp_path, "swish-untied-4h")
-    rows = engine_memory(tmp_path, None, ["turboseq", "turboseq-int8", "transformers", "ctranslate2-int8"])
+    engines = [
+        ("turboseq", "float32"),
+        ("turboseq-int8", "int8"),
+        ("transformers", "float32"),
+        ("ctranslate2-int8", "int8"),
+    ]
+    rows = engine_memory(tmp_path, None, engines)
     assert [r["engine"] for r in rows] == ["turboseq", "turboseq-int8"]  # no CTranslate2 directory given
     assert [r["compute_type"] for r in rows] == ["float32", "int8"]
     assert rows[1]["weights_mb"] < 0.5 * rows[0]["weights_mb"]

@@ -69,18 +69,18 @@ def ct2_memory_after_load(ct2_dir: Path, compute_type: str, kind: str = "Transla
     return _run_probe(_CT2_PROBE, str(ct2_dir), compute_type, kind)["rss"] / 2**20
 
 
-def engine_memory(model_dir: Path, ct2_dir: Path | None, engines: list[str], kind: str = "Translator") -> list[dict]:
-    """``rss_mb`` per engine, ``weights_mb`` for turboseq's (None for CTranslate2's): turboseq engines by
-    their compute type, ``ctranslate2-<type>`` engines when ``ct2_dir`` is given."""
-    from turboseq.bench.seq2seq import compute_type_of
-
+def engine_memory(
+    model_dir: Path, ct2_dir: Path | None, engines: list[tuple[str, str]], kind: str = "Translator"
+) -> list[dict]:
+    """``rss_mb`` per (engine, compute type), ``weights_mb`` for turboseq's (None for CTranslate2's): turboseq
+    engines loaded in their compute type, ``ctranslate2-*`` engines when ``ct2_dir`` is given."""
     rows = []
-    for engine in engines:
+    for engine, compute_type in engines:
         if engine.startswith("turboseq"):
-            rows.append(dict(engine=engine, **memory_after_load(model_dir, [compute_type_of(engine)])[0]))
+            rows.append(dict(engine=engine, **memory_after_load(model_dir, [compute_type])[0]))
         elif engine.startswith("ctranslate2-") and ct2_dir is not None:
-            rss = ct2_memory_after_load(ct2_dir, engine.split("-", 1)[1], kind)
-            rows.append(dict(engine=engine, compute_type=engine.split("-", 1)[1], rss_mb=rss, weights_mb=None))
+            rss = ct2_memory_after_load(ct2_dir, compute_type, kind)
+            rows.append(dict(engine=engine, compute_type=compute_type, rss_mb=rss, weights_mb=None))
     return rows
 
 

@@ -224,7 +224,11 @@ def memory(arch: str, engines: list[str], log=print) -> None:
 
     model_dir = bench_model_dir(arch)
     ct2_dir = ct2_converted(model_dir) if any(e.startswith("ctranslate2-") for e in engines) else None
-    measured = [e for e in engines if e.startswith(("turboseq", "ctranslate2-")) and e not in ARTIFACT_ENGINES]
+    measured = [
+        (e, compute_type_of(e) if e.startswith("turboseq") else e.split("-", 1)[1])
+        for e in engines
+        if e.startswith(("turboseq", "ctranslate2-")) and e not in ARTIFACT_ENGINES
+    ]
     log("\nmemory after load (resident, each engine in a fresh process):")
     log(format_engine_memory(engine_memory(model_dir, ct2_dir, measured)))
 
