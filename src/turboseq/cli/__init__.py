@@ -1,4 +1,4 @@
-"""Command line: ``turboseq translate | generate | transcribe | embed | export | serve | batch | bench``.
+"""Command line: ``turboseq translate | generate | transcribe | embed | export | convert | serve | batch | bench``.
 
 The parser (verbs, options) is ``cli.parser``; here each verb loads its model and runs."""
 
@@ -183,6 +183,15 @@ def _export(args) -> int:
     info = export_generation(model, args.out, compile=args.compile, log=lambda line: print(line, file=sys.stderr))
     compiled = f"; compiling took {info['compile_seconds']:.0f} s" if args.compile else ""
     print(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB{compiled})", file=sys.stderr)
+    return 0
+
+
+def _convert(args) -> int:
+    from turboseq.load import convert
+
+    out = convert(args.model, args.out, args.compute_type, log=lambda line: print(line, file=sys.stderr))
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    print(f"wrote {out} ({args.compute_type}, {size / 1e6:.1f} MB)", file=sys.stderr)
     return 0
 
 
@@ -393,6 +402,7 @@ VERBS = {
     "transcribe": _transcribe,
     "embed": _embed,
     "export": _export,
+    "convert": _convert,
     "serve": _serve,
     "batch": _batch,
     "bench": _bench,

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
+import math
+import mmap
+import os
+import struct
+import weakref
 from pathlib import Path
 
 import torch
@@ -26,13 +33,111 @@ def read_json(path: Path, required: bool = True) -> dict | None:
     return data
 
 
-def _load_safetensors(path: Path) -> dict:
-    from safetensors.torch import load_file
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}  # fmt: skip
 
+# (start, end) of the live file mappings whose pages ``release_pages`` may drop
+_MAPPINGS: dict[int, tuple[int, weakref.ref]] = {}  # start -> (end, the mmap)
+_PAGE = mmap.PAGESIZE
+
+
+def _load_safetensors(path: Path) -> dict:
+    """The tensors of a safetensors file as views of one copy-on-write mapping of it: nothing is read until a
+    tensor is used, and ``release_pages`` gives back the pages of a tensor once it has been converted."""
     try:
-        return load_file(str(path))
-    except Exception as err:  # safetensors raises several types for truncated/corrupt files
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 8:
+                raise ValueError("file too short for a header")
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > size - 8:
+                raise ValueError(f"header of {header_len} bytes in a file of {size}")
+            header = json.loads(f.read(header_len))
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
+            header.pop("__metadata__", None)
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > 8 + header_len else None
+    except (OSError, ValueError, UnicodeDecodeError) as err:
         raise ModelLoadError(f"{path}: cannot read weights ({err})") from None
+    start = 8 + header_len
+    tensors = {}
+    try:
+        base = torch.frombuffer(data, dtype=torch.uint8) if data is not None else torch.empty(0, dtype=torch.uint8)
+        for name, entry in header.items():
+            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+            shape = [int(n) for n in entry["shape"]]
+            begin, end = (start + int(n) for n in entry["data_offsets"])
+            count = math.prod(shape)
+            if not start <= begin <= end <= size or end - begin != count * dtype.itemsize or min(shape, default=1) < 0:
+                raise ValueError(f"tensor {name!r}: offsets {entry['data_offsets']} do not fit its shape {shape}")
+            # a view of the mapping (the byte range reinterpreted: safetensors is little-endian, as x86 is)
+            tensors[name] = base[begin:end].view(dtype).view(shape) if count else torch.empty(shape, dtype=dtype)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ModelLoadError(f"{path}: cannot read weights ({type(err).__name__}: {err})") from None
+    if tensors and data is not None:
+        # the tensors keep the mapping alive; once the last is gone the address range may be reused, so the
+        # entry goes with it
+        address = base.data_ptr()
+        _MAPPINGS[address] = (address + size, weakref.ref(data, lambda _ref: _MAPPINGS.pop(address, None)))
+    return tensors
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """The addresses [begin, end) that ``t``'s elements lie in (a transposed view's too)."""
+    begin = t.data_ptr()
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
+    return begin, begin + (last + 1) * t.element_size()
+
+
+def _mapping_of(t: torch.Tensor) -> bool:
+    """Whether ``t`` lies in a live weights file mapping."""
+    if t.device.type != "cpu" or not t.numel():
+        return False
+    begin, end = _span(t)
+    return any(
+        address <= begin and end <= limit and mapping() is not None
+        for address, (limit, mapping) in list(_MAPPINGS.items())
+    )
+
+
+def is_mapped(t: torch.Tensor) -> bool:
+    """Whether ``t`` is (a view of) a weights file read by ``load_weights``, not memory of its own."""
+    return _mapping_of(t)
+
+
+def release_pages(t: torch.Tensor) -> None:
+    """Drop from this process's memory the whole pages under ``t``, a view of a weights file mapping that the
+    caller no longer reads (a weight converted into another tensor). The mapping is copy-on-write and nothing
+    writes weights, so a later read would only fault the file's bytes back in. Anything else is left alone."""
+    if _mapping_of(t):
+        begin, end = _span(t)
+        first, last = -(-begin // _PAGE) * _PAGE, end // _PAGE * _PAGE  # whole pages only: a neighbour may be in use
+        if last > first:
+            _madvise(first, last - first)
+
+
+def release_all_pages() -> None:
+    """``release_pages`` over every live weights mapping: what is read later faults back in, so this is
+    safe at any time; the loader calls it between phases to drop pages that blocks' edges left behind."""
+    for address, (limit, mapping) in list(_MAPPINGS.items()):
+        if mapping() is not None:
+            first, last = -(-address // _PAGE) * _PAGE, limit // _PAGE * _PAGE
+            if last > first:
+                _madvise(first, last - first)
+
+
+def _madvise(address: int, length: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    _libc.madvise(address, length, mmap.MADV_DONTNEED)
+
+
+_libc = None
 
 
 def _load_torch_bin(path: Path) -> dict:

@@ -6,16 +6,18 @@ metadata), so a caller can refuse the wrong kind of model before any weight is r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from turboseq.errors import ModelLoadError
+from turboseq.formats import reduced
 from turboseq.formats.families import FAMILIES
 from turboseq.formats.families.common import Checkpoint
 from turboseq.formats.hf import load_weights, read_json
 from turboseq.formats.pt2 import read_export_metadata
 from turboseq.kinds import ModelKind
-from turboseq.runtime.spec import CausalLMSpec, EncoderSpec, Seq2SeqSpec
+from turboseq.runtime.spec import CausalLMSpec, EncoderSpec, Linear, Seq2SeqSpec
 
 
 @dataclass
@@ -104,8 +106,9 @@ def _family(model_dir: Path, model_type):
     return family
 
 
-def read_model_dir(path: str | Path) -> ModelFiles:
-    """Configs and spec of a Hugging Face (or CTranslate2 Whisper) model directory."""
+def read_model_dir(path: str | Path, lay_out: Callable[[Linear], None] | None = None) -> ModelFiles:
+    """Configs and spec of a Hugging Face (or CTranslate2 Whisper) model directory; ``lay_out`` is handed to
+    the family's ``Checkpoint`` (each fused linear laid out as soon as it is made)."""
     model_dir = Path(path)
     info, config = _inspect_dir(model_dir)
     if info.source == "ct2":
@@ -113,12 +116,16 @@ def read_model_dir(path: str | Path) -> ModelFiles:
     family, kind, model_type = FAMILIES[info.model_type], info.kind, info.model_type
     generation_config = read_json(model_dir / "generation_config.json", required=False)
     check_config_numbers(model_dir / "config.json", config)
-    tensors, source = load_weights(model_dir)
+    converted = (model_dir / reduced.MARKER).is_file()
+    if converted:  # ``turboseq convert``: the family maps shapes, then the stored weights fill the spec
+        tensors, source, lay_out = reduced.shape_checkpoint(model_dir), str(model_dir / "model.safetensors"), None
+    else:
+        tensors, source = load_weights(model_dir)
     try:
         if kind is ModelKind.ENCODER:  # encoders also read their pooling files
-            spec = family.build(config, Checkpoint(tensors, source), model_dir)
+            spec = family.build(config, Checkpoint(tensors, source, lay_out), model_dir)
         else:
-            spec = family.build(config, Checkpoint(tensors, source))
+            spec = family.build(config, Checkpoint(tensors, source, lay_out))
     except KeyError as err:
         raise ModelLoadError(f"{model_dir / 'config.json'}: missing key {err}") from None
     except (ArithmeticError, TypeError, ValueError, IndexError, RuntimeError) as err:
@@ -126,6 +133,8 @@ def read_model_dir(path: str | Path) -> ModelFiles:
         raise ModelLoadError(
             f"{model_dir / 'config.json'}: does not describe these weights ({type(err).__name__}: {err})"
         ) from None
+    if converted:
+        reduced.fill(spec, model_dir)
     extra = (
         family.generation_extras(model_dir, config, generation_config) if hasattr(family, "generation_extras") else {}
     )

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -120,50 +121,172 @@ def prepack(lin: Linear) -> None:
         lin.packed = torch.ops.mkldnn._reorder_linear_weight(lin.weight.contiguous())
 
 
-def _quantize(lin: Linear) -> None:
+@dataclass
+class Staging:
+    """Where the weights are while a model is laid out. ``mapped(t)``: ``t`` is a view of a weights file
+    (``formats.hf``), read lazily; ``release(t)`` gives its pages back once converted. ``final`` collects the
+    tensors already in their runtime dtype (a bfloat16 bias, a table), which the loader's last pass leaves alone.
+    Converting block by block and releasing as it goes, a load never holds much more than its result."""
+
+    mapped: Callable[[Tensor], bool] = lambda t: False
+    release: Callable[[Tensor], None] = lambda t: None
+    final: list = field(default_factory=list)
+    lay_out: Callable[[Linear], None] | None = None  # lays one linear out for the compute type being loaded
+    release_all: Callable[[], None] = lambda: None  # every mapped page given back (read again if needed)
+
+    def convert(self, t: Tensor, dtype: torch.dtype) -> Tensor:
+        """``t`` in ``dtype``, in memory of its own: a mapped view is copied a block of rows at a time, each
+        block's pages released."""
+        if not self.mapped(t):
+            return t.to(dtype)
+        out = torch.empty(t.shape, dtype=dtype)
+        if t.dim() < 2:
+            out.copy_(t)
+            return out
+        n = _rows(t)
+        for a in _blocks(t):
+            out[a : a + n].copy_(t[a : a + n])
+            self.release(t[a : a + n])
+        return out
+
+    def keep(self, t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+        """``t`` converted to its final ``dtype`` and marked as final."""
+        if t is None:
+            return None
+        out = self.convert(t, dtype)
+        self.final.append(out)
+        return out
+
+
+_BLOCK_BYTES = 1 << 20  # a weight is converted about this many float32 bytes of rows at a time
+
+
+def _blocks(t: Tensor) -> range:
+    """Starts of the row blocks of ``t``, each ``_rows(t)`` long."""
+    return range(0, t.shape[0], _rows(t))
+
+
+def _rows(t: Tensor) -> int:
+    return max(1, _BLOCK_BYTES // (4 * max(1, t[0].numel()))) if t.dim() and t.shape[0] else 1
+
+
+def _quantize(lin: Linear, staging: Staging) -> None:
     """int8 weights with one scale per output channel, packed for fbgemm (the bias is added after the
-    per-row rescale in ``int8_linear``)."""
-    w = lin.weight.float()
-    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
-    zero = torch.zeros(w.shape[0], dtype=torch.long)
+    per-row rescale in ``int8_linear``). Done a block of rows at a time (the same per row as at once): the
+    scales first, then the rows quantized straight into the int8 tensor fbgemm packs, so a load holds the
+    int8 weights twice at most, never a float32 copy."""
+    w = lin.weight
+    rows = w.shape[0]
+    scale = torch.empty(rows, dtype=torch.float64)
+    n = _rows(w)
+    for a in _blocks(w):
+        scale[a : a + n] = (w[a : a + n].float().abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+        staging.release(w[a : a + n])  # read again below, from the page cache
+    zero = torch.zeros(rows, dtype=torch.long)
     # a deprecation warning says quantized tensors go away in some later torch; the range pinned in
     # pyproject keeps them (torch._int_mm is the alternative)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        qweight = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
-    lin.packed = torch.ops.quantized.linear_prepack(qweight, None)
+        qweight = torch._empty_per_channel_affine_quantized(
+            tuple(w.shape), scales=scale, zero_points=zero, axis=0, dtype=torch.qint8
+        )
+        for a in _blocks(w):
+            qweight[a : a + n].copy_(w[a : a + n].float().contiguous())  # quantized with its rows' scales
+            staging.release(w[a : a + n])
+    _pack_int8(lin, qweight)
+
+
+def pack_int8(lin: Linear, values: Tensor, scale: Tensor) -> None:
+    """Lay out int8 weights ``values`` [out, in] with float64 ``scale`` [out] (one per output channel, as
+    ``int8_parts`` gives them back) for fbgemm."""
+    zero = torch.zeros(values.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        qweight = torch._make_per_channel_quantized_tensor(values, scale, zero, 0)
+    _pack_int8(lin, qweight)
+
+
+def _pack_int8(lin: Linear, qweight: Tensor) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        lin.packed = torch.ops.quantized.linear_prepack(qweight, None)
     lin.int8 = True
+    lin.weight = torch.empty(qweight.shape, device="meta")  # shape only: the packed copy is the weight now
 
 
-def prepare(spec, ct: ComputeType) -> None:
-    """Lay every linear out for the fastest product of ``ct`` (weights already on their device, float32 or
-    the checkpoint's float type). A prepacked linear keeps only its packed form (a shape-only stand-in of the
+def int8_parts(lin: Linear) -> tuple[Tensor, Tensor]:
+    """The int8 weights [out, in] and float64 scales [out] of a linear laid out by ``_quantize``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        qweight, _bias = torch.ops.quantized.linear_unpack(lin.packed)
+    return qweight.int_repr(), qweight.q_per_channel_scales()
+
+
+def prepare_linear(
+    lin: Linear,
+    ct: ComputeType,
+    bf16: bool,
+    head: bool,
+    staging: Staging | None = None,
+    bf16_weight: Tensor | None = None,
+) -> None:
+    """Lay one linear out for the fastest product of ``ct`` (see ``prepare``); nothing if already done.
+    ``bf16_weight``: the weight already in bfloat16 (a tied LM head's embedding table), not converted again."""
+    staging = staging or Staging()
+    if lin.packed is not None:
+        return
+    source, on_cpu = lin.weight, lin.weight.device.type == "cpu"
+    reduced = ct.reduced
+    if reduced and ct.gemm == torch.int8 and not lin.outliers and on_cpu:
+        _quantize(lin, staging)
+        lin.bias = staging.keep(lin.bias, torch.float32)
+        return
+    reduced = reduced and bf16
+    dtype = torch.bfloat16 if reduced else torch.float32
+    if reduced and bf16_weight is not None:
+        lin.weight = bf16_weight
+    elif reduced or source.dtype != torch.float32:
+        lin.weight = staging.convert(source, dtype)
+    lin.bias = staging.keep(lin.bias, dtype)
+    prepack(lin)
+    if lin.packed is not None and (reduced or not head):
+        lin.weight = lin.weight.to("meta")  # shape and dtype only: the packed copy is the weight now
+        staging.release(source)
+    elif lin.packed is None and on_cpu:
+        # no oneDNN: F.linear hands BLAS a contiguous [in, out] matrix, faster for few-row products
+        lin.weight = lin.weight.t().contiguous().t()
+        staging.release(source)
+    # float32's LM head keeps its dense weight (still a view when mapped: the loader's last pass copies it)
+
+
+def prepare(spec, ct: ComputeType, staging: Staging | None = None) -> None:
+    """Lay every linear out for the fastest product of ``ct`` (weights on their device, float32 or the
+    checkpoint's float type). A prepacked linear keeps only its packed form (a shape-only stand-in of the
     dense weight stays; ``dense_weights`` gives it back for an export), except float32's LM head, whose exact
-    greedy shortcut reads rows of the dense weight."""
-    if ct.reduced:
-        # a table shared by the encoder and the decoder stays shared: id -> (float32 table, bfloat16 table)
-        converted: dict[int, tuple[Tensor, Tensor]] = {}
-        for emb in parts(spec, Embeddings):
-            if id(emb.tokens) not in converted:
-                converted[id(emb.tokens)] = (emb.tokens, emb.tokens.to(torch.bfloat16))
-            emb.tokens = converted[id(emb.tokens)][1]  # looked up into float32 (``runtime.layers.embed``)
+    greedy shortcut reads rows of the dense weight. Linears laid out already (while the family mapped them)
+    are left as they are."""
+    staging = staging or Staging()
+    # a table shared by the encoder and the decoder stays shared: id -> (source table, bfloat16 table)
+    converted: dict[int, tuple[Tensor, Tensor]] = {}
     bf16 = "bfloat16" in supported_compute_types(spec_device(spec))
     head = getattr(spec, "lm_head", None)
+
+    def tables() -> None:
+        for emb in parts(spec, Embeddings):
+            if id(emb.tokens) not in converted:
+                converted[id(emb.tokens)] = (emb.tokens, staging.keep(emb.tokens, torch.bfloat16))
+            emb.tokens = converted[id(emb.tokens)][1]  # looked up into float32 (``runtime.layers.embed``)
+
+    # bfloat16: the tables first, so that a tied head packs its table's bfloat16 copy; int8: the tables last,
+    # so that fbgemm's transient copy while packing the head comes before the tables take their memory
+    if ct.reduced and ct.gemm != torch.int8:
+        tables()
     for lin in linears(spec):
-        reduced = ct.reduced
-        if reduced and ct.gemm == torch.int8 and not lin.outliers and lin.weight.device.type == "cpu":
-            _quantize(lin)
-        else:
-            reduced = reduced and bf16
-            if reduced:
-                lin.weight = lin.weight.to(torch.bfloat16)
-                lin.bias = None if lin.bias is None else lin.bias.to(torch.bfloat16)
-            prepack(lin)
-        if lin.packed is not None and (reduced or lin is not head):
-            lin.weight = lin.weight.to("meta")  # shape and dtype only: the packed copy is the weight now
-        elif lin.packed is None and lin.weight.device.type == "cpu":
-            # no oneDNN: F.linear hands BLAS a contiguous [in, out] matrix, faster for few-row products
-            lin.weight = lin.weight.t().contiguous().t()
+        same = converted.get(id(lin.weight)) if ct.reduced else None  # a tied head: its table's bfloat16 copy
+        prepare_linear(lin, ct, bf16, lin is head, staging, None if same is None else same[1])
+    staging.release_all()
+    if ct.reduced and ct.gemm == torch.int8:
+        tables()
     if not ct.reduced:
         return
     for stack in stacks(spec):

@@ -82,8 +82,12 @@ class LMHead:
         self.screen = lin.weight.dtype == torch.float32 and not lin.int8 and lin.weight.device.type != "meta"
         if self.screen:
             weight_bf16 = lin.weight.to(torch.bfloat16)
-            rounding = (lin.weight - weight_bf16.float()).norm(dim=1).max().item()
-            norm_bf16 = weight_bf16.float().norm(dim=1).max().item()
+            # in blocks of rows: float32 temporaries of a whole 58k-row head would double a load's peak memory
+            rounding = norm_bf16 = 0.0
+            for a in range(0, weight_bf16.shape[0], 4096):
+                block = weight_bf16[a : a + 4096].float()
+                rounding = max(rounding, (lin.weight[a : a + 4096] - block).norm(dim=1).max().item())
+                norm_bf16 = max(norm_bf16, block.norm(dim=1).max().item())
             self.rounding, self.norm_bf16 = rounding, norm_bf16
             # rounding of a float32-accumulated dot product of length n is below n * 2**-24 * |a| |b| (x2 margin)
             self.slack = 2.0 * lin.weight.shape[1] * 2.0**-24 * norm_bf16

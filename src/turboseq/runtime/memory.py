@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from contextlib import contextmanager
 
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -30,14 +31,34 @@ def tune_malloc() -> bool:
         _tuned = False
         if sys.platform.startswith("linux") and os.environ.get("TURBOSEQ_MALLOC_TUNING", "1") != "0":
             try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                mallopt = libc.mallopt
+                _tuned = _mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) and _mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
             except (OSError, AttributeError):  # not glibc (musl has no mallopt)
                 return False
-            _tuned = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(
-                mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-            )
     return _tuned
+
+
+_LOAD_MMAP_THRESHOLD = 1 << 16  # while loading: blocks of 1 MiB and more are mappings of their own
+
+
+@contextmanager
+def loading():
+    """Within the block (a model being loaded), large blocks are mapped on their own and given back when
+    freed: loading frees a converted weight after every new one, and in a heap those holes, split by the
+    smaller results, would pile up (80 MB for the opus-mt shape). The decoding thresholds apply again after,
+    and free heap blocks are handed back."""
+    tuned = tune_malloc()
+    if tuned:
+        _mallopt(_M_MMAP_THRESHOLD, _LOAD_MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        if tuned:
+            _mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        release_free_memory()
+
+
+def _mallopt(param: int, value: int) -> bool:
+    return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(param, value))
 
 
 def release_free_memory() -> None:

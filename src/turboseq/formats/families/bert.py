@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from turboseq.errors import ModelLoadError
-from turboseq.formats.families.common import Checkpoint, fuse
+from turboseq.formats.families.common import Checkpoint
 from turboseq.kinds import ModelKind
 from turboseq.runtime.spec import (
     Classifier,
@@ -94,7 +94,7 @@ def build(config: dict, ckpt: Checkpoint, model_dir: Path | None = None) -> Enco
     layers = []
     for i in range(config["num_hidden_layers"]):
         q = f"{p}encoder.layer.{i}."
-        qkv = fuse(*(ckpt.linear(f"{q}attention.self.{n}.") for n in ("query", "key", "value")))
+        qkv = ckpt.fuse(*(ckpt.linear(f"{q}attention.self.{n}.") for n in ("query", "key", "value")))
         layers.append(
             EncoderLayer(
                 self_attn=SelfAttention(qkv, ckpt.linear(q + "attention.output.dense."), heads),

@@ -9,7 +9,7 @@ token embeddings. Qwen2 has q/k/v biases; Llama has them where ``attention_bias`
 from __future__ import annotations
 
 from turboseq.errors import ModelLoadError
-from turboseq.formats.families.common import Checkpoint, fuse
+from turboseq.formats.families.common import Checkpoint
 from turboseq.kinds import ModelKind
 from turboseq.runtime.spec import (
     CausalLMSpec,
@@ -64,9 +64,9 @@ def build(config: dict, ckpt: Checkpoint) -> CausalLMSpec:
         mlp = {n: ckpt.linear(f"{p}mlp.{n}_proj.") for n in ("gate", "up", "down")}
         layers.append(
             DecoderLayer(
-                self_attn=SelfAttention(fuse(q, k, v), o, heads, num_kv_heads=kv_heads),
+                self_attn=SelfAttention(ckpt.fuse(q, k, v), o, heads, num_kv_heads=kv_heads),
                 self_attn_norm=norm(p + "input_layernorm."),
-                ffn=FeedForward(fuse(mlp["gate"], mlp["up"]), mlp["down"], act, glu=True),
+                ffn=FeedForward(ckpt.fuse(mlp["gate"], mlp["up"]), mlp["down"], act, glu=True),
                 ffn_norm=norm(p + "post_attention_layernorm."),
             )
         )

@@ -9,7 +9,7 @@ and its own LM head.
 from __future__ import annotations
 
 from turboseq.errors import ModelLoadError
-from turboseq.formats.families.common import Checkpoint, fuse
+from turboseq.formats.families.common import Checkpoint
 from turboseq.runtime.spec import (
     CrossAttention,
     DecoderLayer,
@@ -52,8 +52,8 @@ class _Blocks:
     def attention(self, prefix: str, cross: bool):
         q, k, v, o = (self.ckpt.linear(f"{prefix}{n}.", bias=False) for n in "qkvo")
         if cross:
-            return CrossAttention(q=q, kv=fuse(k, v), out=o, num_heads=self.heads, scale=1.0)
-        return SelfAttention(qkv=fuse(q, k, v), out=o, num_heads=self.heads, scale=1.0)
+            return CrossAttention(q=q, kv=self.ckpt.fuse(k, v), out=o, num_heads=self.heads, scale=1.0)
+        return SelfAttention(qkv=self.ckpt.fuse(q, k, v), out=o, num_heads=self.heads, scale=1.0)
 
     def ffn(self, prefix: str) -> FeedForward:
         p, ckpt = prefix + "DenseReluDense.", self.ckpt
