@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import torch
 
 from turboseq.errors import ModelLoadError
-from turboseq.export.encoder import ExportedEncoder, load_exported
-from turboseq.export.loader import load_generation
 from turboseq.formats.hf import is_mapped, release_all_pages, release_pages
-from turboseq.formats.pt2 import GENERATION_FORMAT, read_export_metadata
 from turboseq.formats.read import ModelInfo, inspect, read_model_dir
 from turboseq.formats.reduced import stored_compute_type
 from turboseq.generation.settings import generation_defaults
@@ -33,7 +31,11 @@ from turboseq.runtime.memory import loading
 from turboseq.runtime.spec import CausalLMSpec, EncoderSpec, Seq2SeqSpec, map_tensors, shape_problems, stacks
 from turboseq.speech.model import SpeechModel
 
-Model = Seq2SeqModel | SpeechModel | CausalLM | EncoderModel | ExportedEncoder
+if TYPE_CHECKING:
+    from turboseq.export.encoder import ExportedEncoder
+
+# torch.export and the export loaders are imported only for export files (start-up)
+Model = Union[Seq2SeqModel, SpeechModel, CausalLM, EncoderModel, "ExportedEncoder"]  # noqa: UP007
 
 __all__ = ["COMPUTE_TYPES", "Model", "ModelInfo", "inspect", "load", "supported_compute_types"]
 
@@ -134,6 +136,10 @@ def _load(path: str | Path, torch_device: torch.device, ct: ComputeType, trust_c
             raise ValueError(f"{path}: an exported file runs in the precision it was exported in; omit `compute_type`")
         if torch_device.type != "cpu":
             raise ValueError(f"{path}: exported files run on the CPU; omit `device`")
+        from turboseq.export.encoder import load_exported
+        from turboseq.export.loader import load_generation
+        from turboseq.formats.pt2 import GENERATION_FORMAT, read_export_metadata
+
         # both refuse any file that is not a safe turboseq export before torch reads it
         if read_export_metadata(path, check_members=False).get("format") == GENERATION_FORMAT:
             return load_generation(Path(path), trust_compiled_code)

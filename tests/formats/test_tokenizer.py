@@ -73,6 +73,13 @@ def test_lean_marian_decoding_equals_transformers(marian_tokenizers):
     assert sorted(lean.all_special_ids) == sorted(reference.all_special_ids)
     # anything else is transformers' own tokenizer, loaded on first use
     assert lean.get_vocab() == reference.get_vocab()
+    texts = ["A short one.", "A longer sentence, padded to the same length."]
+    padded, expected = (
+        lean(texts, return_tensors="pt", padding=True),
+        reference(texts, return_tensors="pt", padding=True),
+    )
+    assert padded["input_ids"].tolist() == expected["input_ids"].tolist()
+    assert padded["attention_mask"].tolist() == expected["attention_mask"].tolist()
 
 
 def test_a_marian_translation_imports_no_transformers(marian_tokenizers):

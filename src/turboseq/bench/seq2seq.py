@@ -219,8 +219,18 @@ def run_bench_rounds(
 
 
 def memory(arch: str, engines: list[str], log=print) -> None:
-    """Resident memory each engine's model adds on load, each in a fresh process (``bench.memory``)."""
-    from turboseq.bench.memory import engine_memory, format_engine_memory
+    """Each engine's model in a fresh process (``bench.memory``): resident memory after load and its peak during
+    the load (turboseq's reduced types also from a ``turboseq convert`` directory), the start-up of load plus a
+    first translation, and the KV cache a batch holds."""
+    from turboseq.bench.memory import (
+        ct2_startup,
+        engine_memory,
+        format_engine_memory,
+        format_startup,
+        kv_cache_mb,
+        startup,
+    )
+    from turboseq.load import load
 
     model_dir = bench_model_dir(arch)
     ct2_dir = ct2_converted(model_dir) if any(e.startswith("ctranslate2-") for e in engines) else None
@@ -229,8 +239,48 @@ def memory(arch: str, engines: list[str], log=print) -> None:
         for e in engines
         if e.startswith(("turboseq", "ctranslate2-")) and e not in ARTIFACT_ENGINES
     ]
-    log("\nmemory after load (resident, each engine in a fresh process):")
-    log(format_engine_memory(engine_memory(model_dir, ct2_dir, measured)))
+    converted = {e: _converted(model_dir, ct) for e, ct in measured if e.startswith("turboseq") and ct != "float32"}
+    log("\nmemory (MB above the runtime's own; resident after load, peak during it; each engine in a fresh process):")
+    rows = engine_memory(model_dir, ct2_dir, measured)
+    for engine, path in converted.items():
+        rows += [dict(r, engine=f"{engine} (converted)") for r in engine_memory(path, None, [(engine, "stored")])]
+    log(format_engine_memory(rows))
+
+    sentence, new_tokens = bench_sentences()[0], 16
+    log(f"\nstart-up (fresh process; load, then one sentence translated, {new_tokens} tokens at most):")
+    starts = []
+    tokenizer = load_tokenizer(model_dir)
+    for engine, ct in measured:
+        if engine.startswith("turboseq"):
+            starts.append(dict(engine=engine, **startup(model_dir, ct, sentence, new_tokens)))
+            if engine in converted:
+                starts.append(
+                    dict(engine=f"{engine} (converted)", **startup(converted[engine], "stored", sentence, new_tokens))
+                )
+        elif ct2_dir is not None:
+            tokens = tokenizer.convert_ids_to_tokens(tokenizer(sentence)["input_ids"])
+            starts.append(dict(engine=engine, **ct2_startup(ct2_dir, ct, tokens, new_tokens)))
+    log(format_startup(starts))
+
+    spec = load(model_dir).spec
+    log("\nKV cache of a batch (greedy, 32 source and 32 target positions), MB by attention precision:")
+    log("| rows | float32 (float32, int8) | bfloat16 (bfloat16, int8_bfloat16) |\n|---|---|---|")
+    for rows in (16, 64):
+        log(f"| {rows} | {kv_cache_mb(spec, 4, rows, 32, 32):.1f} | {kv_cache_mb(spec, 2, rows, 32, 32):.1f} |")
+
+
+def _converted(model_dir: Path, compute_type: str) -> Path:
+    """``model_dir`` converted to ``compute_type`` (``turboseq convert``) beside the other bench caches, once."""
+    from turboseq.bench.models import cache_root
+    from turboseq.load import convert
+
+    path = cache_root() / "converted" / f"{model_dir.name}-{compute_type}"
+    if not (path / "turboseq.json").is_file():
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)  # an interrupted conversion
+        convert(model_dir, path, compute_type)
+    return path
 
 
 def floors(arch: str, engines: list[str], batch: int, new_tokens: int, log=print) -> None:

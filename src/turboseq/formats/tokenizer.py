@@ -145,9 +145,13 @@ class MarianText:
         # anything else a user asks of ``model.tokenizer``: transformers' tokenizer answers it
         if name.startswith("__") or name in ("_full", "path"):
             raise AttributeError(name)
+        return getattr(self.transformers(), name)
+
+    def transformers(self):
+        """transformers' tokenizer of the same directory (loaded once, on first use)."""
         if self._full is None:
             self._full = load_transformers_tokenizer(self.path)
-        return getattr(self._full, name)
+        return self._full
 
     # --- encoding ---------------------------------------------------------------------------------------
 
@@ -165,10 +169,18 @@ class MarianText:
                 ids.extend(self.encoder.get(piece, unk) for piece in code + spm.encode(chunk, out_type=str))
         return ids
 
-    def __call__(
+    _OPTIONS = frozenset({"truncation", "max_length", "add_special_tokens"})
+
+    def __call__(self, text=None, text_target=None, **options) -> dict:
+        if not set(options) <= self._OPTIONS or (text is None) == (text_target is None):
+            # tensors, padding, pairs, source and target at once: transformers' tokenizer does all of it
+            return self.transformers()(text, text_target=text_target, **options)
+        return self._encode(text, text_target, **options)
+
+    def _encode(
         self,
-        text=None,
-        text_target=None,
+        text,
+        text_target,
         truncation: bool = False,
         max_length: int | None = None,
         add_special_tokens: bool = True,
@@ -200,7 +212,9 @@ class MarianText:
             return self.decoder[index]
         return self.spm_source.IdToPiece(index) or self.unk_token
 
-    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+    def decode(self, ids, skip_special_tokens: bool = False, **options) -> str:
+        if options:  # clean_up_tokenization_spaces, use_source_tokenizer, ...
+            return self.transformers().decode(ids, skip_special_tokens=skip_special_tokens, **options)
         if hasattr(ids, "tolist"):
             ids = ids.tolist()
         if isinstance(ids, int):
@@ -219,5 +233,5 @@ class MarianText:
         out += self.spm_source.decode_pieces(pieces)
         return out.replace(self.SPIECE_UNDERLINE, " ").strip()
 
-    def batch_decode(self, sequences, skip_special_tokens: bool = False) -> list[str]:
-        return [self.decode(seq, skip_special_tokens) for seq in sequences]
+    def batch_decode(self, sequences, skip_special_tokens: bool = False, **options) -> list[str]:
+        return [self.decode(seq, skip_special_tokens, **options) for seq in sequences]
