@@ -79,7 +79,7 @@ import turboseq
 options = {} if sys.argv[2] == "stored" else {"compute_type": sys.argv[2]}
 model = turboseq.load(sys.argv[1], **options)
 loaded = time.perf_counter()
-model.translate([sys.argv[3]], max_new_tokens=int(sys.argv[4]))
+model.translate([sys.argv[3]], max_new_tokens=int(sys.argv[4]), num_beams=int(sys.argv[5]))
 done = time.perf_counter()
 print(json.dumps({"runtime_import": imported - start, "load": loaded - imported, "first": done - loaded}))
 """
@@ -91,7 +91,7 @@ import ctranslate2
 imported = time.perf_counter()
 model = ctranslate2.Translator(sys.argv[1], device="cpu", compute_type=sys.argv[2])
 loaded = time.perf_counter()
-model.translate_batch([json.loads(sys.argv[3])], max_decoding_length=int(sys.argv[4]))
+model.translate_batch([json.loads(sys.argv[3])], max_decoding_length=int(sys.argv[4]), beam_size=int(sys.argv[5]))
 done = time.perf_counter()
 print(json.dumps({"runtime_import": imported - start, "load": loaded - imported, "first": done - loaded}))
 """
@@ -163,15 +163,15 @@ def format_memory_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def startup(model_dir: Path, compute_type: str, sentence: str, new_tokens: int) -> dict:
+def startup(model_dir: Path, compute_type: str, sentence: str, new_tokens: int, num_beams: int = 4) -> dict:
     """Seconds of a fresh process: ``runtime_import`` (``import torch``), ``load`` (import turboseq and load)
-    and ``first`` (one translation of ``sentence``, ``new_tokens`` at most)."""
-    return _run_probe(_STARTUP, str(model_dir), compute_type, sentence, str(new_tokens))
+    and ``first`` (one translation of ``sentence``, ``new_tokens`` at most, ``num_beams`` beams)."""
+    return _run_probe(_STARTUP, str(model_dir), compute_type, sentence, str(new_tokens), str(num_beams))
 
 
-def ct2_startup(ct2_dir: Path, compute_type: str, tokens: list[str], new_tokens: int) -> dict:
+def ct2_startup(ct2_dir: Path, compute_type: str, tokens: list[str], new_tokens: int, num_beams: int = 4) -> dict:
     """``startup`` for a CTranslate2 Translator given the sentence's tokens (its tokenizer is not counted)."""
-    return _run_probe(_CT2_STARTUP, str(ct2_dir), compute_type, json.dumps(tokens), str(new_tokens))
+    return _run_probe(_CT2_STARTUP, str(ct2_dir), compute_type, json.dumps(tokens), str(new_tokens), str(num_beams))
 
 
 def format_startup(rows: list[dict]) -> str:

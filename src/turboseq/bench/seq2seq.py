@@ -247,7 +247,7 @@ def memory(arch: str, engines: list[str], log=print) -> None:
     log(format_engine_memory(rows))
 
     sentence, new_tokens = bench_sentences()[0], 16
-    log(f"\nstart-up (fresh process; load, then one sentence translated, {new_tokens} tokens at most):")
+    log(f"\nstart-up (fresh process; load, then one sentence translated, beam 4, {new_tokens} tokens at most):")
     starts = []
     tokenizer = load_tokenizer(model_dir)
     for engine, ct in measured:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from torch import Tensor
 
 from turboseq.errors import ModelLoadError
 from turboseq.formats.hf import _SAFETENSORS_DTYPES, load_weights, read_json, release_pages
-from turboseq.runtime.compute import int8_parts, pack_int8
+from turboseq.runtime.compute import in_threads, int8_parts, pack_int8
 from turboseq.runtime.spec import Linear
 
 FORMAT = "turboseq-reduced"
@@ -176,21 +175,15 @@ def fill(spec, model_dir: Path) -> None:
 
 
 def _pack_all(jobs: list[tuple[Linear, Tensor, Tensor]]) -> None:
-    """fbgemm packs the int8 linears, on as many threads as torch uses (packing holds no lock; the LM head,
-    largest, first): most of a converted int8 load's time."""
+    """fbgemm packs the int8 linears on torch's threads, the LM head (largest) first."""
 
-    def pack(job: tuple[Linear, Tensor, Tensor]) -> None:
+    def pack(job: list) -> None:
         lin, values, scale = job
         pack_int8(lin, values, scale)
         release_pages(values)
+        job.clear()  # the copy made of the values goes now, not when all are packed
 
-    jobs = sorted(jobs, key=lambda job: -job[1].numel())
-    if torch.get_num_threads() < 2 or len(jobs) < 2:
-        for job in jobs:
-            pack(job)
-        return
-    with ThreadPoolExecutor(torch.get_num_threads()) as pool:
-        list(pool.map(pack, jobs))
+    in_threads(pack, [list(job) for job in sorted(jobs, key=lambda job: -job[1].numel())])
 
 
 def _set(spec, place: str, tensor: Tensor) -> None:

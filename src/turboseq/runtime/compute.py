@@ -131,6 +131,7 @@ class Staging:
     mapped: Callable[[Tensor], bool] = lambda t: False
     release: Callable[[Tensor], None] = lambda t: None
     final: list = field(default_factory=list)
+    pending: list = field(default_factory=list)  # (linear, int8 weights) quantized, for fbgemm to pack
     lay_out: Callable[[Linear], None] | None = None  # lays one linear out for the compute type being loaded
     release_all: Callable[[], None] = lambda: None  # every mapped page given back (read again if needed)
 
@@ -193,7 +194,9 @@ def _quantize(lin: Linear, staging: Staging) -> None:
         for a in _blocks(w):
             qweight[a : a + n].copy_(w[a : a + n].float().contiguous())  # quantized with its rows' scales
             staging.release(w[a : a + n])
-    _pack_int8(lin, qweight)
+    # packed with the others at the end of ``prepare``, on several threads
+    lin.int8, lin.weight = True, torch.empty(qweight.shape, device="meta")
+    staging.pending.append((lin, qweight))
 
 
 def pack_int8(lin: Linear, values: Tensor, scale: Tensor) -> None:
@@ -204,6 +207,32 @@ def pack_int8(lin: Linear, values: Tensor, scale: Tensor) -> None:
         warnings.simplefilter("ignore", UserWarning)
         qweight = torch._make_per_channel_quantized_tensor(values, scale, zero, 0)
     _pack_int8(lin, qweight)
+
+
+def in_threads(fn: Callable, items: list) -> None:
+    """``fn`` over ``items`` on as many threads as torch uses (fbgemm's packing holds no lock: most of an int8
+    load's time), the first items first (callers put the largest first)."""
+    if torch.get_num_threads() < 2 or len(items) < 2:
+        for item in items:
+            fn(item)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(torch.get_num_threads()) as pool:
+        list(pool.map(fn, items))
+
+
+def pack_pending(staging: Staging) -> None:
+    """Pack the linears ``_quantize`` left to pack, the LM head (largest) first."""
+    # each job a list emptied once packed: its int8 weights are freed then, not when all are done
+    jobs = [list(job) for job in sorted(staging.pending, key=lambda job: -job[1].numel())]
+    staging.pending.clear()
+
+    def pack(job: list) -> None:
+        _pack_int8(*job)
+        job.clear()
+
+    in_threads(pack, jobs)
 
 
 def _pack_int8(lin: Linear, qweight: Tensor) -> None:
@@ -233,7 +262,7 @@ def prepare_linear(
     """Lay one linear out for the fastest product of ``ct`` (see ``prepare``); nothing if already done.
     ``bf16_weight``: the weight already in bfloat16 (a tied LM head's embedding table), not converted again."""
     staging = staging or Staging()
-    if lin.packed is not None:
+    if lin.packed is not None or lin.int8:
         return
     source, on_cpu = lin.weight, lin.weight.device.type == "cpu"
     reduced = ct.reduced
@@ -285,6 +314,7 @@ def prepare(spec, ct: ComputeType, staging: Staging | None = None) -> None:
         same = converted.get(id(lin.weight)) if ct.reduced else None  # a tied head: its table's bfloat16 copy
         prepare_linear(lin, ct, bf16, lin is head, staging, None if same is None else same[1])
     staging.release_all()
+    pack_pending(staging)
     if ct.reduced and ct.gemm == torch.int8:
         tables()
     if not ct.reduced:
