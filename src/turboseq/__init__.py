@@ -6,7 +6,8 @@ The public face: ``load`` a model directory, then ``generate`` (transformers' fo
 """
 
 from turboseq.errors import AudioError, InputTooLong, ModelLoadError
-from turboseq.load import inspect, load
+from turboseq.export.encoder import ExportedEncoder
+from turboseq.load import convert, inspect, load
 from turboseq.models.causal import CausalLM
 from turboseq.models.encoder import EncoderModel
 from turboseq.models.text import Seq2SeqModel
@@ -17,6 +18,7 @@ from turboseq.version import __version__
 __all__ = [
     "load",
     "inspect",
+    "convert",
     "Seq2SeqModel",
     "SpeechModel",
     "CausalLM",
@@ -29,12 +31,3 @@ __all__ = [
     "InputTooLong",
     "__version__",
 ]
-
-
-def __getattr__(name: str):
-    # imported on first use: it pulls in torch.export, which a command that loads no export file never needs
-    if name == "ExportedEncoder":
-        from turboseq.export.encoder import ExportedEncoder
-
-        return ExportedEncoder
-    raise AttributeError(f"module 'turboseq' has no attribute {name!r}")

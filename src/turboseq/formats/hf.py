@@ -33,7 +33,7 @@ def read_json(path: Path, required: bool = True) -> dict | None:
     return data
 
 
-_SAFETENSORS_DTYPES = {
+SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
@@ -67,7 +67,7 @@ def _load_safetensors(path: Path) -> dict:
     try:
         base = torch.frombuffer(data, dtype=torch.uint8) if data is not None else torch.empty(0, dtype=torch.uint8)
         for name, entry in header.items():
-            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
             shape = [int(n) for n in entry["shape"]]
             begin, end = (start + int(n) for n in entry["data_offsets"])
             count = math.prod(shape)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from turboseq.errors import ModelLoadError
-from turboseq.formats.hf import _SAFETENSORS_DTYPES, load_weights, read_json, release_pages
+from turboseq.formats.hf import SAFETENSORS_DTYPES, load_weights, read_json, release_pages
 from turboseq.runtime.compute import in_threads, int8_parts, pack_int8
 from turboseq.runtime.spec import Linear
 
@@ -29,7 +29,7 @@ VERSION = 1
 MARKER = "turboseq.json"
 COMPUTE_TYPES = ("bfloat16", "int8", "int8_bfloat16")  # the types a directory can be converted to
 _WEIGHT_FILES = (".safetensors", ".bin", ".index.json", ".h5", ".msgpack", ".ckpt", ".pt", ".pth", ".ot")
-_DTYPE_NAMES = {dtype: name for name, dtype in _SAFETENSORS_DTYPES.items()}
+_DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 
 def stored_compute_type(model_dir: str | Path) -> str | None:
@@ -133,7 +133,7 @@ def shape_checkpoint(model_dir: Path) -> dict[str, Tensor]:
     info = read_json(model_dir / MARKER)
     try:
         return {
-            name: torch.empty(shape, dtype=_SAFETENSORS_DTYPES[dtype], device="meta")
+            name: torch.empty(shape, dtype=SAFETENSORS_DTYPES[dtype], device="meta")
             for name, (shape, dtype) in info["checkpoint"].items()
         }
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
