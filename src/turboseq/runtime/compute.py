@@ -310,9 +310,12 @@ def prepare(spec, ct: ComputeType, staging: Staging | None = None) -> None:
     # so that fbgemm's transient copy while packing the head comes before the tables take their memory
     if ct.reduced and ct.gemm != torch.int8:
         tables()
-    for lin in linears(spec):
+    def lay_out(lin: Linear) -> None:
         same = converted.get(id(lin.weight)) if ct.reduced else None  # a tied head: its table's bfloat16 copy
         prepare_linear(lin, ct, bf16, lin is head, staging, None if same is None else same[1])
+
+    # on torch's threads, the largest (the LM head) first: quantizing and reordering are most of a load's time
+    in_threads(lay_out, sorted(linears(spec), key=lambda lin: -lin.weight.numel()))
     staging.release_all()
     pack_pending(staging)
     if ct.reduced and ct.gemm == torch.int8:
