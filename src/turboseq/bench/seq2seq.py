@@ -247,19 +247,27 @@ def memory(arch: str, engines: list[str], log=print) -> None:
     log(format_engine_memory(rows))
 
     sentence, new_tokens = bench_sentences()[0], 16
-    log(f"\nstart-up (fresh process; load, then one sentence translated, beam 4, {new_tokens} tokens at most):")
-    starts = []
+    log(
+        f"\nstart-up (fresh processes, best of 3; load, then one sentence translated, beam 4, {new_tokens} tokens at most):"
+    )
     tokenizer = load_tokenizer(model_dir)
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer(sentence)["input_ids"])
+    probes = []  # (engine, a fresh process's figures)
     for engine, ct in measured:
         if engine.startswith("turboseq"):
-            starts.append(dict(engine=engine, **startup(model_dir, ct, sentence, new_tokens)))
+            probes.append((engine, lambda ct=ct: startup(model_dir, ct, sentence, new_tokens)))
             if engine in converted:
-                starts.append(
-                    dict(engine=f"{engine} (converted)", **startup(converted[engine], "stored", sentence, new_tokens))
-                )
+                path = converted[engine]
+                probes.append((f"{engine} (converted)", lambda p=path: startup(p, "stored", sentence, new_tokens)))
         elif ct2_dir is not None:
-            tokens = tokenizer.convert_ids_to_tokens(tokenizer(sentence)["input_ids"])
-            starts.append(dict(engine=engine, **ct2_startup(ct2_dir, ct, tokens, new_tokens)))
+            probes.append((engine, lambda ct=ct: ct2_startup(ct2_dir, ct, tokens, new_tokens)))
+    best: dict[str, dict] = {}
+    for _round in range(3):  # rounds alternate engines; each keeps its fastest load + first translation
+        for engine, probe in probes:
+            figures = probe()
+            if engine not in best or figures["load"] + figures["first"] < best[engine]["load"] + best[engine]["first"]:
+                best[engine] = figures
+    starts = [dict(engine=engine, **best[engine]) for engine, _probe in probes]
     log(format_startup(starts))
 
     spec = load(model_dir).spec

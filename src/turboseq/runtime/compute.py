@@ -310,6 +310,7 @@ def prepare(spec, ct: ComputeType, staging: Staging | None = None) -> None:
     # so that fbgemm's transient copy while packing the head comes before the tables take their memory
     if ct.reduced and ct.gemm != torch.int8:
         tables()
+
     def lay_out(lin: Linear) -> None:
         same = converted.get(id(lin.weight)) if ct.reduced else None  # a tied head: its table's bfloat16 copy
         prepare_linear(lin, ct, bf16, lin is head, staging, None if same is None else same[1])
