@@ -121,3 +121,19 @@ def test_openai_stop_is_cut_and_streamed(lm_server, gpt2_text):
 def test_openai_bad_requests(lm_server, body, words):
     r = httpx.post(lm_server.url + "/v1/completions", json=body)
     assert r.status_code == 422 and words in r.json()["error"], r.text
+
+
+def test_the_openai_sdk_lists_the_model_and_completes_with_it(lm_server, gpt2_text):
+    import openai
+
+    model = gpt2_text[0]
+    client = openai.OpenAI(base_url=lm_server.url + "/v1", api_key="unused", max_retries=0)
+    listed = client.models.list().data
+    name = httpx.get(lm_server.url + "/info").json()["model"]
+    assert [m.id for m in listed] == [name] and listed[0].object == "model" and listed[0].owned_by == "turboseq"
+    assert client.models.retrieve(name).id == name
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.models.retrieve("gpt-9")
+    assert f"unknown model 'gpt-9'; this server serves {name!r}" in str(caught.value.body)
+    done = client.completions.create(model=name, prompt=PROMPTS[0], max_tokens=6, temperature=0)
+    assert done.choices[0].text == model.generate_text(PROMPTS[:1], max_new_tokens=6)[0]

@@ -335,10 +335,27 @@ def _add_operations_routes(app, service: Service, model) -> None:
             "streaming": task.streams,
             "routes": ["/", f"/models/{service.name}"]
             + (["/generate_stream"] if task.streams else [])
-            + [r.path for r in task.routes()],
+            + [r.path for r in task.routes()]
+            + ["/v1/models"],
             "docs": "/docs",  # FastAPI's interactive page of every route
             "limits": {**config.limits(), "max_input_tokens": task.max_input_tokens},
         }
+
+    created = int(time.time())
+
+    def card() -> dict:
+        return {"id": service.name, "object": "model", "created": created, "owned_by": "turboseq"}
+
+    # OpenAI's model list: stock SDKs and UIs ask it first (what the `model` field of a request may name)
+    @app.get("/v1/models")
+    async def openai_models():
+        return {"object": "list", "data": [card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def openai_model(model_id: str):
+        if model_id != service.name:
+            raise RequestError(404, f"unknown model {model_id!r}; this server serves {service.name!r}", "not_found")
+        return card()
 
     @app.get("/metrics")
     async def prometheus():
