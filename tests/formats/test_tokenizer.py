@@ -72,7 +72,7 @@ def test_lean_marian_decoding_equals_transformers(marian_tokenizers):
     )
     assert sorted(lean.all_special_ids) == sorted(reference.all_special_ids)
     # anything else is transformers' own tokenizer, loaded on first use
-    assert lean.get_vocab() == reference.get_vocab()
+    assert lean.get_vocab() == reference.get_vocab() and len(lean) == len(reference)
     texts = ["A short one.", "A longer sentence, padded to the same length."]
     padded, expected = (
         lean(texts, return_tensors="pt", padding=True),

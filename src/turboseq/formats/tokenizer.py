@@ -147,6 +147,9 @@ class MarianText:
             raise AttributeError(name)
         return getattr(self.transformers(), name)
 
+    def __len__(self) -> int:  # special methods are looked up on the class, past ``__getattr__``
+        return len(self.transformers())
+
     def transformers(self):
         """transformers' tokenizer of the same directory (loaded once, on first use)."""
         if self._full is None:
