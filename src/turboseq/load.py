@@ -86,7 +86,7 @@ def _place(
         if id(t) in final or t.device.type == "meta":
             return t
         dtype = torch.float32 if t.is_floating_point() else t.dtype
-        return staging.convert(t, dtype).contiguous() if staging.mapped(t) else t.to(dtype).contiguous()
+        return staging.convert(t, dtype).contiguous()
 
     map_tensors(spec, own)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import math
 import mmap
@@ -15,6 +13,7 @@ from pathlib import Path
 import torch
 
 from turboseq.errors import ModelLoadError
+from turboseq.runtime.memory import drop_pages
 
 
 def read_json(path: Path, required: bool = True) -> dict | None:
@@ -41,7 +40,6 @@ SAFETENSORS_DTYPES = {
 
 # (start, end) of the live file mappings whose pages ``release_pages`` may drop
 _MAPPINGS: dict[int, tuple[int, weakref.ref]] = {}  # start -> (end, the mmap)
-_PAGE = mmap.PAGESIZE
 
 
 def _load_safetensors(path: Path) -> dict:
@@ -92,8 +90,8 @@ def _span(t: torch.Tensor) -> tuple[int, int]:
     return begin, begin + (last + 1) * t.element_size()
 
 
-def _mapping_of(t: torch.Tensor) -> bool:
-    """Whether ``t`` lies in a live weights file mapping."""
+def is_mapped(t: torch.Tensor) -> bool:
+    """Whether ``t`` is (a view of) a weights file read by ``load_weights``, not memory of its own."""
     if t.device.type != "cpu" or not t.numel():
         return False
     begin, end = _span(t)
@@ -103,20 +101,12 @@ def _mapping_of(t: torch.Tensor) -> bool:
     )
 
 
-def is_mapped(t: torch.Tensor) -> bool:
-    """Whether ``t`` is (a view of) a weights file read by ``load_weights``, not memory of its own."""
-    return _mapping_of(t)
-
-
 def release_pages(t: torch.Tensor) -> None:
     """Drop from this process's memory the whole pages under ``t``, a view of a weights file mapping that the
     caller no longer reads (a weight converted into another tensor). The mapping is copy-on-write and nothing
     writes weights, so a later read would only fault the file's bytes back in. Anything else is left alone."""
-    if _mapping_of(t):
-        begin, end = _span(t)
-        first, last = -(-begin // _PAGE) * _PAGE, end // _PAGE * _PAGE  # whole pages only: a neighbour may be in use
-        if last > first:
-            _madvise(first, last - first)
+    if is_mapped(t):
+        drop_pages(*_span(t))  # whole pages only: a neighbour may be in use
 
 
 def release_all_pages() -> None:
@@ -124,20 +114,7 @@ def release_all_pages() -> None:
     safe at any time; the loader calls it between phases to drop pages that blocks' edges left behind."""
     for address, (limit, mapping) in list(_MAPPINGS.items()):
         if mapping() is not None:
-            first, last = -(-address // _PAGE) * _PAGE, limit // _PAGE * _PAGE
-            if last > first:
-                _madvise(first, last - first)
-
-
-def _madvise(address: int, length: int) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    _libc.madvise(address, length, mmap.MADV_DONTNEED)
-
-
-_libc = None
+            drop_pages(address, limit)
 
 
 def _load_torch_bin(path: Path) -> dict:

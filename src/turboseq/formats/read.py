@@ -116,9 +116,10 @@ def read_model_dir(path: str | Path, lay_out: Callable[[Linear], None] | None = 
     family, kind, model_type = FAMILIES[info.model_type], info.kind, info.model_type
     generation_config = read_json(model_dir / "generation_config.json", required=False)
     check_config_numbers(model_dir / "config.json", config)
-    converted = (model_dir / reduced.MARKER).is_file()
-    if converted:  # ``turboseq convert``: the family maps shapes, then the stored weights fill the spec
-        tensors, source, lay_out = reduced.shape_checkpoint(model_dir), str(model_dir / "model.safetensors"), None
+    converted = read_json(model_dir / reduced.MARKER, required=False)
+    if converted is not None:  # ``turboseq convert``: the family maps shapes, then the stored weights fill the spec
+        tensors, source = reduced.shape_checkpoint(model_dir, converted), str(model_dir / "model.safetensors")
+        lay_out = None
     else:
         tensors, source = load_weights(model_dir)
     try:
@@ -133,8 +134,8 @@ def read_model_dir(path: str | Path, lay_out: Callable[[Linear], None] | None = 
         raise ModelLoadError(
             f"{model_dir / 'config.json'}: does not describe these weights ({type(err).__name__}: {err})"
         ) from None
-    if converted:
-        reduced.fill(spec, model_dir)
+    if converted is not None:
+        reduced.fill(spec, model_dir, converted)
     extra = (
         family.generation_extras(model_dir, config, generation_config) if hasattr(family, "generation_extras") else {}
     )

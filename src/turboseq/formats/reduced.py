@@ -21,7 +21,7 @@ from torch import Tensor
 
 from turboseq.errors import ModelLoadError
 from turboseq.formats.hf import SAFETENSORS_DTYPES, load_weights, read_json, release_pages
-from turboseq.runtime.compute import in_threads, int8_parts, pack_int8
+from turboseq.runtime.compute import int8_parts, largest_first, pack_int8
 from turboseq.runtime.spec import Linear
 
 FORMAT = "turboseq-reduced"
@@ -128,9 +128,9 @@ def write(spec, compute_type: str, source_dir: Path, out_dir: Path, log=None) ->
     return out_dir
 
 
-def shape_checkpoint(model_dir: Path) -> dict[str, Tensor]:
-    """The source checkpoint a converted directory records, as shape-only tensors for the family mapping."""
-    info = read_json(model_dir / MARKER)
+def shape_checkpoint(model_dir: Path, info: dict) -> dict[str, Tensor]:
+    """The source checkpoint a converted directory records (``info``: its ``turboseq.json``), as shape-only
+    tensors for the family mapping."""
     try:
         return {
             name: torch.empty(shape, dtype=SAFETENSORS_DTYPES[dtype], device="meta")
@@ -140,13 +140,13 @@ def shape_checkpoint(model_dir: Path) -> dict[str, Tensor]:
         raise ModelLoadError(f"{model_dir / MARKER}: bad checkpoint listing ({type(err).__name__}: {err})") from None
 
 
-def fill(spec, model_dir: Path) -> None:
+def fill(spec, model_dir: Path, info: dict) -> None:
     """Put the stored tensors of a converted directory into ``spec`` (built on shapes): int8 linears packed for
     fbgemm straight from the file, everything else as views of it (the loader lays them out and copies them
     off the file)."""
     weights_file = model_dir / "model.safetensors"
     stored, _source = load_weights(model_dir)
-    shared = read_json(model_dir / MARKER).get("shared", {})
+    shared = info.get("shared", {})
     by_name: dict[str, Tensor] = {}
 
     def take(name: str, expected: Tensor) -> Tensor:
@@ -177,13 +177,11 @@ def fill(spec, model_dir: Path) -> None:
 def _pack_all(jobs: list[tuple[Linear, Tensor, Tensor]]) -> None:
     """fbgemm packs the int8 linears on torch's threads, the LM head (largest) first."""
 
-    def pack(job: list) -> None:
-        lin, values, scale = job
+    def pack(lin: Linear, values: Tensor, scale: Tensor) -> None:
         pack_int8(lin, values, scale)
         release_pages(values)
-        job.clear()  # the copy made of the values goes now, not when all are packed
 
-    in_threads(pack, [list(job) for job in sorted(jobs, key=lambda job: -job[1].numel())])
+    largest_first(pack, jobs)
 
 
 def _set(spec, place: str, tensor: Tensor) -> None:

@@ -222,17 +222,23 @@ def in_threads(fn: Callable, items: list) -> None:
         list(pool.map(fn, items))
 
 
-def pack_pending(staging: Staging) -> None:
-    """Pack the linears ``_quantize`` left to pack, the LM head (largest) first."""
-    # each job a list emptied once packed: its int8 weights are freed then, not when all are done
-    jobs = [list(job) for job in sorted(staging.pending, key=lambda job: -job[1].numel())]
-    staging.pending.clear()
+def largest_first(fn: Callable, jobs: list) -> None:
+    """``fn(*job)`` for each job, a tuple whose second item is a tensor, the largest first, ``in_threads``;
+    each job is dropped once done, so what it holds (int8 weights fbgemm has packed) is freed then, not when
+    all are done."""
+    queue = [list(job) for job in sorted(jobs, key=lambda job: -job[1].numel())]
 
-    def pack(job: list) -> None:
-        _pack_int8(*job)
+    def run(job: list) -> None:
+        fn(*job)
         job.clear()
 
-    in_threads(pack, jobs)
+    in_threads(run, queue)
+
+
+def pack_pending(staging: Staging) -> None:
+    """Pack the linears ``_quantize`` left to pack, the LM head (largest) first."""
+    jobs, staging.pending = staging.pending, []
+    largest_first(_pack_int8, jobs)
 
 
 def _pack_int8(lin: Linear, qweight: Tensor) -> None:

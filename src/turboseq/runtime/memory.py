@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+import mmap
 import os
 import sys
 from contextlib import contextmanager
@@ -37,7 +39,7 @@ def tune_malloc() -> bool:
     return _tuned
 
 
-_LOAD_MMAP_THRESHOLD = 1 << 16  # while loading: blocks of 1 MiB and more are mappings of their own
+_LOAD_MMAP_THRESHOLD = 1 << 16  # while loading: blocks of 64 KiB and more are mappings of their own
 
 
 @contextmanager
@@ -57,8 +59,23 @@ def loading():
         release_free_memory()
 
 
+@functools.cache
+def _libc():
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return libc
+
+
 def _mallopt(param: int, value: int) -> bool:
-    return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(param, value))
+    return bool(_libc().mallopt(param, value))
+
+
+def drop_pages(begin: int, end: int) -> None:
+    """Drop the whole pages inside the addresses [begin, end) from this process's memory (``MADV_DONTNEED``):
+    only for a clean file mapping, whose pages a later read faults back in from the file."""
+    first, last = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        _libc().madvise(first, last - first, mmap.MADV_DONTNEED)
 
 
 def release_free_memory() -> None:
@@ -66,6 +83,6 @@ def release_free_memory() -> None:
     converted to a reduced compute type would otherwise stay resident under the thresholds above)."""
     if sys.platform.startswith("linux"):
         try:
-            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+            _libc().malloc_trim(0)
         except (OSError, AttributeError):
             pass
