@@ -224,9 +224,10 @@ def in_threads(fn: Callable, items: list) -> None:
 
 def largest_first(fn: Callable, jobs: list) -> None:
     """``fn(*job)`` for each job, a tuple whose second item is a tensor, the largest first, ``in_threads``;
-    each job is dropped once done, so what it holds (int8 weights fbgemm has packed) is freed then, not when
-    all are done."""
+    ``jobs`` is emptied and each job dropped once done, so what it holds (int8 weights fbgemm has packed) is
+    freed then, not when all are done."""
     queue = [list(job) for job in sorted(jobs, key=lambda job: -job[1].numel())]
+    jobs.clear()
 
     def run(job: list) -> None:
         fn(*job)
@@ -237,8 +238,7 @@ def largest_first(fn: Callable, jobs: list) -> None:
 
 def pack_pending(staging: Staging) -> None:
     """Pack the linears ``_quantize`` left to pack, the LM head (largest) first."""
-    jobs, staging.pending = staging.pending, []
-    largest_first(_pack_int8, jobs)
+    largest_first(_pack_int8, staging.pending)
 
 
 def _pack_int8(lin: Linear, qweight: Tensor) -> None:
