@@ -167,3 +167,20 @@ def test_released_pages_read_back_the_same_values(marian_one):
     release_pages(table)
     release_pages(copy)  # not a file's: left alone
     assert torch.equal(table, copy)
+
+
+def test_a_damaged_converted_directory_is_refused_in_one_line(marian_one, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _model, path = marian_one
+    out = convert(path, tmp_path / "int8", "int8")
+    tensors = load_file(str(out / "model.safetensors"))
+    name = next(n for n in tensors if n.endswith("qkv.weight"))
+    save_file({n: t for n, t in tensors.items() if n != name}, str(out / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match=rf"model\.safetensors: missing tensor {name}$"):
+        turboseq.load(out)
+    wrong = dict(tensors, **{name: tensors[name][:-1].clone()})
+    save_file(wrong, str(out / "model.safetensors"))
+    shape = tuple(tensors[name].shape)
+    with pytest.raises(ModelLoadError, match=rf"{name} has shape \({shape[0] - 1}, {shape[1]}\), the config makes"):
+        turboseq.load(out)
