@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import turboseq
-from tests.helpers import source_batch
-from turboseq.runtime import compute, cpu
+from tests.helpers import MARIAN_CONFIGS, make_marian, source_batch
+from turboseq.runtime import compute, cpu, packed
 
 REDUCED = ("bfloat16", "int8", "int8_bfloat16")
 _LOW = {torch.bfloat16, torch.float16, torch.int8, torch.quint8, torch.qint8, torch.qint32}
@@ -189,8 +189,44 @@ def test_encoder_embeddings_close_to_float32(minilm):
 def test_weights_shrink_with_the_compute_type(marian_one):
     _, path = marian_one
     size = {name: compute.weight_bytes(turboseq.load(path, compute_type=name).spec) for name in compute.COMPUTE_TYPES}
-    assert size["bfloat16"] < 0.5 * size["float32"]
+    assert size["bfloat16"] < 0.55 * size["float32"]  # norms, biases and positions stay float32
     assert size["int8"] < 0.4 * size["float32"]
+
+
+@pytest.mark.parametrize("config", ["gelu-tied-2h", "swish-untied-4h"])
+def test_float32_holds_each_weight_once(config, tmp_path):
+    """float32 holds one copy of every weight: the LM head only in panels, and a table tied to it looks up from
+    the same panels (a dense head beside a packed one held the head twice: 1.55x the checkpoint here)."""
+    from safetensors.torch import load_file
+
+    make_marian(tmp_path, **MARIAN_CONFIGS[config])
+    spec = turboseq.load(tmp_path).spec
+    stored = sum(t.numel() * t.element_size() for t in load_file(tmp_path / "model.safetensors").values())
+    positions = spec.encoder.embed.positions
+    panel_padding = packed.PANEL * spec.lm_head.weight.shape[1] * 4
+    screen = spec.lm_head.weight.numel() * 2  # the greedy shortcut's bfloat16 copy
+    assert compute.weight_bytes(spec) <= stored + positions.numel() * 4 + panel_padding + screen
+    assert isinstance(spec.lm_head.packed, packed.Panels) and spec.lm_head.weight.device.type == "meta"
+    tied = spec.decoder.embed.packed is spec.lm_head.packed
+    assert tied == (config == "gelu-tied-2h")
+
+
+def test_panels_equal_the_dense_matrix():
+    """``Panels``: rows, products (1 to 100 rows, a vocabulary not a multiple of the panel) and the dense copy
+    equal the matrix they were made from."""
+    torch.manual_seed(0)
+    w = torch.randn(5 * packed.PANEL + 7, 24)
+    panels = packed.Panels.of(w)
+    assert panels.shape == w.shape
+    assert torch.equal(panels.dense(), w)
+    index = torch.tensor([[0, w.shape[0] - 1], [packed.PANEL, 3]])
+    assert torch.equal(panels.take(index), w[index])
+    bias = torch.randn(w.shape[0])
+    for rows in (1, 4, 100):
+        x = torch.randn(rows, 24)
+        torch.testing.assert_close(panels.matmul(x, bias), x @ w.T + bias, rtol=1e-5, atol=1e-5)
+    x = torch.randn(2, 3, 24)
+    assert panels.matmul(x).shape == (2, 3, w.shape[0]) and panels.matmul(x).is_contiguous()
 
 
 def test_compute_type_errors_name_the_valid_ones(marian_one, monkeypatch):
@@ -303,23 +339,23 @@ def test_bfloat16_attention_kernel_follows_the_capability(marian_one, monkeypatc
 
 
 def test_float32_holds_each_linear_once(marian_one):
-    """float32 keeps only the packed copy of a prepacked linear (the LM head also keeps its dense weight, read
-    by the greedy screen), and ``dense_weights`` gives the exact dense weights back, for an export."""
+    """float32 keeps only the packed copy of every linear (oneDNN's, or the LM head's panels), and
+    ``dense_weights`` gives the exact dense weights back, for an export."""
     from safetensors.torch import load_file
 
     from turboseq.runtime.spec import linears
 
     model, path = marian_one
     spec = model.spec
-    layers = [lin for lin in linears(spec) if lin is not spec.lm_head]
-    assert layers and all(lin.weight.device.type == "meta" and lin.packed is not None for lin in layers)
-    assert spec.lm_head.weight.device.type == "cpu"
+    assert all(lin.weight.device.type == "meta" and lin.packed is not None for lin in linears(spec))
     stored = load_file(str(path / "model.safetensors"))
-    fc1 = spec.decoder.layers[0].ffn.fc1
+    fc1, head = spec.decoder.layers[0].ffn.fc1, spec.lm_head
     with compute.dense_weights(spec):
         assert fc1.packed is None and torch.equal(fc1.weight, stored["model.decoder.layers.0.fc1.weight"])
+        assert head.packed is None and torch.equal(head.weight, stored["lm_head.weight"])
         assert all(lin.weight.device.type == "cpu" for lin in linears(spec))
     assert fc1.weight.device.type == "meta" and fc1.packed is not None
+    assert isinstance(head.packed, packed.Panels)
 
 
 def test_int8_runs_outside_inference_mode_after_running_inside_it(marian_one):

@@ -407,8 +407,10 @@ def _embed_cases():
     openai = [
         ("missing-input", dict(json={"model": "x"}), 422, "validation_error", "`input` is required"),
         ("input-number", dict(json={"input": 3}), 422, "validation_error", "`input` must be a string"),
-        ("base64-format", dict(json={"input": "a", "encoding_format": "base64"}), 422, "validation_error", "float"),
-        ("extra-field", dict(json={"input": "a", "dimensions": 3}), 422, "validation_error", "dimensions"),
+        ("int8-format", dict(json={"input": "a", "encoding_format": "int8"}), 422, "validation_error", "base64"),
+        ("zero-dimensions", dict(json={"input": "a", "dimensions": 0}), 422, "validation_error", "from 1 to"),
+        ("bool-dimensions", dict(json={"input": "a", "dimensions": True}), 422, "validation_error", "dimensions"),
+        ("extra-field", dict(json={"input": "a", "truncate": True}), 422, "validation_error", "truncate"),
         ("malformed", dict(content=b"{", headers=j), 400, "invalid_json", "malformed"),
         ("nested", dict(content=_deep_json(50_000), headers=j), 400, "invalid_json", "nested too deeply"),
         (
@@ -419,7 +421,7 @@ def _embed_cases():
             "image/png",
         ),
         ("chunked-over-limit", dict(content=_chunks(300_000), headers=j), 413, "payload_too_large", "over the limit"),
-        ("too-many", dict(json={"input": ["a"] * 100}), 413, "too_many_inputs", "limit is 4"),
+        ("too-many", dict(json={"input": ["a"] * 2049}), 413, "too_many_inputs", "limit is 2048"),
         ("over-tokens", dict(json={"input": "word " * 200}), 422, "input_too_long", "at most 64"),
     ]
     cases += [

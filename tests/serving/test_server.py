@@ -242,6 +242,35 @@ def test_embeddings_endpoints(encoder_server):
     assert httpx.get(srv.url + "/info").json()["task"] == "feature-extraction"
 
 
+def test_the_openai_sdk_embeds_with_its_defaults(encoder_server):
+    """The ``openai`` SDK asks for base64 unless told otherwise; ``dimensions`` shortens and normalizes again;
+    more inputs than one engine batch (32 here) are answered in order, each equal to the library's vector."""
+    import openai
+    import torch
+    import torch.nn.functional as F
+
+    import turboseq
+
+    srv, path = encoder_server
+    model = turboseq.load(path)
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+    texts = [f"Sentence number {i} is about {('cats', 'rain', 'trains')[i % 3]}." for i in range(70)]
+    expected = model.embed(texts)
+    got = client.embeddings.create(model=path.name, input=texts)  # base64 on the wire
+    assert [d.index for d in got.data] == list(range(70))
+    assert torch.allclose(torch.tensor([d.embedding for d in got.data]), expected, atol=1e-5)
+    assert got.usage.prompt_tokens > 70
+    as_floats = client.embeddings.create(model=path.name, input=texts[:2], encoding_format="float")
+    assert torch.allclose(torch.tensor([d.embedding for d in as_floats.data]), expected[:2], atol=1e-5)
+    short = client.embeddings.create(model=path.name, input=texts[:3], dimensions=64)
+    vectors = torch.tensor([d.embedding for d in short.data])
+    assert vectors.shape == (3, 64)
+    assert torch.allclose(vectors, F.normalize(expected[:3, :64], dim=1), atol=1e-5)
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        client.embeddings.create(model=path.name, input="x", dimensions=385)
+    assert "`dimensions` must be an integer from 1 to 384 (the model's size)" in str(caught.value.body)
+
+
 def _events(response_text: str) -> list[dict]:
     return [json.loads(line[len("data: ") :]) for line in response_text.splitlines() if line.startswith("data: ")]
 

@@ -24,7 +24,7 @@ from turboseq.export.writer import check_format_version, read_carried_files
 from turboseq.formats.pt2 import read_export_metadata
 from turboseq.kinds import ModelKind
 from turboseq.models.text import Seq2SeqModel
-from turboseq.runtime.compute import prepack
+from turboseq.runtime.packed import prepack
 from turboseq.runtime.spec import Linear
 from turboseq.speech.model import SpeechModel
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from turboseq.runtime.cpu import Capability, at_least, auto_compute_type, cpu_info
+from turboseq.runtime.packed import Panels, prepack
 from turboseq.runtime.spec import Embeddings, Linear, linears, parts, stacks
 
 COMPUTE_TYPES = ("float32", "bfloat16", "int8", "int8_bfloat16")
@@ -102,23 +103,30 @@ def resolve_compute_type(name: str, device: torch.device | str = "cpu") -> Compu
 def dense_weights(spec):
     """Within the block, every linear of ``spec`` runs on its dense weight (its packed copy set aside, then put
     back): what tracing for ``torch.export`` needs, as oneDNN's opaque packed tensors cannot be exported."""
-    saved = [(lin, lin.weight, lin.packed) for lin in linears(spec)]
+    saved = [(part, part.weight, part.packed) for part in linears(spec)]
+    tables = [(emb, emb.tokens, emb.packed) for emb in parts(spec, Embeddings) if emb.packed is not None]
+    dense: dict[int, Tensor] = {}  # one dense copy per packed tensor (a tied table and head share it)
+
+    def unpacked(packed) -> Tensor:
+        if id(packed) not in dense:
+            # oneDNN's reorder back to the plain layout, or the panels' rows: the same values
+            dense[id(packed)] = packed.dense() if isinstance(packed, Panels) else packed.to_dense()
+        return dense[id(packed)]
+
     try:
         for lin, weight, packed in saved:
             if weight.device.type == "meta" and packed is not None and not lin.int8:
-                lin.weight = packed.to_dense()  # oneDNN's reorder back to the plain layout: the same values
+                lin.weight = unpacked(packed)
             lin.packed = None
+        for emb, _tokens, packed in tables:
+            emb.tokens, emb.packed = unpacked(packed), None
         yield
     finally:
-        for lin, weight, packed in saved:
-            lin.weight, lin.packed = weight, packed
-
-
-def prepack(lin: Linear) -> None:
-    """Reorder a CPU weight once into oneDNN's blocked layout (several times faster than BLAS for the 16-256
-    rows of batched decoding, no slower for one row; same precision, only the summation order differs)."""
-    if lin.weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
-        lin.packed = torch.ops.mkldnn._reorder_linear_weight(lin.weight.contiguous())
+        for part, weight, packed in saved + tables:
+            if isinstance(part, Linear):
+                part.weight, part.packed = weight, packed
+            else:
+                part.tokens, part.packed = weight, packed
 
 
 @dataclass
@@ -277,6 +285,12 @@ def prepare_linear(
         lin.bias = staging.keep(lin.bias, torch.float32)
         return
     reduced = reduced and bf16
+    if head and not reduced and on_cpu:
+        # float32's LM head: one copy, in panels (its embedding table, if tied, looks up from them: ``prepare``)
+        lin.packed = Panels.of(source, staging.release, screen=True)
+        lin.weight = source.to("meta")
+        lin.bias = staging.keep(lin.bias, torch.float32)
+        return
     dtype = torch.bfloat16 if reduced else torch.float32
     if reduced and bf16_weight is not None:
         lin.weight = bf16_weight
@@ -291,15 +305,14 @@ def prepare_linear(
         # no oneDNN: F.linear hands BLAS a contiguous [in, out] matrix, faster for few-row products
         lin.weight = lin.weight.t().contiguous().t()
         staging.release(source)
-    # float32's LM head keeps its dense weight (still a view when mapped: the loader's last pass copies it)
 
 
 def prepare(spec, ct: ComputeType, staging: Staging | None = None) -> None:
     """Lay every linear out for the fastest product of ``ct`` (weights on their device, float32 or the
     checkpoint's float type). A prepacked linear keeps only its packed form (a shape-only stand-in of the
-    dense weight stays; ``dense_weights`` gives it back for an export), except float32's LM head, whose exact
-    greedy shortcut reads rows of the dense weight. Linears laid out already (while the family mapped them)
-    are left as they are."""
+    dense weight stays; ``dense_weights`` gives it back for an export). float32's LM head on the CPU is held in
+    ``Panels``, and an embedding table tied to it looks up from the same panels (``Embeddings.packed``).
+    Linears laid out already (while the family mapped them) are left as they are."""
     staging = staging or Staging()
     # a table shared by the encoder and the decoder stays shared: id -> (source table, bfloat16 table)
     converted: dict[int, tuple[Tensor, Tensor]] = {}
@@ -322,7 +335,13 @@ def prepare(spec, ct: ComputeType, staging: Staging | None = None) -> None:
         prepare_linear(lin, ct, bf16, lin is head, staging, None if same is None else same[1])
 
     # on torch's threads, the largest (the LM head) first: quantizing and reordering are most of a load's time
+    head_table = None if head is None else head.weight
     in_threads(lay_out, sorted(linears(spec), key=lambda lin: -lin.weight.numel()))
+    if head is not None and isinstance(head.packed, Panels):
+        for emb in parts(spec, Embeddings):
+            if emb.tokens is head_table:  # tied: one copy, the head's
+                emb.tokens, emb.packed = head.weight, head.packed
+    del head_table
     staging.release_all()
     pack_pending(staging)
     if ct.reduced and ct.gemm == torch.int8:
@@ -339,7 +358,10 @@ def prepare(spec, ct: ComputeType, staging: Staging | None = None) -> None:
 
 
 def spec_device(spec) -> torch.device:
-    return spec.lm_head.weight.device if hasattr(spec, "lm_head") else spec.encoder.embed.tokens.device
+    if hasattr(spec, "lm_head"):
+        head = spec.lm_head
+        return head.packed.data.device if isinstance(head.packed, Panels) else head.weight.device
+    return spec.encoder.embed.tokens.device
 
 
 def weight_bytes(spec) -> int:
@@ -358,7 +380,11 @@ def weight_bytes(spec) -> int:
                 walk(item)
         elif hasattr(obj, "__dataclass_fields__"):
             for name in obj.__dataclass_fields__:
-                if isinstance(obj, Linear) and name == "packed":
+                if name == "packed" and isinstance(obj.packed, Panels):
+                    if id(obj.packed) not in seen:  # a tied head and table hold the same panels
+                        seen.add(id(obj.packed))
+                        sizes.append(obj.packed.nbytes)  # its bfloat16 screen included
+                elif isinstance(obj, Linear) and name == "packed":
                     if obj.packed is not None:
                         w = obj.weight
                         # int8: a byte per weight and a float32 scale per output channel

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from turboseq.runtime.compute import prepack
 from turboseq.runtime.layers import linear
+from turboseq.runtime.packed import Panels, Screen
 from turboseq.runtime.spec import Linear
 
 # blocks of this many columns: the vocabulary-wide reductions below run as a vectorized per-block maximum
@@ -78,24 +78,22 @@ class LMHead:
     def __init__(self, lin: Linear):
         self.lin = lin
         self.screened_steps = 0  # steps decided by screening (observability for tests and tuning)
-        # float32 only (reduced compute types take their own argmax; their dense weight is a stand-in)
-        self.screen = lin.weight.dtype == torch.float32 and not lin.int8 and lin.weight.device.type != "meta"
-        if self.screen:
-            weight_bf16 = lin.weight.to(torch.bfloat16)
-            # in blocks of rows: float32 temporaries of a whole 58k-row head would double a load's peak memory
-            rounding = norm_bf16 = 0.0
-            for a in range(0, weight_bf16.shape[0], 4096):
-                block = weight_bf16[a : a + 4096].float()
-                rounding = max(rounding, (lin.weight[a : a + 4096] - block).norm(dim=1).max().item())
-                norm_bf16 = max(norm_bf16, block.norm(dim=1).max().item())
-            self.rounding, self.norm_bf16 = rounding, norm_bf16
-            # rounding of a float32-accumulated dot product of length n is below n * 2**-24 * |a| |b| (x2 margin)
-            self.slack = 2.0 * lin.weight.shape[1] * 2.0**-24 * norm_bf16
+        # float32 only (reduced compute types take their own argmax; their dense weight is a stand-in); on the
+        # CPU the float32 weight is held in panels, made with their screen (``runtime.packed``), elsewhere dense
+        self.panels = lin.packed if isinstance(lin.packed, Panels) else None
+        screen = None
+        if self.panels is not None:
+            screen = self.panels.screen
+        elif lin.weight.dtype == torch.float32 and not lin.int8 and lin.weight.device.type != "meta":
+            screen = Screen.of(lambda a, b: lin.weight[a:b], tuple(lin.weight.shape), lin.weight.device)
+        self.screen = screen is not None
+        if screen is not None:
+            self.lin_bf16, self.rounding, self.slack = screen.lin, screen.rounding, screen.slack
+            self.norm_bf16 = screen.norm_bf16
 
-            self.lin_bf16 = Linear(weight_bf16)
-            prepack(self.lin_bf16)
-            if self.lin_bf16.packed is not None:
-                self.lin_bf16.weight = weight_bf16.to("meta")  # the packed copy is the screen's weight
+    def _rows(self, index: Tensor) -> Tensor:
+        """Rows of the float32 weight."""
+        return self.panels.take(index) if self.panels is not None else self.lin.weight.index_select(0, index)
 
     def logits(self, h: Tensor) -> Tensor:
         """float32 logits [rows, vocab] in every compute type."""
@@ -122,7 +120,7 @@ class LMHead:
         columns = candidates.any(dim=0).nonzero().squeeze(1)
         if columns.numel() > self.MAX_CANDIDATE_FRACTION * approx.shape[1]:
             return None
-        exact = F.linear(h, self.lin.weight.index_select(0, columns))
+        exact = F.linear(h, self._rows(columns))
         if self.lin.bias is not None:
             exact += self.lin.bias.index_select(0, columns)
         approx[:, columns] = exact

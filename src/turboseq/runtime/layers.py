@@ -16,6 +16,7 @@ from torch import Tensor
 from turboseq.runtime.cache import DecoderState
 from turboseq.runtime.compute import int8_linear
 from turboseq.runtime.cpu import Capability, at_least
+from turboseq.runtime.packed import Panels
 from turboseq.runtime.spec import (
     AudioFrontEnd,
     CausalLMSpec,
@@ -63,6 +64,8 @@ def linear(x: Tensor, lin: Linear, activation: str | None = None) -> Tensor:
     fused = False
     if lin.int8:
         y = int8_linear(x, lin)
+    elif isinstance(lin.packed, Panels):
+        y = lin.packed.matmul(x, lin.bias)
     else:
         if x.dtype != lin.weight.dtype:
             x = x.to(lin.weight.dtype)
@@ -131,7 +134,10 @@ def relative_position_bias(bias: RelativePositionBias, query_start: int, query_l
 def embed(emb: Embeddings, ids: Tensor, start: int = 0, positions: Tensor | None = None) -> Tensor:
     """Token embeddings (scaled) plus positions ``start .. start + len - 1`` for ids [batch, len], or plus
     the given ``positions`` (one per id, any shape: packed sequences)."""
-    x = F.embedding(ids, emb.tokens).float()  # reduced compute types store the table in bfloat16
+    if emb.packed is not None:  # tied to a float32 LM head, held in its panels
+        x = emb.packed.take(ids)
+    else:
+        x = F.embedding(ids, emb.tokens).float()  # reduced compute types store the table in bfloat16
     if emb.scale != 1.0:
         x = x * emb.scale
     if emb.token_type is not None:

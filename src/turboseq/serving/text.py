@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import math
+import struct
 import threading
 from dataclasses import dataclass
 
@@ -217,23 +221,55 @@ class EmbeddingTask(TextTask[bool]):
         return [Route("/v1/embeddings", self.openai_embeddings)]
 
     async def openai_embeddings(self, service, request):
+        """OpenAI's embeddings: ``encoding_format`` float or base64 (the ``openai`` SDK asks for base64 unless
+        told otherwise), ``dimensions`` (the first ones, normalized again where the model normalizes, as
+        text-embeddings-inference does), and up to ``MAX_EMBEDDING_INPUTS`` inputs, queued in engine batches."""
         service.ensure_ready()
         check_json_content_type(request.headers.get("content-type", ""))
         body = json_fields(
             decode_json(await service.read_body(request), service.config.max_payload_bytes),
-            {"input", "model", "encoding_format", "user"},
+            {"input", "model", "encoding_format", "dimensions", "user"},
             "input",
         )
-        if body.get("encoding_format", "float") != "float":
-            raise invalid('`encoding_format`: only "float" is supported')
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            raise invalid('`encoding_format` must be "float" or "base64"')
+        width, dimensions = self.model.spec.d_model, body.get("dimensions")
+        if dimensions is not None and (type(dimensions) is not int or not 1 <= dimensions <= width):
+            raise invalid(f"`dimensions` must be an integer from 1 to {width} (the model's size)")
         inputs = text_list(body["input"], "input")
-        self.check_count(len(inputs))
-        parsed = await service.off_loop(self.tokenize, inputs, {})
-        vectors = await service.infer(request, parsed)
-        tokens = sum(len(ids) for ids in parsed.rows)
+        if len(inputs) > MAX_EMBEDDING_INPUTS:
+            raise RequestError(
+                413,
+                f"{len(inputs)} inputs in one request; the limit is {MAX_EMBEDDING_INPUTS}",
+                "too_many_inputs",
+            )
+        size = self.max_batch_size
+        chunks = [inputs[i : i + size] for i in range(0, len(inputs), size)] or [[]]
+        parsed = [await service.off_loop(self.tokenize, chunk, {}) for chunk in chunks]
+        answers = await asyncio.gather(*(service.infer(request, p) for p in parsed))
+        vectors = [vector for answer in answers for vector in answer]
+        tokens = sum(len(ids) for p in parsed for ids in p.rows)
+        if dimensions is not None:
+            vectors = [_shortened(v, dimensions, self.model.spec.pooling.normalize) for v in vectors]
+        if encoding == "base64":  # little-endian float32, as OpenAI sends them
+            vectors = [base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode("ascii") for v in vectors]
         return {
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
             "model": service.name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+
+# OpenAI's limit of inputs per embeddings request (each engine batch still takes at most --max-batch-size)
+MAX_EMBEDDING_INPUTS = 2048
+
+
+def _shortened(vector: list[float], dimensions: int, normalize: bool) -> list[float]:
+    """The first ``dimensions`` values, scaled back to unit length when the model's vectors are normalized."""
+    head = vector[:dimensions]
+    if not normalize:
+        return head
+    norm = math.sqrt(sum(x * x for x in head))
+    return [x / norm for x in head] if norm > 0 else head
