@@ -239,6 +239,7 @@ def test_input_that_is_not_utf8_is_named(marian_one, tmp_path):
     [
         (["--port", "99999"], "argument --port: must be a port number in 0-65535, got 99999"),
         (["--request-timeout-s", "0"], "argument --request-timeout-s: must be > 0, got 0"),
+        (["--timeout-per-audio-second", "-1"], "argument --timeout-per-audio-second: must be >= 0, got -1"),
         (["--batch-wait-ms", "-5"], "argument --batch-wait-ms: must be >= 0 and <= 10000, got -5"),
         (["--header-timeout-s", "nan"], "argument --header-timeout-s: must be > 0"),
         (["--max-beams", "0"], "argument --max-beams: must be >= 1, got 0"),

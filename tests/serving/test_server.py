@@ -491,6 +491,27 @@ def speech_clips(tmp_path_factory):
     return synthesize(SENTENCES[:4], tmp_path_factory.mktemp("server-speech"))
 
 
+def test_speech_time_follows_the_audio(speech_dir):
+    """A recording far longer than the base timeout allows is transcribed: a speech request may take
+    ``--timeout-per-audio-second`` (1 s by default) more per second of its audio."""
+    import time
+
+    from turboseq.bench.speech import long_recording, whisper_ct2_dir
+
+    wav = long_recording(speech_dir).read_bytes()  # about 3.5 minutes
+    srv = ServerProcess(whisper_ct2_dir(), "--request-timeout-s", "1")
+    try:
+        assert httpx.get(srv.url + "/info").json()["limits"]["timeout_per_audio_second"] == 1.0
+        began = time.perf_counter()
+        r = httpx.post(srv.url + "/", content=wav, headers={"content-type": "audio/wav"}, timeout=300)
+        took = time.perf_counter() - began
+        assert r.status_code == 200, r.text
+        assert took > 1.0  # over the base timeout: only the allowance for its audio let it finish
+        assert "raining" in r.json()["text"].lower()
+    finally:
+        srv.stop()
+
+
 def test_speech_task_format_and_batching(speech_server, speech_clips):
     import base64
 

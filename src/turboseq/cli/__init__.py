@@ -210,6 +210,7 @@ def _serve(args) -> int:
         batch_wait_ms=wait_ms,
         max_queue=args.max_queue,
         request_timeout_s=args.request_timeout_s,
+        timeout_per_audio_second=args.timeout_per_audio_second,
         max_input_tokens=args.max_input_tokens,
         max_payload_bytes=args.max_payload_bytes,
         batching=not args.no_batching,

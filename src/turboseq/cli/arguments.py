@@ -25,6 +25,10 @@ def seconds(text: str) -> float:
     return number(text, 0.0)
 
 
+def non_negative(text: str) -> float:
+    return number(text, 0.0, low_included=True)
+
+
 def wait_ms(text: str) -> float:
     return number(text, 0.0, 10_000.0, low_included=True)
 

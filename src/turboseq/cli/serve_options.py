@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from turboseq.cli.arguments import dtype_option, port, positive_int, seconds, wait_ms
+from turboseq.cli.arguments import dtype_option, non_negative, port, positive_int, seconds, wait_ms
 
 
 def add_serve(verbs) -> None:
@@ -29,6 +29,12 @@ def add_serve(verbs) -> None:
     )
     sv.add_argument("--max-queue", type=positive_int, default=256, help="waiting requests before 429")
     sv.add_argument("--request-timeout-s", type=seconds, default=60.0, help="per-request limit before 504")
+    sv.add_argument(
+        "--timeout-per-audio-second",
+        type=non_negative,
+        default=1.0,
+        help="speech: seconds a request may take per second of its audio, on top of --request-timeout-s (default: 1)",
+    )
     sv.add_argument("--max-input-tokens", type=positive_int, help="per-input token limit (default: the model's)")
     sv.add_argument(
         "--max-payload-bytes",

@@ -94,10 +94,10 @@ class Service:
             if parsed.rows:
                 job = self._submit(request, parsed)
                 try:
-                    outputs = await asyncio.wait_for(asyncio.shield(job.future), self.config.request_timeout_s)
+                    outputs = await asyncio.wait_for(asyncio.shield(job.future), job.timeout_s)
                 except asyncio.TimeoutError:
                     job.cancelled = True
-                    raise self._timeout() from None
+                    raise self._timeout(job) from None
                 except Cancelled:
                     raise self._client_closed() from None
                 finally:
@@ -111,7 +111,8 @@ class Service:
                 parsed.release()
 
     def _submit(self, request: Request, parsed: Parsed, on_token=None) -> Job:
-        job = Job(parsed.rows, parsed.prepared, asyncio.get_running_loop().create_future(), on_token)
+        future = asyncio.get_running_loop().create_future()
+        job = Job(parsed.rows, parsed.prepared, future, on_token, timeout_s=self.task.time_allowed(parsed, self.config))
         self.batcher.submit(job)
         job.watcher = asyncio.create_task(self._watch_disconnect(request, job))
         return job
@@ -125,8 +126,9 @@ class Service:
                 return
             await asyncio.sleep(0.05)
 
-    def _timeout(self) -> RequestError:
-        return RequestError(504, f"request took over {self.config.request_timeout_s} s", "timeout")
+    @staticmethod
+    def _timeout(job: Job) -> RequestError:
+        return RequestError(504, f"request took over {job.timeout_s:g} s", "timeout")
 
     @staticmethod
     def _client_closed() -> RequestError:
@@ -160,7 +162,7 @@ class Service:
         tokens: asyncio.Queue = asyncio.Queue()
         job = self._submit(request, parsed, lambda _row, token: loop.call_soon_threadsafe(tokens.put_nowait, token))
         job.future.add_done_callback(lambda _: tokens.put_nowait(None))  # after every token of the batch
-        deadline = job.enqueued + self.config.request_timeout_s
+        deadline = job.enqueued + job.timeout_s
         try:
             first = await self._next_token(tokens, job, deadline)
         except BaseException:
@@ -176,7 +178,7 @@ class Service:
             token = await asyncio.wait_for(tokens.get(), max(0.0, deadline - time.perf_counter()))
         except asyncio.TimeoutError:
             job.cancelled = True
-            raise self._timeout() from None
+            raise self._timeout(job) from None
         if token is None:
             try:
                 job.future.result()

@@ -27,6 +27,7 @@ class Job:
     future: asyncio.Future
     on_token: Callable[[int, int], None] | None = None  # streaming: (row of this job, token), engine thread
     enqueued: float = field(default_factory=time.perf_counter)
+    timeout_s: float = 60.0  # the time it is allowed (``Task.time_allowed``), from ``enqueued``
     cancelled: bool = False  # the client left or the time ran out: drop it from the queue or the batch
     watcher: asyncio.Task | None = None
     sent: dict = field(default_factory=dict)  # streaming: tokens passed on per row of this job
@@ -76,7 +77,8 @@ class Batcher:
         rows should have left within a step): None while it makes progress."""
         if self.running_since is None:
             return None
-        overdue = time.perf_counter() - self.running_since - self.config.request_timeout_s - STALL_GRACE_S
+        allowed = max((job.timeout_s for job in self.running), default=self.config.request_timeout_s)
+        overdue = time.perf_counter() - self.running_since - allowed - STALL_GRACE_S
         return overdue if overdue > 0 else None
 
     def cancel_all(self) -> None:

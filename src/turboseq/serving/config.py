@@ -13,6 +13,9 @@ class ServerConfig:
     batch_wait_ms: float = 5.0
     max_queue: int = 256  # waiting requests before 429
     request_timeout_s: float = 60.0
+    # speech: a request may take this many more seconds per second of its audio (a 30-minute recording: 30 more
+    # minutes on top of request_timeout_s; tiny.en takes ~1/25 of that on 2 cores)
+    timeout_per_audio_second: float = 1.0
     batching: bool = True  # False: one request per engine call (for comparison)
     # what one request may ask for (422 past a limit, naming it)
     max_input_tokens: int | None = None  # default: the model's position limit
@@ -75,6 +78,9 @@ class ServerConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, float)) or not 0 < value < float("inf")):
                 raise ValueError(f"`{name}` must be a number > 0, got {value!r}")
+        value = self.timeout_per_audio_second
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise ValueError(f"`timeout_per_audio_second` must be a number >= 0, got {value!r}")
         if not isinstance(self.batch_wait_ms, (int, float)) or not 0 <= self.batch_wait_ms <= 10_000:
             raise ValueError(f"`batch_wait_ms` must be in [0, 10000], got {self.batch_wait_ms!r}")
 

@@ -115,6 +115,12 @@ class SpeechTask(Task[SpeechRequest]):
             waves.append(wave)
         return waves, release
 
+    def time_allowed(self, parsed, config) -> float:
+        """``--request-timeout-s`` plus ``--timeout-per-audio-second`` for each second of the request's audio:
+        the time follows the work (a 30-minute recording is not cut off at 60 s)."""
+        seconds = sum(len(wave) for wave in parsed.rows) / SAMPLE_RATE
+        return config.request_timeout_s + config.timeout_per_audio_second * seconds
+
     def check_cost(self, parsed, limits) -> None:
         # per 30 s window: long audio is bounded by --max-audio-seconds, and its windows by --max-batch-size;
         # a window is decoded again at each fallback temperature, with best_of samples at those above 0

@@ -66,6 +66,11 @@ class Task(Generic[S]):
                 413, f"{count} inputs in one request; the limit is {self.max_batch_size}", "too_many_inputs"
             )
 
+    def time_allowed(self, parsed: Parsed, config) -> float:
+        """Seconds the request may take, queue included, before it is answered 504 (``--request-timeout-s``;
+        tasks whose work grows with the input add to it)."""
+        return config.request_timeout_s
+
     def check_cost(self, parsed: Parsed, limits) -> None:
         """Raises RequestError (422, naming the limit) when the request asks for more work than the server's
         ``limits`` (``ServerConfig``) allow. Called once its settings are resolved, before it is queued."""
