@@ -22,7 +22,6 @@ from torch import Tensor
 from turboseq.errors import ModelLoadError
 from turboseq.formats.hf import SAFETENSORS_DTYPES, load_weights, read_json, release_pages
 from turboseq.runtime.compute import int8_parts, largest_first, pack_int8
-from turboseq.runtime.packed import Panels
 from turboseq.runtime.spec import Linear
 
 FORMAT = "turboseq-reduced"
@@ -71,8 +70,6 @@ def _held(lin: Linear) -> dict[str, Tensor]:
     out = {}
     if lin.int8:
         out["weight"], out["weight_scale"] = int8_parts(lin)
-    elif isinstance(lin.packed, Panels):
-        out["weight"] = lin.packed.dense()
     elif lin.weight.device.type == "meta":
         out["weight"] = lin.packed.to_dense()  # oneDNN's reorder back to the plain layout: the same values
     else:

@@ -103,7 +103,7 @@ def resolve_compute_type(name: str, device: torch.device | str = "cpu") -> Compu
 def dense_weights(spec):
     """Within the block, every linear of ``spec`` runs on its dense weight (its packed copy set aside, then put
     back): what tracing for ``torch.export`` needs, as oneDNN's opaque packed tensors cannot be exported."""
-    saved = [(part, part.weight, part.packed) for part in linears(spec)]
+    saved = [(lin, lin.weight, lin.packed) for lin in linears(spec)]
     tables = [(emb, emb.tokens, emb.packed) for emb in parts(spec, Embeddings) if emb.packed is not None]
     dense: dict[int, Tensor] = {}  # one dense copy per packed tensor (a tied table and head share it)
 
@@ -122,11 +122,10 @@ def dense_weights(spec):
             emb.tokens, emb.packed = unpacked(packed), None
         yield
     finally:
-        for part, weight, packed in saved + tables:
-            if isinstance(part, Linear):
-                part.weight, part.packed = weight, packed
-            else:
-                part.tokens, part.packed = weight, packed
+        for lin, weight, packed in saved:
+            lin.weight, lin.packed = weight, packed
+        for emb, tokens, packed in tables:
+            emb.tokens, emb.packed = tokens, packed
 
 
 @dataclass

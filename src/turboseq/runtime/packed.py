@@ -116,7 +116,7 @@ class Panels:
     def take(self, index: Tensor) -> Tensor:
         """``W[index]``: float32 rows [*index.shape, d] (``F.embedding`` of the tied table)."""
         flat = index.reshape(-1)
-        out = self.data[torch.div(flat, PANEL, rounding_mode="floor"), :, flat % PANEL]
+        out = self.data[flat // PANEL, :, flat % PANEL]
         return out.view(*index.shape, self.data.shape[1])
 
     def rows_between(self, a: int, b: int) -> Tensor:
