@@ -160,11 +160,12 @@ def test_unregistered_model_class_is_a_clear_error():
 def test_registered_tasks_cover_every_model_class():
     import turboseq.serving.app  # noqa: F401  (the server registers the built-in tasks)
     from turboseq import EncoderModel, Seq2SeqModel, SpeechModel
+    from turboseq.serving.encoders import encoder_task
     from turboseq.serving.speech import SpeechTask
     from turboseq.serving.tasks import TASKS
-    from turboseq.serving.text import EmbeddingTask, GenerationTask
+    from turboseq.serving.text import GenerationTask
 
-    assert TASKS[Seq2SeqModel] is GenerationTask and TASKS[EncoderModel] is EmbeddingTask
+    assert TASKS[Seq2SeqModel] is GenerationTask and TASKS[EncoderModel] is encoder_task
     assert TASKS[SpeechModel] is SpeechTask
     assert not issubclass(SpeechModel, Seq2SeqModel)  # sibling front ends on one engine
 

@@ -76,6 +76,34 @@ def encode_texts(
     return rows
 
 
+def encode_pairs(
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    limit: int,
+    truncation: bool,
+    indices: Sequence[int] | None = None,
+    hint: str = "pass truncation=True to cut it",
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of each (text, text pair), as the tokenizer joins a pair, and each token's segment (0 for the
+    first text, 1 for the second where the model tells them apart); ``encode_texts``' limit and truncation
+    (the longer text of a pair is cut first)."""
+    if not len(pairs):
+        return [], []
+    firsts, seconds = [a for a, _ in pairs], [b for _, b in pairs]
+    out = tokenizer(
+        firsts,
+        seconds,
+        truncation="longest_first" if truncation else False,
+        max_length=limit if truncation else None,
+        return_token_type_ids=True,
+    )
+    rows = out["input_ids"]
+    for n, ids in enumerate(rows):
+        if len(ids) > limit:
+            raise InputTooLong(indices[n] if indices is not None else n, len(ids), limit, hint)
+    return rows, out["token_type_ids"]
+
+
 class MarianText:
     """transformers' ``MarianTokenizer`` for what turboseq asks of it (encode, decode, the special ids), on
     sentencepiece and the vocabulary alone: importing transformers and building its tokenizer take 1.5 s, most of

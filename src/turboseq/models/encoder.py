@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from turboseq.formats.tokenizer import encode_texts, load_tokenizer
+from turboseq.formats.tokenizer import encode_pairs, encode_texts, load_tokenizer
 from turboseq.generation.batching import make_batches
 from turboseq.models.progress import progress_bar
 from turboseq.runtime.layers import encode, encode_packed, linear
@@ -90,9 +90,18 @@ class EncoderModel:
         return [torch.tensor(ids, dtype=torch.long) for ids in rows]
 
     @torch.inference_mode()
-    def _run(self, rows: list[Tensor], batch_size, max_batch_tokens, fn, progress_desc: str | None = None) -> list:
+    def _run(
+        self,
+        rows: list[Tensor],
+        batch_size,
+        max_batch_tokens,
+        fn,
+        progress_desc: str | None = None,
+        segments: list[Tensor] | None = None,
+    ) -> list:
         """Sort ``rows`` (token id tensors) by length into packed batches, apply ``fn(hidden, lengths)`` to each
-        batch's packed states, and return its per-row results in input order."""
+        batch's packed states, and return its per-row results in input order. ``segments``: each row's token
+        segments (sentence pairs), or None for segment 0 throughout."""
         lengths = [len(r) for r in rows]
         order = sorted(range(len(rows)), key=lambda i: -lengths[i])
         results: list = [None] * len(rows)
@@ -100,23 +109,28 @@ class EncoderModel:
             for chunk in make_batches(order, lengths, batch_size, max_batch_tokens):
                 tokens = torch.cat([rows[i] for i in chunk]).to(self.device)
                 lens = torch.tensor([lengths[i] for i in chunk], device=self.device)
-                hidden = encode_packed(self.spec.encoder, tokens, lens)
+                types = None if segments is None else torch.cat([segments[i] for i in chunk]).to(self.device)
+                hidden = encode_packed(self.spec.encoder, tokens, lens, types)
                 for i, value in zip(chunk, fn(hidden, lens)):
                     results[i] = value
                 bar.update(len(chunk))
         return results
+
+    def _checked_rows(self, rows: Sequence[Sequence[int]]) -> list[Tensor]:
+        tensors = [torch.as_tensor(list(r), dtype=torch.long) for r in rows]
+        for i, t in enumerate(tensors):
+            if not 1 <= len(t) <= self.spec.max_positions:
+                raise ValueError(f"row {i} has {len(t)} tokens; rows need 1 to {self.spec.max_positions}")
+        return tensors
 
     def embed_ids(
         self, rows: Sequence[Sequence[int]], *, batch_size: int = 32, normalize: bool | None = None
     ) -> Tensor:
         """``embed`` for token id lists (special tokens included), e.g. from your own tokenizer call."""
         norm = self.spec.pooling.normalize if normalize is None else normalize
-        tensors = [torch.as_tensor(list(r), dtype=torch.long) for r in rows]
+        tensors = self._checked_rows(rows)
         if not tensors:
             return torch.zeros((0, self.spec.d_model))
-        for i, t in enumerate(tensors):
-            if not 1 <= len(t) <= self.spec.max_positions:
-                raise ValueError(f"row {i} has {len(t)} tokens; rows need 1 to {self.spec.max_positions}")
         vectors = self._run(tensors, batch_size, None, lambda hidden, lens: self._pool(hidden.float(), lens, norm))
         return torch.stack(vectors).cpu()
 
@@ -145,19 +159,68 @@ class EncoderModel:
         )
         return torch.stack(vectors).cpu()
 
-    def classify(
-        self, texts: Sequence[str], *, batch_size: int = 32, truncation: bool = False, progress: bool = False
-    ) -> list[dict]:
-        """The top label and its softmax score per text: [{"label": ..., "score": ...}, ...]."""
-        head = self.spec.classifier
-        if head is None:
+    def token_states_ids(self, rows: Sequence[Sequence[int]], *, batch_size: int = 32) -> list[Tensor]:
+        """Each row's last hidden states [len, d_model] (float32), for token id lists: one vector per token, as
+        text-embeddings-inference's ``/embed_all`` gives them."""
+        tensors = self._checked_rows(rows)
+        return self._run(
+            tensors, batch_size, None, lambda hidden, lens: [h.float().cpu() for h in hidden.split(lens.tolist())]
+        )
+
+    def class_logits_ids(
+        self,
+        rows: Sequence[Sequence[int]],
+        *,
+        segments: Sequence[Sequence[int]] | None = None,
+        batch_size: int = 32,
+    ) -> Tensor:
+        """The classification head's logits [len(rows), labels] (float32) for token id lists; ``segments``: each
+        row's token segments, for sentence pairs (``encode_pairs``)."""
+        head = self._head()
+        tensors = self._checked_rows(rows)
+        if not tensors:
+            return torch.zeros((0, len(head.labels)))
+        types = None if segments is None else [torch.as_tensor(list(s), dtype=torch.long) for s in segments]
+        return torch.stack(
+            self._run(tensors, batch_size, None, lambda h, lens: self._logits(h, lens).cpu(), segments=types)
+        )
+
+    def _head(self):
+        if self.spec.classifier is None:
             raise ValueError(f"{self.path}: the model has no sequence-classification head")
+        return self.spec.classifier
+
+    def _logits(self, hidden: Tensor, lengths: Tensor) -> Tensor:
+        """The head's float32 logits [batch, labels] from packed states: its first token's (CLS / <s>) state."""
+        head = self.spec.classifier
+        first = hidden[torch.cumsum(lengths, 0) - lengths]
+        return linear(torch.tanh(linear(first, head.dense)), head.out).float()
+
+    def classify(
+        self,
+        texts: Sequence[str],
+        *,
+        text_pairs: Sequence[str] | None = None,
+        batch_size: int = 32,
+        truncation: bool = False,
+        progress: bool = False,
+    ) -> list[dict]:
+        """The top label and its softmax score per text (or per (text, text pair), as a cross-encoder reads
+        them): [{"label": ..., "score": ...}, ...]."""
+        head = self._head()
+        if text_pairs is not None and len(text_pairs) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text pairs")
         if not len(texts):
             return []
+        if text_pairs is None:
+            rows, types = self._encode_texts(texts, truncation), None
+        else:
+            ids, segs = encode_pairs(self.tokenizer, list(zip(texts, text_pairs)), self.spec.max_positions, truncation)
+            rows, types = [torch.tensor(r) for r in ids], [torch.tensor(s) for s in segs]
 
         def top(hidden, lens):
-            first = hidden[torch.cumsum(lens, 0) - lens]
-            probs = linear(torch.tanh(linear(first, head.dense)), head.out).float().softmax(-1)
+            probs = self._logits(hidden, lens).softmax(-1)
             return [{"label": head.labels[int(i)], "score": float(p[i])} for p, i in zip(probs, probs.argmax(-1))]
 
-        return self._run(self._encode_texts(texts, truncation), batch_size, None, top, "classify" if progress else None)
+        desc = "classify" if progress else None
+        return self._run(rows, batch_size, None, top, desc, segments=types)

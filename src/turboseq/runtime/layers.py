@@ -131,9 +131,12 @@ def relative_position_bias(bias: RelativePositionBias, query_start: int, query_l
     return F.embedding(_relative_buckets(keys - queries, bias), bias.table).permute(2, 0, 1)[None]
 
 
-def embed(emb: Embeddings, ids: Tensor, start: int = 0, positions: Tensor | None = None) -> Tensor:
+def embed(
+    emb: Embeddings, ids: Tensor, start: int = 0, positions: Tensor | None = None, segments: Tensor | None = None
+) -> Tensor:
     """Token embeddings (scaled) plus positions ``start .. start + len - 1`` for ids [batch, len], or plus
-    the given ``positions`` (one per id, any shape: packed sequences)."""
+    the given ``positions`` (one per id, any shape: packed sequences). ``segments`` (one per id) pick BERT's
+    segment embeddings (a sentence pair's second text is segment 1); without them every id is segment 0."""
     if emb.packed is not None:  # tied to a float32 LM head, held in its panels
         x = emb.packed.take(ids)
     else:
@@ -141,7 +144,7 @@ def embed(emb: Embeddings, ids: Tensor, start: int = 0, positions: Tensor | None
     if emb.scale != 1.0:
         x = x * emb.scale
     if emb.token_type is not None:
-        x = x + emb.token_type
+        x = x + (emb.token_type[0] if segments is None else emb.token_type[segments])
     if emb.positions is not None:
         x = x + (emb.positions[positions] if positions is not None else emb.positions[start : start + ids.shape[1]])
     if emb.norm is not None:
@@ -225,7 +228,7 @@ def _length_groups(lengths: Tensor) -> list[Tensor]:
     return [torch.tensor(g, device=lengths.device) for g in groups]
 
 
-def encode_packed(stack: Stack, tokens: Tensor, lengths: Tensor) -> Tensor:
+def encode_packed(stack: Stack, tokens: Tensor, lengths: Tensor, segments: Tensor | None = None) -> Tensor:
     """Run an encoder stack on sequences packed end to end (no padding); returns [total_tokens, d_model].
 
     ``tokens`` [total] holds the sequences one after the other, ``lengths`` [batch] their lengths. Embeddings,
@@ -234,7 +237,8 @@ def encode_packed(stack: Stack, tokens: Tensor, lengths: Tensor) -> Tensor:
     padded [group, heads, longest, head_dim] layout for one SDPA call with a key mask. On mixed batches (short
     sentences plus a long paragraph) that beats one padded SDPA call for the whole batch, whose attention the
     long rows dominate (README: encoder benchmark).
-    Absolute positions restart at 0 for every sequence (no relative position bias).
+    Absolute positions restart at 0 for every sequence (no relative position bias). ``segments`` [total]: BERT's
+    segment of each token (``embed``).
     """
     device = tokens.device
     starts = torch.cumsum(lengths, 0) - lengths
@@ -253,7 +257,7 @@ def encode_packed(stack: Stack, tokens: Tensor, lengths: Tensor) -> Tensor:
         slots = rank[seq[token_idx]] * longest + pos[token_idx]
         key_mask = (torch.arange(longest, device=device)[None, :] < glen[:, None])[:, None, None, :]
         plans.append((token_idx, slots, group.numel(), longest, key_mask))
-    x = embed(stack.embed, tokens, positions=pos)
+    x = embed(stack.embed, tokens, positions=pos, segments=segments)
     for layer in stack.layers:
 
         def self_attention(h, attn: SelfAttention = layer.self_attn):

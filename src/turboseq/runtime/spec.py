@@ -95,7 +95,7 @@ class Embeddings:
     scale: float = 1.0  # multiplies token embeddings (sqrt(d_model) where the family scales them)
     positions: Tensor | None = None  # [max_positions, d_model], added after scaling
     norm: LayerNorm | None = None  # layernorm_embedding of BART-style models
-    token_type: Tensor | None = None  # [d_model]: BERT's segment-0 embedding, added before the positions
+    token_type: Tensor | None = None  # [segments, d_model]: BERT's segment embeddings, added before the positions
     # set by ``runtime.compute.prepare``: the LM head's panels when the table is tied to a float32 head (then
     # ``tokens`` is a shape-only stand-in and rows are looked up from them)
     packed: object = field(default=None, repr=False, compare=False)

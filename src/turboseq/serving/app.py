@@ -24,6 +24,7 @@ from pathlib import Path
 from fastapi import Request  # module level: FastAPI resolves handler annotations here
 
 import turboseq.serving.causal  # noqa: F401  (registers the built-in tasks)
+import turboseq.serving.encoders  # noqa: F401
 import turboseq.serving.speech  # noqa: F401
 import turboseq.serving.text  # noqa: F401
 from turboseq.runtime.cpu import cpu_info
@@ -341,6 +342,7 @@ def _add_operations_routes(app, service: Service, model) -> None:
             + ["/v1/models"],
             "docs": "/docs",  # FastAPI's interactive page of every route
             "limits": {**config.limits(), "max_input_tokens": task.max_input_tokens},
+            **task.info(service),
         }
 
     created = int(time.time())
@@ -408,7 +410,7 @@ def _add_task_routes(app, service: Service) -> None:
         return run
 
     for route in task.routes():
-        app.add_api_route(route.path, endpoint(route.handler), methods=["POST"])
+        app.add_api_route(route.path, endpoint(route.handler), methods=list(route.methods))
 
 
 def serve(

@@ -5,8 +5,8 @@ disconnects, drain and metrics, and knows nothing of text, audio or vectors. A `
 body becomes engine rows, how its parameters resolve into settings (once, carried with the job), how much
 of the batch budget a row takes, how a batch runs, how answers are shaped, which extra routes (OpenAI's)
 exist and how to warm up. Tasks are registered per model class (``@register(ModelClass)``): a new kind of
-model plugs in by registering its task, with no server change. The built-in ones live in ``serving.text``
-and ``serving.speech``.
+model plugs in by registering its task, with no server change. The built-in ones live in ``serving.text``,
+``serving.encoders``, ``serving.causal`` and ``serving.speech``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class Route:
 
     path: str
     handler: Callable
+    methods: tuple[str, ...] = ("POST",)
 
 
 class Task(Generic[S]):
@@ -111,6 +112,10 @@ class Task(Generic[S]):
 
     def routes(self) -> list[Route]:
         return []
+
+    def info(self, service) -> dict:
+        """Fields this task adds to ``GET /info`` (the ones its API's clients read)."""
+        return {}
 
 
 def sse_event(data: dict) -> str:

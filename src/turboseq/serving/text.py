@@ -1,31 +1,26 @@
-"""The text tasks: generation (translation, text-to-text, streamed token by token) and embeddings."""
+"""The text tasks' shared parsing, and generation (translation, text-to-text, streamed token by token)."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
-import math
-import struct
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from turboseq.errors import InputTooLong
+from turboseq.formats.languages import language_pair
 from turboseq.formats.tokenizer import encode_texts
 from turboseq.generation.settings import GenerationSettings, check_seed
-from turboseq.models.encoder import EncoderModel
 from turboseq.models.text import Seq2SeqModel
+from turboseq.serving import libretranslate
 from turboseq.serving.requests import (
     Parsed,
     Prepared,
     RequestError,
     check_json_content_type,
     check_not_server_owned,
-    decode_json,
     invalid,
-    json_fields,
     task_body,
-    text_list,
 )
 from turboseq.serving.tasks import Route, S, Task, check_generation_cost, doubling, register
 
@@ -43,12 +38,13 @@ class TextTask(Task[S]):
         self.check_count(len(inputs))  # before any tokenizing
         return self.tokenize(inputs, params, single)
 
-    def tokenize(self, inputs: list[str], params: dict, single: bool = False) -> Parsed:
-        """Token ids of the non-blank inputs, each within the input token limit (or cut with truncation)."""
-        truncation = params.get("truncation", False)
-        if not isinstance(truncation, bool):
-            raise invalid("`parameters.truncation` must be a boolean")
-        slots = [i for i, t in enumerate(inputs) if t.strip()]
+    def tokenize(self, inputs: list[str], params: dict, single: bool = False, keep_blank: bool = False) -> Parsed:
+        """Token ids of the non-blank inputs (every input with ``keep_blank``), each within the input token limit
+        (or cut with truncation: ``truncation``, or text-embeddings-inference's ``truncate`` and
+        ``truncation_direction``)."""
+        truncation = truncation_of(params)
+        left = truncation_side_of(params) == "left"
+        slots = [i for i, t in enumerate(inputs) if keep_blank or t.strip()]
         # a text far longer than any allowed token count is refused before the tokenizer spends time on it
         chars = 64 * self.max_input_tokens
         for i in slots:
@@ -60,7 +56,7 @@ class TextTask(Task[S]):
                     "input_too_long",
                 )
         try:
-            with self.tokenizer_lock:
+            with self.tokenizer_lock, truncation_side(self.model.tokenizer, left):
                 rows = encode_texts(
                     self.model.tokenizer,
                     [inputs[i] for i in slots],
@@ -70,18 +66,53 @@ class TextTask(Task[S]):
                     hint="set parameters.truncation to cut it",
                 )
         except InputTooLong as err:
-            raise RequestError(
-                422,
-                f"input {err.index} has {err.tokens} tokens; the server accepts at most "
-                f"{err.limit} (set parameters.truncation to cut it)",
-                "input_too_long",
-            ) from None
+            raise too_long(err) from None
         return Parsed(rows, slots, len(inputs), params, single)
 
     def warm_text(self) -> list[int]:
         text = "Warm up the engine with a sentence of ordinary length, like the ones the server will see."
         with self.tokenizer_lock:
             return self.model.tokenizer(text)["input_ids"]
+
+
+def truncation_of(params: dict) -> bool:
+    """Whether a request cuts inputs over the token limit: ``truncation`` (Hugging Face's name) or ``truncate``
+    (text-embeddings-inference's)."""
+    truncation = params.get("truncation", params.get("truncate", False))
+    if not isinstance(truncation, bool):
+        raise invalid("`truncation` must be a boolean")
+    return truncation
+
+
+def truncation_side_of(params: dict) -> str:
+    """``truncation_direction``: ``right`` (the default, the end is cut) or ``left``, in any case."""
+    side = params.get("truncation_direction", "right")
+    if not isinstance(side, str) or side.lower() not in ("left", "right"):
+        raise invalid('`truncation_direction` must be "right" or "left"')
+    return side.lower()
+
+
+@contextmanager
+def truncation_side(tokenizer, left: bool):
+    """The tokenizer cuts from the left for the duration (callers hold the tokenizer lock)."""
+    if not left:
+        yield
+        return
+    before = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        yield
+    finally:
+        tokenizer.truncation_side = before
+
+
+def too_long(err: InputTooLong) -> RequestError:
+    return RequestError(
+        422,
+        f"input {err.index} has {err.tokens} tokens; the server accepts at most "
+        f"{err.limit} (set parameters.truncation to cut it)",
+        "input_too_long",
+    )
 
 
 @dataclass(frozen=True)
@@ -102,6 +133,8 @@ class GenerationTask(TextTask[GenerationRequest]):
         super().__init__(model, config)
         self.name = "translation" if model.config.get("model_type") == "marian" else "text2text-generation"
         self.field = "translation_text" if self.name == "translation" else "generated_text"
+        # the (source, target) languages LibreTranslate's routes serve, where the directory names them
+        self.pair = language_pair(model.path, model.config) if self.name == "translation" else None
 
     def prepare(self, params: dict) -> Prepared[GenerationRequest]:
         check_not_server_owned(params)
@@ -143,6 +176,16 @@ class GenerationTask(TextTask[GenerationRequest]):
 
     def respond(self, answers, parsed):
         return [{self.field: a} for a in answers]
+
+    def routes(self) -> list[Route]:
+        if self.name != "translation":
+            return []
+        return [
+            Route("/translate", lambda service, request: libretranslate.translate(self, service, request)),
+            Route("/detect", lambda service, request: libretranslate.detect_language(self, service, request)),
+            Route("/languages", lambda s, r: libretranslate.languages(self, s, r), ("GET",)),
+            Route("/frontend/settings", lambda s, r: libretranslate.frontend_settings(self, s, r), ("GET",)),
+        ]
 
     def stream_decoder(self, request: GenerationRequest) -> TextStream:
         return TextStream(self.model.tokenizer, request.settings.eos_token_ids, self.tokenizer_lock)
@@ -189,87 +232,3 @@ class TextStream:
     @property
     def finish_reason(self) -> str:
         return "eos_token" if self.ids and self.ids[-1] in self.eos else "length"
-
-
-@register(EncoderModel)
-class EmbeddingTask(TextTask[bool]):
-    """Sentence embeddings: ``[[float, ...], ...]``; OpenAI's ``/v1/embeddings``."""
-
-    name = "feature-extraction"
-
-    def prepare(self, params) -> Prepared[bool]:
-        unknown = set(params) - {"normalize", "truncation"}
-        if unknown:
-            raise ValueError(f"unknown parameter(s) for an embedding model: {', '.join(sorted(unknown))}")
-        normalize = params.get("normalize", self.model.spec.pooling.normalize)
-        if not isinstance(normalize, bool):
-            raise ValueError("`normalize` must be a boolean")
-        return Prepared(normalize, json.dumps(normalize))
-
-    def run(self, rows, normalize: bool, abandoned=None, on_tokens=None):
-        return self.model.embed_ids(rows, normalize=normalize).tolist(), 0
-
-    def empty(self, normalize: bool):
-        return []
-
-    def warm(self, batch_size):
-        row = self.warm_text()
-        for n in doubling(batch_size):
-            self.run([row] * n, self.model.spec.pooling.normalize)
-
-    def routes(self):
-        return [Route("/v1/embeddings", self.openai_embeddings)]
-
-    async def openai_embeddings(self, service, request):
-        """OpenAI's embeddings: ``encoding_format`` float or base64 (the ``openai`` SDK asks for base64 unless
-        told otherwise), ``dimensions`` (the first ones, normalized again where the model normalizes, as
-        text-embeddings-inference does), and up to ``MAX_EMBEDDING_INPUTS`` inputs, queued in engine batches."""
-        service.ensure_ready()
-        check_json_content_type(request.headers.get("content-type", ""))
-        body = json_fields(
-            decode_json(await service.read_body(request), service.config.max_payload_bytes),
-            {"input", "model", "encoding_format", "dimensions", "user"},
-            "input",
-        )
-        encoding = body.get("encoding_format", "float")
-        if encoding not in ("float", "base64"):
-            raise invalid('`encoding_format` must be "float" or "base64"')
-        width, dimensions = self.model.spec.d_model, body.get("dimensions")
-        if dimensions is not None and (type(dimensions) is not int or not 1 <= dimensions <= width):
-            raise invalid(f"`dimensions` must be an integer from 1 to {width} (the model's size)")
-        inputs = text_list(body["input"], "input")
-        if len(inputs) > MAX_EMBEDDING_INPUTS:
-            raise RequestError(
-                413,
-                f"{len(inputs)} inputs in one request; the limit is {MAX_EMBEDDING_INPUTS}",
-                "too_many_inputs",
-            )
-        size = self.max_batch_size
-        chunks = [inputs[i : i + size] for i in range(0, len(inputs), size)] or [[]]
-        parsed = [await service.off_loop(self.tokenize, chunk, {}) for chunk in chunks]
-        answers = await asyncio.gather(*(service.infer(request, p) for p in parsed))
-        vectors = [vector for answer in answers for vector in answer]
-        tokens = sum(len(ids) for p in parsed for ids in p.rows)
-        if dimensions is not None:
-            vectors = [_shortened(v, dimensions, self.model.spec.pooling.normalize) for v in vectors]
-        if encoding == "base64":  # little-endian float32, as OpenAI sends them
-            vectors = [base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode("ascii") for v in vectors]
-        return {
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
-            "model": service.name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-
-
-# OpenAI's limit of inputs per embeddings request (each engine batch still takes at most --max-batch-size)
-MAX_EMBEDDING_INPUTS = 2048
-
-
-def _shortened(vector: list[float], dimensions: int, normalize: bool) -> list[float]:
-    """The first ``dimensions`` values, scaled back to unit length when the model's vectors are normalized."""
-    head = vector[:dimensions]
-    if not normalize:
-        return head
-    norm = math.sqrt(sum(x * x for x in head))
-    return [x / norm for x in head] if norm > 0 else head

@@ -89,7 +89,7 @@ def build(config: dict, ckpt: Checkpoint, model_dir: Path | None = None) -> Enco
         ckpt.first(p + "embeddings.word_embeddings.weight"),
         positions=positions,
         norm=norm(p + "embeddings.LayerNorm."),
-        token_type=None if token_type is None else token_type[0],
+        token_type=token_type,
     )
     layers = []
     for i in range(config["num_hidden_layers"]):
