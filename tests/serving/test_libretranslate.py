@@ -56,6 +56,14 @@ def test_translate_lists_alternatives_auto_and_forms(opus):
         files={"q": (None, ENGLISH[1]), "source": (None, "en"), "target": (None, "de"), "api_key": (None, "k")},
     )
     assert r.json() == {"translatedText": model.translate(ENGLISH[1:])[0]}
+    # documents: HTML keeps its markup, a paragraph over the model's 128 positions translates whole
+    page = '<p class="x">The train leaves at eight. It stops <b>twice</b>.</p><code>make test</code>'
+    r = httpx.post(srv.url + "/translate", json={"q": page, "source": "en", "target": "de", "format": "html"})
+    assert r.json() == {"translatedText": model.translate([page], format="html")[0]}
+    assert r.json()["translatedText"].startswith('<p class="x">') and "<code>make test</code>" in r.text
+    long = " ".join(f"The train number {i} leaves the station at eight in the morning." for i in range(40))
+    r = httpx.post(srv.url + "/translate", data={"q": long, "source": "en", "target": "de"})
+    assert r.json() == {"translatedText": model.translate([long], format="text")[0]}
     settings = httpx.get(srv.url + "/frontend/settings").json()
     assert settings["language"] == {
         "source": {"code": "en", "name": "English"},

@@ -39,13 +39,18 @@ def _load(args, verb: str):
     )
 
 
-def _read_lines(path: str | None) -> list[str]:
-    """The lines of ``path`` (or stdin), as UTF-8 text."""
+def _read_text(path: str | None) -> str:
+    """``path`` (or stdin) as UTF-8 text."""
     data = Path(path).read_bytes() if path else sys.stdin.buffer.read()
     try:
-        return data.decode("utf-8").splitlines()
+        return data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(f"{path or 'stdin'}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def _read_lines(path: str | None) -> list[str]:
+    """The lines of ``path`` (or stdin), as UTF-8 text."""
+    return _read_text(path).splitlines()
 
 
 def _write(path: str | Path | None, text: str) -> None:
@@ -61,7 +66,8 @@ def _translate(args) -> int:
     from turboseq.models.causal import CausalLM
 
     model = _load(args, args.verb)
-    lines = _read_lines(args.input)
+    document = getattr(args, "format", "lines") != "lines"
+    lines = [_read_text(args.input)] if document else _read_lines(args.input)
     kwargs = {}
     names = ["num_beams", "max_new_tokens", "no_repeat_ngram_size"]
     if args.verb == "generate":
@@ -81,6 +87,8 @@ def _translate(args) -> int:
     run = model.translate if args.verb == "translate" else model.generate_text
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
+    if document:
+        kwargs.update(format=args.format, source_language=args.source_language)
     outputs = run(
         lines,
         max_batch_tokens=args.max_batch_tokens,
@@ -88,7 +96,10 @@ def _translate(args) -> int:
         progress=bool(args.input) and not args.no_progress,
         **kwargs,
     )
-    _write(args.output, "".join(out.replace("\n", " ") + "\n" for out in outputs))
+    if document:
+        _write(args.output, outputs[0])
+    else:
+        _write(args.output, "".join(out.replace("\n", " ") + "\n" for out in outputs))
     return 0
 
 

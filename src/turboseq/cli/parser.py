@@ -77,6 +77,18 @@ def _add_text_verbs(verbs) -> None:
             + ("; GPT-2, Llama, Qwen2, Mistral)" if verb == "generate" else ")"),
         )
         text_io_options(tr, "output")
+        if verb == "translate":
+            tr.add_argument(
+                "--format",
+                choices=["lines", "text", "html"],
+                default="lines",
+                help="lines: one sentence per line (default); text: the input is one document (paragraphs, "
+                'sentences split, whitespace kept); html: an HTML page (markup kept, code and translate="no" '
+                "untouched)",
+            )
+            tr.add_argument(
+                "--source-language", metavar="CODE", help="--format text/html: the sentence rules' language"
+            )
         tr.add_argument("--num-beams", type=positive_int, help="beam size (default: the model's generation_config)")
         tr.add_argument("--max-new-tokens", type=positive_int, help=f"maximum tokens per {what}")
         tr.add_argument("--no-repeat-ngram-size", type=int, help="ban repeated n-grams of this size")

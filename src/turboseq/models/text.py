@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from turboseq.formats.documents import split_document
 from turboseq.formats.tokenizer import encode_texts
 from turboseq.generation.batching import RowHooks, pad_batch, pad_rows
 from turboseq.generation.settings import GenerationSettings
@@ -175,11 +176,32 @@ class Seq2SeqModel(EncoderDecoder):
 
     # --- text API ----------------------------------------------------------------------------------------
 
-    def translate(self, texts: Sequence[str], **kwargs) -> list:
+    def translate(
+        self, texts: Sequence[str], *, format: str | None = None, source_language: str | None = None, **kwargs
+    ) -> list:
         """Translate sentences; returns one string per input (a list of strings per input when
         ``num_return_sequences`` > 1). Empty or whitespace-only inputs give "" without running the model.
-        Options as ``generate_text``."""
-        return self.generate_text(texts, _desc="translate", **kwargs)
+        Options as ``generate_text``.
+
+        ``format="text"`` or ``"html"``: each input is a document (paragraphs, or an HTML page), cut into
+        sentences (``formats.documents``; ``source_language`` picks the sentence rules), all sentences of all
+        inputs translated in length-sorted batches, and put back with the document's whitespace and markup.
+        A sentence over the model's input limit is cut at words and translated in parts."""
+        if format is None:
+            return self.generate_text(texts, _desc="translate", **kwargs)
+        if isinstance(texts, str):
+            raise TypeError("`texts` must be a list of strings, not a single string")
+        if kwargs.get("num_return_sequences", 1) != 1 or kwargs.get("alternatives") is not None:
+            raise ValueError("a document is translated once: `num_return_sequences` and `alternatives` do not apply")
+        limit = self.spec.max_positions
+
+        def fits(sentence: str) -> bool:
+            return len(self.tokenizer(sentence)["input_ids"]) <= limit
+
+        documents = [split_document(t, format, source_language, fits) for t in texts]
+        sentences = [unit for d in documents for unit in d.units]
+        translated = iter(self.generate_text(sentences, _desc="translate", **kwargs))
+        return [d.join([next(translated) for _ in d.slots]) for d in documents]
 
     def generate_text(
         self,

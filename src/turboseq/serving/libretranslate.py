@@ -11,8 +11,10 @@ the language, reports it, and refuses a text confidently detected as another lan
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import parse_qs
 
+from turboseq.formats.documents import FORMATS, split_document
 from turboseq.formats.languages import detect, language_name
 from turboseq.serving.requests import RequestError, decode_json
 
@@ -94,43 +96,71 @@ def _check_pair(task, source: str, target: str) -> None:
 
 
 async def translate(task, service, request):
+    """``q`` translated as documents: cut into sentences (``format`` text or html), all sentences queued as
+    engine batches, put back around the markup and whitespace. With ``alternatives``, each ``q`` is one
+    sentence and beam search's next-best translations come with it."""
     fields = await _fields(service, request)
     texts, single = _texts(fields.get("q"))
     source, target = _code(fields, "source"), _code(fields, "target")
     _check_pair(task, source, target)
     fmt = fields.get("format", "text")
-    if fmt not in ("text", "html"):
+    if fmt not in FORMATS:
         raise bad_request('`format` must be "text" or "html"')
-    if fmt == "html":
-        raise bad_request('`format` "html" is not supported yet: send the text')
     alternatives = _alternatives(fields)
     task.check_count(len(texts))
+    language = source if source != "auto" else task.pair[0] if task.pair else None
+    documents = await service.off_loop(_documents, task, texts, fmt, language)
     detected = None
     if source == "auto":
-        detected = [await service.off_loop(_detected, t) for t in texts]
-        if task.pair is not None:
-            for i, d in enumerate(detected):
-                if d["language"] != task.pair[0] and d["confidence"] >= 100 * REFUSE_CONFIDENCE:
-                    where = "the text" if single else f"text {i}"
-                    raise bad_request(
-                        f"{where} was detected as {language_name(d['language'])} ({d['language']}, "
-                        f"{d['confidence']:g}% confident); this server translates from "
-                        f"{language_name(task.pair[0])} ({task.pair[0]})"
-                    )
-    params = {}
+        detected = [await service.off_loop(_detected, " ".join(d.units)) for d in documents]
+        _refuse_other_language(task, detected, single)
     if alternatives:
-        beams = max(task.model.settings().num_beams, alternatives + 1)
-        params = {"num_beams": beams, "num_return_sequences": alternatives + 1}
-    parsed = await service.off_loop(task.tokenize, texts, params, single)
-    answers = await service.infer(request, parsed)
-    firsts = [a[0] if alternatives else a for a in answers]
+        params = {"num_beams": max(task.model.settings().num_beams, alternatives + 1)}
+        parsed = await service.off_loop(task.tokenize, texts, {**params, "num_return_sequences": alternatives + 1})
+        answers = await service.infer(request, parsed)
+        firsts, rest = [a[0] for a in answers], [list(a[1:]) for a in answers]
+    else:
+        units = [unit for d in documents for unit in d.units]
+        translated = iter(await _translate_all(task, service, request, units))
+        firsts = [d.join([next(translated) for _ in d.slots]) for d in documents]
     body: dict = {"translatedText": firsts[0] if single else firsts}
     if alternatives:
-        rest = [list(a[1:]) for a in answers]
         body["alternatives"] = rest[0] if single else rest
     if detected is not None:
         body["detectedLanguage"] = detected[0] if single else detected
     return body
+
+
+def _documents(task, texts: list[str], fmt: str, language: str | None) -> list:
+    limit = task.max_input_tokens
+
+    def fits(sentence: str) -> bool:
+        with task.tokenizer_lock:
+            return len(task.model.tokenizer(sentence)["input_ids"]) <= limit
+
+    return [split_document(t, fmt, language, fits) for t in texts]
+
+
+async def _translate_all(task, service, request, sentences: list[str]) -> list[str]:
+    """Every sentence translated, queued as engine batches of ``--max-batch-size``."""
+    size = task.max_batch_size
+    chunks = [sentences[i : i + size] for i in range(0, len(sentences), size)]
+    parsed = [await service.off_loop(task.tokenize, chunk, {}) for chunk in chunks]
+    answers = await asyncio.gather(*(service.infer(request, p) for p in parsed))
+    return [text for answer in answers for text in answer]
+
+
+def _refuse_other_language(task, detected: list[dict], single: bool) -> None:
+    if task.pair is None:
+        return
+    for i, d in enumerate(detected):
+        if d["language"] != task.pair[0] and d["confidence"] >= 100 * REFUSE_CONFIDENCE:
+            where = "the text" if single else f"text {i}"
+            raise bad_request(
+                f"{where} was detected as {language_name(d['language'])} ({d['language']}, "
+                f"{d['confidence']:g}% confident); this server translates from "
+                f"{language_name(task.pair[0])} ({task.pair[0]})"
+            )
 
 
 async def detect_language(task, service, request):
