@@ -100,3 +100,12 @@ def test_translate_errors_are_libretranslates(opus):
     )
     r = httpx.post(srv.url + "/translate", content=b"q=x", headers={"content-type": "text/plain"})
     assert r.status_code == 415
+
+
+def test_fuzzed_libretranslate_bodies_never_get_a_5xx(opus):
+    from tests.serving.test_tei import _fuzz
+
+    srv, _ = opus
+    keys = ["q", "source", "target", "format", "alternatives", "api_key"]
+    _fuzz(srv.url, ["/translate", "/detect"], keys, 60)
+    assert httpx.get(srv.url + "/health").json() == {"status": "ok"}

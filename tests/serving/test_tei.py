@@ -243,3 +243,41 @@ def test_tei_rerank(reranker_server):
     }
     r = httpx.post(srv.url + "/rerank", json={"query": query, "texts": []})
     assert r.status_code == 422 and r.json()["error"] == "`texts` must be a non-empty list of strings"
+
+
+def _fuzz(url: str, routes: list[str], keys: list[str], examples: int):
+    """hypothesis: arbitrary JSON (and a few known fields with hostile values) to each route: never a 5xx, every
+    error in the JSON shape."""
+    import json
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.text(max_size=30)
+    )
+    values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=10,
+    )
+    bodies = st.one_of(st.dictionaries(st.sampled_from(keys), values, max_size=5), values)
+
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(route=st.sampled_from(routes), body=bodies)
+    def run(route, body):
+        content = json.dumps(body, allow_nan=True).encode()
+        r = httpx.post(url + route, content=content, headers={"content-type": "application/json"}, timeout=60)
+        assert r.status_code < 500, (route, body, r.text)
+        if r.status_code != 200:
+            assert "error" in r.json()
+
+    run()
+
+
+def test_fuzzed_tei_bodies_never_get_a_5xx(minilm_server, classifier_server):
+    keys = ["inputs", "normalize", "truncate", "truncation_direction", "dimensions", "ids", "skip_special_tokens"]
+    keys += ["add_special_tokens", "parameters", "raw_scores", "query", "texts", "return_text"]
+    _fuzz(minilm_server[0].url, ["/", "/embed", "/embed_all", "/similarity", "/tokenize", "/decode"], keys, 80)
+    _fuzz(classifier_server[0].url, ["/", "/predict", "/tokenize"], keys, 40)
+    assert httpx.get(minilm_server[0].url + "/health").json() == {"status": "ok"}
