@@ -177,3 +177,31 @@ def test_compiled_export(minilm, tmp_path):
     loaded = turboseq.load(out, trust_compiled_code=True)
     texts = [*TEXTS, " ".join(TEXTS)]  # one long text among short ones
     assert (F.cosine_similarity(loaded.embed(texts, batch_size=4), model.embed(texts)) >= 0.99999).all()
+
+
+def test_classify_pairs_read_bert_segments(tmp_path):
+    """Pairs joined by the tokenizer, with segment 1 for the second text: equal to transformers given the same
+    ``token_type_ids``, and different from the pair read as one segment."""
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    import turboseq
+
+    ref = make_encoder(tmp_path, "bert", classes=3, seed=4)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(5, 200))]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    model = turboseq.load(tmp_path)
+    texts, pairs = ["w5 w6", "w100 w101 w102", "w9"], ["w7", "w9 w10", "w150 w151 w152 w153"]
+    enc = tok(texts, pairs, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = ref(**enc).logits
+    got = model.classify(texts, text_pairs=pairs)
+    assert [g["label"] for g in got] == [f"class_{int(i)}" for i in logits.argmax(-1)]
+    assert [g["score"] for g in got] == pytest.approx(logits.softmax(-1).max(-1).values.tolist(), abs=1e-5)
+    rows = [ids[m.bool()].tolist() for ids, m in zip(enc["input_ids"], enc["attention_mask"])]
+    segments = [t[m.bool()].tolist() for t, m in zip(enc["token_type_ids"], enc["attention_mask"])]
+    assert torch.allclose(model.class_logits_ids(rows, segments=segments), logits, atol=1e-5)
+    assert not torch.allclose(model.class_logits_ids(rows), logits, atol=1e-3)
+    with pytest.raises(ValueError, match="3 texts but 2 text pairs"):
+        model.classify(texts, text_pairs=pairs[:2])
