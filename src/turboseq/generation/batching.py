@@ -71,14 +71,22 @@ class RowHooks:
         abandoned: Callable[[], Collection[int] | None] | None = None,
         on_tokens: Callable[[Tensor, Tensor], None] | None = None,
         index: Tensor | None = None,
+        on_logprobs: Callable[[Tensor, Tensor, Tensor | None, Tensor | None], None] | None = None,
+        top_logprobs: int = 0,
     ):
         self.abandoned, self.on_tokens = abandoned, on_tokens
         self.index = index  # [batch rows] -> caller row; None: the identity
+        # ``on_logprobs(rows, logprobs, top_ids, top_logprobs)``: each chosen token's log-probability (the
+        # log-softmax of the step's scores after every logits rule, as ``compute_transition_scores`` with
+        # ``normalize_logits=True`` gives it) and the ``top_logprobs`` most likely tokens, before the tokens
+        # are emitted
+        self.on_logprobs, self.top_logprobs = on_logprobs, top_logprobs
 
     def select(self, rows: Sequence[int] | Tensor) -> RowHooks:
         """The hooks of a batch whose row j is this batch's row ``rows[j]``."""
         rows = torch.as_tensor(rows, dtype=torch.long)
-        return RowHooks(self.abandoned, self.on_tokens, rows if self.index is None else self.index[rows])
+        index = rows if self.index is None else self.index[rows]
+        return RowHooks(self.abandoned, self.on_tokens, index, self.on_logprobs, self.top_logprobs)
 
     def lost(self) -> set[int]:
         """The caller's rows given up so far."""
@@ -99,3 +107,26 @@ class RowHooks:
         """Pass the new ``tokens`` of this batch's ``rows`` to the caller."""
         if self.on_tokens is not None:
             self.on_tokens(self.caller_rows(rows), tokens)
+
+    def report_logprobs(self, rows: Tensor, scores: Tensor, tokens: Tensor) -> None:
+        """The log-probabilities of the ``tokens`` chosen for this batch's ``rows`` from the step's ``scores``."""
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        chosen = logp.gather(1, tokens[:, None]).squeeze(1).cpu()
+        top_ids = top_lp = None
+        if self.top_logprobs:
+            top_lp, top_ids = logp.topk(min(self.top_logprobs, logp.shape[1]), dim=-1)
+            top_lp, top_ids = top_lp.cpu(), top_ids.cpu()
+        self.on_logprobs(self.caller_rows(rows), chosen, top_ids, top_lp)
+
+
+def row_hooks(s, abandoned=None, on_tokens=None, on_logprobs=None, top_logprobs: int = 0) -> RowHooks | None:
+    """A ``generate_rows`` call's hooks, or None when it has none (``s``: its ``GenerationSettings``). Streaming
+    and log-probabilities follow one row per input: greedy or sampling with one return sequence."""
+    one_row = not s.is_beam and s.num_return_sequences == 1
+    if on_tokens is not None and not one_row:
+        raise ValueError("streaming needs num_beams=1 and num_return_sequences=1")
+    if on_logprobs is not None and not one_row:
+        raise ValueError("log-probabilities need num_beams=1 and num_return_sequences=1")
+    if abandoned is None and on_tokens is None and on_logprobs is None:
+        return None
+    return RowHooks(abandoned, on_tokens, None, on_logprobs, top_logprobs)

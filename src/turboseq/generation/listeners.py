@@ -203,6 +203,17 @@ class RowHooksListener(Listener):
 
     def __init__(self, hooks):
         self.hooks = hooks
+        # a caller that asks for log-probabilities needs every step's full, fully processed scores
+        self.needs_logits = self.needs_every_processor = hooks.on_logprobs is not None
+        self.scores: Tensor | None = None
+
+    def scored(self, scores: Tensor) -> None:
+        if self.hooks.on_logprobs is not None:
+            self.scores = scores
+
+    def picked(self, rows: Tensor, processed: Tensor, tokens: Tensor) -> None:
+        if self.hooks.on_logprobs is not None:
+            self.hooks.report_logprobs(rows, self.scores, tokens)
 
     def emitted(self, rows: Tensor, tokens: Tensor) -> None:
         self.hooks.emit(rows, tokens)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from turboseq.errors import InputTooLong
-from turboseq.generation.batching import RowHooks, pad_batch, pad_rows
+from turboseq.generation.batching import RowHooks, pad_batch, pad_rows, row_hooks
 from turboseq.generation.outputs import Trace
 from turboseq.generation.runner import run_search
 from turboseq.generation.settings import GenerationSettings, for_prompt, resolve
@@ -218,6 +218,8 @@ class CausalLM(Engine):
         seed: int | None = None,
         on_tokens=None,
         abandoned=None,
+        on_logprobs=None,
+        top_logprobs: int = 0,
         settings: GenerationSettings | None = None,
         **kwargs,
     ) -> list[list[Tensor]]:
@@ -228,14 +230,12 @@ class CausalLM(Engine):
         if settings is not None and kwargs:
             raise TypeError("pass generation arguments or `settings`, not both")
         s = settings if settings is not None else self.settings(**kwargs)
-        if on_tokens is not None and (s.is_beam or s.num_return_sequences != 1):
-            raise ValueError("streaming needs num_beams=1 and num_return_sequences=1")
+        hooks = row_hooks(s, abandoned, on_tokens, on_logprobs, top_logprobs)
         tensors = [torch.as_tensor(list(r) or self._empty_prompt(), dtype=torch.long) for r in rows]
         if not tensors:
             return []
         for t in tensors:
             self._check_ids(t)
-        hooks = RowHooks(abandoned, on_tokens) if abandoned is not None or on_tokens is not None else None
         return self._run(tensors, None, s, max_batch_size, max_batch_tokens, seed, hooks=hooks)
 
     # --- text API ----------------------------------------------------------------------------------------

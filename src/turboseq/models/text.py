@@ -10,7 +10,7 @@ from torch import Tensor
 
 from turboseq.formats.documents import split_document
 from turboseq.formats.tokenizer import encode_texts
-from turboseq.generation.batching import RowHooks, pad_batch, pad_rows
+from turboseq.generation.batching import pad_batch, pad_rows, row_hooks
 from turboseq.generation.settings import GenerationSettings
 from turboseq.models.alternatives import alternatives as alternatives_after
 from turboseq.models.engine import DEFAULT_BATCH, EncoderDecoder, generate_output, output_request
@@ -147,6 +147,8 @@ class Seq2SeqModel(EncoderDecoder):
         seed: int | None = None,
         on_tokens=None,
         abandoned=None,
+        on_logprobs=None,
+        top_logprobs: int = 0,
         settings: GenerationSettings | None = None,
         prefixes=None,
         **kwargs,
@@ -159,18 +161,20 @@ class Seq2SeqModel(EncoderDecoder):
         their new tokens.
         ``abandoned()`` may return a set of input indices nobody waits for any more: they leave the batch at the
         next step and their results are meaningless (a server drops requests whose client left).
+        ``on_logprobs(inputs, logprobs, top_ids, top_logprobs)`` receives, before each step's tokens are
+        emitted, the log-probability of each chosen token (the log-softmax of the fully processed scores, which
+        ``compute_transition_scores(..., normalize_logits=True)`` gives) and the ``top_logprobs`` most likely
+        tokens with theirs (None for 0); greedy and sampling with one return sequence.
         ``settings``: generation settings already resolved by ``settings(**kwargs)`` (then no other kwargs).
         ``prefixes``: per input the token ids every output starts with (after the decoder start token), or
         None; sequences then hold the start token and the prefix."""
         if settings is not None and kwargs:
             raise TypeError("pass generation arguments or `settings`, not both")
         s = settings if settings is not None else self.settings(**kwargs)
-        if on_tokens is not None and (s.is_beam or s.num_return_sequences != 1):
-            raise ValueError("streaming needs num_beams=1 and num_return_sequences=1")
+        hooks = row_hooks(s, abandoned, on_tokens, on_logprobs, top_logprobs)
         tensors = [torch.as_tensor(list(r), dtype=torch.long) for r in rows]
         if not tensors:
             return []
-        hooks = RowHooks(abandoned, on_tokens) if abandoned is not None or on_tokens is not None else None
         prompts = self._prefix_prompts(prefixes, len(tensors), s)
         return self._run(tensors, None, s, max_batch_size, max_batch_tokens, seed, hooks=hooks, prompts=prompts)
 

@@ -25,16 +25,17 @@ class Job:
     rows: list  # engine rows, one per non-blank input
     prepared: Prepared  # the request's settings and batch key (equal keys may share a batch; None: alone)
     future: asyncio.Future
-    on_token: Callable[[int, int], None] | None = None  # streaming: (row of this job, token), engine thread
+    # streaming: (row of this job, token), engine thread; the token is (id, log-probability entry) where asked for
+    on_token: Callable[[int, object], None] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
     timeout_s: float = 60.0  # the time it is allowed (``Task.time_allowed``), from ``enqueued``
     cancelled: bool = False  # the client left or the time ran out: drop it from the queue or the batch
     watcher: asyncio.Task | None = None
     sent: dict = field(default_factory=dict)  # streaming: tokens passed on per row of this job
 
-    def send(self, row: int, token: int) -> None:
+    def send(self, row: int, token: int, entry=None) -> None:
         self.sent[row] = self.sent.get(row, 0) + 1
-        self.on_token(row, token)
+        self.on_token(row, token if entry is None else (token, entry))
 
 
 class Metrics:
@@ -173,11 +174,12 @@ class Batcher:
             on_tokens = None
             if any(job.on_token is not None for job in jobs):
 
-                def on_tokens(inputs, tokens, owners=owners):  # engine thread: route each new token to its stream
-                    for i, token in zip(inputs.tolist(), tokens.tolist()):
+                def on_tokens(inputs, tokens, entries=None, owners=owners):  # engine thread: to each stream
+                    entries = entries or [None] * len(inputs)
+                    for i, token, entry in zip(inputs.tolist(), tokens.tolist(), entries):
                         job, k = owners[i]
                         if job.on_token is not None and not job.cancelled:
-                            job.send(k, token)
+                            job.send(k, token, entry)
 
             self.running, self.running_since = jobs, time.perf_counter()
             try:
@@ -231,11 +233,12 @@ class Batcher:
         if job.on_token is not None:
             seen = dict.fromkeys(range(len(job.rows)), 0)
 
-            def on_tokens(inputs, tokens):  # the tokens a stream already received come again: skip them
-                for k, token in zip(inputs.tolist(), tokens.tolist()):
+            def on_tokens(inputs, tokens, entries=None):  # the tokens a stream already received come again: skip them
+                entries = entries or [None] * len(inputs)
+                for k, token, entry in zip(inputs.tolist(), tokens.tolist(), entries):
                     seen[k] += 1
                     if not job.cancelled and seen[k] > job.sent.get(k, 0):
-                        job.send(k, token)
+                        job.send(k, token, entry)
 
         await self._run([job], abandoned, on_tokens)
 

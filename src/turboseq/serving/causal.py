@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from turboseq.errors import InputTooLong
 from turboseq.generation.settings import check_seed
 from turboseq.models.causal import CausalLM
+from turboseq.serving.logprobs import MAX_TOP_N_TOKENS, Detailed, check_one_row, openai_logprobs, pop_detail_parameters
 from turboseq.serving.requests import (
     Parsed,
     Prepared,
@@ -47,6 +48,7 @@ class Continuation:
     reasons: list[str]  # "eos_token" | "stop_sequence" | "length"
     prompt_tokens: int
     new_tokens: list[int]
+    details: Detailed | None = None  # the tokens' log-probabilities (one sequence) where asked for
 
 
 def _cut_at_stop(text: str, stops: list[str]) -> str:
@@ -101,13 +103,16 @@ class CompletionTask(GenerationTask):
         if "stop" in params:  # TGI's name
             params["stop_strings"] = params.pop("stop") or None
         params.pop("truncation", None)
+        params, details, top_n = pop_detail_parameters(params)
         default_length = params.get("max_new_tokens") is None and params.get("max_length") is None
         if default_length:  # TGI's default, within the model's positions (the prompt is counted at check_cost)
             params["max_new_tokens"] = min(DEFAULT_NEW_TOKENS, self.model.spec.max_positions - 1)
         s = self.model.settings(**params)
+        if details:
+            check_one_row(s)
         # sampled requests run alone, so that a seed means the same as when sent alone
-        key = None if s.do_sample else json.dumps([params, full, trim_stop], sort_keys=True)
-        return Prepared(CompletionRequest(s, seed, full, trim_stop, default_length), key)
+        key = None if s.do_sample else json.dumps([params, full, trim_stop, details, top_n], sort_keys=True)
+        return Prepared(CompletionRequest(s, seed, details, top_n, full, trim_stop, default_length), key)
 
     def check_cost(self, parsed: Parsed, limits) -> None:
         request: CompletionRequest = parsed.prepared.settings
@@ -134,9 +139,7 @@ class CompletionTask(GenerationTask):
 
     def run(self, rows, request: CompletionRequest, abandoned=None, on_tokens=None):
         s = request.settings
-        outputs = self.model.generate_rows(
-            rows, max_batch_size=None, abandoned=abandoned, on_tokens=on_tokens, seed=request.seed, settings=s
-        )
+        outputs, collector = self.generate(rows, request, abandoned, on_tokens)
         answers, generated = [], 0
         eos = set(s.eos_token_ids)
         for row, seqs in zip(rows, outputs):
@@ -163,11 +166,20 @@ class CompletionTask(GenerationTask):
                 reasons.append(reason)
                 counts.append(len(new))
             generated += sum(counts)
-            answers.append(Continuation(texts, reasons, len(row), counts))
+            details = None
+            if collector is not None:  # one sequence
+                details = self.detailed(
+                    request, collector, len(answers), texts[0], seqs[0][start:].tolist(), reasons[0]
+                )
+            answers.append(Continuation(texts, reasons, len(row), counts, details))
         return answers, generated
 
     def respond(self, answers, parsed):
-        return [{self.field: a.texts[0] if len(a.texts) == 1 else a.texts} for a in answers]
+        return [
+            {self.field: a.texts[0] if len(a.texts) == 1 else a.texts}
+            | ({} if a.details is None else {"details": a.details.details()})
+            for a in answers
+        ]
 
     def stream_end(self, answer: Continuation, decoder) -> tuple[str, str]:
         return answer.texts[0], answer.reasons[0]
@@ -210,7 +222,9 @@ class CompletionTask(GenerationTask):
         if stream:
             if len(prompts) != 1 or params["num_return_sequences"] != 1:
                 raise invalid("streaming takes one prompt and n=1")
-            return await service.stream(request, parsed, _CompletionChunks(head, params["stop_strings"]))
+            return await service.stream(
+                request, parsed, _CompletionChunks(head, params["stop_strings"], "details" in params)
+            )
         answers = await service.infer(request, parsed)
         return _completion_body(head, answers, params["num_return_sequences"])
 
@@ -224,9 +238,14 @@ _COMPLETION_FIELDS = {
 def _completion_params(body: dict) -> tuple[list[str], dict, bool]:
     """A completion request's prompts, its generation parameters (TGI's names), and whether it streams; 422
     for what turboseq does not support or a value out of OpenAI's ranges."""
-    for name, neutral in (("presence_penalty", 0), ("frequency_penalty", 0), ("logprobs", None), ("suffix", None)):
+    for name, neutral in (("presence_penalty", 0), ("frequency_penalty", 0), ("suffix", None)):
         if body.get(name, neutral) not in (neutral, None):
             raise invalid(f"`{name}` is not supported")
+    logprobs = body.get("logprobs")
+    if logprobs is not None and (type(logprobs) is not int or not 0 <= logprobs <= MAX_TOP_N_TOKENS):
+        raise invalid(f"`logprobs` must be an integer from 0 to {MAX_TOP_N_TOKENS}")
+    if logprobs is not None and body.get("echo"):
+        raise invalid("`logprobs` with `echo` (the prompt's log-probabilities) is not supported yet")
     n = body.get("n", 1)
     if body.get("best_of") not in (None, n):
         raise invalid("`best_of` is not supported (other than equal to `n`)")
@@ -260,6 +279,8 @@ def _completion_params(body: dict) -> tuple[list[str], dict, bool]:
         "return_full_text": echo,
         "stop_strings": stops or None,
     }
+    if logprobs is not None:
+        params.update(details=True, top_n_tokens=logprobs)
     if temperature > 0:
         params.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     elif n != 1:
@@ -269,20 +290,31 @@ def _completion_params(body: dict) -> tuple[list[str], dict, bool]:
     return prompts, params, stream
 
 
-def _completion_chunk(head: dict, text: str, reason: str | None) -> dict:
-    return {**head, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": reason}]}
+def _completion_chunk(head: dict, text: str, reason: str | None, logprobs: dict | None = None) -> dict:
+    return {**head, "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": reason}]}
 
 
 class _CompletionChunks(StreamEvents):
     """OpenAI's completion chunks; with stop strings, text is held back until it cannot start one."""
 
-    def __init__(self, head: dict, stops: list[str] | None):
-        self.head, self.stops = head, stops
+    def __init__(self, head: dict, stops: list[str] | None, logprobs: bool = False):
+        self.head, self.stops, self.logprobs = head, stops, logprobs
         self.hold = max((len(t) for t in stops or ()), default=1) - 1
         self.sent = self.pending = ""
+        self.tokens: list[dict] = []  # tokens whose text is not sent yet (with log-probabilities)
+
+    def _logprobs(self, text: str) -> dict | None:
+        """The log-probabilities of the held tokens that begin within ``text``, which is sent now."""
+        if not self.logprobs:
+            return None
+        out = openai_logprobs(self.tokens, text, len(self.sent) - len(text))
+        self.tokens = self.tokens[len(out["tokens"]) :]
+        return out
 
     def token(self, token: dict) -> list[str]:
         self.pending += token["text"]
+        if self.logprobs:
+            self.tokens.append(token)
         if self.stops:
             cut = _cut_at_stop(self.sent + self.pending, self.stops)
             ready = cut[len(self.sent) : max(len(self.sent), len(cut) - self.hold)]
@@ -292,11 +324,12 @@ class _CompletionChunks(StreamEvents):
             return []
         self.sent += ready
         self.pending = self.pending[len(ready) :]
-        return [sse_event(_completion_chunk(self.head, ready, None))]
+        return [sse_event(_completion_chunk(self.head, ready, None, self._logprobs(ready)))]
 
     def end(self, text: str, reason: str) -> list[str]:
         rest = text[len(self.sent) :] if text.startswith(self.sent) else ""
-        final = _completion_chunk(self.head, rest, "length" if reason == "length" else "stop")
+        self.sent += rest
+        final = _completion_chunk(self.head, rest, "length" if reason == "length" else "stop", self._logprobs(rest))
         return [sse_event(final), "data: [DONE]\n\n"]
 
 
@@ -308,7 +341,7 @@ def _completion_body(head: dict, answers: list[Continuation], n: int) -> dict:
                 {
                     "text": text,
                     "index": i * n + j,
-                    "logprobs": None,
+                    "logprobs": None if answer.details is None else openai_logprobs(answer.details.tokens, text),
                     "finish_reason": "length" if reason == "length" else "stop",
                 }
             )

@@ -128,7 +128,9 @@ class StreamEvents:
     OpenAI's completion chunks)."""
 
     def token(self, token: dict) -> list[str]:
-        return [sse_event({"token": token})]
+        token = dict(token)
+        top = token.pop("top_tokens", None)  # TGI sends them beside the token
+        return [sse_event({"token": token} if top is None else {"token": token, "top_tokens": top})]
 
     def end(self, text: str, reason: str) -> list[str]:
         return [sse_event({"generated_text": text, "finish_reason": reason})]

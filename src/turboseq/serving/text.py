@@ -13,6 +13,7 @@ from turboseq.formats.tokenizer import encode_texts
 from turboseq.generation.settings import GenerationSettings, check_seed
 from turboseq.models.text import Seq2SeqModel
 from turboseq.serving import libretranslate
+from turboseq.serving.logprobs import Collector, Detailed, check_one_row, pop_detail_parameters, token_fields
 from turboseq.serving.requests import (
     Parsed,
     Prepared,
@@ -121,6 +122,8 @@ class GenerationRequest:
 
     settings: GenerationSettings
     seed: int | None
+    details: bool = False  # TGI's details / OpenAI's logprobs: each generated token's log-probability
+    top_n_tokens: int = 0  # and the most likely tokens at each step
 
 
 @register(Seq2SeqModel)
@@ -140,12 +143,15 @@ class GenerationTask(TextTask[GenerationRequest]):
         check_not_server_owned(params)
         seed = params.get("seed")
         check_seed(seed)
-        s = self.model.settings(**{k: v for k, v in params.items() if k not in ("truncation", "seed")})
+        rest, details, top_n = pop_detail_parameters(params)
+        s = self.model.settings(**{k: v for k, v in rest.items() if k not in ("truncation", "seed")})
+        if details:
+            check_one_row(s)
         # sampled requests run alone, so that a seed means the same as when sent alone
         key = (
             None if s.do_sample else json.dumps({k: v for k, v in params.items() if k != "truncation"}, sort_keys=True)
         )
-        return Prepared(GenerationRequest(s, seed), key)
+        return Prepared(GenerationRequest(s, seed, details, top_n), key)
 
     def check_cost(self, parsed: Parsed, limits) -> None:
         check_generation_cost(parsed.prepared.settings.settings, len(parsed.rows), limits)
@@ -154,19 +160,39 @@ class GenerationTask(TextTask[GenerationRequest]):
         if request.settings.is_beam or request.settings.num_return_sequences != 1:
             raise invalid("streaming supports num_beams=1 and num_return_sequences=1")
 
-    def run(self, rows, request: GenerationRequest, abandoned=None, on_tokens=None):
+    def generate(self, rows, request: GenerationRequest, abandoned, on_tokens) -> tuple[list, Collector | None]:
+        """The engine's sequences for ``rows``, and the log-probabilities where the request asks for them."""
+        collector = Collector(on_tokens) if request.details else None
         outputs = self.model.generate_rows(
             rows,
             max_batch_size=None,
             abandoned=abandoned,
-            on_tokens=on_tokens,
+            on_tokens=collector.stream if collector is not None and on_tokens is not None else on_tokens,
+            on_logprobs=None if collector is None else collector.on_logprobs,
+            top_logprobs=request.top_n_tokens,
             seed=request.seed,
             settings=request.settings,
         )
+        return outputs, collector
+
+    def detailed(self, request, collector: Collector, row: int, text: str, new: list[int], reason: str) -> Detailed:
+        tokens = collector.tokens(row, new, self.stream_decoder(request))
+        return Detailed(text, tokens, reason, request.seed)
+
+    def run(self, rows, request: GenerationRequest, abandoned=None, on_tokens=None):
+        outputs, collector = self.generate(rows, request, abandoned, on_tokens)
         decode = self.model.tokenizer.batch_decode
         with self.tokenizer_lock:
             texts = [decode([s.tolist() for s in seqs], skip_special_tokens=True) for seqs in outputs]
         generated = sum(len(s) - 1 for seqs in outputs for s in seqs)  # minus the decoder start token
+        if collector is not None:  # one sequence per input
+            eos = set(request.settings.eos_token_ids)
+            answers = []
+            for row, (seqs, text) in enumerate(zip(outputs, texts)):
+                new = seqs[0][1:].tolist()
+                reason = "eos_token" if new and new[-1] in eos else "length"
+                answers.append(self.detailed(request, collector, row, text[0], new, reason))
+            return answers, generated
         nrs = request.settings.num_return_sequences
         return [t[0] if nrs == 1 else t for t in texts], generated
 
@@ -175,7 +201,13 @@ class GenerationTask(TextTask[GenerationRequest]):
         return "" if nrs == 1 else [""] * nrs
 
     def respond(self, answers, parsed):
-        return [{self.field: a} for a in answers]
+        return [
+            {self.field: a.text, "details": a.details()} if isinstance(a, Detailed) else {self.field: a}
+            for a in answers
+        ]
+
+    def stream_end(self, answer, decoder) -> tuple[str, str]:
+        return (answer.text if isinstance(answer, Detailed) else answer), decoder.finish_reason
 
     def routes(self) -> list[Route]:
         if self.name != "translation":
@@ -216,14 +248,19 @@ class TextStream:
         self.ids: list[int] = []
         self.sent = ""  # a prefix of the decoded text
 
-    def push(self, token: int) -> dict:
+    def push(self, token) -> dict:
+        """``token``: an id, or (id, its log-probability entry from ``logprobs.Collector``)."""
+        token, entry = token if isinstance(token, tuple) else (token, None)
         self.ids.append(token)
         with self.lock:
             decoded = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         piece = ""
         if not decoded.endswith("\ufffd") and decoded.startswith(self.sent):
             piece, self.sent = decoded[len(self.sent) :], decoded
-        return {"id": token, "text": piece, "special": token in self.special}
+        out = {"id": token, "text": piece, "special": token in self.special}
+        if entry is not None:
+            out.update(token_fields(entry, self.tokenizer, self.special, self.lock))
+        return out
 
     def rest(self, final: str) -> str:
         """What is left to send of ``final`` (a trailing incomplete character resolved at the end)."""

@@ -1,0 +1,146 @@
+"""Log-probabilities over HTTP: TGI's ``details`` and ``top_n_tokens`` (``POST /``, ``/generate_stream``) and
+OpenAI's ``logprobs`` (``/v1/completions``, plain and streamed, through the real ``openai`` SDK), each equal to
+the library's ``compute_transition_scores(..., normalize_logits=True)`` for the same request."""
+
+import json
+
+import httpx
+import pytest
+import torch
+
+from turboseq.serving.process import ServerProcess
+
+SOURCES = ["The train to Berlin leaves at half past eight.", "Could you tell me where the pharmacy is?"]
+
+
+@pytest.fixture(scope="module")
+def mt_server(marian_one):
+    _, path = marian_one
+    srv = ServerProcess(path, "--max-batch-size", "4")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def lm_server(gpt2_text):
+    srv = ServerProcess(gpt2_text[3], "--max-batch-size", "4", "--max-new-tokens", "40")
+    yield srv
+    srv.stop()
+
+
+def _reference(model, texts, **kwargs):
+    """Per input: (generated token ids, their log-probabilities, the top-3 ids at each step)."""
+    enc = model.tokenizer(texts, return_tensors="pt", padding=len(texts) > 1)
+    out = model.generate(
+        enc["input_ids"], enc["attention_mask"], return_dict_in_generate=True, output_scores=True, **kwargs
+    )
+    scores = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+    steps = torch.stack(out.scores, 1).log_softmax(-1)  # [batch, steps, vocab]
+    start = out.sequences.shape[1] - len(out.scores)
+    result = []
+    eos = set(model.settings().eos_token_ids)
+    for i in range(len(texts)):
+        ids = out.sequences[i, start:].tolist()
+        n = next((k + 1 for k, t in enumerate(ids) if t in eos), len(ids))
+        result.append((ids[:n], scores[i, :n].tolist(), steps[i, :n].topk(3).indices.tolist()))
+    return result
+
+
+def _events(text: str) -> list:
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ") and line[6:] != "[DONE]"]
+
+
+def _check(tokens, expected, text=None):
+    ids, logprobs, tops = expected
+    assert [t["id"] for t in tokens] == ids
+    assert [t["logprob"] for t in tokens] == pytest.approx(logprobs, abs=1e-4)
+    if text is not None:
+        assert "".join(t["text"] for t in tokens) == text
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_tgi_details_equal_transition_scores(mt_server, marian_one, sampled):
+    model, _ = marian_one
+    params = {"max_new_tokens": 12, "min_new_tokens": 6, "num_beams": 1}
+    if sampled:
+        params.update(do_sample=True, top_k=20, temperature=0.8, seed=5)
+    texts = SOURCES if not sampled else SOURCES[:1]  # a seed means the request's own draws
+    body = {"inputs": texts, "parameters": {**params, "details": True, "top_n_tokens": 3}}
+    r = httpx.post(mt_server.url + "/", json=body)
+    assert r.status_code == 200, r.text
+    expected = _reference(model, texts, **params)
+    for answer, ref in zip(r.json(), expected):
+        details = answer["details"]
+        _check(details["tokens"], ref, answer["translation_text"])
+        assert details["generated_tokens"] == len(ref[0]) and details["prefill"] == []
+        assert [[t["id"] for t in step] for step in details["top_tokens"]] == ref[2]
+        assert details["seed"] == params.get("seed")
+        if not sampled:  # greedy: the chosen token is the most likely one
+            assert [step[0]["id"] for step in details["top_tokens"]] == ref[0]
+
+
+def test_tgi_stream_carries_logprobs(mt_server, marian_one):
+    model, _ = marian_one
+    params = {"max_new_tokens": 12, "min_new_tokens": 6, "num_beams": 1}
+    body = {"inputs": SOURCES[0], "parameters": {**params, "details": True, "top_n_tokens": 2}}
+    events = _events(httpx.post(mt_server.url + "/generate_stream", json=body).text)
+    tokens = [e["token"] for e in events if "token" in e]
+    (ref,) = _reference(model, SOURCES[:1], **params)
+    _check(tokens, ref, events[-1]["generated_text"])
+    assert all(len(e["top_tokens"]) == 2 for e in events if "token" in e)
+    # without details the stream is as before: no logprob
+    plain = _events(
+        httpx.post(mt_server.url + "/generate_stream", json={"inputs": SOURCES[0]} | {"parameters": params}).text
+    )
+    assert "logprob" not in plain[0]["token"]
+
+
+def test_details_refusals(mt_server):
+    def error(params):
+        r = httpx.post(mt_server.url + "/", json={"inputs": "x", "parameters": params})
+        return r.status_code, r.json()["error"]
+
+    assert error({"details": True, "num_beams": 4}) == (
+        422,
+        "log-probabilities need num_beams=1 and one sequence per input",
+    )
+    assert error({"top_n_tokens": 6, "num_beams": 1}) == (422, "`top_n_tokens` must be an integer from 0 to 5")
+    assert error({"decoder_input_details": True}) == (
+        422,
+        "`decoder_input_details` (the prompt's log-probabilities) is not supported yet",
+    )
+
+
+def test_openai_logprobs_with_the_sdk(lm_server, gpt2_text):
+    import openai
+
+    model = gpt2_text[0]
+    client = openai.OpenAI(base_url=lm_server.url + "/v1", api_key="none")
+    prompt = "The weather today is"
+    got = client.completions.create(model="m", prompt=prompt, max_tokens=10, temperature=0, logprobs=2)
+    (ref,) = _reference(model, [prompt], max_new_tokens=10)
+    lp = got.choices[0].logprobs
+    assert lp.token_logprobs == pytest.approx(ref[1][: len(lp.token_logprobs)], abs=1e-4)
+    assert "".join(lp.tokens) == got.choices[0].text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:k]) for k in range(len(lp.tokens))]
+    assert all(len(top) <= 2 for top in lp.top_logprobs)
+    assert [max(top.values()) for top in lp.top_logprobs] == pytest.approx(lp.token_logprobs, abs=1e-5)  # greedy
+    # streamed: the chunks' log-probabilities join to the same list
+    chunks = list(
+        client.completions.create(model="m", prompt=prompt, max_tokens=10, temperature=0, logprobs=2, stream=True)
+    )
+    streamed = [v for c in chunks if c.choices[0].logprobs for v in c.choices[0].logprobs.token_logprobs]
+    assert streamed == pytest.approx(lp.token_logprobs, abs=1e-6)
+    assert "".join(c.choices[0].text for c in chunks) == got.choices[0].text
+    # cut at a stop string: the tokens before the cut
+    text = got.choices[0].text
+    if len(text) > 6:
+        cut = client.completions.create(
+            model="m", prompt=prompt, max_tokens=10, temperature=0, logprobs=0, stop=[text[3:6]]
+        ).choices[0]
+        assert cut.text == text[: text.index(text[3:6])]
+        assert "".join(cut.logprobs.tokens).startswith(cut.text) and len(cut.logprobs.tokens) < len(lp.tokens)
+        assert cut.logprobs.top_logprobs == [{}] * len(cut.logprobs.tokens)
+    with pytest.raises(openai.UnprocessableEntityError) as err:
+        client.completions.create(model="m", prompt=prompt, max_tokens=4, logprobs=9)
+    assert err.value.response.json()["error"] == "`logprobs` must be an integer from 0 to 5"
