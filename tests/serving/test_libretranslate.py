@@ -96,7 +96,7 @@ def test_translate_errors_are_libretranslates(opus):
     )
     assert error({"q": "x", "source": "en", "target": "de", "format": "pdf"}) == (
         400,
-        '`format` must be "text" or "html"',
+        '`format` must be "text", "html" or "markdown"',
     )
     r = httpx.post(srv.url + "/translate", content=b"q=x", headers={"content-type": "text/plain"})
     assert r.status_code == 415

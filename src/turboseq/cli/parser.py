@@ -80,11 +80,11 @@ def _add_text_verbs(verbs) -> None:
         if verb == "translate":
             tr.add_argument(
                 "--format",
-                choices=["lines", "text", "html"],
+                choices=["lines", "text", "html", "markdown"],
                 default="lines",
                 help="lines: one sentence per line (default); text: the input is one document (paragraphs, "
                 'sentences split, whitespace kept); html: an HTML page (markup kept, code and translate="no" '
-                "untouched)",
+                "untouched); markdown: code blocks, code spans, URLs and markup kept",
             )
             tr.add_argument(
                 "--source-language", metavar="CODE", help="--format text/html: the sentence rules' language"

@@ -12,6 +12,11 @@ kept as it is (whitespace, line breaks, markup). ``join(translations)`` rebuilds
   translated node is escaped again (``&``, ``<``, ``>``). Inline markup splits a sentence into nodes, each
   translated on its own.
 
+- ``markdown``: fenced and indented code blocks, table rules, thematic breaks and link definitions stay as they
+  are; a line's block markers (headings, quotes, list items, task boxes, table pipes) and its inline markup (code
+  spans, emphasis markers, link and image targets, autolinks and bare URLs) are kept, and the text between them
+  is translated. A link's text is translated on its own.
+
 A sentence longer than the model's input limit (``fits``) is cut at word boundaries into parts that fit,
 each translated once, so a long paragraph translates whole, never truncated.
 """
@@ -24,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
-FORMATS = ("text", "html")
+FORMATS = ("text", "html", "markdown")
 SKIPPED_ELEMENTS = {"code", "pre", "script", "style", "textarea", "kbd", "samp", "var"}
 # elements that never hold text of their own and need no end tag
 VOID_ELEMENTS = {
@@ -75,6 +80,8 @@ def split_document(
     if format == "html":
         doc.escape = lambda s: html.escape(s, quote=False)
         _HTMLWalker(doc, splitter).run(text)
+    elif format == "markdown":
+        _markdown(doc, text, splitter)
     else:
         splitter.add(doc, text)
     return doc
@@ -179,3 +186,53 @@ class _HTMLWalker(HTMLParser):
 
     def unknown_decl(self, data):
         self._event()
+
+
+# a line kept whole: a table's rule row, a thematic break, a link reference definition
+_MD_KEPT_LINE = re.compile(r"^\s*(\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?|([-*_])(\s*\3){2,}|\[[^\]]+\]:\s+\S.*)\s*$")
+_MD_FENCE = re.compile(r"^\s{0,3}(`{3,}|~{3,})")
+# a line's block markers: quotes, a heading's hashes, a list item's marker and task box
+_MD_BLOCK = re.compile(r"^(\s*(?:>\s?)*\s*(?:#{1,6}\s+|[-*+]\s+(?:\[[ xX]\]\s+)?|\d{1,9}[.)]\s+)?)")
+# inline markup kept as written
+_MD_INLINE = re.compile(
+    r"(`+).+?\1"  # code span
+    r"|!\[[^\]]*\]\([^)]*\)"  # image
+    r"|\]\([^)]*\)|\]\[[^\]]*\]"  # a link's target (inline or reference)
+    r"|\["  # a link's text begins
+    r"|<[a-z][a-z0-9+.-]*:[^>\s]*>"  # autolink
+    r"|https?://[^\s)>\]]+"  # bare URL
+    r"|\*{1,3}|_{2,3}|~~"  # emphasis and strike-through markers
+    r"|(?<=\s)\|(?=\s)|^\||\|$"  # table pipes
+    r"|<[^>]+>"  # inline HTML tags
+)
+
+
+def _markdown(doc: Document, text: str, sentences: _Sentences) -> None:
+    fence = None  # the open code fence, if any
+    previous_blank = True
+    for line in re.split(r"(?<=\n)", text):
+        body = line.rstrip("\r\n")
+        ending = line[len(body) :]
+        opened = _MD_FENCE.match(body)
+        if fence is not None or opened:
+            doc.keep(line)
+            if fence is None:
+                fence = opened.group(1)
+            elif body.strip().startswith(fence[0] * len(fence)) and not body.strip().strip(fence[0]):
+                fence = None
+            continue
+        indented_code = previous_blank and (body.startswith("    ") or body.startswith("\t"))
+        previous_blank = not body.strip()
+        if not body.strip() or indented_code or _MD_KEPT_LINE.match(body):
+            previous_blank = previous_blank or indented_code
+            doc.keep(line)
+            continue
+        marker = _MD_BLOCK.match(body).group(1)
+        doc.keep(marker)
+        rest, end = body[len(marker) :], 0
+        for found in _MD_INLINE.finditer(rest):
+            sentences.add(doc, rest[end : found.start()])
+            doc.keep(found.group(0))
+            end = found.end()
+        sentences.add(doc, rest[end:])
+        doc.keep(ending)

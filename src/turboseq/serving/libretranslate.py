@@ -105,7 +105,7 @@ async def translate(task, service, request):
     _check_pair(task, source, target)
     fmt = fields.get("format", "text")
     if fmt not in FORMATS:
-        raise bad_request('`format` must be "text" or "html"')
+        raise bad_request('`format` must be "text", "html" or "markdown"')
     alternatives = _alternatives(fields)
     task.check_count(len(texts))
     language = source if source != "auto" else task.pair[0] if task.pair else None
