@@ -144,3 +144,53 @@ def test_openai_logprobs_with_the_sdk(lm_server, gpt2_text):
     with pytest.raises(openai.UnprocessableEntityError) as err:
         client.completions.create(model="m", prompt=prompt, max_tokens=4, logprobs=9)
     assert err.value.response.json()["error"] == "`logprobs` must be an integer from 0 to 5"
+
+
+def test_prefix_alternatives_and_confidence(mt_server, marian_one):
+    from transformers import MarianMTModel
+
+    model, path = marian_one
+    short = {"max_new_tokens": 10}
+    prefix = model.translate(SOURCES[:1], max_new_tokens=3, min_new_tokens=3)[0]
+    assert prefix
+    r = httpx.post(mt_server.url + "/", json={"inputs": SOURCES, "parameters": {**short, "prefix": [prefix, None]}})
+    got = [a["translation_text"] for a in r.json()]
+    assert got == model.translate(SOURCES, prefix=[prefix, None], **short)
+    assert got[0] != model.translate(SOURCES[:1], **short)[0]  # the prefix changed the output
+
+    r = httpx.post(
+        mt_server.url + "/", json={"inputs": SOURCES[0], "parameters": {**short, "prefix": prefix, "alternatives": 3}}
+    )
+    (answer,) = r.json()
+    expected = model.translate(SOURCES[:1], prefix=[prefix], alternatives=3, **short)[0]
+    assert [(a["text"], pytest.approx(a["score"], abs=1e-5)) for a in answer["alternatives"]] == expected
+    assert answer["translation_text"] == expected[0][0]
+
+    # confidence: the mean log-probability of the output's tokens, as transformers scores them teacher-forced
+    r = httpx.post(mt_server.url + "/", json={"inputs": SOURCES, "parameters": {**short, "return_confidence": True}})
+    ref = MarianMTModel.from_pretrained(path).eval()
+    for source, answer in zip(SOURCES, r.json()):
+        enc = model.tokenizer([source], return_tensors="pt")
+        out = model.generate(enc["input_ids"], **short)[0]
+        out = out[
+            : next((k + 1 for k, t in enumerate(out.tolist()[1:], 1) if t == model.tokenizer.eos_token_id), len(out))
+        ]
+        with torch.no_grad():
+            logits = ref(**enc, decoder_input_ids=out[None, :-1]).logits[0]
+        mean = logits.log_softmax(-1).gather(1, out[1:, None]).mean().item()
+        assert answer["confidence"] == pytest.approx(mean, abs=1e-4)
+        assert answer["translation_text"] == model.translate([source], **short)[0]
+
+    def error(params):
+        r = httpx.post(mt_server.url + "/", json={"inputs": "x", "parameters": params})
+        return r.status_code, r.json()["error"]
+
+    assert error({"prefix": ["a", "b"]}) == (
+        422,
+        "`prefix` must be a text, or a list with one text (or null) per input",
+    )
+    assert error({"alternatives": 99}) == (422, "`alternatives` must be an integer from 1 to 16")
+    r = httpx.post(
+        mt_server.url + "/generate_stream", json={"inputs": "x", "parameters": {"alternatives": 2, "num_beams": 1}}
+    )
+    assert r.status_code == 422 and r.json()["error"] == "`alternatives` and `return_confidence` are not streamed"

@@ -242,7 +242,7 @@ class Seq2SeqModel(EncoderDecoder):
         todo = [i for i, t in enumerate(texts) if t.strip()]
         encoded = encode_texts(self.tokenizer, [texts[i] for i in todo], self.spec.max_positions, truncation, todo)
         rows = [torch.tensor(ids, dtype=torch.long) for ids in encoded]
-        prompts = self._prefix_prompts(self._encode_prefixes(prefix, len(texts), s), len(texts), s)
+        prompts = self._prefix_prompts(self.encode_prefixes(prefix, len(texts), s), len(texts), s)
         if prompts is not None:
             prompts = [prompts[i] for i in todo]
         if alternatives is not None:
@@ -262,7 +262,7 @@ class Seq2SeqModel(EncoderDecoder):
             return [r[0] for r in result]
         return result
 
-    def _encode_prefixes(self, prefix, n: int, s: GenerationSettings) -> list[list[int] | None] | None:
+    def encode_prefixes(self, prefix, n: int, s: GenerationSettings) -> list[list[int] | None] | None:
         """Token ids of each target prefix text (no special tokens; the forced BOS first where the model has
         one, as BART's outputs begin with it)."""
         if prefix is None:
@@ -289,15 +289,40 @@ class Seq2SeqModel(EncoderDecoder):
 
     @torch.inference_mode()
     def alternatives(
-        self, rows: Sequence[Sequence[int]], prefixes, n: int, *, min_expansion_prob: float = 0.0, **kwargs
+        self,
+        rows: Sequence[Sequence[int]],
+        prefixes,
+        n: int,
+        *,
+        min_expansion_prob: float = 0.0,
+        settings: GenerationSettings | None = None,
+        **kwargs,
     ) -> list[list[tuple[list[int], float]]]:
         """Token-level ``translate(..., prefix=..., alternatives=n)``: per input (token ids) and its prefix
         (token ids or None), up to ``n`` pairs (the output's token ids after the decoder start token, prefix
-        included; its score), as CTranslate2's ``return_alternatives`` (``models.alternatives``)."""
-        s = self.settings(**kwargs)
+        included; its score), as CTranslate2's ``return_alternatives`` (``models.alternatives``). ``settings``
+        as ``generate_rows``."""
+        s = settings if settings is not None else self.settings(**kwargs)
         _check_alternatives(n)
         prompts = self._prefix_prompts(prefixes, len(rows), s)
         return [
             alternatives_after(self, torch.as_tensor(list(r), dtype=torch.long), prompt, n, s, min_expansion_prob)
             for r, prompt in zip(rows, prompts)
         ]
+
+    @torch.inference_mode()
+    def mean_logprobs(self, rows: Sequence[Sequence[int]], sequences: Sequence[Tensor]) -> list[float]:
+        """Per source ``rows[i]`` (token ids) and its output ``sequences[i]`` (decoder start token first), the
+        mean log-probability of the output's tokens, teacher-forced in float32 without logits rules: a
+        translation's confidence, whatever search made it. One row at a time (the vocabulary-wide logits of a
+        whole batch would be large)."""
+        out = []
+        for row, seq in zip(rows, sequences):
+            seq = torch.as_tensor(seq, dtype=torch.long)
+            if len(seq) < 2:
+                out.append(0.0)
+                continue
+            logits = self.forward_logits(torch.tensor([list(row)]), None, seq[None, :-1])[0]
+            logp = torch.log_softmax(logits.float(), dim=-1).gather(1, seq[1:, None].to(logits.device))
+            out.append(float(logp.mean()))
+        return out

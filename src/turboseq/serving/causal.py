@@ -112,7 +112,10 @@ class CompletionTask(GenerationTask):
             check_one_row(s)
         # sampled requests run alone, so that a seed means the same as when sent alone
         key = None if s.do_sample else json.dumps([params, full, trim_stop, details, top_n], sort_keys=True)
-        return Prepared(CompletionRequest(s, seed, details, top_n, full, trim_stop, default_length), key)
+        request = CompletionRequest(
+            s, seed, details, top_n, return_full_text=full, trim_stop=trim_stop, default_length=default_length
+        )
+        return Prepared(request, key)
 
     def check_cost(self, parsed: Parsed, limits) -> None:
         request: CompletionRequest = parsed.prepared.settings

@@ -1,4 +1,5 @@
-"""Log-probabilities over HTTP: TGI's ``details`` and ``top_n_tokens``, OpenAI's ``logprobs``.
+"""Log-probabilities over HTTP: TGI's ``details`` and ``top_n_tokens``, OpenAI's ``logprobs``; a generation
+request's ``prefix``, ``alternatives`` and ``return_confidence``.
 
 The engine reports each chosen token's log-probability as it is chosen (``RowHooks.on_logprobs``: the log-softmax
 of the step's fully processed scores, what ``compute_transition_scores(..., normalize_logits=True)`` gives for
@@ -115,3 +116,60 @@ def openai_logprobs(tokens: list[dict], text: str, start: int = 0) -> dict:
         out["text_offset"].append(start + offset)
         offset += len(t["text"])
     return out
+
+
+MAX_ALTERNATIVES = 16
+
+
+def pop_output_options(params: dict) -> tuple[dict, int, float, bool]:
+    """``params`` without ``prefix`` (read when tokenizing), ``alternatives``, ``min_alternative_expansion_prob``
+    and ``return_confidence``; and the last three, checked (ValueError naming a bad one)."""
+    params = dict(params)
+    params.pop("prefix", None)
+    alternatives = params.pop("alternatives", None) or 0
+    min_prob = params.pop("min_alternative_expansion_prob", None) or 0.0
+    confidence = params.pop("return_confidence", False)
+    if type(alternatives) is not int or not 0 <= alternatives <= MAX_ALTERNATIVES:
+        raise ValueError(f"`alternatives` must be an integer from 1 to {MAX_ALTERNATIVES}")
+    if isinstance(min_prob, bool) or not isinstance(min_prob, (int, float)) or not 0 <= min_prob <= 1:
+        raise ValueError("`min_alternative_expansion_prob` must be a number from 0 to 1")
+    if not isinstance(confidence, bool):
+        raise ValueError("`return_confidence` must be a boolean")
+    return params, alternatives, float(min_prob), confidence
+
+
+class Prefixed(list):
+    """A row of source token ids that carries the token ids its outputs start with (``prefix``)."""
+
+    def __init__(self, ids, prefix):
+        super().__init__(ids)
+        self.prefix = prefix
+
+
+@dataclass
+class Alternatives:
+    """A row's alternatives: (text, score) pairs, best first."""
+
+    options: list
+
+
+@dataclass
+class Scored:
+    """An answer with its confidence (a float, or one per returned sequence)."""
+
+    answer: object
+    confidence: object
+
+
+def answer_body(field: str, answer) -> dict:
+    """The JSON of one generation answer: ``{field: text}`` plus what the request asked for."""
+    extra: dict = {}
+    if isinstance(answer, Scored):
+        answer, extra = answer.answer, {"confidence": answer.confidence}
+    if isinstance(answer, Alternatives):
+        first = answer.options[0][0] if answer.options else ""
+        options = [{"text": t, "score": score} for t, score in answer.options]
+        return {field: first, "alternatives": options, **extra}
+    if isinstance(answer, Detailed):
+        return {field: answer.text, "details": answer.details(), **extra}
+    return {field: answer, **extra}

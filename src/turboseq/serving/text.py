@@ -13,7 +13,18 @@ from turboseq.formats.tokenizer import encode_texts
 from turboseq.generation.settings import GenerationSettings, check_seed
 from turboseq.models.text import Seq2SeqModel
 from turboseq.serving import libretranslate
-from turboseq.serving.logprobs import Collector, Detailed, check_one_row, pop_detail_parameters, token_fields
+from turboseq.serving.logprobs import (
+    Alternatives,
+    Collector,
+    Detailed,
+    Prefixed,
+    Scored,
+    answer_body,
+    check_one_row,
+    pop_detail_parameters,
+    pop_output_options,
+    token_fields,
+)
 from turboseq.serving.requests import (
     Parsed,
     Prepared,
@@ -124,6 +135,9 @@ class GenerationRequest:
     seed: int | None
     details: bool = False  # TGI's details / OpenAI's logprobs: each generated token's log-probability
     top_n_tokens: int = 0  # and the most likely tokens at each step
+    alternatives: int = 0  # translations: the n most likely next tokens after the prefix, each completed
+    min_alternative_expansion_prob: float = 0.0
+    confidence: bool = False  # translations: each output's mean token log-probability
 
 
 @register(Seq2SeqModel)
@@ -139,19 +153,41 @@ class GenerationTask(TextTask[GenerationRequest]):
         # the (source, target) languages LibreTranslate's routes serve, where the directory names them
         self.pair = language_pair(model.path, model.config) if self.name == "translation" else None
 
+    def tokenize(self, inputs: list[str], params: dict, single: bool = False, keep_blank: bool = False) -> Parsed:
+        """``TextTask.tokenize``; a ``prefix`` (one text for every input, or one per input) travels with each
+        row as token ids (rows with different prefixes share batches)."""
+        parsed = super().tokenize(inputs, params, single, keep_blank)
+        prefix = params.get("prefix")
+        if prefix is not None:
+            texts = [prefix] * len(inputs) if isinstance(prefix, str) else prefix
+            if not isinstance(texts, list) or len(texts) != len(inputs):
+                raise invalid("`prefix` must be a text, or a list with one text (or null) per input")
+            if not all(t is None or isinstance(t, str) for t in texts):
+                raise invalid("`prefix` must be a text, or a list with one text (or null) per input")
+            with self.tokenizer_lock:
+                ids = self.model.encode_prefixes(texts, len(texts), self.model.settings())
+            parsed.rows = [Prefixed(row, ids[slot]) for row, slot in zip(parsed.rows, parsed.slots)]
+        return parsed
+
     def prepare(self, params: dict) -> Prepared[GenerationRequest]:
         check_not_server_owned(params)
         seed = params.get("seed")
         check_seed(seed)
         rest, details, top_n = pop_detail_parameters(params)
+        rest, alternatives, min_prob, confidence = pop_output_options(rest)
         s = self.model.settings(**{k: v for k, v in rest.items() if k not in ("truncation", "seed")})
         if details:
             check_one_row(s)
-        # sampled requests run alone, so that a seed means the same as when sent alone
+        if alternatives and s.num_return_sequences != 1:
+            raise ValueError("`alternatives` replaces `num_return_sequences`: leave it at 1")
+        # sampled requests run alone, so that a seed means the same as when sent alone; so do alternatives
+        # (searched one input at a time)
         key = (
-            None if s.do_sample else json.dumps({k: v for k, v in params.items() if k != "truncation"}, sort_keys=True)
+            None
+            if s.do_sample or alternatives
+            else json.dumps({k: v for k, v in params.items() if k not in ("truncation", "prefix")}, sort_keys=True)
         )
-        return Prepared(GenerationRequest(s, seed, details, top_n), key)
+        return Prepared(GenerationRequest(s, seed, details, top_n, alternatives, min_prob, confidence), key)
 
     def check_cost(self, parsed: Parsed, limits) -> None:
         check_generation_cost(parsed.prepared.settings.settings, len(parsed.rows), limits)
@@ -159,10 +195,14 @@ class GenerationTask(TextTask[GenerationRequest]):
     def check_stream(self, request: GenerationRequest) -> None:
         if request.settings.is_beam or request.settings.num_return_sequences != 1:
             raise invalid("streaming supports num_beams=1 and num_return_sequences=1")
+        if request.alternatives or request.confidence:
+            raise invalid("`alternatives` and `return_confidence` are not streamed")
 
     def generate(self, rows, request: GenerationRequest, abandoned, on_tokens) -> tuple[list, Collector | None]:
         """The engine's sequences for ``rows``, and the log-probabilities where the request asks for them."""
         collector = Collector(on_tokens) if request.details else None
+        prefixes = [getattr(r, "prefix", None) for r in rows]
+        extra = {"prefixes": prefixes} if any(p is not None for p in prefixes) else {}
         outputs = self.model.generate_rows(
             rows,
             max_batch_size=None,
@@ -172,6 +212,7 @@ class GenerationTask(TextTask[GenerationRequest]):
             top_logprobs=request.top_n_tokens,
             seed=request.seed,
             settings=request.settings,
+            **extra,
         )
         return outputs, collector
 
@@ -180,7 +221,11 @@ class GenerationTask(TextTask[GenerationRequest]):
         return Detailed(text, tokens, reason, request.seed)
 
     def run(self, rows, request: GenerationRequest, abandoned=None, on_tokens=None):
+        if request.alternatives:
+            return self.run_alternatives(rows, request)
         outputs, collector = self.generate(rows, request, abandoned, on_tokens)
+        if request.confidence:
+            scores = [self.model.mean_logprobs([row] * len(seqs), seqs) for row, seqs in zip(rows, outputs)]
         decode = self.model.tokenizer.batch_decode
         with self.tokenizer_lock:
             texts = [decode([s.tolist() for s in seqs], skip_special_tokens=True) for seqs in outputs]
@@ -192,21 +237,47 @@ class GenerationTask(TextTask[GenerationRequest]):
                 new = seqs[0][1:].tolist()
                 reason = "eos_token" if new and new[-1] in eos else "length"
                 answers.append(self.detailed(request, collector, row, text[0], new, reason))
-            return answers, generated
+            return self.with_confidence(answers, scores if request.confidence else None), generated
         nrs = request.settings.num_return_sequences
-        return [t[0] if nrs == 1 else t for t in texts], generated
+        answers = [t[0] if nrs == 1 else t for t in texts]
+        return self.with_confidence(answers, scores if request.confidence else None), generated
+
+    def with_confidence(self, answers: list, scores: list[list[float]] | None) -> list:
+        if scores is None:
+            return answers
+        return [Scored(a, s[0] if len(s) == 1 else s) for a, s in zip(answers, scores)]
+
+    def run_alternatives(self, rows, request: GenerationRequest):
+        """Per row, up to ``alternatives`` outputs: the most likely tokens after its prefix, each completed by
+        the search (``Seq2SeqModel.alternatives``), best first, with their scores."""
+        prefixes = [getattr(r, "prefix", None) for r in rows]
+        found = self.model.alternatives(
+            rows,
+            prefixes,
+            request.alternatives,
+            min_expansion_prob=request.min_alternative_expansion_prob,
+            settings=request.settings,
+        )
+        answers, generated = [], 0
+        with self.tokenizer_lock:
+            for options in found:
+                texts = self.model.tokenizer.batch_decode([ids for ids, _ in options], skip_special_tokens=True)
+                answers.append(Alternatives([(t, score) for t, (_, score) in zip(texts, options)]))
+                generated += sum(len(ids) for ids, _ in options)
+        return answers, generated
 
     def empty(self, request: GenerationRequest):
+        if request.alternatives:
+            return Alternatives([])
         nrs = request.settings.num_return_sequences
         return "" if nrs == 1 else [""] * nrs
 
     def respond(self, answers, parsed):
-        return [
-            {self.field: a.text, "details": a.details()} if isinstance(a, Detailed) else {self.field: a}
-            for a in answers
-        ]
+        return [answer_body(self.field, a) for a in answers]
 
     def stream_end(self, answer, decoder) -> tuple[str, str]:
+        if isinstance(answer, Scored):
+            answer = answer.answer
         return (answer.text if isinstance(answer, Detailed) else answer), decoder.finish_reason
 
     def routes(self) -> list[Route]:
