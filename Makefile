@@ -14,12 +14,13 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[bench,test,serve,lint,ray,docs]'
 	touch $(STAMP)
 
-# espeak-ng synthesizes the speech that Whisper tests, bench and demo transcribe (Debian package)
+# espeak-ng synthesizes the speech that Whisper tests, bench and demo transcribe; Chromium and its driver run the
+# playground's browser tests (Debian packages)
 system-deps:
-	@command -v espeak-ng >/dev/null || { \
-		echo "installing espeak-ng (apt-get)"; \
+	@command -v espeak-ng >/dev/null && command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		echo "installing espeak-ng, chromium and chromium-driver (apt-get)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng chromium chromium-driver >/dev/null; }
 
 demo: $(STAMP) system-deps
 	$(PY) scripts/demo.py

@@ -198,3 +198,14 @@ def test_bad_options_fail_in_one_line(whisper, options, message):
     with pytest.raises(ValueError) as err:
         whisper.transcribe(np.zeros(16000, np.float32) + 0.01, **options)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_tone_with_word_timestamps_gives_no_words(whisper):
+    """A recording whose every window is skipped (a pure tone: no speech) used to crash the word-timing pass with
+    an empty float index; it gives a transcript with no words, as the microphone test found."""
+    import numpy as np
+
+    t = np.arange(3 * 16000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    result = whisper.transcribe(tone, word_timestamps=True)
+    assert result.text == "" and result.segments == []

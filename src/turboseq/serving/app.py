@@ -389,6 +389,14 @@ def _add_task_routes(app, service: Service) -> None:
     async def root(request: Request):
         return await handle(request)
 
+    @app.get("/")
+    async def playground():
+        from fastapi.responses import HTMLResponse
+
+        from turboseq.serving.playground import page
+
+        return HTMLResponse(page(task.name, service.name, __version__))
+
     @app.post("/models/{model_name:path}")
     async def named(model_name: str, request: Request):
         if model_name != service.name:

@@ -223,7 +223,7 @@ def take_rows(cross_kv: list[tuple[Tensor, Tensor]] | None, rows: list[int], tot
     """The cross-attention K/V (``model.cross_kv``) of windows ``rows`` out of ``total``."""
     if cross_kv is None or rows == list(range(total)):
         return cross_kv
-    index = torch.tensor(rows, device=cross_kv[0][0].device)
+    index = torch.tensor(rows, dtype=torch.long, device=cross_kv[0][0].device)
     return [(k.index_select(0, index), v.index_select(0, index)) for k, v in cross_kv]
 
 
@@ -237,7 +237,7 @@ def decode(model, hidden: Tensor, prompts: list[list[int]], opts: Options, tempe
     for width in sorted({len(p) for p in prompts}):
         rows = [i for i, p in enumerate(prompts) if len(p) == width]
         s = _settings(model, prompts[rows[0]], opts, temperature, max_initial_index)
-        h = hidden.index_select(0, torch.tensor(rows, device=hidden.device))
+        h = hidden.index_select(0, torch.tensor(rows, dtype=torch.long, device=hidden.device))
         row_hooks = None if hooks is None else hooks.select(rows)
         decoded = _decode_alike(model, h, prompts[rows[0]], [prompts[i] for i in rows], s, row_hooks,
                                 take_rows(cross_kv, rows, len(prompts)))  # fmt: skip
@@ -310,7 +310,7 @@ def with_fallback(model, hidden: Tensor, prompts: list[list[int]], opts: Options
     temperature = opts.temperatures[0]
     for temperature in opts.temperatures:
         if hooks is not None and pending:  # windows of inputs nobody waits for stop falling back
-            gone = hooks.gone(torch.tensor(pending))
+            gone = hooks.gone(torch.tensor(pending, dtype=torch.long))
             if gone is not None:
                 for i, lost in zip(pending, gone.tolist()):
                     if lost:
@@ -318,7 +318,7 @@ def with_fallback(model, hidden: Tensor, prompts: list[list[int]], opts: Options
                 pending = [i for i, lost in zip(pending, gone.tolist()) if not lost]
         if not pending:
             break
-        index = torch.tensor(pending, device=hidden.device)
+        index = torch.tensor(pending, dtype=torch.long, device=hidden.device)
         runs = decode(model, hidden.index_select(0, index), [prompts[i] for i in pending], opts, temperature,
                       max_initial_index, None if hooks is None else hooks.select(pending),
                       take_rows(cross_kv, pending, len(prompts)))  # fmt: skip

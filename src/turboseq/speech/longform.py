@@ -95,7 +95,7 @@ def _add_words(model, hidden_rows, windows: list[list[WindowSegment]], num_frame
         if t:
             by_sot.setdefault(tuple(sot_sequences[i]), []).append(i)
     for sot, rows in by_sot.items():
-        index = torch.tensor(rows, device=hidden_rows.device)
+        index = torch.tensor(rows, dtype=torch.long, device=hidden_rows.device)
         found = alignment.attention_alignment(
             model,
             hidden_rows.index_select(0, index),
@@ -191,7 +191,7 @@ def _round_words(model, hidden, cross_kv, kept_rows, kept_windows, sizes, total:
     if not opts.word_timestamps:
         return skipped
     rows = [r[0] for r in kept_rows]
-    index = torch.tensor(rows, device=hidden.device)
+    index = torch.tensor(rows, dtype=torch.long, device=hidden.device)
     # sequential: each window starts from its stream's last speech (the attach step's own is not kept)
     starts = [r[1].last_speech for r in kept_rows]
     _add_words(model, hidden.index_select(0, index), kept_windows, [sizes[r] for r in rows],
