@@ -236,3 +236,18 @@ def _markdown(doc: Document, text: str, sentences: _Sentences) -> None:
             end = found.end()
         sentences.add(doc, rest[end:])
         doc.keep(ending)
+
+
+# spans a translation keeps as they are (``translate(..., keep_spans=True)``): URLs, e-mail addresses,
+# {variables} and numbers (a trailing sentence mark is not part of a URL)
+_PROTECTED = re.compile(
+    r"[a-z][a-z0-9+.-]*://[^\s<>\"]*[^\s<>\".,;:!?)\]]"
+    r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
+    r"|\{[^{}\s]+\}"
+    r"|(?<![\w.])\d+(?:[.,:]\d+)*(?![\w])"
+)
+
+
+def protected_spans(text: str) -> list[str]:
+    """The URLs, e-mail addresses, ``{variables}`` and numbers of ``text``, in order, each once."""
+    return list(dict.fromkeys(m.group(0) for m in _PROTECTED.finditer(text)))

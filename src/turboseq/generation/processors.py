@@ -254,6 +254,51 @@ def build_processors(s: GenerationSettings, vocab_size: int) -> list[LogitsProce
     return procs
 
 
+class RequiredPhrases(LogitsProcessor):
+    """Every output holds each of ``phrases`` (token id lists): turboseq's own rule for glossaries and protected
+    spans, not transformers' constrained beam search (``force_words_ids``), and not token-identical to it.
+
+    Per row, from its tokens so far: a phrase begun (the row ends with a proper prefix of a missing phrase) is
+    continued; while a phrase is missing, EOS is banned, and where the row would end (EOS is its best token) or
+    has only room left for the missing phrases, the first missing phrase is started. Where the model starts a
+    phrase on its own, it stands where the model put it; otherwise it comes before the end."""
+
+    def __init__(self, phrases: list[list[int]], eos_ids: list[int], max_length: int):
+        self.phrases = [list(p) for p in phrases if p]
+        self.eos_ids, self.max_length = list(eos_ids), max_length
+
+    def _forced(self, ids: list[int], top: int) -> tuple[int | None, bool]:
+        """(the token to force or None, whether phrases are still missing)."""
+        missing = [p for p in self.phrases if not _contains(ids, p)]
+        if not missing:
+            return None, False
+        best, forced = 0, None
+        for p in missing:
+            for k in range(min(len(p) - 1, len(ids)), best, -1):
+                if ids[-k:] == p[:k]:
+                    best, forced = k, p[k]
+                    break
+        if forced is None and (top in self.eos_ids or self.max_length - len(ids) <= sum(map(len, missing))):
+            forced = missing[0][0]
+        return forced, True
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        tops = scores.argmax(dim=1).tolist()
+        for row, (ids, top) in enumerate(zip(input_ids.tolist(), tops)):
+            forced, missing = self._forced(ids, top)
+            if forced is not None:
+                scores[row].fill_(NEG_INF)
+                scores[row, forced] = 0
+            elif missing:
+                scores[row, self.eos_ids] = NEG_INF
+        return scores
+
+
+def _contains(ids: list[int], phrase: list[int]) -> bool:
+    n = len(phrase)
+    return any(ids[i : i + n] == phrase for i in range(len(ids) - n + 1))
+
+
 # the sampling warpers: build_processors puts them after every other processor
 WARPERS = (Temperature, TopK, TopP)
 

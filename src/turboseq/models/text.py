@@ -3,14 +3,17 @@ unpadded token ids, and ``translate``/``generate_text`` over text."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
-from turboseq.formats.documents import split_document
+from turboseq.formats.documents import protected_spans, split_document
 from turboseq.formats.tokenizer import encode_texts
 from turboseq.generation.batching import pad_batch, pad_rows, row_hooks
+from turboseq.generation.processors import RequiredPhrases
 from turboseq.generation.settings import GenerationSettings
 from turboseq.models.alternatives import alternatives as alternatives_after
 from turboseq.models.engine import DEFAULT_BATCH, EncoderDecoder, generate_output, output_request
@@ -181,7 +184,14 @@ class Seq2SeqModel(EncoderDecoder):
     # --- text API ----------------------------------------------------------------------------------------
 
     def translate(
-        self, texts: Sequence[str], *, format: str | None = None, source_language: str | None = None, **kwargs
+        self,
+        texts: Sequence[str],
+        *,
+        format: str | None = None,
+        source_language: str | None = None,
+        glossary: dict[str, str] | None = None,
+        keep_spans: bool = False,
+        **kwargs,
     ) -> list:
         """Translate sentences; returns one string per input (a list of strings per input when
         ``num_return_sequences`` > 1). Empty or whitespace-only inputs give "" without running the model.
@@ -190,7 +200,19 @@ class Seq2SeqModel(EncoderDecoder):
         ``format="text"`` or ``"html"``: each input is a document (paragraphs, or an HTML page), cut into
         sentences (``formats.documents``; ``source_language`` picks the sentence rules), all sentences of all
         inputs translated in length-sorted batches, and put back with the document's whitespace and markup.
-        A sentence over the model's input limit is cut at words and translated in parts."""
+        A sentence over the model's input limit is cut at words and translated in parts.
+
+        ``glossary``: ``{"source term": "target term"}``; a sentence holding a source term (a whole word or
+        phrase, any case) gets every matching target term in its output, and ``keep_spans=True`` keeps its
+        URLs, e-mail addresses, numbers and ``{variables}`` as they are (``formats.documents.protected_spans``).
+        Both are rules of the search (``generation.processors.RequiredPhrases``), not edits of the output text:
+        sentences with equal terms share batches."""
+        if glossary is not None and not (
+            isinstance(glossary, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in glossary.items())
+        ):
+            raise TypeError("`glossary` must be a dict of source terms to target terms (strings)")
+        if glossary or keep_spans:
+            kwargs["_terms"] = (glossary or {}, keep_spans)
         if format is None:
             return self.generate_text(texts, _desc="translate", **kwargs)
         if isinstance(texts, str):
@@ -220,6 +242,8 @@ class Seq2SeqModel(EncoderDecoder):
         progress: bool = False,
         seed: int | None = None,
         _desc: str = "generate",
+        _terms: tuple[dict, bool] | None = None,
+        _phrases: list[list[int]] | None = None,
         **kwargs,
     ) -> list:
         """Text-to-text generation: tokenize, ``generate`` (any generation kwargs), decode without special
@@ -234,7 +258,14 @@ class Seq2SeqModel(EncoderDecoder):
         ``models.alternatives``); ``min_alternative_expansion_prob`` drops unlikely expansions."""
         if isinstance(texts, str):
             raise TypeError("`texts` must be a list of strings, not a single string")
+        if _terms is not None:
+            return self._with_terms(texts, _terms, prefix=prefix, alternatives=alternatives, _desc=_desc,
+                                    min_alternative_expansion_prob=min_alternative_expansion_prob,
+                                    truncation=truncation, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                    progress=progress, seed=seed, **kwargs)  # fmt: skip
         s = self.settings(**kwargs)
+        if _phrases:
+            s = replace(s, rules=[*s.rules, RequiredPhrases(_phrases, s.eos_token_ids, s.max_length)])
         if alternatives is not None:
             _check_alternatives(alternatives)
         if alternatives is not None and s.num_return_sequences != 1:
@@ -326,3 +357,47 @@ class Seq2SeqModel(EncoderDecoder):
             logp = torch.log_softmax(logits.float(), dim=-1).gather(1, seq[1:, None].to(logits.device))
             out.append(float(logp.mean()))
         return out
+
+    def _with_terms(self, texts: Sequence[str], terms: tuple[dict, bool], **kwargs) -> list:
+        """``generate_text`` with each input's required target phrases (glossary terms, protected spans): inputs
+        with equal phrases run together under a ``RequiredPhrases`` rule."""
+        glossary, keep_spans = terms
+        groups: dict[tuple, list[int]] = {}
+        for i, text in enumerate(texts):
+            groups.setdefault(self._required_phrases(text, glossary, keep_spans), []).append(i)
+        results: list = [None] * len(texts)
+        prefix = kwargs.pop("prefix", None)
+        for phrases, members in groups.items():
+            part_prefix = None if prefix is None else [prefix[i] for i in members]
+            required = [list(p) for p in phrases] or None
+            part = self.generate_text([texts[i] for i in members], prefix=part_prefix, _phrases=required, **kwargs)
+            for i, out in zip(members, part):
+                results[i] = out
+        return results
+
+    def _required_phrases(self, text: str, glossary: dict, keep_spans: bool) -> tuple:
+        """The target phrases ``text`` requires: its glossary terms (ValueError for a term the target vocabulary
+        cannot write) and, with ``keep_spans``, its protected spans that the vocabulary can write."""
+        phrases = []
+        for source, target in glossary.items():
+            if source.strip() and _holds(text, source):
+                ids = self._phrase_ids(target)
+                if ids is None:
+                    raise ValueError(f"glossary term {target!r} cannot be written with this model's target vocabulary")
+                phrases.append(ids)
+        for span in protected_spans(text) if keep_spans else []:
+            ids = self._phrase_ids(span)
+            if ids is not None:
+                phrases.append(ids)
+        return tuple(dict.fromkeys(phrases))
+
+    def _phrase_ids(self, term: str) -> tuple[int, ...] | None:
+        """``term``'s target token ids, or None where they do not decode back to it (unknown characters)."""
+        ids = self.tokenizer(text_target=term, add_special_tokens=False)["input_ids"]
+        decoded = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return tuple(ids) if ids and decoded.strip() == term.strip() else None
+
+
+def _holds(text: str, term: str) -> bool:
+    """Whether ``term`` occurs in ``text`` as whole words, in any case."""
+    return re.search(rf"(?<!\w){re.escape(term.strip())}(?!\w)", text, re.IGNORECASE) is not None
