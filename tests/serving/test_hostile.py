@@ -258,7 +258,7 @@ def test_hostile_text_request(text_server, name, path, kwargs, status, kind, wor
 
 
 def test_get_on_a_post_route_is_405_json(text_server):
-    r = httpx.get(text_server.url + "/")
+    r = httpx.get(text_server.url + "/generate_stream")  # (GET / is the playground page)
     assert r.status_code == 405 and r.json()["error_type"] == "http_error"
     _status_ok(text_server, text_server.normal)
 
