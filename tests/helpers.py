@@ -547,3 +547,18 @@ def raw_http(port: int, data: bytes, wait_s: float = 5.0) -> bytes:
         except (TimeoutError, ConnectionResetError):
             pass
     return out
+
+
+def hostile_json(max_leaves: int):
+    """hypothesis: any JSON value with hostile scalars (None, booleans, integers past 64 bits, NaN and infinities,
+    text), nested in lists and objects."""
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.text(max_size=30)
+    )
+    return st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=max_leaves,
+    )

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import raw_http
+from tests.helpers import hostile_json, raw_http
 from turboseq.serving.process import ServerProcess
 
 TIMEOUTS = ("--header-timeout-s", "1", "--body-timeout-s", "1")
@@ -309,14 +309,7 @@ def test_fuzzed_bodies_never_get_a_5xx(text_server):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    scalars = st.one_of(
-        st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.text(max_size=30)
-    )
-    values = st.recursive(
-        scalars,
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-        max_leaves=12,
-    )
+    values = hostile_json(max_leaves=12)
     keys = st.sampled_from(
         [
             "num_beams",

@@ -38,26 +38,25 @@ def _bert_classifier(path: Path, classes: int, seed: int):
     return ref
 
 
-@pytest.fixture(scope="module")
-def classifier_server(tmp_path_factory):
+def _served_classifier(tmp_path_factory, name: str, classes: int, seed: int):
+    """(server, transformers model, tokenizer) of a random BERT classifier, served until the module ends."""
     from transformers import AutoTokenizer
 
-    path = tmp_path_factory.mktemp("bert-classifier")
-    ref = _bert_classifier(path, 3, seed=2)
+    path = tmp_path_factory.mktemp(name)
+    ref = _bert_classifier(path, classes, seed=seed)
     srv = ServerProcess(path, "--max-batch-size", "8")
     yield srv, ref, AutoTokenizer.from_pretrained(path)
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def classifier_server(tmp_path_factory):
+    yield from _served_classifier(tmp_path_factory, "bert-classifier", 3, seed=2)
 
 
 @pytest.fixture(scope="module")
 def reranker_server(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    path = tmp_path_factory.mktemp("bert-reranker")
-    ref = _bert_classifier(path, 1, seed=3)
-    srv = ServerProcess(path, "--max-batch-size", "8")
-    yield srv, ref, AutoTokenizer.from_pretrained(path)
-    srv.stop()
+    yield from _served_classifier(tmp_path_factory, "bert-reranker", 1, seed=3)
 
 
 @pytest.fixture
@@ -253,14 +252,9 @@ def _fuzz(url: str, routes: list[str], keys: list[str], examples: int):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    scalars = st.one_of(
-        st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.text(max_size=30)
-    )
-    values = st.recursive(
-        scalars,
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-        max_leaves=10,
-    )
+    from tests.helpers import hostile_json
+
+    values = hostile_json(max_leaves=10)
     bodies = st.one_of(st.dictionaries(st.sampled_from(keys), values, max_size=5), values)
 
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

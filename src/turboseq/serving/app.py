@@ -111,6 +111,15 @@ class Service:
             if parsed.release is not None:
                 parsed.release()
 
+    async def infer_in_batches(self, request: Request, inputs: list[str], params: dict) -> tuple[list, int]:
+        """One answer per input of a request larger than an engine batch, and its input token count: tokenized
+        in chunks of ``--max-batch-size`` in the parser thread, each chunk queued as a job of its own."""
+        size = self.task.max_batch_size
+        chunks = [inputs[i : i + size] for i in range(0, len(inputs), size)] or [[]]
+        parsed = [await self.off_loop(self.task.tokenize, chunk, params) for chunk in chunks]
+        answers = await asyncio.gather(*(self.infer(request, p) for p in parsed))
+        return [a for answer in answers for a in answer], sum(len(ids) for p in parsed for ids in p.rows)
+
     def _submit(self, request: Request, parsed: Parsed, on_token=None) -> Job:
         future = asyncio.get_running_loop().create_future()
         job = Job(parsed.rows, parsed.prepared, future, on_token, timeout_s=self.task.time_allowed(parsed, self.config))

@@ -25,7 +25,7 @@ from turboseq.serving.requests import (
     text_list,
 )
 from turboseq.serving.tasks import Route, StreamEvents, check_generation_cost, over_limit, register, sse_event
-from turboseq.serving.text import GenerationRequest, GenerationTask
+from turboseq.serving.text import GenerationRequest, GenerationTask, truncation_of
 
 DEFAULT_NEW_TOKENS = 100  # TGI's default where a request sets no length
 OPENAI_DEFAULT_TOKENS = 16  # OpenAI's max_tokens default
@@ -67,9 +67,7 @@ class CompletionTask(GenerationTask):
         self.name, self.field = "text-generation", "generated_text"
 
     def tokenize(self, inputs: list[str], params: dict, single: bool = False) -> Parsed:
-        truncation = params.get("truncation", False)
-        if not isinstance(truncation, bool):
-            raise invalid("`parameters.truncation` must be a boolean")
+        truncation = truncation_of(params)
         limit = self.max_input_tokens
         for i, text in enumerate(inputs):
             if len(text) > 64 * limit and not truncation:

@@ -62,12 +62,26 @@ class EncoderTask(TextTask[EncoderRequest]):
         if request.output == "states":
             return [t.tolist() for t in self.model.token_states_ids(rows)], 0
         if request.output == "logits":
-            segments = [getattr(r, "segments", None) or [0] * len(r) for r in rows]
+            segments = None  # every row in segment 0, unless the batch holds pairs
+            if any(isinstance(r, Segmented) for r in rows):
+                segments = [r.segments if isinstance(r, Segmented) else [0] * len(r) for r in rows]
             return self.model.class_logits_ids(rows, segments=segments).tolist(), 0
         return self.model.embed_ids(rows, normalize=request.normalize).tolist(), 0
 
     def empty(self, request: EncoderRequest):
         return []
+
+    @staticmethod
+    def body(raw: bytes, content_type: str, limit: int, root: tuple[str, ...] = ()) -> tuple[object, dict]:
+        """``{"inputs", "parameters"}``: the inputs as sent and the parameters, with any of ``root`` given beside
+        ``inputs`` taken as parameters too."""
+        check_json_content_type(content_type)
+        body = json_fields(decode_json(raw, limit), {"inputs", "parameters", *root}, "inputs")
+        params = body.get("parameters")
+        params = {} if params is None else params
+        if not isinstance(params, dict):
+            raise invalid("`parameters` must be a JSON object")
+        return body["inputs"], {**params, **{k: body[k] for k in root if body.get(k) is not None}}
 
     def check_prompt(self, params: dict) -> None:
         if params.get("prompt_name") is not None:
@@ -119,17 +133,12 @@ class EmbeddingTask(EncoderTask):
     def parse(self, raw: bytes, content_type: str, limit: int) -> Parsed:
         """``{"inputs", "parameters"}``; feature extraction's parameters may also sit beside ``inputs``, as
         ``InferenceClient`` and TEI's ``/embed`` send them."""
-        check_json_content_type(content_type)
-        body = json_fields(decode_json(raw, limit), {"inputs", "parameters", *ROOT_PARAMETERS}, "inputs")
-        params = body.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise invalid("`parameters` must be a JSON object")
-        params = {**params, **{k: body[k] for k in ROOT_PARAMETERS if body.get(k) is not None}}
-        if isinstance(body["inputs"], dict):  # sentence similarity
-            return self.parse_similarity(body["inputs"], params)
-        inputs = text_list(body["inputs"], "inputs")
+        value, params = self.body(raw, content_type, limit, ROOT_PARAMETERS)
+        if isinstance(value, dict):  # sentence similarity
+            return self.parse_similarity(value, params)
+        inputs = text_list(value, "inputs")
         self.check_count(len(inputs))
-        return self.tokenize(inputs, params, isinstance(body["inputs"], str))
+        return self.tokenize(inputs, params, isinstance(value, str))
 
     def parse_similarity(self, inputs: dict, params: dict) -> Parsed:
         """The source sentence and the sentences to compare with it, as rows: one more row than sentences."""
@@ -193,12 +202,7 @@ class ClassificationTask(EncoderTask):
     name = "text-classification"
 
     def parse(self, raw: bytes, content_type: str, limit: int) -> Parsed:
-        check_json_content_type(content_type)
-        body = json_fields(decode_json(raw, limit), {"inputs", "parameters"}, "inputs")
-        params = body.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise invalid("`parameters` must be a JSON object")
-        inputs = body["inputs"]
+        inputs, params = self.body(raw, content_type, limit)
         items = inputs if isinstance(inputs, list) else [inputs]
         self.check_count(len(items))
         if not items or not all(isinstance(i, str) or isinstance(i, dict) for i in items):

@@ -11,7 +11,6 @@ the language, reports it, and refuses a text confidently detected as another lan
 
 from __future__ import annotations
 
-import asyncio
 from urllib.parse import parse_qs
 
 from turboseq.formats.documents import FORMATS, split_document
@@ -121,7 +120,7 @@ async def translate(task, service, request):
         firsts, rest = [a[0] for a in answers], [list(a[1:]) for a in answers]
     else:
         units = [unit for d in documents for unit in d.units]
-        translated = iter(await _translate_all(task, service, request, units))
+        translated = iter((await service.infer_in_batches(request, units, {}))[0])
         firsts = [d.join([next(translated) for _ in d.slots]) for d in documents]
     body: dict = {"translatedText": firsts[0] if single else firsts}
     if alternatives:
@@ -139,15 +138,6 @@ def _documents(task, texts: list[str], fmt: str, language: str | None) -> list:
             return len(task.model.tokenizer(sentence)["input_ids"]) <= limit
 
     return [split_document(t, fmt, language, fits) for t in texts]
-
-
-async def _translate_all(task, service, request, sentences: list[str]) -> list[str]:
-    """Every sentence translated, queued as engine batches of ``--max-batch-size``."""
-    size = task.max_batch_size
-    chunks = [sentences[i : i + size] for i in range(0, len(sentences), size)]
-    parsed = [await service.off_loop(task.tokenize, chunk, {}) for chunk in chunks]
-    answers = await asyncio.gather(*(service.infer(request, p) for p in parsed))
-    return [text for answer in answers for text in answer]
 
 
 def _refuse_other_language(task, detected: list[dict], single: bool) -> None:

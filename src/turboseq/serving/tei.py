@@ -9,7 +9,6 @@ too many inputs, 422 for a bad one). Each handler gets the model's task (``servi
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import math
 import struct
@@ -230,12 +229,7 @@ async def openai_embeddings(task, service, request):
         raise RequestError(
             413, f"{len(inputs)} inputs in one request; the limit is {MAX_EMBEDDING_INPUTS}", "too_many_inputs"
         )
-    size = task.max_batch_size
-    chunks = [inputs[i : i + size] for i in range(0, len(inputs), size)] or [[]]
-    parsed = [await service.off_loop(task.tokenize, chunk, {}) for chunk in chunks]
-    answers = await asyncio.gather(*(service.infer(request, p) for p in parsed))
-    vectors = [vector for answer in answers for vector in answer]
-    tokens = sum(len(ids) for p in parsed for ids in p.rows)
+    vectors, tokens = await service.infer_in_batches(request, inputs, {})
     if dimensions is not None:
         vectors = [shortened(v, dimensions, task.model.spec.pooling.normalize) for v in vectors]
     if encoding == "base64":  # little-endian float32, as OpenAI sends them

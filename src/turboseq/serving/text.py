@@ -90,9 +90,10 @@ class TextTask(Task[S]):
 def truncation_of(params: dict) -> bool:
     """Whether a request cuts inputs over the token limit: ``truncation`` (Hugging Face's name) or ``truncate``
     (text-embeddings-inference's)."""
-    truncation = params.get("truncation", params.get("truncate", False))
+    name = "truncation" if "truncation" in params else "truncate"
+    truncation = params.get(name, False)
     if not isinstance(truncation, bool):
-        raise invalid("`truncation` must be a boolean")
+        raise invalid(f"`{'parameters.truncation' if name == 'truncation' else name}` must be a boolean")
     return truncation
 
 
@@ -160,9 +161,11 @@ class GenerationTask(TextTask[GenerationRequest]):
         prefix = params.get("prefix")
         if prefix is not None:
             texts = [prefix] * len(inputs) if isinstance(prefix, str) else prefix
-            if not isinstance(texts, list) or len(texts) != len(inputs):
-                raise invalid("`prefix` must be a text, or a list with one text (or null) per input")
-            if not all(t is None or isinstance(t, str) for t in texts):
+            if (
+                not isinstance(texts, list)
+                or len(texts) != len(inputs)
+                or not all(t is None or isinstance(t, str) for t in texts)
+            ):
                 raise invalid("`prefix` must be a text, or a list with one text (or null) per input")
             with self.tokenizer_lock:
                 ids = self.model.encode_prefixes(texts, len(texts), self.model.settings())
@@ -224,8 +227,11 @@ class GenerationTask(TextTask[GenerationRequest]):
         if request.alternatives:
             return self.run_alternatives(rows, request)
         outputs, collector = self.generate(rows, request, abandoned, on_tokens)
-        if request.confidence:
-            scores = [self.model.mean_logprobs([row] * len(seqs), seqs) for row, seqs in zip(rows, outputs)]
+        scores = (
+            [self.model.mean_logprobs([row] * len(seqs), seqs) for row, seqs in zip(rows, outputs)]
+            if request.confidence
+            else None
+        )
         decode = self.model.tokenizer.batch_decode
         with self.tokenizer_lock:
             texts = [decode([s.tolist() for s in seqs], skip_special_tokens=True) for seqs in outputs]
@@ -237,10 +243,10 @@ class GenerationTask(TextTask[GenerationRequest]):
                 new = seqs[0][1:].tolist()
                 reason = "eos_token" if new and new[-1] in eos else "length"
                 answers.append(self.detailed(request, collector, row, text[0], new, reason))
-            return self.with_confidence(answers, scores if request.confidence else None), generated
+            return self.with_confidence(answers, scores), generated
         nrs = request.settings.num_return_sequences
         answers = [t[0] if nrs == 1 else t for t in texts]
-        return self.with_confidence(answers, scores if request.confidence else None), generated
+        return self.with_confidence(answers, scores), generated
 
     def with_confidence(self, answers: list, scores: list[list[float]] | None) -> list:
         if scores is None:
