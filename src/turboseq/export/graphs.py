@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from turboseq.runtime.layers import build_cross_kv, decode_step, encode, linear
+from turboseq.runtime.decoding import decode_step
+from turboseq.runtime.layers import build_cross_kv, encode, linear
 from turboseq.runtime.spec import Linear, Seq2SeqSpec
 
 # programs in an artifact, in the order they run

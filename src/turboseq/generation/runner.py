@@ -20,7 +20,7 @@ from torch import Tensor
 
 from turboseq.generation.listeners import Listener, listeners_for
 from turboseq.generation.processors import build_processors
-from turboseq.generation.search import beam_search, greedy_or_sample
+from turboseq.generation.search import Steps, beam_steps, drive, greedy_steps
 from turboseq.generation.settings import GenerationSettings
 
 
@@ -67,6 +67,51 @@ class _PrefillOnce:
         return hidden.repeat_interleave(share, dim=0)
 
 
+@dataclass
+class Plan:
+    """A search ready to run: its ``loop`` (``generation.search``: yields tokens, is sent hidden states), the
+    ``decoder`` its steps go through (whose ``step`` reads the prompt, shared where it can be), and ``finish``,
+    which turns the loop's result into each input's sequences."""
+
+    loop: Steps
+    decoder: _PrefillOnce
+    finish: Callable[[list], list[list[Tensor]]]
+
+
+def plan_search(
+    make_decoder: MakeDecoder,
+    head,
+    prompt: Tensor,
+    s: GenerationSettings,
+    vocab_size: int,
+    generator: torch.Generator | None = None,
+    *,
+    hooks=None,
+    trace=None,
+    stop: Callable[[Tensor], Tensor] | None = None,
+    listeners: Sequence[Listener] = (),
+) -> Plan:
+    """``run_search``'s search, not started (``generation.joining`` runs several in one batch)."""
+    batch = prompt.shape[0]
+    fanout = Fanout.of(s)
+    expand = fanout.expand(batch, prompt.device)
+    if expand is not None:  # sampled sequences: one decoder row each
+        prompt = prompt.index_select(0, expand)
+        hooks = None if hooks is None else hooks.select(expand.cpu())
+    procs = build_processors(s, vocab_size)
+    decoder = _PrefillOnce(make_decoder(fanout, expand), fanout)
+    observers = listeners_for(trace, hooks, stop, *listeners)
+    if s.is_beam:
+        loop = beam_steps(decoder.select, head, prompt, s, procs, generator, observers)
+        return Plan(loop, decoder, lambda results: results)
+    copies = fanout.copies
+
+    def finish(flat: list) -> list[list[Tensor]]:
+        return [flat[i * copies : (i + 1) * copies] for i in range(batch)]
+
+    return Plan(greedy_steps(decoder.select, head, prompt, s, procs, generator, observers), decoder, finish)
+
+
 def run_search(
     make_decoder: MakeDecoder,
     head,
@@ -83,17 +128,7 @@ def run_search(
     """Decode a batch of decoder prompts [batch, prompt_len]: per input, its ``num_return_sequences`` sequences
     (prompt included). ``hooks`` (``RowHooks``, numbered as the inputs), ``trace`` (``return_dict_in_generate``),
     ``stop`` (stop strings) and ``listeners`` follow the loop (``generation.listeners``)."""
-    batch = prompt.shape[0]
-    fanout = Fanout.of(s)
-    expand = fanout.expand(batch, prompt.device)
-    if expand is not None:  # sampled sequences: one decoder row each
-        prompt = prompt.index_select(0, expand)
-        hooks = None if hooks is None else hooks.select(expand.cpu())
-    procs = build_processors(s, vocab_size)
-    decoder = _PrefillOnce(make_decoder(fanout, expand), fanout)
-    observers = listeners_for(trace, hooks, stop, *listeners)
-    if s.is_beam:
-        return beam_search(decoder.step, decoder.select, head, prompt, s, procs, generator, observers)
-    flat = greedy_or_sample(decoder.step, decoder.select, head, prompt, s, procs, generator, observers)
-    copies = fanout.copies
-    return [flat[i * copies : (i + 1) * copies] for i in range(batch)]
+    plan = plan_search(
+        make_decoder, head, prompt, s, vocab_size, generator, hooks=hooks, trace=trace, stop=stop, listeners=listeners
+    )
+    return plan.finish(drive(plan.loop, plan.decoder.step))

@@ -8,7 +8,7 @@ decoder cache is reordered in place, and nothing is computed for rows whose resu
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -24,7 +24,19 @@ from turboseq.runtime.head import argmax_rows, top_k_rows
 # step(tokens [rows, new_len]) -> hidden [rows, d_model]; select(rows, sentences) keeps/reorders decoder rows
 Step = Callable[[Tensor], Tensor]
 Select = Callable[[Tensor, Tensor], None]
+# a search loop as a generator: it yields each step's tokens and is sent their hidden states; it returns its result
+Steps = Generator[Tensor, Tensor, list]
 NO_LISTENERS = Listeners()
+
+
+def drive(loop: Steps, step: Step) -> list:
+    """Run a search loop to its end, each of its steps through ``step``; returns its result."""
+    tokens = next(loop)
+    try:
+        while True:
+            tokens = loop.send(step(tokens))
+    except StopIteration as end:
+        return end.value
 
 
 @lru_cache(maxsize=1)
@@ -49,8 +61,13 @@ def _exponential_noise(shape, generator: torch.Generator | None, device) -> Tens
     return torch.empty(shape, device=device).exponential_(1, generator=generator)
 
 
-def greedy_or_sample(
-    step: Step,
+def greedy_or_sample(step: Step, select: Select, head, prompt: Tensor, s: GenerationSettings, procs, generator=None,
+                     listeners: Listeners = NO_LISTENERS) -> list[Tensor]:  # fmt: skip
+    """``greedy_steps`` run to its end through ``step``."""
+    return drive(greedy_steps(select, head, prompt, s, procs, generator, listeners), step)
+
+
+def greedy_steps(
     select: Select,
     head,
     prompt: Tensor,
@@ -58,8 +75,9 @@ def greedy_or_sample(
     procs,
     generator: torch.Generator | None = None,
     listeners: Listeners = NO_LISTENERS,
-) -> list[Tensor]:
-    """One row per sequence. Returns each row's tokens (prompt included, up to and including EOS). Finished
+) -> Steps:
+    """Greedy search or sampling, as a loop that yields each step's tokens for their hidden states. One row per
+    sequence. Returns each row's tokens (prompt included, up to and including EOS). Finished
     rows leave the batch, unless a listener keeps them (``return_dict_in_generate``: transformers' loop, a
     finished row fed the pad token where EOS ends rows); ``listeners`` (``generation.listeners``) see every
     step's scores, chosen and emitted tokens, and may end rows (stop strings, abandoned rows)."""
@@ -80,7 +98,7 @@ def greedy_or_sample(
     warp = next((k for k, p in enumerate(procs) if isinstance(p, WARPERS)), len(procs))
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)  # rows kept: not done yet
     while cur_len < s.max_length:
-        hidden = step(tokens)
+        hidden = yield tokens
         input_ids = seqs[active, :cur_len]
         next_tokens = head.greedy(hidden, input_ids, lambda ids, x: apply(argmax_procs, ids, x)) if screen else None
         if next_tokens is None:
@@ -237,8 +255,13 @@ class _Beams:
             setattr(self, name, getattr(self, name)[keep])
 
 
-def beam_search(
-    step: Step,
+def beam_search(step: Step, select: Select, head, prompt: Tensor, s: GenerationSettings, procs, generator=None,
+                listeners: Listeners = NO_LISTENERS) -> list[list[Tensor]]:  # fmt: skip
+    """``beam_steps`` run to its end through ``step``."""
+    return drive(beam_steps(select, head, prompt, s, procs, generator, listeners), step)
+
+
+def beam_steps(
     select: Select,
     head,
     prompt: Tensor,
@@ -246,7 +269,7 @@ def beam_search(
     procs,
     generator: torch.Generator | None = None,
     listeners: Listeners = NO_LISTENERS,
-) -> list[list[Tensor]]:
+) -> Steps:
     """Beam search (and beam sampling) with transformers' semantics, one sentence per prompt row.
 
     The decoder holds ``num_beams`` consecutive rows per sentence. A sentence leaves the batch as soon as its
@@ -268,7 +291,8 @@ def beam_search(
     tokens = prompt.repeat_interleave(nb, dim=0)
     while True:
         n = active.numel()
-        logits = head.logits(step(tokens)).float()  # [n * nb, vocab], owned here: updated in place
+        hidden = yield tokens
+        logits = head.logits(hidden).float()  # [n * nb, vocab], owned here: updated in place
         vocab = logits.shape[-1]
         listeners.raw(logits)
         log_probs = torch.log_softmax(logits, dim=-1, out=logits)

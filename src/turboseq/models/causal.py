@@ -10,20 +10,20 @@ the shared search loops, finished rows leaving the batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
 from turboseq.errors import InputTooLong
-from turboseq.generation.batching import RowHooks, pad_batch, pad_rows, row_hooks
-from turboseq.generation.outputs import Trace
-from turboseq.generation.runner import run_search
+from turboseq.generation.batching import pad_batch, pad_rows, row_hooks
+from turboseq.generation.runner import Plan, plan_search
 from turboseq.generation.settings import GenerationSettings, for_prompt, resolve
 from turboseq.generation.stops import StopStrings
 from turboseq.models.engine import EagerDecoder, Engine, generate_output, output_request
 from turboseq.models.progress import progress_bar
 from turboseq.runtime.cache import DecoderState
-from turboseq.runtime.layers import decode_step
+from turboseq.runtime.decoding import decode_step
 from turboseq.runtime.spec import CausalLMSpec
 
 
@@ -94,17 +94,9 @@ class CausalLM(Engine):
         # the pad token, or EOS where the model has none (as transformers pads)
         return pad_batch(rows, chunk, self.settings().pad_token_id, left=True)
 
-    def decode_batch(
-        self,
-        inputs: Tensor,
-        mask: Tensor | None,
-        s: GenerationSettings,
-        generator,
-        hooks: RowHooks | None = None,
-        trace: Trace | None = None,
-        prompts: Tensor | None = None,
-    ) -> list[list[Tensor]]:
-        """Per prompt its sequences, prompt included and its left padding removed."""
+    def plan_batch(self, inputs, mask, s, generator, hooks, trace, prompts, head) -> Plan:
+        """The search of a batch of prompts; it gives per prompt its sequences, prompt included and its left
+        padding removed."""
         spec = self.spec
         inputs = inputs.to(self.device)
         batch, width = inputs.shape
@@ -131,11 +123,17 @@ class CausalLM(Engine):
             )
             return EagerDecoder(spec, state, prompt_share=fan_out)  # a prompt runs once per input
 
-        seqs = run_search(
-            make_decoder, self.head, prompt, s, spec.vocab_size, generator, hooks=hooks, trace=trace, stop=self._stop(s)
+        plan = plan_search(
+            make_decoder, head, prompt, s, spec.vocab_size, generator, hooks=hooks, trace=trace, stop=self._stop(s)
         )
         cut = [0] * batch if padding is None else padding.tolist()
-        return [[seq[cut[i] :] for seq in per_input] for i, per_input in enumerate(seqs)]
+
+        def finish(results: list) -> list[list[Tensor]]:
+            seqs = plan_finish(results)
+            return [[seq[cut[i] :] for seq in per_input] for i, per_input in enumerate(seqs)]
+
+        plan_finish = plan.finish
+        return replace(plan, finish=finish)
 
     def _stop(self, s: GenerationSettings) -> StopStrings | None:
         """The stop strings of ``s`` over the model's tokenizer (None: none)."""

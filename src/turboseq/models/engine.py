@@ -17,13 +17,16 @@ from torch import Tensor
 
 from turboseq.formats.tokenizer import load_tokenizer
 from turboseq.generation.batching import RowHooks, make_batches
+from turboseq.generation.joining import JoinedBatch
 from turboseq.generation.outputs import Trace, transition_scores
-from turboseq.generation.runner import run_search
+from turboseq.generation.runner import Plan, plan_search
+from turboseq.generation.search import drive
 from turboseq.generation.settings import GenerationSettings, check_seed, for_prompt, resolve
 from turboseq.runtime.cache import DecoderState
 from turboseq.runtime.compute import resolve_compute_type
+from turboseq.runtime.decoding import decode_step, decode_together
 from turboseq.runtime.head import LMHead
-from turboseq.runtime.layers import build_cross_kv, decode_step, encode, encode_unpadded
+from turboseq.runtime.layers import build_cross_kv, encode, encode_unpadded
 
 # encoder-decoder inputs per batch: batching amortizes reading the weights, and 64 rows beat 32 in every compute
 # type (opus-mt shape, 64 inputs, greedy, Intel Xeon with AMX: bfloat16 +24%, float32 +5%, int8 +1%; beam 4:
@@ -173,7 +176,54 @@ class Engine:
         prompts: Tensor | None = None,
     ) -> list[list[Tensor]]:
         """One batch of inputs through the search: per input its sequences."""
+        plan = self.plan_batch(inputs, mask, s, generator, hooks, trace, prompts, self.head)
+        return plan.finish(drive(plan.loop, plan.decoder.step))
+
+    def plan_batch(self, inputs: Tensor, mask: Tensor | None, s: GenerationSettings, generator,
+                   hooks: RowHooks | None, trace: Trace | None, prompts: Tensor | None, head) -> Plan:  # fmt: skip
+        """``decode_batch``'s search, ready to run (``generation.runner.Plan``), its LM head ``head``."""
         raise NotImplementedError
+
+    # --- continuous batching (``generation.joining``) -------------------------------------------------------
+
+    @property
+    def joins(self) -> bool:
+        """Whether searches of this model can join a running batch (the eager runtime's decoder can)."""
+        return True
+
+    def joined_batch(self) -> JoinedBatch:
+        """An empty running batch that searches (``searches``) join and leave."""
+        return JoinedBatch(self.head, self._step_together)
+
+    def _step_together(self, decoders: list, tokens: list[Tensor]) -> Tensor:
+        return decode_together(self.spec, [d.state for d in decoders], tokens)
+
+    def searches(self, rows: list[Tensor], s: GenerationSettings, seed: int | None = None,
+                 hooks: RowHooks | None = None, prompts: list[Tensor] | None = None) -> list | None:  # fmt: skip
+        """``_run``'s batches of ``rows`` as searches that may join a running batch: a list of ``(inputs, build)``,
+        ``build(head)`` making the search (``Plan``) of the inputs ``inputs`` of ``rows``. Their results are
+        those of ``_run``. None where the searches must run one after the other (sampling with prompts of
+        several lengths, which draws from one random stream in turn)."""
+        check_seed(seed)
+        order = list(range(len(rows))) if s.do_sample else sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        groups = [order]
+        if prompts is not None:
+            widths = sorted({len(prompts[i]) for i in order})
+            groups = [[i for i in order if len(prompts[i]) == w] for w in widths]
+        if len(groups) > 1 and s.do_sample:
+            return None
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+
+        def builder(chunk: list[int]):
+            def build(head) -> Plan:
+                inputs, mask = self._collate(rows, None, chunk)
+                chunk_hooks = None if hooks is None else hooks.select(chunk)
+                chunk_prompts = None if prompts is None else torch.stack([prompts[i] for i in chunk])
+                return self.plan_batch(inputs, mask, s, generator, chunk_hooks, None, chunk_prompts, head)
+
+            return build
+
+        return [(chunk, builder(chunk)) for chunk in groups]
 
 
 class EncoderDecoder(Engine):
@@ -241,16 +291,11 @@ class EncoderDecoder(Engine):
 
     # --- one batch ---------------------------------------------------------------------------------------
 
-    def decode_batch(
-        self,
-        inputs: Tensor,
-        mask: Tensor | None,
-        s: GenerationSettings,
-        generator,
-        hooks: RowHooks | None = None,
-        trace: Trace | None = None,
-        prompts: Tensor | None = None,
-    ) -> list[list[Tensor]]:
+    @property
+    def joins(self) -> bool:
+        return isinstance(self.backend, EagerBackend)
+
+    def plan_batch(self, inputs, mask, s, generator, hooks, trace, prompts, head) -> Plan:
         hidden, cross_mask = self.encode(inputs, mask)
         batch = hidden.shape[0]
         if prompts is None:
@@ -262,7 +307,7 @@ class EncoderDecoder(Engine):
         def make_decoder(fanout, expand):
             return self.decoder_state(hidden, cross_mask, fanout.group, s.max_length, expand)
 
-        return run_search(make_decoder, self.head, prompt, s, self.spec.vocab_size, generator, hooks=hooks, trace=trace)
+        return plan_search(make_decoder, head, prompt, s, self.spec.vocab_size, generator, hooks=hooks, trace=trace)
 
 
 class EagerBackend:

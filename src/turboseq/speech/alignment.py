@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from turboseq.runtime.cache import DecoderState
-from turboseq.runtime.layers import build_cross_kv, decode_step
+from turboseq.runtime.decoding import decode_step
+from turboseq.runtime.layers import build_cross_kv
 from turboseq.speech.transcript import WindowSegment, Word
 
 TOKENS_PER_SECOND = 50  # encoder positions per second
