@@ -419,7 +419,10 @@ def test_stream_waits_in_the_queue(marian_one):
     """Streams count against the queue (429 when full) and the timeout (504 when no token came in time),
     answered as JSON errors before the event stream starts."""
     _, path = marian_one
-    srv = ServerProcess(path, "--max-queue", "1", "--batch-wait-ms", "400", "--request-timeout-s", "0.25")
+    # request-level batching: the first stream waits out the batch window (a continuous batch starts at once)
+    srv = ServerProcess(
+        path, "--max-queue", "1", "--batch-wait-ms", "400", "--request-timeout-s", "0.25", "--no-continuous-batching"
+    )
     try:
         body = {"inputs": SENTENCES[0], "parameters": {"num_beams": 1, "max_new_tokens": 8}}
 

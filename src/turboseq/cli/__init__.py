@@ -225,6 +225,7 @@ def _serve(args) -> int:
         max_input_tokens=args.max_input_tokens,
         max_payload_bytes=args.max_payload_bytes,
         batching=not args.no_batching,
+        continuous_batching=not args.no_continuous_batching,
         max_beams=args.max_beams,
         max_return_sequences=args.max_return_sequences,
         max_new_tokens=args.max_new_tokens,

@@ -45,6 +45,11 @@ def add_serve(verbs) -> None:
     _serve_connections(sv)
     _serve_ray(sv)
     sv.add_argument("--no-batching", action="store_true", help="one request per engine call (for comparison)")
+    sv.add_argument(
+        "--no-continuous-batching",
+        action="store_true",
+        help="text generation: a request waits for the running batch to end instead of joining it (for comparison)",
+    )
     dtype_option(sv)
     sv.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
 

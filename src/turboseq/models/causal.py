@@ -225,16 +225,24 @@ class CausalLM(Engine):
         batches: per prompt its ``num_return_sequences`` sequences (prompt included, up to and including EOS).
         An empty prompt starts from the BOS token. ``on_tokens``, ``abandoned`` and ``settings`` as
         ``Seq2SeqModel.generate_rows``."""
+        tensors, s, hooks, _ = self._row_inputs(rows, settings, kwargs, abandoned, on_tokens, on_logprobs, top_logprobs)
+        if not tensors:
+            return []
+        return self._run(tensors, None, s, max_batch_size, max_batch_tokens, seed, hooks=hooks)
+
+    def _row_inputs(self, rows, settings, kwargs, abandoned, on_tokens, on_logprobs, top_logprobs, prefixes=None):
+        """``generate_rows``' arguments checked: its prompts as tensors, settings and hooks (no decoder prompts:
+        the prompts are the inputs)."""
+        if prefixes is not None:
+            raise TypeError("`prefixes` are for encoder-decoders; a decoder-only prompt already is the prefix")
         if settings is not None and kwargs:
             raise TypeError("pass generation arguments or `settings`, not both")
         s = settings if settings is not None else self.settings(**kwargs)
         hooks = row_hooks(s, abandoned, on_tokens, on_logprobs, top_logprobs)
         tensors = [torch.as_tensor(list(r) or self._empty_prompt(), dtype=torch.long) for r in rows]
-        if not tensors:
-            return []
         for t in tensors:
             self._check_ids(t)
-        return self._run(tensors, None, s, max_batch_size, max_batch_tokens, seed, hooks=hooks)
+        return tensors, s, hooks, None
 
     # --- text API ----------------------------------------------------------------------------------------
 

@@ -198,6 +198,21 @@ class Engine:
     def _step_together(self, decoders: list, tokens: list[Tensor]) -> Tensor:
         return decode_together(self.spec, [d.state for d in decoders], tokens)
 
+    def row_searches(self, rows, *, seed: int | None = None, on_tokens=None, abandoned=None, on_logprobs=None,
+                     top_logprobs: int = 0, settings: GenerationSettings | None = None, prefixes=None,
+                     **kwargs) -> list | None:  # fmt: skip
+        """``generate_rows`` (same arguments, batch limits apart: one batch) as searches that may join a running
+        batch (``searches``); None where they cannot (``joins``, or ``searches``' None)."""
+        if not self.joins:
+            return None
+        tensors, s, hooks, prompts = self._row_inputs(
+            rows, settings, kwargs, abandoned, on_tokens, on_logprobs, top_logprobs, prefixes
+        )
+        return self.searches(tensors, s, seed, hooks, prompts) if tensors else []
+
+    def _row_inputs(self, rows, settings, kwargs, abandoned, on_tokens, on_logprobs, top_logprobs, prefixes):
+        raise NotImplementedError
+
     def searches(self, rows: list[Tensor], s: GenerationSettings, seed: int | None = None,
                  hooks: RowHooks | None = None, prompts: list[Tensor] | None = None) -> list | None:  # fmt: skip
         """``_run``'s batches of ``rows`` as searches that may join a running batch: a list of ``(inputs, build)``,

@@ -171,15 +171,21 @@ class Seq2SeqModel(EncoderDecoder):
         ``settings``: generation settings already resolved by ``settings(**kwargs)`` (then no other kwargs).
         ``prefixes``: per input the token ids every output starts with (after the decoder start token), or
         None; sequences then hold the start token and the prefix."""
+        tensors, s, hooks, prompts = self._row_inputs(
+            rows, settings, kwargs, abandoned, on_tokens, on_logprobs, top_logprobs, prefixes
+        )
+        if not tensors:
+            return []
+        return self._run(tensors, None, s, max_batch_size, max_batch_tokens, seed, hooks=hooks, prompts=prompts)
+
+    def _row_inputs(self, rows, settings, kwargs, abandoned, on_tokens, on_logprobs, top_logprobs, prefixes):
+        """``generate_rows``' arguments checked: its rows as tensors, settings, hooks and decoder prompts."""
         if settings is not None and kwargs:
             raise TypeError("pass generation arguments or `settings`, not both")
         s = settings if settings is not None else self.settings(**kwargs)
         hooks = row_hooks(s, abandoned, on_tokens, on_logprobs, top_logprobs)
         tensors = [torch.as_tensor(list(r), dtype=torch.long) for r in rows]
-        if not tensors:
-            return []
-        prompts = self._prefix_prompts(prefixes, len(tensors), s)
-        return self._run(tensors, None, s, max_batch_size, max_batch_tokens, seed, hooks=hooks, prompts=prompts)
+        return tensors, s, hooks, self._prefix_prompts(prefixes, len(tensors), s) if tensors else None
 
     # --- text API ----------------------------------------------------------------------------------------
 

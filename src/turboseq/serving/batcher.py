@@ -1,10 +1,15 @@
 """The queue and dynamic batching: one engine thread takes the oldest request and, for at most
 ``batch_wait_ms``, merges every queued request with the same batch key into one engine batch, runs it and
-routes each answer (and each streamed token) back to its request."""
+routes each answer (and each streamed token) back to its request.
+
+Where the task lets a request join a running batch (``Task.joinable``: text generation on the eager runtime), the
+engine runs a continuous batch instead (``generation.joining``): at every step boundary it admits the queued
+requests, oldest first, that fit the batch limits, and answers each request the step its rows end."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +37,7 @@ class Job:
     cancelled: bool = False  # the client left or the time ran out: drop it from the queue or the batch
     watcher: asyncio.Task | None = None
     sent: dict = field(default_factory=dict)  # streaming: tokens passed on per row of this job
+    started: float | None = None  # when the engine took it
 
     def send(self, row: int, token: int, entry=None) -> None:
         self.sent[row] = self.sent.get(row, 0) + 1
@@ -54,6 +60,12 @@ class Metrics:
         )
         self.input_tokens = Counter("turboseq_input_tokens", "input tokens (for audio: encoder positions)", registry=r)
         self.generated_tokens = Counter("turboseq_generated_tokens", "tokens generated", registry=r)
+        self.joins = Counter(
+            "turboseq_batch_joins", "requests that joined a batch already running (continuous batching)", registry=r
+        )
+        self.time_in_batch = Histogram(
+            "turboseq_time_in_batch_seconds", "from the engine taking a request to its answer", registry=r
+        )
         self.rejected = Counter(
             "turboseq_rejected_requests", "requests answered with an error, by error_type", ["reason"], registry=r
         )
@@ -71,7 +83,11 @@ class Batcher:
         self.wakeup = asyncio.Event()
         self.task_handle: asyncio.Task | None = None
         self.running: list[Job] = []  # the jobs of the engine batch in progress
-        self.running_since: float | None = None  # when that batch started (None: the engine is idle)
+        # when that batch started or, in a continuous batch, last stepped (None: the engine is idle)
+        self.running_since: float | None = None
+        # the queue is shared with the engine thread while a continuous batch takes requests from it
+        self.lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def stalled_for(self) -> float | None:
         """Seconds the engine has spent on one batch past the moment every request in it had timed out (their
@@ -84,24 +100,30 @@ class Batcher:
 
     def cancel_all(self) -> None:
         """Shutdown: every queued and running request is given up; running rows leave at the next step."""
-        for job in [*self.queue, *self.running]:
+        with self.lock:
+            jobs, self.queue = [*self.queue, *self.running], []
+        for job in jobs:
             job.cancelled = True
             if not job.future.done():
                 job.future.set_exception(Cancelled())
                 job.future.exception()
-        self.queue = []
 
     def submit(self, job: Job) -> None:
-        self.queue = [j for j in self.queue if not j.cancelled]
-        if len(self.queue) >= self.config.max_queue:
-            raise RequestError(
-                429, f"queue full ({self.config.max_queue} requests waiting)", "queue_full", {"Retry-After": "1"}
-            )
-        self.queue.append(job)
-        self.metrics.queue_size.set(len(self.queue))
+        with self.lock:
+            self.queue = [j for j in self.queue if not j.cancelled]
+            if len(self.queue) >= self.config.max_queue:
+                raise RequestError(
+                    429, f"queue full ({self.config.max_queue} requests waiting)", "queue_full", {"Retry-After": "1"}
+                )
+            self.queue.append(job)
+            self.metrics.queue_size.set(len(self.queue))
         self.wakeup.set()
 
     def _take(self) -> list[Job]:
+        with self.lock:
+            return self._take_locked()
+
+    def _take_locked(self) -> list[Job]:
         """The oldest live job plus every queued job it may share a batch with, within the limits."""
         self.queue = [j for j in self.queue if not j.cancelled]
         self.metrics.queue_size.set(len(self.queue))
@@ -129,7 +151,15 @@ class Batcher:
         return taken
 
     def _queued_rows(self) -> int:
-        return sum(len(j.rows) for j in self.queue if not j.cancelled)
+        return sum(len(j.rows) for j in list(self.queue) if not j.cancelled)
+
+    def _joins(self) -> bool:
+        """Whether the oldest live request starts a continuous batch."""
+        if not (self.config.batching and self.config.continuous_batching):
+            return False
+        with self.lock:
+            head = next((j for j in self.queue if not j.cancelled), None)
+        return head is not None and self.task.joinable(head.prepared.settings)
 
     async def _gather(self) -> None:
         """Let concurrent requests arrive: ``batch_wait_ms``, then, while requests keep arriving (each within
@@ -150,10 +180,14 @@ class Batcher:
                 return
 
     async def run_forever(self) -> None:
+        self.loop = asyncio.get_running_loop()
         while True:
             if not self.queue:
                 self.wakeup.clear()
                 await self.wakeup.wait()
+            if self._joins():
+                await self.loop.run_in_executor(self.executor, Continuous(self).run)
+                continue
             if self.config.batching:
                 await self._gather()
             jobs = self._take()
@@ -250,3 +284,142 @@ def engine_error(err: Exception) -> Exception:
     if isinstance(err, (ValueError, TypeError)):
         return RequestError(422, str(err), "validation_error")
     return err
+
+
+class Continuous:
+    """One continuous batch, run in the engine thread until no request is left in it: before every step it
+    admits the queued requests that may join, oldest first, while they fit ``--max-batch-size`` inputs and
+    ``--max-batch-tokens`` (a request that does not fit, or may not join, stops the admissions: nobody is
+    overtaken), and it answers each request the step its searches end."""
+
+    def __init__(self, batcher: Batcher):
+        self.batcher, self.task, self.config = batcher, batcher.task, batcher.config
+        self.metrics = batcher.metrics
+        self.batch = self.task.joined_batch()
+        self.live: list[Job] = []
+
+    def run(self) -> None:
+        b = self.batcher
+        b.running_since = time.perf_counter()
+        try:
+            self._admit()
+            while len(self.batch):
+                try:
+                    self.batch.step()
+                except Exception as err:  # the shared step failed: every request in it gets the error
+                    self.batch.abort(err)
+                    break
+                b.running_since = time.perf_counter()
+                self._admit()
+        finally:
+            b.running, b.running_since = [], None
+
+    def _fits(self, inputs: int, width: int, job: Job) -> tuple[bool, int]:
+        n = len(job.rows)
+        wider = max([width] + [self.task.input_size(r) for r in job.rows])
+        too_big = inputs + n > self.config.max_batch_size or (inputs + n) * wider > self.config.max_batch_tokens
+        return not (inputs and too_big), wider
+
+    def _admit(self) -> None:
+        b = self.batcher
+        inputs = sum(len(job.rows) for job in self.live)
+        width = max((self.task.input_size(r) for job in self.live for r in job.rows), default=0)
+        taken = []
+        with b.lock:
+            b.queue = [j for j in b.queue if not j.cancelled]
+            for job in b.queue:
+                if not self.task.joinable(job.prepared.settings):
+                    break
+                fits, wider = self._fits(inputs, width, job)
+                if not fits:
+                    break
+                taken.append(job)
+                inputs, width = inputs + len(job.rows), wider
+            b.queue = b.queue[len(taken) :]
+            self.metrics.queue_size.set(len(b.queue))
+        if not taken:
+            return
+        running = len(self.batch) > 0
+        for job in taken:
+            self._start(job, running)
+        self.metrics.batch_size.observe(sum(len(job.rows) for job in taken))  # the inputs that entered together
+        b.running = list(self.live)
+
+    def _start(self, job: Job, joined: bool) -> None:
+        job.started = now = time.perf_counter()
+        self.metrics.queue_wait.observe(now - job.enqueued)
+        self.metrics.input_tokens.inc(sum(self.task.input_size(r) for r in job.rows))
+        if joined:
+            self.metrics.joins.inc()
+        on_tokens = None
+        if job.on_token is not None:
+
+            def on_tokens(inputs, tokens, entries=None):  # engine thread: to the stream
+                entries = entries or [None] * len(inputs)
+                for k, token, entry in zip(inputs.tolist(), tokens.tolist(), entries):
+                    if not job.cancelled:
+                        job.send(k, token, entry)
+
+        def abandoned():
+            return range(len(job.rows)) if job.cancelled else ()
+
+        settings = job.prepared.settings
+        try:
+            joining = self.task.join(job.rows, settings, abandoned, on_tokens)
+            if joining is None:  # a request that runs alone (rare: see ``Task.join``) holds the batch meanwhile
+                self._settle(job, *self.task.run(job.rows, settings, abandoned, on_tokens))
+                return
+        except Exception as err:
+            self._settle(job, error=err)
+            return
+        self.live.append(job)
+        outputs: list = [None] * len(job.rows)
+        left = [len(joining.searches)]
+        if not left[0]:
+            self._finish(job, joining, outputs)
+        for chunk, build in joining.searches:
+
+            def done(result, error, chunk=chunk):
+                if left[0] == 0:  # already answered (an earlier search failed)
+                    return
+                if error is not None:
+                    left[0] = 0
+                    self._settle(job, error=error)
+                    return
+                for i, out in zip(chunk, result):
+                    outputs[i] = out
+                left[0] -= 1
+                if left[0] == 0:
+                    self._finish(job, joining, outputs)
+
+            self.batch.join(build, done)
+
+    def _finish(self, job: Job, joining, outputs: list) -> None:
+        try:
+            answers, generated = joining.finish(outputs) if not job.cancelled else (None, 0)
+        except Exception as err:
+            self._settle(job, error=err)
+            return
+        self._settle(job, answers, generated)
+
+    def _settle(self, job: Job, answers=None, generated: int = 0, error: BaseException | None = None) -> None:
+        """Answer ``job`` (engine thread; the future is set in the event loop's)."""
+        if job in self.live:
+            self.live.remove(job)
+            self.batcher.running = list(self.live)
+        if job.started is not None:
+            self.metrics.time_in_batch.observe(time.perf_counter() - job.started)
+        self.metrics.generated_tokens.inc(generated)
+        self.batcher.loop.call_soon_threadsafe(_answer, job, answers, error)
+
+
+def _answer(job: Job, answers, error: BaseException | None) -> None:
+    if job.future.done():
+        return
+    if job.cancelled:  # cut short: not an answer, and nobody may read it
+        job.future.set_exception(Cancelled())
+        job.future.exception()
+    elif error is not None:
+        job.future.set_exception(engine_error(error))
+    else:
+        job.future.set_result(answers)

@@ -139,8 +139,11 @@ class CompletionTask(GenerationTask):
         check_generation_cost(replace(s, max_length=total, prompt_length=longest), len(parsed.rows), limits)
 
     def run(self, rows, request: CompletionRequest, abandoned=None, on_tokens=None):
-        s = request.settings
         outputs, collector = self.generate(rows, request, abandoned, on_tokens)
+        return self.answer(rows, request, outputs, collector)
+
+    def answer(self, rows, request: CompletionRequest, outputs: list, collector):
+        s = request.settings
         answers, generated = [], 0
         eos = set(s.eos_token_ids)
         for row, seqs in zip(rows, outputs):

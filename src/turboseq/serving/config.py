@@ -17,6 +17,9 @@ class ServerConfig:
     # minutes on top of request_timeout_s; tiny.en takes ~1/25 of that on 2 cores)
     timeout_per_audio_second: float = 1.0
     batching: bool = True  # False: one request per engine call (for comparison)
+    # text generation: requests join the running batch at a step boundary; False: they wait for it to end and
+    # batch with each other (request-level batching, for comparison)
+    continuous_batching: bool = True
     # what one request may ask for (422 past a limit, naming it)
     max_input_tokens: int | None = None  # default: the model's position limit
     max_payload_bytes: int | None = None  # default: the task's (1 MiB for text, 25 MiB for speech)

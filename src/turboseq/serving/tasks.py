@@ -18,7 +18,19 @@ from typing import Generic
 
 from turboseq.serving.requests import Parsed, Prepared, RequestError, S, invalid, over_limit
 
-__all__ = ["Task", "S", "Route", "register", "task_for", "Parsed", "Prepared", "RequestError", "invalid", "TASKS"]
+__all__ = [
+    "Task",
+    "Joining",
+    "S",
+    "Route",
+    "register",
+    "task_for",
+    "Parsed",
+    "Prepared",
+    "RequestError",
+    "invalid",
+    "TASKS",
+]
 
 
 @dataclass
@@ -29,6 +41,16 @@ class Route:
     path: str
     handler: Callable
     methods: tuple[str, ...] = ("POST",)
+
+
+@dataclass
+class Joining:
+    """A request as searches that join the running batch (continuous batching): ``searches`` as
+    ``Engine.searches`` gives them (``(inputs, build)`` each), and ``finish(outputs)``, which turns the
+    per-input outputs into (one answer per row, tokens generated) as ``Task.run`` returns them."""
+
+    searches: list
+    finish: Callable[[list], tuple[list, int]]
 
 
 class Task(Generic[S]):
@@ -84,6 +106,19 @@ class Task(Generic[S]):
         """One engine batch: (one answer per row, tokens generated). ``abandoned()`` names rows nobody waits
         for any more; ``on_tokens(rows, tokens)`` receives streamed tokens (streaming tasks only)."""
         raise NotImplementedError
+
+    def joinable(self, settings: S) -> bool:
+        """Whether requests with these settings may join a running batch (``join``) instead of waiting for it."""
+        return False
+
+    def joined_batch(self):
+        """An empty continuous batch of the model (``generation.joining.JoinedBatch``), for ``join``'s searches."""
+        return self.model.joined_batch()
+
+    def join(self, rows: list, settings: S, abandoned=None, on_tokens=None) -> Joining | None:
+        """``run``'s work as searches that join a running batch (engine thread), or None where this request must
+        run as a batch of its own."""
+        return None
 
     def empty(self, settings: S):
         """The answer to a blank input."""

@@ -34,7 +34,7 @@ from turboseq.serving.requests import (
     invalid,
     task_body,
 )
-from turboseq.serving.tasks import Route, S, Task, check_generation_cost, doubling, register
+from turboseq.serving.tasks import Joining, Route, S, Task, check_generation_cost, doubling, register
 
 
 class TextTask(Task[S]):
@@ -203,12 +203,17 @@ class GenerationTask(TextTask[GenerationRequest]):
 
     def generate(self, rows, request: GenerationRequest, abandoned, on_tokens) -> tuple[list, Collector | None]:
         """The engine's sequences for ``rows``, and the log-probabilities where the request asks for them."""
+        collector, kwargs = self.generate_arguments(rows, request, abandoned, on_tokens)
+        return self.model.generate_rows(rows, max_batch_size=None, **kwargs), collector
+
+    def generate_arguments(
+        self, rows, request: GenerationRequest, abandoned, on_tokens
+    ) -> tuple[Collector | None, dict]:
+        """The log-probability collector (None where the request asks for none) and ``generate_rows``' arguments."""
         collector = Collector(on_tokens) if request.details else None
         prefixes = [getattr(r, "prefix", None) for r in rows]
         extra = {"prefixes": prefixes} if any(p is not None for p in prefixes) else {}
-        outputs = self.model.generate_rows(
-            rows,
-            max_batch_size=None,
+        return collector, dict(
             abandoned=abandoned,
             on_tokens=collector.stream if collector is not None and on_tokens is not None else on_tokens,
             on_logprobs=None if collector is None else collector.on_logprobs,
@@ -217,16 +222,31 @@ class GenerationTask(TextTask[GenerationRequest]):
             settings=request.settings,
             **extra,
         )
-        return outputs, collector
 
     def detailed(self, request, collector: Collector, row: int, text: str, new: list[int], reason: str) -> Detailed:
         tokens = collector.tokens(row, new, self.stream_decoder(request))
         return Detailed(text, tokens, reason, request.seed)
 
+    def joinable(self, request: GenerationRequest) -> bool:
+        return not request.alternatives and self.model.joins
+
+    def join(self, rows, request: GenerationRequest, abandoned=None, on_tokens=None) -> Joining | None:
+        if not self.joinable(request):
+            return None
+        collector, kwargs = self.generate_arguments(rows, request, abandoned, on_tokens)
+        searches = self.model.row_searches(rows, **kwargs)
+        if searches is None:
+            return None
+        return Joining(searches, lambda outputs: self.answer(rows, request, outputs, collector))
+
     def run(self, rows, request: GenerationRequest, abandoned=None, on_tokens=None):
         if request.alternatives:
             return self.run_alternatives(rows, request)
         outputs, collector = self.generate(rows, request, abandoned, on_tokens)
+        return self.answer(rows, request, outputs, collector)
+
+    def answer(self, rows, request: GenerationRequest, outputs: list, collector: Collector | None):
+        """(one answer per row, tokens generated) from the engine's sequences."""
         scores = (
             [self.model.mean_logprobs([row] * len(seqs), seqs) for row, seqs in zip(rows, outputs)]
             if request.confidence
