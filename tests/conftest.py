@@ -192,3 +192,27 @@ def faster_whisper(ct2_dir):
     from faster_whisper import WhisperModel
 
     return WhisperModel(str(ct2_dir), device="cpu", compute_type="float32", cpu_threads=2)
+
+
+@pytest.fixture(scope="session")
+def big_marian(tmp_path_factory):
+    """A Marian model big enough that long generations take seconds (1000 beam-search steps: several)."""
+    from turboseq.bench.models import build_marian_tokenizer
+
+    path = tmp_path_factory.mktemp("big-marian")
+    make_marian(
+        path,
+        seed=1,
+        std=0.2,
+        emb_std=0.2,
+        vocab_size=1024,
+        pad_token_id=1023,
+        decoder_start_token_id=1023,
+        d_model=256,
+        encoder_layers=2,
+        decoder_layers=4,
+        decoder_ffn_dim=1024,
+        max_position_embeddings=1100,
+    )
+    build_marian_tokenizer(path, 1024, 1023, spm_pieces=600)
+    return path

@@ -466,15 +466,16 @@ CAUSAL_CONFIGS = {
 }
 
 
-def make_causal(path, name: str, vocab_size: int = 300, tokenizer: bool = False):
-    """A random-init decoder-only model of ``CAUSAL_CONFIGS[name]`` saved as a Hugging Face directory (with a
-    GPT-2-style tokenizer of ``vocab_size`` if asked); returns the transformers reference loaded from it.
+def make_causal(path, name: str, vocab_size: int = 300, tokenizer: bool = False, **overrides):
+    """A random-init decoder-only model of ``CAUSAL_CONFIGS[name]`` (with ``overrides``) saved as a Hugging Face
+    directory (with a GPT-2-style tokenizer of ``vocab_size`` if asked); returns the transformers reference loaded
+    from it.
 
     The token id that greedy search picks first, after some steps, in most probe rows becomes EOS, so that
     rows finish at different steps."""
     import transformers
 
-    cfg = dict(CAUSAL_CONFIGS[name])
+    cfg = dict(CAUSAL_CONFIGS[name], **overrides)
     model_type, seed = cfg.pop("model_type"), cfg.pop("seed")
     config_cls, model_cls = {
         "gpt2": ("GPT2Config", "GPT2LMHeadModel"),

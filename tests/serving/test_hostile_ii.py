@@ -29,6 +29,9 @@ class _PoisonTask:
     def input_size(self, row):
         return 1
 
+    def joinable(self, settings):  # its requests run as batches of their own
+        return False
+
     def run(self, rows, settings, abandoned=None, on_tokens=None):
         self.batches.append(list(rows))
         if "poison" in rows:

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import make_family_model, make_marian
+from tests.helpers import make_family_model
 from turboseq.runtime.cpu import Capability
 from turboseq.serving.process import ServerProcess
 
@@ -292,30 +292,6 @@ def test_generate_stream_equals_non_streamed(server, marian_one):
     r = httpx.post(server.url + "/generate_stream", json={"inputs": "x", "parameters": {"num_beams": 2}})
     assert r.status_code == 422 and "num_beams=1" in r.json()["error"]
     assert "turboseq_time_to_first_token_seconds_count" in httpx.get(server.url + "/metrics").text
-
-
-@pytest.fixture(scope="module")
-def big_marian(tmp_path_factory):
-    """A Marian model big enough that long generations take seconds (1000 beam-search steps: several)."""
-    from turboseq.bench.models import build_marian_tokenizer
-
-    path = tmp_path_factory.mktemp("big-marian")
-    make_marian(
-        path,
-        seed=1,
-        std=0.2,
-        emb_std=0.2,
-        vocab_size=1024,
-        pad_token_id=1023,
-        decoder_start_token_id=1023,
-        d_model=256,
-        encoder_layers=2,
-        decoder_layers=4,
-        decoder_ffn_dim=1024,
-        max_position_embeddings=1100,
-    )
-    build_marian_tokenizer(path, 1024, 1023, spm_pieces=600)
-    return path
 
 
 def test_client_disconnect_stops_its_rows(big_marian):
