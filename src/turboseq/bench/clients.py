@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import time
 from pathlib import Path
@@ -15,9 +16,18 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def requests_of(sentences: list[str], params: dict | list[dict]) -> list[tuple[str, int]]:
+    """The (sentence, parameter set) pairs the clients send, in order: request i is sentence i and parameter set i
+    (each list cycled), so the pairs repeat after the least common multiple of the two lengths."""
+    mix = params if isinstance(params, list) else [params]
+    return [(sentences[i % len(sentences)], i % len(mix)) for i in range(math.lcm(len(sentences), len(mix)))]
+
+
 async def normal_load(
-    url: str, sentences: list[str], expected: dict, params: dict, clients: int, seconds: float, pid: int
+    url: str, sentences: list[str], expected: dict, params: dict | list[dict], clients: int, seconds: float, pid: int
 ) -> dict:
+    """``clients`` clients for ``seconds``; ``params``: every request's generation parameters, or a list of
+    parameter sets (``requests_of``), then ``expected`` is keyed by (sentence, index of its parameter set)."""
     import httpx
 
     rss_samples = []
@@ -28,17 +38,19 @@ async def normal_load(
             await asyncio.sleep(seconds / 10)
 
     latencies, errors, mismatches = [], 0, 0
+    pairs, mix = requests_of(sentences, params), params if isinstance(params, list) else [params]
     stop = time.perf_counter() + seconds
 
     async def client(k: int, http: httpx.AsyncClient):
         nonlocal errors, mismatches
         i = k
         while time.perf_counter() < stop:
-            text = sentences[i % len(sentences)]
+            text, p = pairs[i % len(pairs)]
+            key = (text, p) if isinstance(params, list) else text
             i += clients
             t0 = time.perf_counter()
             try:
-                r = await http.post(url + "/", json={"inputs": text, "parameters": params})
+                r = await http.post(url + "/", json={"inputs": text, "parameters": mix[p]})
             except httpx.HTTPError:
                 errors += 1
                 continue
@@ -46,7 +58,7 @@ async def normal_load(
                 errors += 1
                 continue
             latencies.append(time.perf_counter() - t0)
-            if r.json()[0] != expected[text]:
+            if r.json()[0] != expected[key]:
                 mismatches += 1
 
     start = time.perf_counter()

@@ -1,10 +1,13 @@
 """Load test for `turboseq serve`: N concurrent clients for T seconds against a server on a loopback port.
 
-    python -m turboseq.bench.loadtest [--model DIR] [--clients 16] [--seconds 30] [--batching on|off|both]
+    python -m turboseq.bench.loadtest [--model DIR] [--clients 16] [--seconds 30] [--mix]
+        [--batching continuous|request|off|both|all]
     python -m turboseq.bench.loadtest --soak [--seconds 60]     (normal load with and without hostile traffic)
 
 Starts the server (the opus-mt-shaped bench model by default), asks it for every sentence's answer alone,
-then lets the clients send single sentences back to back. Reports throughput, p50/p95/p99 latency, errors,
+then lets the clients send single sentences back to back (``--mix``: with mixed lengths and beams). Batching:
+``continuous`` (the server's default: requests join the running batch), ``request`` (request-level:
+``--no-continuous-batching``), ``off`` (``--no-batching``); ``both`` runs the first two, ``all`` the three. Reports throughput, p50/p95/p99 latency, errors,
 answers that differ from the single-request answer, and the server's RSS (sampled ten times during the run)
 from before the load to after it. Bounded: it stops
 by itself after ``--seconds`` and stops the server with SIGTERM.
@@ -18,34 +21,45 @@ import json
 import sys
 from pathlib import Path
 
-from turboseq.bench.clients import normal_load, rss_mb
+from turboseq.bench.clients import normal_load, requests_of, rss_mb
 from turboseq.serving.process import ServerProcess
+
+MODES = {"continuous": (), "request": ("--no-continuous-batching",), "off": ("--no-batching",)}
+# --mix: short and long answers, greedy and beam search (lengths forced where the random weights would stop early)
+MIX = [
+    {"num_beams": 4, "max_new_tokens": 32},
+    {"num_beams": 1, "max_new_tokens": 8},
+    {"num_beams": 4, "max_new_tokens": 64, "min_new_tokens": 48},
+    {"num_beams": 1, "max_new_tokens": 32, "min_new_tokens": 24},
+    {"num_beams": 2, "max_new_tokens": 16},
+]
 
 
 def run(
     model_dir: Path,
     clients: int,
     seconds: float,
-    batching: bool,
-    params: dict,
+    batching: str,
+    params: dict | list[dict],
     sentences: list[str],
     server_args: tuple[str, ...] = (),
     expected: dict | None = None,
 ) -> dict:
-    """One server (``turboseq serve`` with ``server_args``) under ``clients`` clients for ``seconds``. Answers
-    are checked against ``expected`` (sentence -> answer), by default each sentence's answer alone from this
-    server."""
+    """One server (``turboseq serve`` with ``server_args``, batching as ``MODES[batching]``) under ``clients``
+    clients for ``seconds``. Answers are checked against ``expected`` (sentence, or (sentence, parameter set) with
+    a list of them -> answer), by default each request's answer alone from this server."""
     import httpx
 
-    server = ServerProcess(model_dir, *(() if batching else ("--no-batching",)), *server_args, capture=False)
+    server = ServerProcess(model_dir, *MODES[batching], *server_args, capture=False)
     url = server.url
     try:
         alone = {}
-        for text in dict.fromkeys(sentences):  # every answer alone, before any load
-            r = httpx.post(url + "/", json={"inputs": text, "parameters": params}, timeout=120)
+        mix = params if isinstance(params, list) else [params]
+        for text, p in dict.fromkeys(requests_of(sentences, params)):  # every answer alone, before any load
+            r = httpx.post(url + "/", json={"inputs": text, "parameters": mix[p]}, timeout=120)
             if r.status_code != 200:
                 raise RuntimeError(f"single request failed ({r.status_code}): {r.text}")
-            alone[text] = r.json()[0]
+            alone[(text, p) if isinstance(params, list) else text] = r.json()[0]
         expected = expected or alone
         rss_before = rss_mb(server.pid)  # the server as it is once ready (it warms itself up)
         result = asyncio.run(normal_load(url, sentences, expected, params, clients, seconds, server.pid))
@@ -55,7 +69,8 @@ def run(
     result.update(
         batching=batching,
         clients=clients,
-        answers_alone=alone,
+        mixed=isinstance(params, list),
+        answers_alone={f"{k[0]} | {mix[k[1]]}" if isinstance(k, tuple) else k: v for k, v in alone.items()},
         rss_before_mb=rss_before,
         rss_after_mb=rss_after,
         rss_max_mb=max(result["rss_samples_mb"] + [rss_after]),
@@ -73,7 +88,7 @@ def format_results(results: list[dict]) -> str:
     lines = [head, "|" + "---|" * 11]
     for r in results:
         lines.append(
-            f"| {'on' if r['batching'] else 'off'} | {r['clients']} | {r['requests']} | {r['requests_per_s']:.1f} | "
+            f"| {r['batching']}{' (mixed)' if r.get('mixed') else ''} | {r['clients']} | {r['requests']} | {r['requests_per_s']:.1f} | "
             f"{r['p50_s'] * 1e3:.0f} | {r['p95_s'] * 1e3:.0f} | {r['p99_s'] * 1e3:.0f} | {r['errors']} | "
             f"{r['mismatches']} | {r['rss_before_mb']:.0f} / {r['rss_max_mb']:.0f} / {r['rss_after_mb']:.0f} | "
             f"{r['rss_growth'] * 100:+.1f}% |"
@@ -89,12 +104,13 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--calm-seconds", type=float, help="--soak: the normal-load-only phase (default: --seconds)")
-    parser.add_argument("--batching", choices=["on", "off", "both"], default="both")
+    parser.add_argument("--batching", choices=[*MODES, "both", "all"], default="both")
     parser.add_argument(
         "--parameters",
         default='{"num_beams": 4, "max_new_tokens": 32}',
-        help="generation parameters of every request, JSON",
+        help="generation parameters of every request, JSON (a list: request i takes item i, cycled)",
     )
+    parser.add_argument("--mix", action="store_true", help="requests of mixed lengths and beams (the list MIX)")
     parser.add_argument("--out", default="bench-out/loadtest.json")
     parser.add_argument(
         "--soak",
@@ -103,7 +119,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     model_dir = Path(args.model) if args.model else bench_model_dir("marian")
-    params = json.loads(args.parameters)
+    params = MIX if args.mix else json.loads(args.parameters)
     if args.soak:
         from turboseq.bench.soak import format_soak, passed, run_soak
 
@@ -113,7 +129,7 @@ def main(argv=None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).with_name("soak.json").write_text(json.dumps(report, indent=2))
         return 0 if passed(report) else 1
-    modes = {"on": [True], "off": [False], "both": [True, False]}[args.batching]
+    modes = {"both": ["continuous", "request"], "all": list(MODES)}.get(args.batching, [args.batching])
     results = []
     for batching in modes:
         r = run(model_dir, args.clients, args.seconds, batching, params, bench_sentences())
@@ -121,8 +137,9 @@ def main(argv=None) -> int:
         results.append(r)
     table = format_results(results)
     print("\n" + table)
-    if len(results) == 2:
-        print(f"\nbatching on / off throughput: {results[0]['requests_per_s'] / results[1]['requests_per_s']:.2f}x")
+    for r in results[1:]:
+        ratio = results[0]["requests_per_s"] / r["requests_per_s"]
+        print(f"\n{results[0]['batching']} / {r['batching']} throughput: {ratio:.2f}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     return 0 if all(r["errors"] == 0 and r["mismatches"] == 0 and r["exit_code"] == 0 for r in results) else 1

@@ -129,28 +129,33 @@ class JoinedBatch:
         self.joining.append(_Search(plan, head, done))
 
     def step(self) -> None:
-        """One token for every running search, then the prompt of every search that joined. An error of the
-        shared step is raised (the searches are then in an unknown state: ``abort`` them)."""
-        running, self.running = self.running, []
-        if running:
-            decoders = [search.plan.decoder.decoder for search in running]
-            hidden = self.step_together(decoders, [search.tokens for search in running])
-            products = _Products(self.head, hidden)
-            start = 0
-            for search in running:
-                rows = search.tokens.shape[0]
-                search.head.at(products, slice(start, start + rows))
-                start += rows
-            self.running = [search for search in running if search.send(search.head.hidden)]
-        joining, self.joining = self.joining, []
+        """One token for every running search and for every search that joined with a one-token prompt (an
+        encoder-decoder's start token); a longer prompt runs alone. An error of the shared step is raised (the
+        searches are then in an unknown state: ``abort`` them)."""
+        running, joining, self.running, self.joining = self.running, self.joining, [], []
         for search in joining:
             try:
-                hidden = search.plan.decoder.step(next(search.plan.loop))
+                search.tokens = next(search.plan.loop)
+                if search.tokens.shape[1] == 1:
+                    running.append(search)
+                    continue
+                hidden = search.plan.decoder.step(search.tokens)
             except Exception as err:  # noqa: BLE001
                 search.done(None, err)
                 continue
             if search.send(hidden):
                 self.running.append(search)
+        if not running:
+            return
+        decoders = [search.plan.decoder.decoder for search in running]
+        hidden = self.step_together(decoders, [search.tokens for search in running])
+        products = _Products(self.head, hidden)
+        start = 0
+        for search in running:
+            rows = search.tokens.shape[0]
+            search.head.at(products, slice(start, start + rows))
+            start += rows
+        self.running += [search for search in running if search.send(search.head.hidden)]
 
     def abort(self, error: BaseException) -> None:
         """End every search with ``error``."""

@@ -196,6 +196,7 @@ class Engine:
         return JoinedBatch(self.head, self._step_together)
 
     def _step_together(self, decoders: list, tokens: list[Tensor]) -> Tensor:
+        tokens = [d.first_tokens(t) for d, t in zip(decoders, tokens)]
         return decode_together(self.spec, [d.state for d in decoders], tokens)
 
     def row_searches(self, rows, *, seed: int | None = None, on_tokens=None, abandoned=None, on_logprobs=None,
@@ -377,9 +378,12 @@ class EagerDecoder:
         self.widen = state.widen
 
     def step(self, tokens: Tensor, all_positions: bool = False) -> Tensor:
-        state = self.state
-        if state.length == 0 and state.padding is not None:
-            # the search loops see left padding as id `vocab_size`, which no logits rule matches (transformers'
-            # repetition penalty ignores padding too); the prefill reads it as id 0, masked
-            tokens = tokens.masked_fill(tokens >= self.spec.vocab_size, 0)
-        return decode_step(self.spec, state, tokens, all_positions)
+        return decode_step(self.spec, self.state, self.first_tokens(tokens), all_positions)
+
+    def first_tokens(self, tokens: Tensor) -> Tensor:
+        """The tokens the decoder reads: the search loops see left padding as id `vocab_size`, which no logits
+        rule matches (transformers' repetition penalty ignores padding too); the prefill reads it as id 0,
+        masked."""
+        if self.state.length == 0 and self.state.padding is not None:
+            return tokens.masked_fill(tokens >= self.spec.vocab_size, 0)
+        return tokens
