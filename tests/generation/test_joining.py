@@ -139,3 +139,39 @@ def test_a_failing_search_ends_alone(marian):
         batch.step()
     assert errors == ["no such input", "the stream broke"]
     assert _equal(results[0], model.generate_rows(rows, max_new_tokens=12, min_new_tokens=12))
+
+
+KINDS = [dict(num_beams=1), dict(num_beams=3), dict(do_sample=True, num_return_sequences=2)]
+
+
+def _reported(model, vocab: int, kwargs: dict) -> int:
+    """``on_input`` gives each input that ends before its search does, the step it ends, as the search's result
+    will hold it (a decoder-only prompt's left padding cut, an input's sampled rows together); returns how many
+    inputs ended early."""
+    rows = _rows(vocab, (3, 9, 5, 7, 4, 8, 6, 2), 4)
+    batch = model.joined_batch()
+    early, final = {}, {}
+    for chunk, build in model.row_searches(rows, seed=5, max_new_tokens=40, **kwargs):
+        batch.join(
+            build,
+            lambda result, error, chunk=chunk: final.update(zip(chunk, result)),
+            lambda j, sequences, chunk=chunk: early.setdefault(chunk[j], sequences),
+        )
+    while len(batch):
+        batch.step()
+    assert len(final) == len(rows)
+    for i, sequences in early.items():
+        assert len(sequences) == len(final[i]) and all(torch.equal(a, b) for a, b in zip(sequences, final[i]))
+    return len(early)
+
+
+def test_inputs_are_reported_as_they_end_encoder_decoder(seq2seq):
+    model = seq2seq[1]
+    early = [_reported(model, model.backend.source_vocab_size(), kwargs) for kwargs in KINDS]
+    assert sum(early) > 0, early  # the random weights end some inputs early
+
+
+def test_inputs_are_reported_as_they_end_decoder_only(causal):
+    model = causal[1]
+    early = [_reported(model, model.spec.vocab_size, kwargs) for kwargs in KINDS]
+    assert sum(early) > 0, early

@@ -117,8 +117,9 @@ class JoinedBatch:
         """Decoder rows running (beams and sampled copies counted)."""
         return sum(search.tokens.shape[0] for search in self.running)
 
-    def join(self, build: Callable[[SharedHead], Plan], done: Done) -> None:
-        """Add the search ``build(head)`` makes (it may encode its inputs here); ``done`` gets its result.
+    def join(self, build: Callable[[SharedHead], Plan], done: Done, on_input=None) -> None:
+        """Add the search ``build(head)`` makes (it may encode its inputs here); ``done`` gets its result;
+        ``on_input(input, sequences)``, if given, each input that is final before the search ends (``Plan.on_input``).
         A search that cannot be built is answered at once with the error."""
         head = SharedHead(self.head)
         try:
@@ -126,6 +127,8 @@ class JoinedBatch:
         except Exception as err:  # noqa: BLE001 (the request's own error)
             done(None, err)
             return
+        if on_input is not None:
+            plan.on_input(on_input)
         self.joining.append(_Search(plan, head, done))
 
     def step(self) -> None:

@@ -73,6 +73,11 @@ class Listener:
     def end(self, finished_scores: Tensor) -> None:
         """The loop is over."""
 
+    def ended(self, row: int, result) -> None:
+        """Row ``row`` (beam search: sentence) is final before the loop ends: ``result`` is what the loop will
+        return for it (greedy and sampling: its tokens; beam search: its hypotheses). Not called for rows that
+        end with the loop."""
+
 
 class Listeners:
     """Every listener of one loop, called together; what they need is the union of what each declares."""
@@ -132,6 +137,10 @@ class Listeners:
     def end(self, finished_scores: Tensor) -> None:
         for item in self.items:
             item.end(finished_scores)
+
+    def ended(self, row: int, result) -> None:
+        for item in self.items:
+            item.ended(row, result)
 
 
 def listeners_for(trace=None, hooks=None, stop: Callable[[Tensor], Tensor] | None = None, *more: Listener) -> Listeners:

@@ -67,15 +67,51 @@ class _PrefillOnce:
         return hidden.repeat_interleave(share, dim=0)
 
 
+class _InputsEnded(Listener):
+    """Passes on each input whose sequences are final before the loop ends (``Plan.on_input``); an input of
+    several sampled rows once all of them are."""
+
+    def __init__(self, copies: int):
+        self.copies, self.callback, self.parts = copies, None, {}
+
+    def ended(self, row: int, result) -> None:
+        if self.callback is None:
+            return
+        if not isinstance(result, list):  # greedy and sampling: one sequence per row
+            result = [result]
+        if self.copies == 1:
+            self.callback(row, result)
+            return
+        parts = self.parts.setdefault(row // self.copies, {})
+        parts[row % self.copies] = result[0]
+        if len(parts) == self.copies:
+            self.callback(row // self.copies, [parts[k] for k in range(self.copies)])
+
+
+def _same(i: int, sequences: list[Tensor]) -> list[Tensor]:
+    return sequences
+
+
 @dataclass
 class Plan:
-    """A search ready to run: its ``loop`` (``generation.search``: yields tokens, is sent hidden states), the
-    ``decoder`` its steps go through (whose ``step`` reads the prompt, shared where it can be), and ``finish``,
-    which turns the loop's result into each input's sequences."""
+    """A search ready to run: its ``loop`` (``generation.search``: yields tokens, is sent hidden states) and the
+    ``decoder`` its steps go through (whose ``step`` reads the prompt, shared where it can be). ``finish`` turns
+    the loop's result into each input's sequences: ``group`` gathers an input's rows, then ``trim(input,
+    sequences)`` applies what the model does to each (a decoder-only model cuts the left padding)."""
 
     loop: Steps
     decoder: _PrefillOnce
-    finish: Callable[[list], list[list[Tensor]]]
+    group: Callable[[list], list[list[Tensor]]]
+    ended: _InputsEnded
+    trim: Callable[[int, list[Tensor]], list[Tensor]] = _same
+
+    def finish(self, results: list) -> list[list[Tensor]]:
+        return [self.trim(i, sequences) for i, sequences in enumerate(self.group(results))]
+
+    def on_input(self, callback: Callable[[int, list[Tensor]], None]) -> None:
+        """``callback(input, sequences)`` for each input that is final before the loop ends, as ``finish``
+        will give it (the others come with ``finish``)."""
+        self.ended.callback = lambda i, sequences: callback(i, self.trim(i, sequences))
 
 
 def plan_search(
@@ -100,16 +136,17 @@ def plan_search(
         hooks = None if hooks is None else hooks.select(expand.cpu())
     procs = build_processors(s, vocab_size)
     decoder = _PrefillOnce(make_decoder(fanout, expand), fanout)
-    observers = listeners_for(trace, hooks, stop, *listeners)
+    ended = _InputsEnded(fanout.copies)
+    observers = listeners_for(trace, hooks, stop, *listeners, ended)
     if s.is_beam:
         loop = beam_steps(decoder.select, head, prompt, s, procs, generator, observers)
-        return Plan(loop, decoder, lambda results: results)
+        return Plan(loop, decoder, lambda results: results, ended)
     copies = fanout.copies
 
-    def finish(flat: list) -> list[list[Tensor]]:
+    def group(flat: list) -> list[list[Tensor]]:
         return [flat[i * copies : (i + 1) * copies] for i in range(batch)]
 
-    return Plan(greedy_steps(decoder.select, head, prompt, s, procs, generator, observers), decoder, finish)
+    return Plan(greedy_steps(decoder.select, head, prompt, s, procs, generator, observers), decoder, group, ended)
 
 
 def run_search(

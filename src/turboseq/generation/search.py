@@ -130,7 +130,10 @@ def greedy_steps(
             if not unfinished.any():
                 break
         elif done.any():
-            lengths[active[done].cpu()] = cur_len
+            leaving = active[done].cpu()
+            lengths[leaving] = cur_len
+            for row in leaving.tolist():
+                listeners.ended(row, seqs[row, :cur_len])
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
@@ -323,10 +326,12 @@ def beam_steps(
         if done.any():
             for j in done.nonzero().squeeze(1).tolist():
                 lens = beams.finished_lens[j]
-                results[int(active[j])] = [
+                row = int(active[j])
+                results[row] = [
                     beams.finished[j, r, : prompt_len + int(lens[r])] for r in range(s.num_return_sequences)
                 ]
-                listeners.result(int(active[j]), j, beams.finished_scores, beams.finished_lens, s.num_return_sequences)
+                listeners.result(row, j, beams.finished_scores, beams.finished_lens, s.num_return_sequences)
+                listeners.ended(row, results[row])
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break

@@ -10,7 +10,6 @@ the shared search loops, finished rows leaving the batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -127,13 +126,8 @@ class CausalLM(Engine):
             make_decoder, head, prompt, s, spec.vocab_size, generator, hooks=hooks, trace=trace, stop=self._stop(s)
         )
         cut = [0] * batch if padding is None else padding.tolist()
-
-        def finish(results: list) -> list[list[Tensor]]:
-            seqs = plan_finish(results)
-            return [[seq[cut[i] :] for seq in per_input] for i, per_input in enumerate(seqs)]
-
-        plan_finish = plan.finish
-        return replace(plan, finish=finish)
+        plan.trim = lambda i, sequences: [seq[cut[i] :] for seq in sequences]
+        return plan
 
     def _stop(self, s: GenerationSettings) -> StopStrings | None:
         """The stop strings of ``s`` over the model's tokenizer (None: none)."""

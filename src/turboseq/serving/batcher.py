@@ -340,63 +340,89 @@ class Continuous:
         if not taken:
             return
         running = len(self.batch) > 0
+        groups: dict = {}  # requests with equal batch keys share a search; a None key runs alone
         for job in taken:
-            self._start(job, running)
+            groups.setdefault(id(job) if job.prepared.key is None else job.prepared.key, []).append(job)
+        for jobs in groups.values():
+            self._start(jobs, running)
         self.metrics.batch_size.observe(sum(len(job.rows) for job in taken))  # the inputs that entered together
         b.running = list(self.live)
 
-    def _start(self, job: Job, joined: bool) -> None:
-        job.started = now = time.perf_counter()
-        self.metrics.queue_wait.observe(now - job.enqueued)
-        self.metrics.input_tokens.inc(sum(self.task.input_size(r) for r in job.rows))
-        if joined:
-            self.metrics.joins.inc()
-        on_tokens = None
-        if job.on_token is not None:
+    def _start(self, jobs: list[Job], joined: bool) -> None:
+        """Start the searches of ``jobs`` (equal batch keys: their rows one after the other); each job is
+        answered once its own rows are done."""
+        now = time.perf_counter()
+        for job in jobs:
+            job.started = now
+            self.metrics.queue_wait.observe(now - job.enqueued)
+            self.metrics.input_tokens.inc(sum(self.task.input_size(r) for r in job.rows))
+            if joined:
+                self.metrics.joins.inc()
+        owners = [(job, k) for job in jobs for k in range(len(job.rows))]  # row -> (job, its row)
+        rows = [r for job in jobs for r in job.rows]
 
-            def on_tokens(inputs, tokens, entries=None):  # engine thread: to the stream
+        def abandoned():  # engine thread
+            return [i for i, (job, _) in enumerate(owners) if job.cancelled]
+
+        on_tokens = None
+        if any(job.on_token is not None for job in jobs):
+
+            def on_tokens(inputs, tokens, entries=None):  # engine thread: to each stream
                 entries = entries or [None] * len(inputs)
-                for k, token, entry in zip(inputs.tolist(), tokens.tolist(), entries):
-                    if not job.cancelled:
+                for i, token, entry in zip(inputs.tolist(), tokens.tolist(), entries):
+                    job, k = owners[i]
+                    if job.on_token is not None and not job.cancelled:
                         job.send(k, token, entry)
 
-        def abandoned():
-            return range(len(job.rows)) if job.cancelled else ()
-
-        settings = job.prepared.settings
+        settings = jobs[0].prepared.settings
         try:
-            joining = self.task.join(job.rows, settings, abandoned, on_tokens)
-            if joining is None:  # a request that runs alone (rare: see ``Task.join``) holds the batch meanwhile
-                self._settle(job, *self.task.run(job.rows, settings, abandoned, on_tokens))
+            joining = self.task.join(rows, settings, abandoned, on_tokens)
+            if joining is None:  # requests that run alone (rare: see ``Task.join``) hold the batch meanwhile
+                answers, generated = self.task.run(rows, settings, abandoned, on_tokens)
+                start = 0
+                for job in jobs:
+                    self._settle(job, answers[start : start + len(job.rows)], generated if job is jobs[0] else 0)
+                    start += len(job.rows)
                 return
         except Exception as err:
-            self._settle(job, error=err)
+            if len(jobs) > 1:  # each alone: the one whose input or parameters caused it gets the error
+                for job in jobs:
+                    self._start([job], joined)
+            else:
+                self._settle(jobs[0], error=err)
             return
-        self.live.append(job)
-        outputs: list = [None] * len(job.rows)
-        left = [len(joining.searches)]
-        if not left[0]:
-            self._finish(job, joining, outputs)
+        self.live += jobs
+        outputs: list = [None] * len(rows)
+        left = {id(job): len(job.rows) for job in jobs}
+        first = {id(job): next(i for i, (j, _) in enumerate(owners) if j is job) for job in jobs}
+
+        def row_done(i: int, sequences) -> None:
+            job = owners[i][0]
+            if outputs[i] is not None or id(job) not in left:  # reported early, or the job already failed
+                return
+            outputs[i] = sequences
+            left[id(job)] -= 1
+            if not left[id(job)]:
+                del left[id(job)]
+                indices = list(range(first[id(job)], first[id(job)] + len(job.rows)))
+                self._finish(job, joining, indices, [outputs[k] for k in indices])
+
         for chunk, build in joining.searches:
 
             def done(result, error, chunk=chunk):
-                if left[0] == 0:  # already answered (an earlier search failed)
+                if error is None:
+                    for i, sequences in zip(chunk, result):
+                        row_done(i, sequences)
                     return
-                if error is not None:
-                    left[0] = 0
-                    self._settle(job, error=error)
-                    return
-                for i, out in zip(chunk, result):
-                    outputs[i] = out
-                left[0] -= 1
-                if left[0] == 0:
-                    self._finish(job, joining, outputs)
+                for job in dict.fromkeys(owners[i][0] for i in chunk):
+                    if left.pop(id(job), None) is not None:
+                        self._settle(job, error=error)
 
-            self.batch.join(build, done)
+            self.batch.join(build, done, lambda j, sequences, chunk=chunk: row_done(chunk[j], sequences))
 
-    def _finish(self, job: Job, joining, outputs: list) -> None:
+    def _finish(self, job: Job, joining, indices: list[int], outputs: list) -> None:
         try:
-            answers, generated = joining.finish(outputs) if not job.cancelled else (None, 0)
+            answers, generated = joining.finish(indices, outputs) if not job.cancelled else (None, 0)
         except Exception as err:
             self._settle(job, error=err)
             return

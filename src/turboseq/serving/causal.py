@@ -142,11 +142,12 @@ class CompletionTask(GenerationTask):
         outputs, collector = self.generate(rows, request, abandoned, on_tokens)
         return self.answer(rows, request, outputs, collector)
 
-    def answer(self, rows, request: CompletionRequest, outputs: list, collector):
+    def answer(self, rows, request: CompletionRequest, outputs: list, collector, indices=None):
         s = request.settings
         answers, generated = [], 0
         eos = set(s.eos_token_ids)
-        for row, seqs in zip(rows, outputs):
+        indices = indices if indices is not None else range(len(rows))
+        for row, seqs, index in zip(rows, outputs, indices):
             start = len(row) or 1  # an empty prompt started from BOS
             texts, reasons, counts = [], [], []
             for seq in seqs:
@@ -172,9 +173,7 @@ class CompletionTask(GenerationTask):
             generated += sum(counts)
             details = None
             if collector is not None:  # one sequence
-                details = self.detailed(
-                    request, collector, len(answers), texts[0], seqs[0][start:].tolist(), reasons[0]
-                )
+                details = self.detailed(request, collector, index, texts[0], seqs[0][start:].tolist(), reasons[0])
             answers.append(Continuation(texts, reasons, len(row), counts, details))
         return answers, generated
 

@@ -45,12 +45,13 @@ class Route:
 
 @dataclass
 class Joining:
-    """A request as searches that join the running batch (continuous batching): ``searches`` as
-    ``Engine.searches`` gives them (``(inputs, build)`` each), and ``finish(outputs)``, which turns the
-    per-input outputs into (one answer per row, tokens generated) as ``Task.run`` returns them."""
+    """Requests (their rows one after the other) as searches that join the running batch (continuous
+    batching): ``searches`` as ``Engine.searches`` gives them (``(inputs, build)`` each), and
+    ``finish(indices, outputs)``, which turns the outputs of the rows ``indices`` into (one answer per row, tokens
+    generated) as ``Task.run`` returns them (each request is finished apart, when its rows are done)."""
 
     searches: list
-    finish: Callable[[list], tuple[list, int]]
+    finish: Callable[[list[int], list], tuple[list, int]]
 
 
 class Task(Generic[S]):

@@ -237,7 +237,10 @@ class GenerationTask(TextTask[GenerationRequest]):
         searches = self.model.row_searches(rows, **kwargs)
         if searches is None:
             return None
-        return Joining(searches, lambda outputs: self.answer(rows, request, outputs, collector))
+        return Joining(
+            searches,
+            lambda indices, outputs: self.answer([rows[i] for i in indices], request, outputs, collector, indices),
+        )
 
     def run(self, rows, request: GenerationRequest, abandoned=None, on_tokens=None):
         if request.alternatives:
@@ -245,8 +248,10 @@ class GenerationTask(TextTask[GenerationRequest]):
         outputs, collector = self.generate(rows, request, abandoned, on_tokens)
         return self.answer(rows, request, outputs, collector)
 
-    def answer(self, rows, request: GenerationRequest, outputs: list, collector: Collector | None):
-        """(one answer per row, tokens generated) from the engine's sequences."""
+    def answer(self, rows, request: GenerationRequest, outputs: list, collector: Collector | None, indices=None):
+        """(one answer per row, tokens generated) from the engine's sequences. ``indices``: the rows' places in
+        the batch the collector numbers (None: 0, 1, ...)."""
+        indices = indices if indices is not None else range(len(rows))
         scores = (
             [self.model.mean_logprobs([row] * len(seqs), seqs) for row, seqs in zip(rows, outputs)]
             if request.confidence
@@ -259,7 +264,7 @@ class GenerationTask(TextTask[GenerationRequest]):
         if collector is not None:  # one sequence per input
             eos = set(request.settings.eos_token_ids)
             answers = []
-            for row, (seqs, text) in enumerate(zip(outputs, texts)):
+            for row, seqs, text in zip(indices, outputs, texts):
                 new = seqs[0][1:].tolist()
                 reason = "eos_token" if new and new[-1] in eos else "length"
                 answers.append(self.detailed(request, collector, row, text[0], new, reason))
