@@ -37,7 +37,7 @@ async def normal_load(
             rss_samples.append(round(rss_mb(pid), 1))
             await asyncio.sleep(seconds / 10)
 
-    latencies, errors, mismatches = [], 0, 0
+    latencies, errors, mismatches, by_set = [], 0, 0, {}
     pairs, mix = requests_of(sentences, params), params if isinstance(params, list) else [params]
     stop = time.perf_counter() + seconds
 
@@ -58,6 +58,7 @@ async def normal_load(
                 errors += 1
                 continue
             latencies.append(time.perf_counter() - t0)
+            by_set.setdefault(p, []).append(latencies[-1])
             if r.json()[0] != expected[key]:
                 mismatches += 1
 
@@ -78,4 +79,13 @@ async def normal_load(
         errors=errors,
         mismatches=mismatches,
         rss_samples_mb=rss_samples,
+        # per parameter set: requests, p50 and p99 seconds
+        by_parameters={
+            p: dict(requests=len(v), p50_s=statistics.median(v), p99_s=max(v) if len(v) < 100 else _p99(v))
+            for p, v in sorted(by_set.items())
+        },
     )
+
+
+def _p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98]

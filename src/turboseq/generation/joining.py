@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from turboseq.generation.runner import Plan
@@ -24,22 +25,45 @@ Done = Callable[[list | None, BaseException | None], None]
 
 
 class _Products:
-    """One step's hidden states over every running row and the LM head's products over them, each made the
-    first time a search asks for it."""
+    """One step's hidden states over every running row and the LM head's products over them: the full logits
+    over the rows of the searches that asked for them the step before, the greedy screen over those that
+    screened, each made once, the first time a search asks; a search that asks for what it did not ask for the
+    step before gets its own."""
 
-    def __init__(self, head, hidden: Tensor):
+    def __init__(self, head, hidden: Tensor, searches: list[_Search]):
         self.head, self.hidden = head, hidden
-        self._logits = self._screen = None
+        self.rows = {id(search): search.head.rows for search in searches}
+        self.wants = {
+            kind: [search.head.rows for search in searches if search.head.asked == kind]
+            for kind in ("logits", "screen")
+        }
+        self.made: dict = {}
 
-    def logits(self) -> Tensor:
-        if self._logits is None:
-            self._logits = self.head.logits(self.hidden)
-        return self._logits
+    def _made(self, kind: str, make):
+        """``kind``'s products over its searches' rows, and where each search's rows start in them."""
+        if kind not in self.made:
+            spans = self.wants[kind]
+            if len(spans) == 1 or sum(r.stop - r.start for r in spans) == self.hidden.shape[0]:
+                hidden = self.hidden[spans[0].start : spans[-1].stop] if len(spans) == 1 else self.hidden
+                starts = {r.start: r.start - spans[0].start if len(spans) == 1 else r.start for r in spans}
+            else:
+                hidden = torch.cat([self.hidden[r] for r in spans])
+                starts, at = {}, 0
+                for r in spans:
+                    starts[r.start] = at
+                    at += r.stop - r.start
+            self.made[kind] = (make(hidden), starts)
+        return self.made[kind]
 
-    def screen(self):
-        if self._screen is None:
-            self._screen = self.head.screen_products(self.hidden)
-        return self._screen
+    def get(self, kind: str, rows: slice, make):
+        if rows not in self.wants[kind]:
+            return make(self.hidden[rows])
+        products, starts = self._made(kind, make)
+        at = starts[rows.start]
+        mine = slice(at, at + rows.stop - rows.start)
+        if products is None or isinstance(products, Tensor):
+            return None if products is None else products[mine]
+        return tuple(p[mine] for p in products)
 
 
 class SharedHead:
@@ -51,6 +75,7 @@ class SharedHead:
         self.products: _Products | None = None
         self.rows = slice(0)
         self.hidden: Tensor | None = None  # this step's hidden states of the search's rows (a view)
+        self.asked: str | None = None  # what the search asked for last: "logits" or "screen"
 
     def at(self, products: _Products | None, rows: slice) -> None:
         self.products, self.rows = products, rows
@@ -60,18 +85,19 @@ class SharedHead:
         return self.products is not None and h is self.hidden
 
     def logits(self, h: Tensor) -> Tensor:
+        self.asked = "logits"
         if not self._shared(h):
             return self.head.logits(h)
-        return self.products.logits()[self.rows]
+        return self.products.get("logits", self.rows, self.head.logits)
 
     def greedy(self, h: Tensor, input_ids: Tensor, procs) -> Tensor | None:
+        self.asked = "screen"
         if not self._shared(h):
             return self.head.greedy(h, input_ids, procs)
-        products = self.products.screen()
+        products = self.products.get("screen", self.rows, self.head.screen_products)
         if products is None:
             return None
-        mine = products[self.rows] if isinstance(products, Tensor) else tuple(p[self.rows] for p in products)
-        return self.head.greedy(h, input_ids, procs, mine)
+        return self.head.greedy(h, input_ids, procs, products)
 
 
 @dataclass(eq=False)
@@ -152,12 +178,14 @@ class JoinedBatch:
             return
         decoders = [search.plan.decoder.decoder for search in running]
         hidden = self.step_together(decoders, [search.tokens for search in running])
-        products = _Products(self.head, hidden)
         start = 0
         for search in running:
             rows = search.tokens.shape[0]
-            search.head.at(products, slice(start, start + rows))
+            search.head.rows = slice(start, start + rows)
             start += rows
+        products = _Products(self.head, hidden, running)
+        for search in running:
+            search.head.at(products, search.head.rows)
         self.running += [search for search in running if search.send(search.head.hidden)]
 
     def abort(self, error: BaseException) -> None:
