@@ -143,6 +143,7 @@ class JoinedBatch:
         """Decoder rows running (beams and sampled copies counted)."""
         return sum(search.tokens.shape[0] for search in self.running)
 
+    @torch.inference_mode()
     def join(self, build: Callable[[SharedHead], Plan], done: Done, on_input=None) -> None:
         """Add the search ``build(head)`` makes (it may encode its inputs here); ``done`` gets its result;
         ``on_input(input, sequences)``, if given, each input that is final before the search ends (``Plan.on_input``).
@@ -157,6 +158,7 @@ class JoinedBatch:
             plan.on_input(on_input)
         self.joining.append(_Search(plan, head, done))
 
+    @torch.inference_mode()
     def step(self) -> None:
         """One token for every running search and for every search that joined with a one-token prompt (an
         encoder-decoder's start token); a longer prompt runs alone. An error of the shared step is raised (the
