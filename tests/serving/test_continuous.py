@@ -75,11 +75,11 @@ def test_requests_join_a_running_translation_batch(big_marian):
     try:
         alone = _alone(srv.url, SHORT)
         joins = _counter(srv.url, "turboseq_batch_joins_total")
-        long, answers, running = _scenario(srv.url, _long(600), SHORT)
+        long, answers, running = _scenario(srv.url, _long(400), SHORT)
         assert running  # every short request was answered while the long batch ran
         assert answers == alone
         assert _counter(srv.url, "turboseq_batch_joins_total") - joins == len(SHORT)
-        assert _alone(srv.url, [("/", _long(600))]) == [long]  # and the long one is unchanged by them
+        assert _alone(srv.url, [("/", _long(400))]) == [long]  # and the long one is unchanged by them
         assert "turboseq_time_in_batch_seconds_count" in httpx.get(srv.url + "/metrics").text
     finally:
         srv.stop()
@@ -89,7 +89,7 @@ def test_without_continuous_batching_requests_wait_for_the_batch(big_marian):
     srv = ServerProcess(big_marian, "--no-continuous-batching")
     try:
         alone = _alone(srv.url, SHORT[:2])
-        _, answers, running = _scenario(srv.url, _long(300), SHORT[:2])
+        _, answers, running = _scenario(srv.url, _long(400), SHORT[:2])
         assert not running and answers == alone
     finally:
         srv.stop()
@@ -108,9 +108,39 @@ def test_requests_join_a_running_completion_batch(long_lm):
     try:
         shorts = [*SHORT, ("/v1/completions", {"prompt": "Once upon", "max_tokens": 5, "seed": 3, "temperature": 0.7})]
         alone = _alone(srv.url, shorts)
-        long, answers, running = _scenario(srv.url, _long(600), shorts)
+        long, answers, running = _scenario(srv.url, _long(400), shorts)
         assert running and answers[:-1] == alone[:-1]
         assert answers[-1]["choices"] == alone[-1]["choices"]  # an OpenAI answer's id and time differ
-        assert _alone(srv.url, [("/", _long(600))]) == [long]
+        assert _alone(srv.url, [("/", _long(400))]) == [long]
+    finally:
+        srv.stop()
+
+
+def test_admission_is_by_arrival(big_marian):
+    """A request that does not fit the running batch (--max-batch-size) waits for room, and the requests that came
+    after it wait behind it even where they would fit: a long stream of small requests never starves it."""
+    srv = ServerProcess(big_marian, "--max-batch-size", "4")
+    try:
+        small = {"inputs": "hello", "parameters": {"num_beams": 1, "max_new_tokens": 4, "min_new_tokens": 4}}
+        wide = {"inputs": ["Good morning."] * 4, "parameters": small["parameters"]}
+        done: list[str] = []
+
+        async def go():
+            async with httpx.AsyncClient(timeout=120) as client:
+
+                async def send(name, body):
+                    await _send(client, srv.url, "/", body)
+                    done.append(name)
+
+                long_body = dict(_long(400), inputs=_long(400)["inputs"][:2])  # 2 of the 4 inputs
+                tasks = [asyncio.create_task(send("long", long_body))]
+                await asyncio.sleep(1.0)
+                tasks.append(asyncio.create_task(send("wide", wide)))  # 2 + 4 inputs: waits for room
+                await asyncio.sleep(0.2)
+                tasks += [asyncio.create_task(send(f"small{i}", small)) for i in range(3)]  # would fit: 2 + 1
+                await asyncio.gather(*tasks)
+
+        asyncio.run(go())
+        assert done[:2] == ["long", "wide"] and sorted(done[2:]) == ["small0", "small1", "small2"], done
     finally:
         srv.stop()

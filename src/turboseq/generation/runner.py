@@ -111,7 +111,9 @@ class Plan:
     def on_input(self, callback: Callable[[int, list[Tensor]], None]) -> None:
         """``callback(input, sequences)`` for each input that is final before the loop ends, as ``finish``
         will give it (the others come with ``finish``)."""
-        self.ended.callback = lambda i, sequences: callback(i, self.trim(i, sequences))
+        trim = self.trim  # not the plan itself: the loop holds this listener, and a cycle through the loop would
+        # keep its tensors until the cyclic garbage collector runs (rarely, in a server's engine thread)
+        self.ended.callback = lambda i, sequences: callback(i, trim(i, sequences))
 
 
 def plan_search(

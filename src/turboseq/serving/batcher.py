@@ -9,6 +9,7 @@ requests, oldest first, that fit the batch limits, and answers each request the 
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -316,6 +317,7 @@ class Continuous:
                     break
                 b.running_since = time.perf_counter()
                 if b.running_since - trimmed > TRIM_EVERY_S:
+                    gc.collect()
                     release_free_memory()
                     trimmed = time.perf_counter()
                 self._admit()
