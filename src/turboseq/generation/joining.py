@@ -32,7 +32,6 @@ class _Products:
 
     def __init__(self, head, hidden: Tensor, searches: list[_Search]):
         self.head, self.hidden = head, hidden
-        self.rows = {id(search): search.head.rows for search in searches}
         self.wants = {
             kind: [search.head.rows for search in searches if search.head.asked == kind]
             for kind in ("logits", "screen")
@@ -43,9 +42,10 @@ class _Products:
         """``kind``'s products over its searches' rows, and where each search's rows start in them."""
         if kind not in self.made:
             spans = self.wants[kind]
-            if len(spans) == 1 or sum(r.stop - r.start for r in spans) == self.hidden.shape[0]:
-                hidden = self.hidden[spans[0].start : spans[-1].stop] if len(spans) == 1 else self.hidden
-                starts = {r.start: r.start - spans[0].start if len(spans) == 1 else r.start for r in spans}
+            if len(spans) == 1 or sum(r.stop - r.start for r in spans) == self.hidden.shape[0]:  # rows in one run
+                offset = spans[0].start if len(spans) == 1 else 0
+                hidden = self.hidden[offset : spans[-1].stop]
+                starts = {r.start: r.start - offset for r in spans}
             else:
                 hidden = torch.cat([self.hidden[r] for r in spans])
                 starts, at = {}, 0
@@ -137,11 +137,6 @@ class JoinedBatch:
 
     def __len__(self) -> int:
         return len(self.joining) + len(self.running)
-
-    @property
-    def rows(self) -> int:
-        """Decoder rows running (beams and sampled copies counted)."""
-        return sum(search.tokens.shape[0] for search in self.running)
 
     @torch.inference_mode()
     def join(self, build: Callable[[SharedHead], Plan], done: Done, on_input=None) -> None:

@@ -108,6 +108,10 @@ class Plan:
     def finish(self, results: list) -> list[list[Tensor]]:
         return [self.trim(i, sequences) for i, sequences in enumerate(self.group(results))]
 
+    def run(self) -> list[list[Tensor]]:
+        """The search run alone to its end (its steps through ``decoder``): each input's sequences."""
+        return self.finish(drive(self.loop, self.decoder.step))
+
     def on_input(self, callback: Callable[[int, list[Tensor]], None]) -> None:
         """``callback(input, sequences)`` for each input that is final before the loop ends, as ``finish``
         will give it (the others come with ``finish``)."""
@@ -167,7 +171,6 @@ def run_search(
     """Decode a batch of decoder prompts [batch, prompt_len]: per input, its ``num_return_sequences`` sequences
     (prompt included). ``hooks`` (``RowHooks``, numbered as the inputs), ``trace`` (``return_dict_in_generate``),
     ``stop`` (stop strings) and ``listeners`` follow the loop (``generation.listeners``)."""
-    plan = plan_search(
+    return plan_search(
         make_decoder, head, prompt, s, vocab_size, generator, hooks=hooks, trace=trace, stop=stop, listeners=listeners
-    )
-    return plan.finish(drive(plan.loop, plan.decoder.step))
+    ).run()

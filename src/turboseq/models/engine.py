@@ -20,7 +20,6 @@ from turboseq.generation.batching import RowHooks, make_batches
 from turboseq.generation.joining import JoinedBatch
 from turboseq.generation.outputs import Trace, transition_scores
 from turboseq.generation.runner import Plan, plan_search
-from turboseq.generation.search import drive
 from turboseq.generation.settings import GenerationSettings, check_seed, for_prompt, resolve
 from turboseq.runtime.cache import DecoderState
 from turboseq.runtime.compute import resolve_compute_type
@@ -136,17 +135,10 @@ class Engine:
         n = len(rows)
         if trace is not None:
             max_batch_size = max_batch_tokens = None
-        if s.do_sample or trace is not None:
-            order = list(range(n))  # input order: the random stream is consumed as transformers does
-        else:
-            order = sorted(range(n), key=lambda i: -len(rows[i]) if isinstance(rows, list) else 0)
         check_seed(seed)
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         results: list = [None] * n
-        groups = [order]
-        if prompts is not None:  # one batch holds prompts of one length
-            widths = sorted({len(prompts[i]) for i in order})
-            groups = [[i for i in order if len(prompts[i]) == w] for w in widths]
+        groups = _groups(rows, prompts, s.do_sample or trace is not None)
         lengths = [self._row_length(r) for r in rows]
         for chunk in (c for group in groups for c in make_batches(group, lengths, max_batch_size, max_batch_tokens)):
             inputs, chunk_mask = self._collate(rows, mask, chunk)
@@ -176,8 +168,7 @@ class Engine:
         prompts: Tensor | None = None,
     ) -> list[list[Tensor]]:
         """One batch of inputs through the search: per input its sequences."""
-        plan = self.plan_batch(inputs, mask, s, generator, hooks, trace, prompts, self.head)
-        return plan.finish(drive(plan.loop, plan.decoder.step))
+        return self.plan_batch(inputs, mask, s, generator, hooks, trace, prompts, self.head).run()
 
     def plan_batch(self, inputs: Tensor, mask: Tensor | None, s: GenerationSettings, generator,
                    hooks: RowHooks | None, trace: Trace | None, prompts: Tensor | None, head) -> Plan:  # fmt: skip
@@ -221,11 +212,7 @@ class Engine:
         those of ``_run``. None where the searches must run one after the other (sampling with prompts of
         several lengths, which draws from one random stream in turn)."""
         check_seed(seed)
-        order = list(range(len(rows))) if s.do_sample else sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-        groups = [order]
-        if prompts is not None:
-            widths = sorted({len(prompts[i]) for i in order})
-            groups = [[i for i in order if len(prompts[i]) == w] for w in widths]
+        groups = _groups(rows, prompts, s.do_sample)
         if len(groups) > 1 and s.do_sample:
             return None
         generator = None if seed is None else torch.Generator().manual_seed(seed)
@@ -240,6 +227,20 @@ class Engine:
             return build
 
         return [(chunk, builder(chunk)) for chunk in groups]
+
+
+def _groups(rows, prompts: list[Tensor] | None, in_order: bool) -> list[list[int]]:
+    """The inputs of ``rows`` in the order they are batched: longest first, or in input order (``in_order``: the
+    random stream is consumed as transformers does); split by decoder prompt length where ``prompts`` differ (one
+    batch holds prompts of one length)."""
+    n = len(rows)
+    order = (
+        list(range(n)) if in_order else sorted(range(n), key=lambda i: -len(rows[i]) if isinstance(rows, list) else 0)
+    )
+    if prompts is None:
+        return [order]
+    widths = sorted({len(prompts[i]) for i in order})
+    return [[i for i in order if len(prompts[i]) == w] for w in widths]
 
 
 class EncoderDecoder(Engine):

@@ -205,22 +205,7 @@ class Batcher:
                 self.metrics.queue_wait.observe(now - job.enqueued)
             self.metrics.batch_size.observe(len(rows))
             self.metrics.input_tokens.inc(sum(self.task.input_size(r) for r in rows))
-            owners = [(job, k) for job in jobs for k in range(len(job.rows))]  # batch row -> (job, its row)
-
-            def abandoned(owners=owners) -> set[int]:
-                # rows of requests whose client left or whose time ran out, read from the engine thread
-                return {i for i, (job, _) in enumerate(owners) if job.cancelled}
-
-            on_tokens = None
-            if any(job.on_token is not None for job in jobs):
-
-                def on_tokens(inputs, tokens, entries=None, owners=owners):  # engine thread: to each stream
-                    entries = entries or [None] * len(inputs)
-                    for i, token, entry in zip(inputs.tolist(), tokens.tolist(), entries):
-                        job, k = owners[i]
-                        if job.on_token is not None and not job.cancelled:
-                            job.send(k, token, entry)
-
+            _, abandoned, on_tokens = batch_hooks(jobs)
             self.running, self.running_since = jobs, time.perf_counter()
             try:
                 await self._run(jobs, abandoned, on_tokens)
@@ -256,14 +241,8 @@ class Batcher:
         self.metrics.generated_tokens.inc(generated)
         start = 0
         for job in jobs:
-            part = results[start : start + len(job.rows)]
+            _answer(job, results[start : start + len(job.rows)], None)
             start += len(job.rows)
-            if not job.future.done():
-                if job.cancelled:  # cut short: not an answer, and nobody may read it
-                    job.future.set_exception(Cancelled())
-                    job.future.exception()  # marks it read: no "exception never retrieved" log
-                else:
-                    job.future.set_result(part)
 
     async def _run_alone(self, job: Job) -> None:
         def abandoned() -> set[int]:
@@ -333,6 +312,8 @@ class Continuous:
 
     def _admit(self) -> None:
         b = self.batcher
+        if not b.queue:  # the usual case between steps: nothing to count
+            return
         inputs = sum(len(job.rows) for job in self.live)
         width = max((self.task.input_size(r) for job in self.live for r in job.rows), default=0)
         taken = []
@@ -369,22 +350,8 @@ class Continuous:
             self.metrics.input_tokens.inc(sum(self.task.input_size(r) for r in job.rows))
             if joined:
                 self.metrics.joins.inc()
-        owners = [(job, k) for job in jobs for k in range(len(job.rows))]  # row -> (job, its row)
+        owners, abandoned, on_tokens = batch_hooks(jobs)
         rows = [r for job in jobs for r in job.rows]
-
-        def abandoned():  # engine thread
-            return [i for i, (job, _) in enumerate(owners) if job.cancelled]
-
-        on_tokens = None
-        if any(job.on_token is not None for job in jobs):
-
-            def on_tokens(inputs, tokens, entries=None):  # engine thread: to each stream
-                entries = entries or [None] * len(inputs)
-                for i, token, entry in zip(inputs.tolist(), tokens.tolist(), entries):
-                    job, k = owners[i]
-                    if job.on_token is not None and not job.cancelled:
-                        job.send(k, token, entry)
-
         settings = jobs[0].prepared.settings
         try:
             joining = self.task.join(rows, settings, abandoned, on_tokens)
@@ -450,7 +417,31 @@ class Continuous:
         self.batcher.loop.call_soon_threadsafe(_answer, job, answers, error)
 
 
+def batch_hooks(jobs: list[Job]):
+    """The engine's view of ``jobs`` run as one batch, their rows one after the other: the owner of each row
+    (job, its row), ``abandoned()`` (the rows of requests whose client left or whose time ran out, read from the
+    engine thread) and ``on_tokens`` (streamed tokens to each job's stream; None where no job streams)."""
+    owners = [(job, k) for job in jobs for k in range(len(job.rows))]
+
+    def abandoned() -> set[int]:
+        return {i for i, (job, _) in enumerate(owners) if job.cancelled}
+
+    if not any(job.on_token is not None for job in jobs):
+        return owners, abandoned, None
+
+    def on_tokens(inputs, tokens, entries=None):  # engine thread: to each stream
+        entries = entries or [None] * len(inputs)
+        for i, token, entry in zip(inputs.tolist(), tokens.tolist(), entries):
+            job, k = owners[i]
+            if job.on_token is not None and not job.cancelled:
+                job.send(k, token, entry)
+
+    return owners, abandoned, on_tokens
+
+
 def _answer(job: Job, answers, error: BaseException | None) -> None:
+    """Answer ``job`` (event loop thread): its answers, or the error; a job cut short gets ``Cancelled``, marked
+    read (nobody may read it: no "exception never retrieved" log)."""
     if job.future.done():
         return
     if job.cancelled:  # cut short: not an answer, and nobody may read it
