@@ -117,9 +117,10 @@ def _add_words(model, hidden_rows, windows: list[list[WindowSegment]], num_frame
 
 
 def sequential(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[list[int]], batch_size: int,
-               progress: bool, hooks: RowHooks) -> list[list[Segment]]:  # fmt: skip
+               progress: bool, hooks: RowHooks, prompts: list[list[int]] | None = None) -> list[list[Segment]]:  # fmt: skip
     """faster-whisper's sequential transcription of each wave (already VAD-filtered where asked); ``hooks``
-    over the inputs: an abandoned input stops decoding."""
+    over the inputs: an abandoned input stops decoding. ``prompts``: each input's own previous text (tokens),
+    in place of ``opts.initial_prompt``."""
     text = model.whisper_text
     streams = [
         _Stream(i, audio_io.log_mel_long(w, model.n_mels), sot) for i, (w, sot) in enumerate(zip(waves, sot_sequences))
@@ -128,6 +129,8 @@ def sequential(model, waves: list[np.ndarray], opts: Options, sot_sequences: lis
         if opts.initial_prompt is not None:
             initial = opts.initial_prompt
             s.tokens = text.encode(" " + initial.strip()) if isinstance(initial, str) else list(initial)
+        if prompts is not None:
+            s.tokens = list(prompts[s.index])
     max_initial = int(round(opts.max_initial_timestamp / TIME_PRECISION))
     total = round(sum(s.content_frames for s in streams) / FRAMES_PER_SECOND, 1)
     with progress_bar(progress and total > 30, total, "s", "transcribe") as bar:

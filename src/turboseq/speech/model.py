@@ -333,6 +333,39 @@ class SpeechModel(EncoderDecoder):
             results.append(longform.finish(segments[i], wave, chunks[i], lang, prob, ranked, speech))
         return results[0] if single else results
 
+    def live(
+        self,
+        *,
+        language: str | None = None,
+        task: str = "transcribe",
+        beam_size: int = 1,
+        temperature: float | list[float] | tuple[float, ...] = 0.0,
+        initial_prompt: str | None = None,
+        min_chunk_seconds: float = 0.5,
+        trim_seconds: float = 15.0,
+        max_buffer_seconds: float = 28.0,
+        **options,
+    ):
+        """A live stream (``turboseq.speech.live.LiveTranscriber``): ``append`` audio chunks as they come,
+        ``process()`` whenever ``due``, ``finish()`` at the end; each returns a ``LiveUpdate`` of newly confirmed
+        words and the unconfirmed tail. Takes ``transcribe``'s options; greedy at one temperature by default,
+        for latency. ``language=None`` on a multilingual model is English (no audio to detect it from yet)."""
+        from turboseq.speech.live import LiveOptions, LiveTranscriber
+
+        if options.get("word_timestamps") is False:
+            raise ValueError("a live stream needs word timestamps: it confirms words by their times")
+        options = {**options, "word_timestamps": True}
+        opts, _ = self._transcribe_options(
+            False, beam_size, temperature, None, False, None, language, task, options
+        )
+        if initial_prompt is not None and not isinstance(initial_prompt, str):
+            raise ValueError(f"`initial_prompt` must be a string, got {initial_prompt!r}")
+        settings = LiveOptions(min_chunk_seconds, trim_seconds, max_buffer_seconds)
+        settings.check()
+        prompt = self.whisper_text.encode(" " + initial_prompt.strip()) if initial_prompt else []
+        sot = self.whisper_text.sot_sequence(language or "en", task)
+        return LiveTranscriber(self, opts, sot, prompt, settings)
+
     def _transcribe_options(self, piped, beam_size, temperature, without_timestamps, vad_filter, vad_parameters,
                             language, task, options) -> tuple[Options, VadOptions | None]:  # fmt: skip
         """``transcribe``'s options checked, in one line each, before any decoding: faster-whisper's
