@@ -60,3 +60,25 @@ def test_bad_audio_files_name_the_file_and_reason(tmp_path, whisper, content, re
 def test_wav_written_by_synthesize_is_16k_mono(clips):
     with wave.open(str(clips[0])) as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+
+
+@pytest.mark.parametrize("rate", [24000, 44100, 8000, 16000])
+def test_streaming_resampler_equals_resampling_at_once(rate):
+    """Pieces of any size (odd ones included) give resample_poly's samples of the whole signal, but the last few
+    input samples, which wait for more."""
+    from scipy.signal import resample_poly
+
+    from turboseq.formats.audio import Resampler
+
+    rng = np.random.default_rng(0)
+    signal = rng.standard_normal(rate * 2).astype(np.float32) * 0.1
+    resampler, pieces, i = Resampler(rate), [], 0
+    for size in rng.integers(1, 3000, 200):
+        pieces.append(resampler.push(signal[i : i + size]))
+        i += size
+        if i >= len(signal):
+            break
+    streamed = np.concatenate(pieces)
+    whole = resample_poly(signal, *((16000, rate) if rate == 16000 else (resampler.up, resampler.down)))
+    assert 0 < len(whole) - len(streamed) <= 320 or rate == 16000  # at most 20 ms held back
+    np.testing.assert_allclose(streamed, whole[: len(streamed)], atol=1e-5)

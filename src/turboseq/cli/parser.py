@@ -126,16 +126,24 @@ def _add_transcribe(verbs) -> None:
         "words), srt or vtt (subtitles; several files need --output-dir).",
     )
     tc.add_argument("--model", required=True, metavar="DIR", help="Whisper model directory")
-    tc.add_argument("files", nargs="+", metavar="FILE", help="audio files")
+    tc.add_argument("files", nargs="+", metavar="FILE", help="audio files (with --live: one file, or - for stdin)")
+    tc.add_argument(
+        "--live", action="store_true",
+        help="live transcription: print words as they are confirmed, from a file played at --speed or from raw "
+        "PCM16 mono audio on stdin (-), e.g. arecord -f S16_LE -r 16000 -c 1 | turboseq transcribe --live -",
+    )  # fmt: skip
+    tc.add_argument("--sample-rate", type=positive_int, default=16000, help="--live with stdin: its rate (Hz)")
+    tc.add_argument("--speed", type=float, default=1.0, help="--live with a file: times real time (0: at once)")
     tc.add_argument("--format", default="text", choices=["text", "srt", "vtt", "json"], help="(default: text)")
     tc.add_argument("--output-dir", metavar="DIR", help="write FILE's result to DIR/<name>.<format> instead of stdout")
     tc.add_argument("--language", help="spoken language code (default: detected on multilingual models)")
     tc.add_argument("--task", choices=["transcribe", "translate"], default="transcribe", help="translate: to English")
-    tc.add_argument("--beam-size", type=positive_int, default=5, help="(default: 5)")
+    tc.add_argument("--beam-size", type=positive_int, help="(default: 5; with --live: 1)")
     tc.add_argument("--best-of", type=positive_int, default=5, help="samples per fallback temperature (default: 5)")
     tc.add_argument(
-        "--temperature", type=float_list, default="0,0.2,0.4,0.6,0.8,1.0",
-        help="temperature, or comma-separated temperatures tried in turn on failure (default: 0,0.2,...,1.0)",
+        "--temperature", type=float_list,
+        help="temperature, or comma-separated temperatures tried in turn on failure (default: 0,0.2,...,1.0; "
+        "with --live: 0)",
     )  # fmt: skip
     tc.add_argument("--compression-ratio-threshold", type=optional_float, default=2.4, help="(default: 2.4; none: off)")
     tc.add_argument("--log-prob-threshold", type=optional_float, default=-1.0, help="(default: -1.0; none: off)")

@@ -91,6 +91,27 @@ def _serve_limits(sv) -> None:
         help="list items in a request's parameters, e.g. bad_words_ids (default: 1024)",
     )
     limits.add_argument(
+        "--max-live-streams",
+        type=positive_int,
+        default=16,
+        help="live transcription streams open at once (default: 16)",
+    )
+    limits.add_argument(
+        "--max-live-seconds", type=seconds, default=14400.0, help="audio of one live stream (default: 14400)"
+    )
+    limits.add_argument(
+        "--live-idle-timeout-s",
+        type=seconds,
+        default=30.0,
+        help="a live stream silent this long is closed (default: 30)",
+    )
+    limits.add_argument(
+        "--max-live-frame-bytes",
+        type=positive_int,
+        default=4 << 20,
+        help="one live stream WebSocket message (default: 4 MiB)",
+    )
+    limits.add_argument(
         "--max-parameter-chars",
         type=positive_int,
         default=16384,

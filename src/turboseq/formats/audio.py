@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from functools import lru_cache
+from math import gcd
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,31 @@ def window_features(features: Tensor, start: int, size: int) -> Tensor:
     piece = features[:, start : start + min(size, FRAMES_PER_CHUNK)]
     out[:, : piece.shape[1]] = piece
     return out
+
+
+class Resampler:
+    """Streaming resampling to 16 kHz (``scipy.signal.resample_poly``): pieces of any size give the samples that
+    resampling the whole signal at once gives (each block is filtered with enough input on both sides, and
+    starts on a whole period of the rate ratio); the last few input samples wait for the next piece."""
+
+    def __init__(self, rate: int):
+        common = gcd(rate, SAMPLE_RATE)
+        self.up, self.down = SAMPLE_RATE // common, rate // common
+        reach = 10 * max(self.up, self.down) // self.up + 2  # input samples the default filter reaches on a side
+        self.pad = -(-reach // self.down) * self.down  # context on each side of a block, whole periods
+        self.pending = np.zeros(self.pad, dtype=np.float32)  # silence before the stream's start
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        if self.up == self.down:
+            return samples
+        from scipy.signal import resample_poly
+
+        buffer = np.concatenate([self.pending, samples])
+        usable = (len(buffer) - 2 * self.pad) // self.down * self.down
+        if usable <= 0:
+            self.pending = buffer
+            return np.zeros(0, dtype=np.float32)
+        out = resample_poly(buffer[: 2 * self.pad + usable], self.up, self.down)
+        self.pending = buffer[usable:]
+        first = self.pad * self.up // self.down
+        return out[first : first + usable * self.up // self.down].astype(np.float32)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from fastapi import Request  # module level: FastAPI resolves handler annotations here
+from fastapi import Request, WebSocket  # module level: FastAPI resolves handler annotations here
 
 import turboseq.serving.causal  # noqa: F401  (registers the built-in tasks)
 import turboseq.serving.encoders  # noqa: F401
@@ -30,21 +30,11 @@ import turboseq.serving.text  # noqa: F401
 from turboseq.runtime.cpu import cpu_info
 from turboseq.serving.batcher import Batcher, Cancelled, Job, Metrics
 from turboseq.serving.config import ServerConfig
-from turboseq.serving.requests import Parsed, RequestError, check_parameter_size, read_body
+from turboseq.serving.requests import Parsed, RequestError, check_parameter_size, internal_error, read_body
 from turboseq.serving.tasks import StreamEvents, Task, task_for
 from turboseq.version import __version__
 
 __all__ = ["ServerConfig", "RequestError", "create_app", "serve"]
-
-
-def _internal_error(err: BaseException) -> dict:
-    """A bug's answer: a generic body with an id; the details go to the log under that id, not to the client."""
-    import logging
-    import uuid
-
-    error_id = uuid.uuid4().hex[:12]
-    logging.getLogger("turboseq.server").error("internal error %s", error_id, exc_info=err)
-    return {"error": f"internal error (id {error_id})", "error_type": "internal"}
 
 
 class Service:
@@ -219,7 +209,7 @@ class Service:
                 yield event
         except Exception as err:
             self.metrics.rejected.labels("internal").inc()
-            for event in events.error(_internal_error(err)):
+            for event in events.error(internal_error(err)):
                 yield event
         finally:
             if not job.future.done() and not job.cancelled:  # the client left mid-stream
@@ -297,7 +287,7 @@ def _add_error_handlers(app, metrics: Metrics) -> None:
     @app.exception_handler(Exception)
     async def _bug(request, err: Exception):
         metrics.rejected.labels("internal").inc()
-        return JSONResponse(_internal_error(err), status_code=500, headers={"Connection": "close"})
+        return JSONResponse(internal_error(err), status_code=500, headers={"Connection": "close"})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, err):
@@ -426,8 +416,17 @@ def _add_task_routes(app, service: Service) -> None:
 
         return run
 
+    def socket(handler):
+        async def run(websocket: WebSocket):
+            return await handler(service, websocket)
+
+        return run
+
     for route in task.routes():
-        app.add_api_route(route.path, endpoint(route.handler), methods=list(route.methods))
+        if route.websocket:
+            app.add_api_websocket_route(route.path, socket(route.handler))
+        else:
+            app.add_api_route(route.path, endpoint(route.handler), methods=list(route.methods))
 
 
 def serve(

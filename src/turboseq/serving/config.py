@@ -33,6 +33,11 @@ class ServerConfig:
     max_stop_sequences: int = 16  # stop strings per request (TGI's --max-stop-sequences)
     max_parameter_items: int = 1024  # list items in a request's parameters (bad_words_ids, stop, suppress_tokens)
     max_parameter_chars: int = 16384  # characters of text in a request's parameters (stop strings, prompts)
+    # live transcription (WebSocket streams)
+    max_live_streams: int = 16  # open at once; more are refused with an error event
+    max_live_seconds: float = 14400.0  # audio of one stream; it ends past it
+    live_idle_timeout_s: float = 30.0  # a stream that sends nothing this long is closed
+    max_live_frame_bytes: int = 4 << 20  # one WebSocket message (a base64 append of 2 min of 24 kHz PCM16 fits)
     # connections
     max_connections: int = 512  # open connections; more are answered 503 and closed at once
     header_timeout_s: float = 10.0  # from a request's first byte (or the connection's opening) to its last header
@@ -56,6 +61,8 @@ class ServerConfig:
             "max_parameter_items",
             "max_parameter_chars",
             "max_connections_per_client",
+            "max_live_streams",
+            "max_live_frame_bytes",
         )
         for name in positive:
             value = getattr(self, name)
@@ -73,6 +80,8 @@ class ServerConfig:
             "keep_alive_timeout_s",
             "max_queued_audio_seconds",
             "first_byte_timeout_s",
+            "max_live_seconds",
+            "live_idle_timeout_s",
         ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 < value < float("inf"):

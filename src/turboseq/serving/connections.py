@@ -186,8 +186,26 @@ class GuardedH11(H11Protocol):
         super().on_response_complete()
         self._disarm()  # idle now: uvicorn's keep-alive timeout applies
 
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        """The socket goes to uvicorn's WebSocket protocol: no HTTP deadline applies any more (the route has its
+        own idle timeout), and the peer's count is given back when that protocol loses the connection."""
+        self._disarm()
+        super().handle_websocket_upgrade(event)
+        protocol = self.transport.get_protocol()
+        lost = protocol.connection_lost
+
+        def connection_lost(exc: Exception | None) -> None:
+            self._release_peer()
+            lost(exc)
+
+        protocol.connection_lost = connection_lost
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._release_peer()
+        super().connection_lost(exc)
+
+    def _release_peer(self) -> None:
         if self._peer is not None:
             left = self.per_client.get(self._peer, 1) - 1
             if left > 0:
@@ -195,7 +213,6 @@ class GuardedH11(H11Protocol):
             else:
                 self.per_client.pop(self._peer, None)
             self._peer = None
-        super().connection_lost(exc)
 
     def _arm(self, phase: str, seconds: float) -> None:
         self._disarm()

@@ -25,6 +25,16 @@ class RequestError(Exception):
         self.status, self.message, self.kind, self.headers = status, message, kind, headers or {}
 
 
+def internal_error(err: BaseException) -> dict:
+    """A bug's answer: a generic body with an id; the details go to the log under that id, not to the client."""
+    import logging
+    import uuid
+
+    error_id = uuid.uuid4().hex[:12]
+    logging.getLogger("turboseq.server").error("internal error %s", error_id, exc_info=err)
+    return {"error": f"internal error (id {error_id})", "error_type": "internal"}
+
+
 def invalid(message: str) -> RequestError:
     return RequestError(422, message, "validation_error")
 

@@ -199,7 +199,13 @@ class SpeechTask(Task[SpeechRequest]):
             self.run(rows, self.prepare({"max_new_tokens": 8, "temperature": 0.0}).settings)
 
     def routes(self):
-        return [Route("/v1/audio/transcriptions", self.openai_transcriptions)]
+        from turboseq.serving import live
+
+        return [
+            Route("/v1/audio/transcriptions", self.openai_transcriptions),
+            Route("/v1/realtime", live.realtime, websocket=True),  # OpenAI's Realtime API, transcription sessions
+            Route("/v1/audio/live", live.plain, websocket=True),  # PCM16 frames in, JSON words out
+        ]
 
     async def openai_transcriptions(self, service, request):
         """OpenAI's transcription API: multipart form with ``file``; response_format json | text | srt | vtt |

@@ -36,11 +36,13 @@ __all__ = [
 @dataclass
 class Route:
     """An extra endpoint of a task: ``handler(service, request)`` is awaited; ``service`` is the server's
-    (``app.Service``: ``ensure_ready``, ``infer``, ``config``, ``metrics``)."""
+    (``app.Service``: ``ensure_ready``, ``infer``, ``config``, ``metrics``). ``websocket``: a WebSocket route,
+    ``handler(service, websocket)``."""
 
     path: str
     handler: Callable
     methods: tuple[str, ...] = ("POST",)
+    websocket: bool = False
 
 
 @dataclass

@@ -1,15 +1,18 @@
 """Live transcription: audio arrives in pieces of any size, words leave as soon as they are settled.
 
-Each decode reads the audio buffered since the last trim (one Whisper window at most), prompted with the text
+Each decode reads the audio buffered since the last cut (one Whisper window at most), prompted with the text
 confirmed before it. A word is confirmed when two consecutive decodes agree on it (local agreement, as in
-whisper_streaming); the disagreeing tail is reported as partial. Once the buffer is long, it is cut at the end of
-a segment whose words are all confirmed, so each decode's cost stays bounded however long the stream runs.
-``step`` decodes the buffers of several streams in one batch (the server's concurrent streams).
+whisper_streaming); the disagreeing tail is reported as partial. The Silero VAD marks every 32 ms of the buffer
+as speech or not: a buffer with no speech after its last confirmed word is not decoded (no work, and none of
+Whisper's made-up words in silence), and once the buffer is long it is cut in a pause before which every word
+is confirmed, so each decode's cost stays bounded however long the stream runs. ``step`` decodes the buffers of
+several streams in one batch (the server's concurrent streams).
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -19,9 +22,15 @@ from turboseq.generation.batching import RowHooks
 from turboseq.speech import longform
 from turboseq.speech.decoding import Options
 from turboseq.speech.transcript import Segment, Word
+from turboseq.speech.vad import FRAME, speech_probabilities
 
 _PUNCTUATION = re.compile(r"[^\w']+")
 _CONTEXT_WORDS = 100  # confirmed words kept for the prompt and for removing repeats at the buffer's start
+_VAD_CONTEXT = 32  # frames (1 s) before new audio that the VAD's state warms up on
+_AFTER_WORD = float(
+    __import__("os").environ.get("TS_LIVE_MARGIN", "0.3")
+)  # seconds heard after a word before it may be confirmed
+_PAUSE_FRAMES = 6  # a run of this many frames without speech (0.19 s) is a pause the buffer may be cut in
 
 
 @dataclass
@@ -32,6 +41,8 @@ class LiveUpdate:
     confirmed: list[Word] = field(default_factory=list)
     partial: list[Word] = field(default_factory=list)
     audio_seconds: float = 0.0  # stream audio received when the decode started
+    speech_start: float | None = None  # the VAD's first speech in the buffer (stream seconds), if any
+    silence_seconds: float = 0.0  # how long the buffer has been without speech at its end (VAD)
 
     @property
     def text(self) -> str:
@@ -47,11 +58,14 @@ class LiveOptions:
     """How the stream is cut and when it is decoded."""
 
     min_chunk_seconds: float = 0.5  # new audio that makes a stream due for a decode
-    trim_seconds: float = 15.0  # a buffer longer than this is cut at a confirmed segment's end
+    trim_seconds: float = 10.0  # a buffer longer than this is cut in a pause (or at a segment's end)
     max_buffer_seconds: float = 28.0  # hard limit: past it, words 5 s old are confirmed and the buffer cut
-    silence_keep_seconds: float = 2.0  # a buffer without words keeps only its last seconds
+    silence_keep_seconds: float = 1.0  # a buffer with nothing to confirm keeps only its last seconds
+    vad_threshold: float = 0.5  # Silero speech probability above which a frame is speech
 
     def check(self) -> None:
+        if not 0 < self.vad_threshold < 1:
+            raise ValueError(f"`vad_threshold` must be in (0, 1), got {self.vad_threshold!r}")
         for name in ("min_chunk_seconds", "trim_seconds", "max_buffer_seconds", "silence_keep_seconds"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1e6:
@@ -81,12 +95,15 @@ class LiveTranscriber:
         self.confirmed = 0  # words confirmed so far
         self.prompted = 0  # of them, the ones cut from the buffer into the prompt
         self.audio = np.zeros(0, dtype=np.float32)  # the buffer: the stream from ``offset`` on
+        self.speech = np.zeros(0, dtype=bool)  # VAD: whether each whole frame of the buffer is speech
         self.offset = 0.0  # seconds of stream before the buffer
         self.received = 0  # samples of the whole stream
         self.decoded = 0  # samples of the buffer at its last decode
         self.hypothesis: list[Word] = []  # the last decode's unconfirmed words
         self.last_end = 0.0  # end of the last confirmed word
         self.finished = False
+        self.lock = threading.Lock()
+        self.epoch = 0  # ``clear`` count
 
     # -- input
     def append(self, samples) -> None:
@@ -107,7 +124,8 @@ class LiveTranscriber:
         samples = samples.astype(np.float32, copy=False)
         if samples.size and not (np.isfinite(samples).all() and np.abs(samples).max() <= 4.0):
             raise ValueError("live audio must be finite samples in [-1, 1]")
-        self.audio = np.concatenate([self.audio, samples])
+        with self.lock:  # the engine thread cuts the buffer while the server's loop appends to it
+            self.audio = np.concatenate([self.audio, samples])
         self.received += samples.size
 
     @property
@@ -119,35 +137,99 @@ class LiveTranscriber:
     def buffered_seconds(self) -> float:
         return len(self.audio) / SAMPLE_RATE
 
+    def _mark_speech(self) -> None:
+        """Run the VAD over the buffer's frames not marked yet (with a second before them for its state)."""
+        audio = self.audio
+        done, frames = len(self.speech), len(audio) // FRAME
+        if frames <= done:
+            return
+        start = max(0, done - _VAD_CONTEXT)
+        probs = speech_probabilities(audio[start * FRAME : frames * FRAME])[done - start :]
+        self.speech = np.concatenate([self.speech, probs[: frames - done] > self.live.vad_threshold])
+
+    def heard(self) -> bool:
+        """Whether the buffer has speech after the last confirmed word (else a decode has nothing to add)."""
+        self._mark_speech()
+        first = max(0, int((self.last_end - self.offset) * SAMPLE_RATE) // FRAME)
+        return bool(self.speech[first:].any())
+
     # -- decoding
     def process(self) -> LiveUpdate:
         """Decode the buffer now (alone) and settle what two decodes agree on."""
         return step(self.model, [self])[0]
 
-    def finish(self) -> LiveUpdate:
-        """The stream has ended: decode what is left and confirm every remaining word."""
+    def flush(self) -> LiveUpdate:
+        """Decode what is buffered and confirm every word heard so far (the end of a turn); the stream goes on."""
         return step(self.model, [self], final=True)[0]
+
+    def finish(self) -> LiveUpdate:
+        """The stream has ended: ``flush``, and no more audio is taken."""
+        update = self.flush()
+        self.finished = True
+        return update
+
+    def clear(self) -> None:
+        """Drop the buffered audio and the words not confirmed yet (a decode running meanwhile is ignored)."""
+        with self.lock:
+            self.epoch += 1
+            self.audio, self.speech = np.zeros(0, dtype=np.float32), np.zeros(0, dtype=bool)
+            self.offset, self.decoded, self.hypothesis = self.received / SAMPLE_RATE, 0, []
+
+    def _silence_seconds(self) -> float:
+        """How long the buffer has been without speech at its end (VAD)."""
+        self._mark_speech()
+        speaking = np.flatnonzero(self.speech)
+        last = speaking[-1] + 1 if speaking.size else 0
+        return (len(self.speech) - last) * FRAME / SAMPLE_RATE
+
+    def _speech_start(self) -> float | None:
+        """The stream time of the buffer's first speech (VAD), None where it has none."""
+        self._mark_speech()
+        speaking = np.flatnonzero(self.speech)
+        return self.offset + speaking[0] * FRAME / SAMPLE_RATE if speaking.size else None
 
     def prompt(self) -> list[int]:
         return self.context[-(self.model.spec.max_positions // 2 - 1) :]
 
-    def settle(self, segments: list[Segment], final: bool) -> LiveUpdate:
-        """Settle one decode of the buffer (``segments``, times within the buffer)."""
+    def settle(self, segments: list[Segment] | None, final: bool, decoded: int = 0, epoch: int = 0) -> LiveUpdate:
+        """Settle one decode of the buffer's first ``decoded`` samples (``segments``, times within the buffer;
+        None: not decoded, nothing was heard since the last decode). ``final``: confirm every word and drop
+        the decoded audio. A decode of a buffer cleared since (``epoch``) settles nothing."""
         update = LiveUpdate(audio_seconds=self.received / SAMPLE_RATE)
-        self.decoded = len(self.audio)
-        words = [replace(w, start=w.start + self.offset, end=w.end + self.offset)
-                 for seg in segments for w in seg.words or []]  # fmt: skip
-        new = self._unseen(words)
-        agreed = new if final else self._agreed(new)
-        self.hypothesis = new[len(agreed) :]
-        self._confirm(agreed, update)
-        ends = [seg.end + self.offset for seg in segments]
-        self._trim(ends, update, bool(words))
-        update.partial = list(self.hypothesis)
+        if epoch != self.epoch:
+            return update
+        ends: list[float] = []
+        previous_end, self.decoded = self.offset + self.decoded / SAMPLE_RATE, decoded
+        if segments is None:
+            new = self.hypothesis if final else []
+        else:
+            words = [replace(w, start=w.start + self.offset, end=w.end + self.offset)
+                     for seg in segments for w in seg.words or []]  # fmt: skip
+            new = self._unseen(self._spoken(words))
+            ends = [seg.end + self.offset for seg in segments]
+        if segments is not None or final:
+            agreed = new if final else self._agreed(new, previous_end)
+            self.hypothesis = new[len(agreed) :]
+            self._confirm(agreed, update)
         if final:
-            self.finished = True
-            self.audio = np.zeros(0, dtype=np.float32)
+            self._cut(self.offset + decoded / SAMPLE_RATE)
+        else:
+            self._trim(ends, update)
+        update.partial = list(self.hypothesis)
+        update.speech_start, update.silence_seconds = self._speech_start(), self._silence_seconds()
         return update
+
+    def _spoken(self, words: list[Word]) -> list[Word]:
+        """The words where the VAD hears speech (Whisper makes words up in silence: "Thank you.")."""
+        self._mark_speech()
+        seconds = FRAME / SAMPLE_RATE
+        kept = []
+        for w in words:
+            first = max(0, int((w.start - self.offset - 0.05) / seconds))
+            last = int((w.end - self.offset + 0.05) / seconds) + 1
+            if self.speech[first:last].any() or last > len(self.speech):  # the buffer's unmarked tail counts
+                kept.append(w)
+        return kept
 
     def _unseen(self, words: list[Word]) -> list[Word]:
         """The decode's words past the confirmed ones, a repeat of the last confirmed words at its start removed."""
@@ -158,11 +240,13 @@ class LiveTranscriber:
                     return new[n:]
         return new
 
-    def _agreed(self, new: list[Word]) -> list[Word]:
-        """The longest start of ``new`` that the previous decode also had (the newer words kept)."""
+    def _agreed(self, new: list[Word], previous_end: float) -> list[Word]:
+        """The longest start of ``new`` that the previous decode also had, each word heard to its end and a
+        little after in that decode (a word cut off at the end of the audio is often misheard the same way
+        twice); the newer words kept."""
         count = 0
         for old, word in zip(self.hypothesis, new):
-            if _norm(old) != _norm(word):
+            if _norm(old) != _norm(word) or old.end > previous_end - _AFTER_WORD:
                 break
             count += 1
         return new[:count]
@@ -175,16 +259,32 @@ class LiveTranscriber:
         self.recent = (self.recent + words)[-_CONTEXT_WORDS:]
         self.last_end = max(self.last_end, words[-1].end)
 
-    def _trim(self, segment_ends: list[float], update: LiveUpdate, heard: bool) -> None:
-        """Cut the buffer where it can go: at a confirmed segment's end once long, everything but its last
-        seconds where nothing was heard, and at the hard limit whatever has waited 5 s."""
+    def _pauses(self) -> list[tuple[float, float]]:
+        """The buffer's pauses: (start, middle) in stream seconds."""
+        self._mark_speech()
+        padded = np.concatenate([[True], self.speech, [True]]).astype(np.int8)
+        edges = np.flatnonzero(np.diff(padded))  # pairs: a pause's first frame, the frame after it
+        seconds = FRAME / SAMPLE_RATE
+        return [
+            (self.offset + a * seconds, self.offset + (a + b) / 2 * seconds)
+            for a, b in zip(edges[::2], edges[1::2])
+            if b - a >= _PAUSE_FRAMES and a > 0
+        ]
+
+    def _trim(self, segment_ends: list[float], update: LiveUpdate) -> None:
+        """Cut the buffer where it can go: everything but its last second when nothing is left to confirm; once
+        long, in the last pause (else at the last segment's end) before which every word is confirmed; at the
+        hard limit, after confirming whatever has waited 5 s."""
         seconds = self.buffered_seconds
         end = self.offset + seconds
         cut = None
-        if not heard and not self.hypothesis and seconds > 2 * self.live.silence_keep_seconds:
+        if not self.hypothesis and not self.heard() and seconds > 2 * self.live.silence_keep_seconds:
             cut = end - self.live.silence_keep_seconds
         elif seconds > self.live.trim_seconds:
-            done = [t for t in segment_ends if self.offset < t <= self.last_end + 0.01]
+            # a pause that starts before the last confirmed word's end (give or take its timing) holds no word
+            # that is not confirmed before its middle
+            done = [middle for start, middle in self._pauses() if start <= self.last_end + 0.1]
+            done = done or [t for t in segment_ends if self.offset < t <= self.last_end + 0.01]
             cut = max(done) if done else None
         if seconds > self.live.max_buffer_seconds and cut is None:
             old = [w for w in self.hypothesis if w.end <= end - 5.0]
@@ -196,9 +296,11 @@ class LiveTranscriber:
 
     def _cut(self, time: float) -> None:
         """Drop the buffer's audio before ``time``; the confirmed words before it become prompt."""
-        samples = int(round((time - self.offset) * SAMPLE_RATE))
-        if samples <= 0:
+        frames = int((time - self.offset) * SAMPLE_RATE) // FRAME  # whole VAD frames: the marks stay aligned
+        if frames <= 0:
             return
+        samples = frames * FRAME
+        time = self.offset + samples / SAMPLE_RATE
         text = self.model.whisper_text
         first = self.confirmed - len(self.recent)  # the number of recent[0]
         self.prompted = max(self.prompted, first)
@@ -208,25 +310,30 @@ class LiveTranscriber:
             self.context += text.encode(w.word)
             self.prompted += 1
         self.context = self.context[-(self.model.spec.max_positions // 2 - 1) :]
-        self.audio = self.audio[samples:]
+        with self.lock:
+            self.audio = self.audio[samples:]
+        self.speech = self.speech[frames:]
         self.decoded = max(0, self.decoded - samples)
         self.offset = time
 
 
 def step(model, streams: list[LiveTranscriber], final: bool = False) -> list[LiveUpdate]:
-    """One decode of each stream's buffer, all in one batch (streams with equal options together)."""
+    """One decode of each stream's buffer, all in one batch (streams with equal options together); a stream
+    with no speech since its last confirmed word is settled without a decode."""
     updates: list[LiveUpdate | None] = [None] * len(streams)
     groups: dict[int, list[int]] = {}
     for i, s in enumerate(streams):
-        if len(s.audio) == 0:
-            updates[i] = s.settle([], final)
-        else:
+        if s.heard():
             groups.setdefault(id(s.opts), []).append(i)
+        else:
+            updates[i] = s.settle(None, final, len(s.audio), s.epoch)
     for rows in groups.values():
         batch = [streams[i] for i in rows]
+        buffers = [s.audio for s in batch]  # what each decode reads (audio may arrive meanwhile)
+        epochs = [s.epoch for s in batch]
         segments = longform.sequential(
             model,
-            [s.audio for s in batch],
+            buffers,
             batch[0].opts,
             [s.sot_sequence for s in batch],
             len(batch),
@@ -234,6 +341,6 @@ def step(model, streams: list[LiveTranscriber], final: bool = False) -> list[Liv
             RowHooks(None),
             prompts=[s.prompt() for s in batch],
         )
-        for i, s, segs in zip(rows, batch, segments):
-            updates[i] = s.settle(segs, final)
+        for i, s, segs, audio, epoch in zip(rows, batch, segments, buffers, epochs):
+            updates[i] = s.settle(segs, final, len(audio), epoch)
     return updates  # type: ignore[return-value]

@@ -355,9 +355,7 @@ class SpeechModel(EncoderDecoder):
         if options.get("word_timestamps") is False:
             raise ValueError("a live stream needs word timestamps: it confirms words by their times")
         options = {**options, "word_timestamps": True}
-        opts, _ = self._transcribe_options(
-            False, beam_size, temperature, None, False, None, language, task, options
-        )
+        opts, _ = self._transcribe_options(False, beam_size, temperature, None, False, None, language, task, options)
         if initial_prompt is not None and not isinstance(initial_prompt, str):
             raise ValueError(f"`initial_prompt` must be a string, got {initial_prompt!r}")
         settings = LiveOptions(min_chunk_seconds, trim_seconds, max_buffer_seconds)

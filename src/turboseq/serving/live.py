@@ -1,0 +1,535 @@
+"""Live transcription over WebSockets (Whisper models): OpenAI's Realtime transcription events at
+``/v1/realtime``, and a plain mode at ``/v1/audio/live`` (binary PCM16 frames in, JSON messages out).
+
+Each connection holds a ``speech.live.LiveTranscriber``. One hub per server decodes every stream that has new
+audio in one batch (``speech.live.step``) on the engine thread, between the batches of ordinary requests, so
+that concurrent streams share the encoder's and the decoder's batches. A connection's frames are not read
+while its undecoded audio is over ``BACKLOG_SECONDS`` (the socket's flow control then holds the client back), so
+memory stays bounded whatever a client sends. Limits (``--max-live-streams``, ``--live-idle-timeout-s``,
+``--max-live-seconds``, ``--max-live-frame-bytes``) are answered with error events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+import uuid
+import weakref
+
+import numpy as np
+
+from turboseq.formats.audio import SAMPLE_RATE, Resampler
+from turboseq.serving.requests import RequestError, internal_error
+from turboseq.speech.live import LiveUpdate, step
+
+BACKLOG_SECONDS = 30.0  # undecoded audio a stream may hold before its frames wait
+
+
+class LiveError(Exception):
+    """A client's mistake, answered with an error event (``code``); a ``fatal`` one then closes the socket."""
+
+    def __init__(self, message: str, code: str, fatal: bool = False, close_code: int = 1008):
+        super().__init__(message)
+        self.message, self.code, self.fatal, self.close_code = message, code, fatal, close_code
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class Hub:
+    """The server's live streams; decodes the due ones together on the engine thread."""
+
+    def __init__(self, service):
+        from prometheus_client import Counter, Gauge, Histogram
+
+        registry = service.metrics.registry
+        self.streams = Gauge("turboseq_live_streams", "open live transcription streams", registry=registry)
+        self.batch = Histogram(
+            "turboseq_live_decode_batch", "live streams per decode", buckets=(1, 2, 4, 8, 16, 32), registry=registry
+        )
+        self.decode_seconds = Histogram("turboseq_live_decode_seconds", "one live decode batch", registry=registry)
+        self.audio_seconds = Counter("turboseq_live_audio_seconds", "live audio received", registry=registry)
+        self.service = service
+        self.sessions: set[Session] = set()
+        self.wake = asyncio.Event()
+        self.runner: asyncio.Task | None = None
+        self.busy: set[Session] = set()  # in the decode running now
+
+    def open(self, session: Session) -> None:
+        limit = self.service.config.max_live_streams
+        if len(self.sessions) >= limit:
+            raise LiveError(
+                f"{limit} live streams are open, the server's limit (--max-live-streams); try again later",
+                "too_many_streams",
+                fatal=True,
+                close_code=1013,
+            )
+        self.sessions.add(session)
+        self.streams.set(len(self.sessions))
+        if self.runner is None or self.runner.done():
+            self.runner = asyncio.create_task(self._run())
+
+    def close(self, session: Session) -> None:
+        self.sessions.discard(session)
+        self.streams.set(len(self.sessions))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        model = self.service.task.model
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            for final in (True, False):  # turns that end first: their clients wait for the transcript
+                group = [s for s in self.sessions if (s.flushing if final else s.stream.due and not s.flushing)]
+                if not group:
+                    continue
+                start = time.perf_counter()
+                self.busy = set(group)
+                try:
+                    updates = await loop.run_in_executor(
+                        self.service.batcher.executor, step, model, [s.stream for s in group], final
+                    )
+                except Exception as err:  # noqa: BLE001 (every stream of the batch is told)
+                    for s in group:
+                        s.inbox.put_nowait(err)
+                    continue
+                finally:
+                    self.busy = set()
+                    for s in group:
+                        if s.clearing:
+                            s.stream.clear()
+                            s.clearing = False
+                self.decode_seconds.observe(time.perf_counter() - start)
+                self.batch.observe(len(group))
+                for s, update in zip(group, updates):
+                    s.flushing = s.flushing and not final
+                    s.inbox.put_nowait((update, final))
+            if any(s.flushing or s.stream.due for s in self.sessions):
+                self.wake.set()
+
+
+_HUBS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def hub_of(service) -> Hub:
+    if service not in _HUBS:
+        _HUBS[service] = Hub(service)
+    return _HUBS[service]
+
+
+class Session:
+    """One WebSocket stream. A protocol (``PlainSession``, ``RealtimeSession``) gives ``start`` (the stream from
+    the connection's parameters), ``handle`` (one client message) and ``updated`` (one decode's words)."""
+
+    def __init__(self, service, websocket):
+        self.service, self.ws, self.config = service, websocket, service.config
+        self.hub = hub_of(service)
+        self.model = service.task.model
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        self.room = asyncio.Event()
+        self.sending = asyncio.Lock()
+        self.stream = None
+        self.resampler = Resampler(SAMPLE_RATE)
+        self.flushing = False  # a flush (end of a turn or of the stream) is asked of the hub
+        self.ending = False  # the stream ends after the flush
+        self.clearing = False  # a clear waits for the decode in progress
+
+    async def serve(self) -> None:
+        await self.ws.accept()
+        tasks: list[asyncio.Task] = []
+        try:
+            try:
+                self.service.ensure_ready()
+            except RequestError as err:
+                raise LiveError(err.message, err.kind, fatal=True, close_code=1013) from None
+            try:
+                self.stream = self.start()
+            except ValueError as err:
+                raise LiveError(str(err), "invalid_request", fatal=True) from None
+            self.hub.open(self)
+            await self.opened()
+            tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._send())]
+            await asyncio.gather(*tasks)
+            await self.ws.close(1000)
+        except _Disconnected:
+            pass
+        except LiveError as err:
+            await self._close_with(err)
+        except Exception as err:  # noqa: BLE001 (a bug: logged with an id, the client gets the id)
+            body = internal_error(err)
+            await self._close_with(LiveError(body["error"], "internal", fatal=True, close_code=1011))
+        finally:
+            for task in tasks:
+                task.cancel()
+            self.hub.close(self)  # the stream and its audio go with the session
+
+    async def _close_with(self, err: LiveError) -> None:
+        try:
+            await self.send_error(err)
+            await self.ws.close(err.close_code)
+        except Exception:  # noqa: BLE001 (the client is gone already)
+            pass
+
+    async def send(self, body: dict) -> None:
+        from starlette.websockets import WebSocketDisconnect
+
+        async with self.sending:
+            try:
+                await self.ws.send_text(json.dumps(body))
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                raise _Disconnected from None
+
+    async def _receive(self) -> None:
+        idle, limit = self.config.live_idle_timeout_s, self.config.max_live_frame_bytes
+        while not self.ending:
+            try:
+                message = await asyncio.wait_for(self.ws.receive(), idle)
+            except asyncio.TimeoutError:
+                raise LiveError(
+                    f"no message for {idle:g} s: the stream is closed (--live-idle-timeout-s)", "idle_timeout", True
+                ) from None
+            if message["type"] == "websocket.disconnect":
+                raise _Disconnected
+            data = message.get("bytes")
+            data = message.get("text") if data is None else data
+            try:
+                if data is None:
+                    raise LiveError("empty WebSocket message", "invalid_message")
+                if len(data) > limit:
+                    raise LiveError(
+                        f"message of {len(data)} bytes is over the limit of {limit} (--max-live-frame-bytes): "
+                        "send audio in smaller pieces",
+                        "message_too_large",
+                    )
+                await self.handle(data)
+            except LiveError as err:
+                if err.fatal:
+                    raise
+                await self.send_error(err)
+
+    async def _send(self) -> None:
+        while True:
+            item = await self.inbox.get()
+            if isinstance(item, Exception):
+                raise item
+            update, final = item
+            self.room.set()
+            await self.updated(update, final)
+            if final and self.ending:
+                return
+
+    async def add_audio(self, pcm: bytes) -> None:
+        """PCM16 little-endian mono at the session's rate: resampled, buffered, the hub woken; waits while the
+        stream's undecoded audio is over ``BACKLOG_SECONDS``."""
+        if len(pcm) % 2:
+            raise LiveError(f"PCM16 audio comes in whole 2-byte samples, got {len(pcm)} bytes", "invalid_audio")
+        samples = self.resampler.push(np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0)
+        seconds = samples.size / SAMPLE_RATE
+        if self.stream.received / SAMPLE_RATE + seconds > self.config.max_live_seconds:
+            await self.send_error(
+                LiveError(
+                    f"the stream is over the limit of {self.config.max_live_seconds:g} s of audio "
+                    "(--max-live-seconds): it ends here",
+                    "stream_too_long",
+                )
+            )
+            self.end()
+            return
+        self.stream.append(samples)
+        self.hub.audio_seconds.inc(seconds)
+        if self.stream.due:
+            self.hub.wake.set()
+        while len(self.stream.audio) - self.stream.decoded > BACKLOG_SECONDS * SAMPLE_RATE:
+            self.room.clear()
+            self.hub.wake.set()
+            await self.room.wait()
+
+    def clear(self) -> None:
+        """Drop the buffered audio; a stream in a decode right now is cleared when it returns."""
+        if self in self.hub.busy:
+            self.clearing = True
+        else:
+            self.stream.clear()
+
+    def flush(self) -> None:
+        self.flushing = True
+        self.hub.wake.set()
+
+    def end(self) -> None:
+        self.ending = True
+        self.flush()
+
+    # -- a protocol's part
+    def start(self):
+        raise NotImplementedError
+
+    async def opened(self) -> None:
+        pass
+
+    async def handle(self, data: bytes | str) -> None:
+        raise NotImplementedError
+
+    async def updated(self, update: LiveUpdate, final: bool) -> None:
+        raise NotImplementedError
+
+    async def send_error(self, err: LiveError) -> None:
+        raise NotImplementedError
+
+
+def _words(update: LiveUpdate) -> list[dict]:
+    return [
+        {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3), "probability": round(w.probability, 4)}
+        for w in update.confirmed
+    ]
+
+
+class PlainSession(Session):
+    """``/v1/audio/live?language=&prompt=&sample_rate=``: binary frames of PCM16 mono audio (16 kHz unless
+    ``sample_rate`` says otherwise); a text frame ``{"type": "end"}`` ends the stream. Messages out:
+    ``{"type": "ready"}``, ``{"type": "final", "text", "words"}`` (newly confirmed words),
+    ``{"type": "partial", "text"}`` (the unconfirmed tail), ``{"type": "done", "text", "duration"}`` and
+    ``{"type": "error", "error", "error_type"}``."""
+
+    def start(self):
+        params = self.ws.query_params
+        unknown = sorted(set(params) - {"language", "prompt", "sample_rate", "model"})
+        if unknown:
+            raise ValueError(f"unknown parameter(s): {', '.join(unknown)}; known: language, prompt, sample_rate")
+        rate = params.get("sample_rate", str(SAMPLE_RATE))
+        if not rate.isdigit() or not 8000 <= int(rate) <= 192000:
+            raise ValueError(f"`sample_rate` must be an integer from 8000 to 192000 (Hz), got {rate!r}")
+        self.rate = int(rate)
+        self.resampler = Resampler(self.rate)
+        self.text, self.partial = "", ""
+        return self.model.live(language=params.get("language") or None, initial_prompt=params.get("prompt"))
+
+    async def opened(self) -> None:
+        await self.send({"type": "ready", "model": self.service.name, "sample_rate": self.rate})
+
+    async def handle(self, data) -> None:
+        if isinstance(data, bytes):
+            return await self.add_audio(data)
+        try:
+            message = json.loads(data)
+        except ValueError:
+            message = None
+        if message != {"type": "end"}:
+            raise LiveError('text messages are {"type": "end"}; audio goes in binary frames', "invalid_message")
+        self.end()
+
+    async def updated(self, update: LiveUpdate, final: bool) -> None:
+        if update.confirmed:
+            self.text += update.text
+            await self.send({"type": "final", "text": update.text, "words": _words(update)})
+        if update.partial_text != self.partial:
+            self.partial = update.partial_text
+            await self.send({"type": "partial", "text": self.partial})
+        if final and self.ending:
+            seconds = round(self.stream.received / SAMPLE_RATE, 3)
+            await self.send({"type": "done", "text": self.text.strip(), "duration": seconds})
+
+    async def send_error(self, err: LiveError) -> None:
+        await self.send({"type": "error", "error": err.message, "error_type": err.code})
+
+
+def _event_id() -> str:
+    return "event_" + uuid.uuid4().hex[:20]
+
+
+class RealtimeSession(Session):
+    """OpenAI's Realtime API, transcription sessions (``session.type = "transcription"``): ``session.update``
+    (audio format, transcription language and prompt, turn detection), ``input_audio_buffer.append`` / ``commit``
+    / ``clear``; out: ``session.created`` / ``updated``, ``input_audio_buffer.speech_started`` / ``speech_stopped``
+    / ``committed`` / ``cleared``, ``conversation.item.input_audio_transcription.delta`` (words as they are
+    confirmed) and ``.completed`` (a turn's transcript), and ``error``. Audio: base64 PCM16, 24 kHz by default."""
+
+    def start(self):
+        self.id, self.rate = "sess_" + uuid.uuid4().hex[:20], 24000
+        self.resampler = Resampler(self.rate)
+        self.transcription = {"model": self.service.name, "language": None, "prompt": ""}
+        self.turn_detection: dict | None = {
+            "type": "server_vad",
+            "threshold": 0.5,
+            "prefix_padding_ms": 300,
+            "silence_duration_ms": 500,
+        }
+        self.previous_item: str | None = None
+        self._new_item()
+        return self._stream()
+
+    def _stream(self):
+        prompt = self.transcription.get("prompt") or None
+        return self.model.live(language=self.transcription.get("language"), initial_prompt=prompt)
+
+    def _new_item(self) -> None:
+        self.item, self.item_text, self.speaking, self.item_start = "item_" + uuid.uuid4().hex[:20], "", False, None
+
+    def session_object(self) -> dict:
+        return {
+            "type": "transcription",
+            "object": "realtime.transcription_session",
+            "id": self.id,
+            "audio": {
+                "input": {
+                    "format": {"type": "audio/pcm", "rate": self.rate},
+                    "transcription": dict(self.transcription),
+                    "turn_detection": self.turn_detection,
+                    "noise_reduction": None,
+                }
+            },
+            "include": None,
+        }
+
+    async def opened(self) -> None:
+        await self.send({"type": "session.created", "event_id": _event_id(), "session": self.session_object()})
+
+    async def handle(self, data) -> None:
+        if isinstance(data, bytes):
+            raise LiveError("Realtime events are JSON text messages; audio goes base64 in input_audio_buffer.append",
+                            "invalid_message")  # fmt: skip
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise LiveError("the message is not JSON", "invalid_json") from None
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise LiveError("an event is a JSON object with a string `type`", "invalid_event")
+        self.client_event = event.get("event_id")
+        kind = event["type"]
+        if kind == "input_audio_buffer.append":
+            audio = event.get("audio")
+            if not isinstance(audio, str):
+                raise LiveError("`audio` must be base64-encoded PCM16 audio", "invalid_audio")
+            try:
+                pcm = base64.b64decode(audio, validate=True)
+            except (binascii.Error, ValueError):
+                raise LiveError("`audio` must be base64-encoded PCM16 audio", "invalid_audio") from None
+            self.item_start = self.item_start if self.item_start is not None else self.stream.received / SAMPLE_RATE
+            await self.add_audio(pcm)
+        elif kind == "input_audio_buffer.commit":
+            self.commit(manual=True)
+            await self.send_committed()
+        elif kind == "input_audio_buffer.clear":
+            self.clear()
+            self.item_start = None
+            await self.send({"type": "input_audio_buffer.cleared", "event_id": _event_id()})
+        elif kind in ("session.update", "transcription_session.update"):
+            self.configure(event.get("session"))
+            await self.send({"type": "session.updated", "event_id": _event_id(), "session": self.session_object()})
+        else:
+            raise LiveError(
+                f"unsupported event {kind!r}: this server transcribes (session.update, input_audio_buffer.append, "
+                "input_audio_buffer.commit, input_audio_buffer.clear)",
+                "unsupported_event",
+            )
+
+    def configure(self, session) -> None:
+        if not isinstance(session, dict):
+            raise LiveError("`session` must be an object", "invalid_session")
+        if session.get("type", "transcription") != "transcription":
+            raise LiveError(f"session type {session.get('type')!r}: this server has transcription sessions only",
+                            "unsupported_session_type")  # fmt: skip
+        audio = session.get("audio") or {}
+        inputs = audio.get("input") if isinstance(audio, dict) else None
+        if not isinstance(inputs, dict):
+            inputs = {  # the beta protocol's names
+                "format": session.get("input_audio_format"),
+                "transcription": session.get("input_audio_transcription"),
+                **({"turn_detection": session["turn_detection"]} if "turn_detection" in session else {}),
+            }
+        fmt = inputs.get("format")
+        if fmt is not None:
+            if fmt == "pcm16":
+                fmt = {"type": "audio/pcm", "rate": 24000}
+            if not isinstance(fmt, dict) or fmt.get("type") != "audio/pcm":
+                raise LiveError(f"audio format {fmt!r}: only audio/pcm (PCM16) is taken", "unsupported_format")
+            rate = fmt.get("rate", 24000)
+            if not isinstance(rate, int) or not 8000 <= rate <= 192000:
+                raise LiveError(f"audio rate {rate!r}: an integer from 8000 to 192000 Hz", "unsupported_format")
+            if rate != self.rate:
+                self.rate, self.resampler = rate, Resampler(rate)
+        transcription = inputs.get("transcription")
+        if transcription is not None:
+            if not isinstance(transcription, dict):
+                raise LiveError("`transcription` must be an object", "invalid_session")
+            changed = {k: transcription[k] for k in ("model", "language", "prompt") if k in transcription}
+            self.transcription.update(changed)
+            try:
+                stream = self._stream()
+            except ValueError as err:
+                raise LiveError(str(err), "invalid_transcription") from None
+            if self.stream.received == 0:
+                self.stream = stream  # otherwise the next turn starts with the new settings
+        if "turn_detection" in inputs:
+            self.turn_detection = self._turn_detection(inputs["turn_detection"])
+
+    def _turn_detection(self, value) -> dict | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict) or value.get("type", "server_vad") != "server_vad":
+            raise LiveError("turn_detection: server_vad or null (semantic_vad is not supported)", "invalid_session")
+        merged = {**(self.turn_detection or {"threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}),
+                  **value, "type": "server_vad"}  # fmt: skip
+        threshold, silence = merged.get("threshold"), merged.get("silence_duration_ms")
+        if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+            raise LiveError(f"turn_detection.threshold must be in (0, 1), got {threshold!r}", "invalid_session")
+        if not isinstance(silence, int) or not 0 < silence <= 10000:
+            raise LiveError(f"turn_detection.silence_duration_ms must be 1-10000, got {silence!r}", "invalid_session")
+        return merged
+
+    def commit(self, manual: bool) -> None:
+        if manual and self.item_start is None:
+            raise LiveError("the input audio buffer is empty: nothing to commit", "input_audio_buffer_commit_empty")
+        self.committing = self.item
+        self.flush()
+
+    async def send_committed(self) -> None:
+        await self.send({"type": "input_audio_buffer.committed", "event_id": _event_id(),
+                         "previous_item_id": self.previous_item, "item_id": self.item})  # fmt: skip
+
+    async def updated(self, update: LiveUpdate, final: bool) -> None:
+        if update.confirmed:
+            self.item_text += update.text
+            await self.send({"type": "conversation.item.input_audio_transcription.delta", "event_id": _event_id(),
+                             "item_id": self.item, "content_index": 0, "delta": update.text})  # fmt: skip
+        if final:
+            end = self.stream.received / SAMPLE_RATE
+            seconds = round(end - (self.item_start if self.item_start is not None else end), 3)
+            await self.send({"type": "conversation.item.input_audio_transcription.completed",
+                             "event_id": _event_id(), "item_id": self.item, "content_index": 0,
+                             "transcript": self.item_text.strip(),
+                             "usage": {"type": "duration", "seconds": seconds}})  # fmt: skip
+            self.previous_item = self.item
+            self._new_item()
+            return
+        vad = self.turn_detection
+        if vad is None or self.flushing:
+            return
+        start = update.speech_start
+        if not self.speaking and start is not None:
+            self.speaking = True
+            await self.send({"type": "input_audio_buffer.speech_started", "event_id": _event_id(),
+                             "audio_start_ms": int(start * 1000), "item_id": self.item})  # fmt: skip
+        elif self.speaking and update.silence_seconds * 1000 >= vad["silence_duration_ms"]:
+            ended = update.audio_seconds - update.silence_seconds
+            await self.send({"type": "input_audio_buffer.speech_stopped", "event_id": _event_id(),
+                             "audio_end_ms": int(ended * 1000), "item_id": self.item})  # fmt: skip
+            self.commit(manual=False)
+            await self.send_committed()
+
+    async def send_error(self, err: LiveError) -> None:
+        await self.send({"type": "error", "event_id": _event_id(),
+                         "error": {"type": "invalid_request_error" if err.code != "internal" else "server_error",
+                                   "code": err.code, "message": err.message, "param": None,
+                                   "event_id": getattr(self, "client_event", None)}})  # fmt: skip
+
+
+async def realtime(service, websocket) -> None:
+    await RealtimeSession(service, websocket).serve()
+
+
+async def plain(service, websocket) -> None:
+    await PlainSession(service, websocket).serve()

@@ -1,0 +1,138 @@
+"""Live transcription (``SpeechModel.live``) on the real tiny.en weights and espeak-ng speech: audio fed in pieces
+confirms every word once, as well as the offline transcription of the same audio does; hostile input is refused
+in one line; silence costs no decode and no memory."""
+
+import numpy as np
+import pytest
+
+from turboseq.bench.quality import word_error_rate
+from turboseq.bench.speech import ALL_SENTENCES
+from turboseq.speech import live as live_module
+
+
+def feed(stream, samples, chunk: int, every: bool = False):
+    """Feed ``samples`` in pieces of ``chunk`` samples, decoding whenever due; every update, the last one final."""
+    updates = []
+    for i in range(0, len(samples), chunk):
+        stream.append(samples[i : i + chunk])
+        if stream.due or every:
+            updates.append(stream.process())
+            assert stream.buffered_seconds <= 30.5  # one Whisper window, however long the stream
+    updates.append(stream.finish())
+    return updates
+
+
+def words_of(updates):
+    return [w for u in updates for w in u.confirmed]
+
+
+@pytest.fixture(scope="module")
+def streamed(whisper, recording):
+    """The 3.5-minute recording (two voices, pauses, a 6 s and a 20 s silence) fed in 0.5 s pieces."""
+    updates = feed(whisper.live(), recording, 8000)
+    return updates, whisper.transcribe(recording, beam_size=1, temperature=0.0)
+
+
+def test_live_text_is_as_good_as_offline(streamed):
+    updates, offline = streamed
+    words = words_of(updates)
+    text = "".join(w.word for w in words)
+    reference = " ".join(ALL_SENTENCES * 2)
+    live_wer, offline_wer = word_error_rate([reference], [text]), word_error_rate([reference], [offline.text])
+    assert live_wer <= offline_wer + 0.02, (live_wer, offline_wer, text)
+    # every word once, in order: confirmed words never go back in time and no word starts twice
+    starts = [w.start for w in words]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+    assert words[-1].end <= offline.duration + 0.5
+    # the partial tail is what comes next: never a word already confirmed
+    for update in updates:
+        if update.confirmed and update.partial:
+            assert update.partial[0].start >= update.confirmed[-1].start
+
+
+def test_live_words_carry_stream_times(streamed, recording):
+    updates, _ = streamed
+    words = words_of(updates)
+    assert all(0 <= w.start <= w.end <= len(recording) / 16000 + 0.5 for w in words)
+    # the 20 s silence (after the 31st clip) has no word in it: its middle 14 s are empty
+    gaps = [b.start - a.end for a, b in zip(words, words[1:])]
+    assert max(gaps) > 14
+
+
+def test_pieces_of_any_size_and_format_give_the_same_words(whisper, waves):
+    """int16 PCM bytes in odd-sized pieces, and float arrays in 1 s pieces, decoded at the same points."""
+    samples = np.concatenate([waves[0], np.zeros(8000, np.float32), waves[1]])
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+    a, b = whisper.live(), whisper.live()
+    for i in range(0, len(samples), 16000):
+        a.append(pcm[i : i + 16000].astype(np.float32) / 32768.0)
+        raw = pcm[i : i + 16000].tobytes()
+        b.append(raw[:1002])  # an odd number of samples first, the rest after
+        b.append(raw[1002:])
+        a.process()
+        b.process()
+    final_a, final_b = a.finish(), b.finish()
+    assert [w.word for w in final_a.confirmed] == [w.word for w in final_b.confirmed]
+
+
+def test_streams_decoded_together_equal_alone(whisper, waves):
+    """``step`` batches several streams: each gets the words it gets alone."""
+    alone = []
+    for wave in waves[:3]:
+        alone.append([w.word for w in words_of(feed(whisper.live(), wave, 8000, every=True))])
+    streams = [whisper.live() for _ in range(3)]
+    together: list[list[str]] = [[] for _ in range(3)]
+    longest = max(len(w) for w in waves[:3])
+    for i in range(0, longest, 8000):
+        for s, wave in zip(streams, waves[:3]):
+            s.append(wave[i : i + 8000])
+        for k, update in enumerate(live_module.step(whisper, streams)):
+            together[k] += [w.word for w in update.confirmed]
+    for k, update in enumerate(live_module.step(whisper, streams, final=True)):
+        together[k] += [w.word for w in update.confirmed]
+    assert together == alone
+
+
+def test_an_hour_of_silence_costs_no_decode_and_no_memory(whisper, monkeypatch):
+    decodes = []
+    original = live_module.longform.sequential
+    monkeypatch.setattr(live_module.longform, "sequential", lambda *a, **k: decodes.append(1) or original(*a, **k))
+    stream = whisper.live()
+    rng = np.random.default_rng(0)
+    for _ in range(360):  # an hour in 10 s pieces, faint noise
+        stream.append((rng.standard_normal(160000) * 1e-4).astype(np.float32))
+        update = stream.process()
+        assert not update.confirmed and not update.partial
+        assert stream.buffered_seconds <= 12
+    assert decodes == [] and stream.finish().confirmed == []
+
+
+@pytest.mark.parametrize(
+    "samples, message",
+    [
+        (np.zeros(10, np.int32), "live audio is float samples or int16 PCM, got int32"),
+        (np.zeros((2, 10), np.float32), "live audio is mono: a 1-D array of samples, got shape (2, 10)"),
+        (np.array([0.0, np.nan], np.float32), "live audio must be finite samples in [-1, 1]"),
+        (np.array([0.0, 1e6], np.float32), "live audio must be finite samples in [-1, 1]"),
+        (b"\x00\x01\x02", "PCM16 audio comes in whole 2-byte samples, got 3 bytes"),
+    ],
+)
+def test_bad_audio_is_refused_in_one_line(whisper, samples, message):
+    stream = whisper.live()
+    with pytest.raises(ValueError) as err:
+        stream.append(samples)
+    assert str(err.value) == message
+    assert stream.received == 0  # nothing half-taken
+
+
+def test_bad_options_are_refused_in_one_line(whisper):
+    with pytest.raises(ValueError, match="a live stream needs word timestamps"):
+        whisper.live(word_timestamps=False)
+    with pytest.raises(ValueError, match="`trim_seconds` \\(40\\) must be below `max_buffer_seconds` \\(28"):
+        whisper.live(trim_seconds=40)
+    with pytest.raises(ValueError, match="`min_chunk_seconds` must be a positive number of seconds, got -1"):
+        whisper.live(min_chunk_seconds=-1)
+    stream = whisper.live()
+    stream.finish()
+    with pytest.raises(ValueError, match="this live stream is finished: start another"):
+        stream.append(np.zeros(100, np.float32))
