@@ -6,6 +6,7 @@ page's result equals the library's; a screenshot of each is kept under ``test-ar
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from turboseq.serving.process import ServerProcess
@@ -15,6 +16,12 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 @pytest.fixture(scope="module")
 def browser():
+    driver = _chromium()
+    yield driver
+    driver.quit()
+
+
+def _chromium(*extra: str):
     import shutil
 
     from selenium import webdriver
@@ -29,11 +36,10 @@ def browser():
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1200,900",
         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",  # a microphone that beeps
+        *extra,
     ):  # fmt: skip
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    yield driver
-    driver.quit()
+    return webdriver.Chrome(service=Service(driver_path), options=options)
 
 
 def _wait(driver, predicate, timeout=120):
@@ -159,3 +165,35 @@ def test_classifier_page_labels_each_line(browser, tmp_path):
         assert [float(c[2]) for c in cells] == pytest.approx([e["score"] for e in expected], abs=1e-4)
     finally:
         srv.stop()
+
+
+def test_live_button_streams_the_microphone(tmp_path, waves):
+    """Chromium's fake microphone plays a spoken sentence: the Live button streams it over /v1/audio/live and the
+    confirmed words appear as they come."""
+    import time
+
+    from selenium.webdriver.common.by import By
+
+    from tests.helpers import wav_bytes
+    from turboseq.bench.quality import word_error_rate
+    from turboseq.bench.speech import SENTENCES, whisper_ct2_dir
+
+    spoken = tmp_path / "spoken.wav"  # the sentence, then silence (Chromium loops the file)
+    spoken.write_bytes(wav_bytes(np.concatenate([np.zeros(8000, np.float32), waves[0], np.zeros(48000, np.float32)])))
+    driver = _chromium(f"--use-file-for-fake-audio-capture={spoken}")
+    srv = ServerProcess(whisper_ct2_dir(), "--max-batch-size", "4")
+    try:
+        driver.get(srv.url + "/")
+        driver.find_element(By.ID, "live").click()
+        _wait(driver, lambda d: "listening" in d.find_element(By.ID, "status").text, 30)
+        _wait(driver, lambda d: len(d.find_element(By.ID, "confirmed").text.split()) >= 4, 60)  # words while live
+        time.sleep(len(waves[0]) / 16000 + 1)
+        driver.find_element(By.ID, "live").click()
+        _wait(driver, lambda d: "done" in d.find_element(By.ID, "status").text, 60)
+        text = driver.find_element(By.ID, "confirmed").text
+        first = " ".join(text.split()[: len(SENTENCES[0].split())])
+        assert word_error_rate([SENTENCES[0]], [first]) <= 0.25, text
+        _shot(driver, "speech-live")
+    finally:
+        srv.stop()
+        driver.quit()

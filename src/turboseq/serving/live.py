@@ -1,5 +1,6 @@
-"""Live transcription over WebSockets (Whisper models): OpenAI's Realtime transcription events at
-``/v1/realtime``, and a plain mode at ``/v1/audio/live`` (binary PCM16 frames in, JSON messages out).
+"""Live transcription over WebSockets (Whisper models): the streams, the hub that decodes them, and the plain mode
+at ``/v1/audio/live`` (binary PCM16 frames in, JSON messages out); OpenAI's Realtime protocol at ``/v1/realtime``
+is ``serving.realtime``.
 
 Each connection holds a ``speech.live.LiveTranscriber``. One hub per server decodes every stream that has new
 audio in one batch (``speech.live.step``) on the engine thread, between the batches of ordinary requests, so
@@ -12,11 +13,8 @@ memory stays bounded whatever a client sends. Limits (``--max-live-streams``, ``
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import time
-import uuid
 import weakref
 
 import numpy as np
@@ -334,201 +332,6 @@ class PlainSession(Session):
 
     async def send_error(self, err: LiveError) -> None:
         await self.send({"type": "error", "error": err.message, "error_type": err.code})
-
-
-def _event_id() -> str:
-    return "event_" + uuid.uuid4().hex[:20]
-
-
-class RealtimeSession(Session):
-    """OpenAI's Realtime API, transcription sessions (``session.type = "transcription"``): ``session.update``
-    (audio format, transcription language and prompt, turn detection), ``input_audio_buffer.append`` / ``commit``
-    / ``clear``; out: ``session.created`` / ``updated``, ``input_audio_buffer.speech_started`` / ``speech_stopped``
-    / ``committed`` / ``cleared``, ``conversation.item.input_audio_transcription.delta`` (words as they are
-    confirmed) and ``.completed`` (a turn's transcript), and ``error``. Audio: base64 PCM16, 24 kHz by default."""
-
-    def start(self):
-        self.id, self.rate = "sess_" + uuid.uuid4().hex[:20], 24000
-        self.resampler = Resampler(self.rate)
-        self.transcription = {"model": self.service.name, "language": None, "prompt": ""}
-        self.turn_detection: dict | None = {
-            "type": "server_vad",
-            "threshold": 0.5,
-            "prefix_padding_ms": 300,
-            "silence_duration_ms": 500,
-        }
-        self.previous_item: str | None = None
-        self._new_item()
-        return self._stream()
-
-    def _stream(self):
-        prompt = self.transcription.get("prompt") or None
-        return self.model.live(language=self.transcription.get("language"), initial_prompt=prompt)
-
-    def _new_item(self) -> None:
-        self.item, self.item_text, self.speaking, self.item_start = "item_" + uuid.uuid4().hex[:20], "", False, None
-
-    def session_object(self) -> dict:
-        return {
-            "type": "transcription",
-            "object": "realtime.transcription_session",
-            "id": self.id,
-            "audio": {
-                "input": {
-                    "format": {"type": "audio/pcm", "rate": self.rate},
-                    "transcription": dict(self.transcription),
-                    "turn_detection": self.turn_detection,
-                    "noise_reduction": None,
-                }
-            },
-            "include": None,
-        }
-
-    async def opened(self) -> None:
-        await self.send({"type": "session.created", "event_id": _event_id(), "session": self.session_object()})
-
-    async def handle(self, data) -> None:
-        if isinstance(data, bytes):
-            raise LiveError("Realtime events are JSON text messages; audio goes base64 in input_audio_buffer.append",
-                            "invalid_message")  # fmt: skip
-        try:
-            event = json.loads(data)
-        except ValueError:
-            raise LiveError("the message is not JSON", "invalid_json") from None
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            raise LiveError("an event is a JSON object with a string `type`", "invalid_event")
-        self.client_event = event.get("event_id")
-        kind = event["type"]
-        if kind == "input_audio_buffer.append":
-            audio = event.get("audio")
-            if not isinstance(audio, str):
-                raise LiveError("`audio` must be base64-encoded PCM16 audio", "invalid_audio")
-            try:
-                pcm = base64.b64decode(audio, validate=True)
-            except (binascii.Error, ValueError):
-                raise LiveError("`audio` must be base64-encoded PCM16 audio", "invalid_audio") from None
-            self.item_start = self.item_start if self.item_start is not None else self.stream.received / SAMPLE_RATE
-            await self.add_audio(pcm)
-        elif kind == "input_audio_buffer.commit":
-            self.commit(manual=True)
-            await self.send_committed()
-        elif kind == "input_audio_buffer.clear":
-            self.clear()
-            self.item_start = None
-            await self.send({"type": "input_audio_buffer.cleared", "event_id": _event_id()})
-        elif kind in ("session.update", "transcription_session.update"):
-            self.configure(event.get("session"))
-            await self.send({"type": "session.updated", "event_id": _event_id(), "session": self.session_object()})
-        else:
-            raise LiveError(
-                f"unsupported event {kind!r}: this server transcribes (session.update, input_audio_buffer.append, "
-                "input_audio_buffer.commit, input_audio_buffer.clear)",
-                "unsupported_event",
-            )
-
-    def configure(self, session) -> None:
-        if not isinstance(session, dict):
-            raise LiveError("`session` must be an object", "invalid_session")
-        if session.get("type", "transcription") != "transcription":
-            raise LiveError(f"session type {session.get('type')!r}: this server has transcription sessions only",
-                            "unsupported_session_type")  # fmt: skip
-        audio = session.get("audio") or {}
-        inputs = audio.get("input") if isinstance(audio, dict) else None
-        if not isinstance(inputs, dict):
-            inputs = {  # the beta protocol's names
-                "format": session.get("input_audio_format"),
-                "transcription": session.get("input_audio_transcription"),
-                **({"turn_detection": session["turn_detection"]} if "turn_detection" in session else {}),
-            }
-        fmt = inputs.get("format")
-        if fmt is not None:
-            if fmt == "pcm16":
-                fmt = {"type": "audio/pcm", "rate": 24000}
-            if not isinstance(fmt, dict) or fmt.get("type") != "audio/pcm":
-                raise LiveError(f"audio format {fmt!r}: only audio/pcm (PCM16) is taken", "unsupported_format")
-            rate = fmt.get("rate", 24000)
-            if not isinstance(rate, int) or not 8000 <= rate <= 192000:
-                raise LiveError(f"audio rate {rate!r}: an integer from 8000 to 192000 Hz", "unsupported_format")
-            if rate != self.rate:
-                self.rate, self.resampler = rate, Resampler(rate)
-        transcription = inputs.get("transcription")
-        if transcription is not None:
-            if not isinstance(transcription, dict):
-                raise LiveError("`transcription` must be an object", "invalid_session")
-            changed = {k: transcription[k] for k in ("model", "language", "prompt") if k in transcription}
-            self.transcription.update(changed)
-            try:
-                stream = self._stream()
-            except ValueError as err:
-                raise LiveError(str(err), "invalid_transcription") from None
-            if self.stream.received == 0:
-                self.stream = stream  # otherwise the next turn starts with the new settings
-        if "turn_detection" in inputs:
-            self.turn_detection = self._turn_detection(inputs["turn_detection"])
-
-    def _turn_detection(self, value) -> dict | None:
-        if value is None:
-            return None
-        if not isinstance(value, dict) or value.get("type", "server_vad") != "server_vad":
-            raise LiveError("turn_detection: server_vad or null (semantic_vad is not supported)", "invalid_session")
-        merged = {**(self.turn_detection or {"threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}),
-                  **value, "type": "server_vad"}  # fmt: skip
-        threshold, silence = merged.get("threshold"), merged.get("silence_duration_ms")
-        if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
-            raise LiveError(f"turn_detection.threshold must be in (0, 1), got {threshold!r}", "invalid_session")
-        if not isinstance(silence, int) or not 0 < silence <= 10000:
-            raise LiveError(f"turn_detection.silence_duration_ms must be 1-10000, got {silence!r}", "invalid_session")
-        return merged
-
-    def commit(self, manual: bool) -> None:
-        if manual and self.item_start is None:
-            raise LiveError("the input audio buffer is empty: nothing to commit", "input_audio_buffer_commit_empty")
-        self.committing = self.item
-        self.flush()
-
-    async def send_committed(self) -> None:
-        await self.send({"type": "input_audio_buffer.committed", "event_id": _event_id(),
-                         "previous_item_id": self.previous_item, "item_id": self.item})  # fmt: skip
-
-    async def updated(self, update: LiveUpdate, final: bool) -> None:
-        if update.confirmed:
-            self.item_text += update.text
-            await self.send({"type": "conversation.item.input_audio_transcription.delta", "event_id": _event_id(),
-                             "item_id": self.item, "content_index": 0, "delta": update.text})  # fmt: skip
-        if final:
-            end = self.stream.received / SAMPLE_RATE
-            seconds = round(end - (self.item_start if self.item_start is not None else end), 3)
-            await self.send({"type": "conversation.item.input_audio_transcription.completed",
-                             "event_id": _event_id(), "item_id": self.item, "content_index": 0,
-                             "transcript": self.item_text.strip(),
-                             "usage": {"type": "duration", "seconds": seconds}})  # fmt: skip
-            self.previous_item = self.item
-            self._new_item()
-            return
-        vad = self.turn_detection
-        if vad is None or self.flushing:
-            return
-        start = update.speech_start
-        if not self.speaking and start is not None:
-            self.speaking = True
-            await self.send({"type": "input_audio_buffer.speech_started", "event_id": _event_id(),
-                             "audio_start_ms": int(start * 1000), "item_id": self.item})  # fmt: skip
-        elif self.speaking and update.silence_seconds * 1000 >= vad["silence_duration_ms"]:
-            ended = update.audio_seconds - update.silence_seconds
-            await self.send({"type": "input_audio_buffer.speech_stopped", "event_id": _event_id(),
-                             "audio_end_ms": int(ended * 1000), "item_id": self.item})  # fmt: skip
-            self.commit(manual=False)
-            await self.send_committed()
-
-    async def send_error(self, err: LiveError) -> None:
-        await self.send({"type": "error", "event_id": _event_id(),
-                         "error": {"type": "invalid_request_error" if err.code != "internal" else "server_error",
-                                   "code": err.code, "message": err.message, "param": None,
-                                   "event_id": getattr(self, "client_event", None)}})  # fmt: skip
-
-
-async def realtime(service, websocket) -> None:
-    await RealtimeSession(service, websocket).serve()
 
 
 async def plain(service, websocket) -> None:

@@ -2,7 +2,8 @@
 
 Text generation (translation, text-to-text, decoder-only) streams from ``/generate_stream`` with TGI's token
 details: each token is coloured by its probability, and a click shows the most likely tokens at that position.
-Speech uploads a file or a microphone recording to ``/v1/audio/transcriptions`` (segments and words). An
+Speech uploads a file or a microphone recording to ``/v1/audio/transcriptions`` (segments and words), or
+streams the microphone to ``/v1/audio/live`` and shows the words as they are confirmed. An
 embedding model compares sentences (``/similarity``), a classifier labels them (``/predict``). The page shows
 each request's latency and links ``/metrics``, ``/info`` and ``/docs``.
 """
@@ -110,6 +111,42 @@ document.getElementById('mic').onclick = async (e) => {
                             send(new Blob(chunks, {type: chunks[0].type}), 'recording.webm'); };
   recorder.start(); e.target.textContent = 'Stop';
 };
+// live: microphone samples (16 kHz PCM16) over the WebSocket of /v1/audio/live, words shown as they are confirmed
+let live = null;
+document.getElementById('live').onclick = async (e) => {
+  if (live) { live.stop(); return; }
+  const stream = await navigator.mediaDevices.getUserMedia({audio: true});
+  const context = new AudioContext({sampleRate: 16000});
+  const source = context.createMediaStreamSource(stream), node = context.createScriptProcessor(4096, 1, 1);
+  const url = new URL('v1/audio/live', location.href); url.protocol = url.protocol.replace('http', 'ws');
+  const socket = new WebSocket(url);
+  socket.binaryType = 'arraybuffer';
+  let confirmed = '';
+  result.innerHTML = '<p id="livetext"><span id="confirmed"></span><span id="partial" class="sub"></span></p>';
+  statusLine.textContent = 'live: connecting...';
+  node.onaudioprocess = ev => {
+    if (socket.readyState !== WebSocket.OPEN) return;
+    const x = ev.inputBuffer.getChannelData(0), pcm = new Int16Array(x.length);
+    for (let i = 0; i < x.length; i++) pcm[i] = Math.max(-32768, Math.min(32767, Math.round(x[i] * 32767)));
+    socket.send(pcm.buffer);
+  };
+  socket.onmessage = ev => {
+    const m = JSON.parse(ev.data);
+    if (m.type === 'ready') statusLine.textContent = 'live: listening (16 kHz)';
+    if (m.type === 'final') { confirmed += m.text; document.getElementById('confirmed').textContent = confirmed; }
+    if (m.type === 'partial') document.getElementById('partial').textContent = m.text;
+    if (m.type === 'done') { statusLine.textContent = `live: ${m.duration.toFixed(1)} s of audio, done`;
+                             document.getElementById('partial').textContent = ''; socket.close(); }
+    if (m.type === 'error') statusLine.innerHTML = `<span class="error">${escapeHtml(m.error)}</span>`;
+  };
+  source.connect(node); node.connect(context.destination);
+  live = {stop: () => {
+    node.disconnect(); source.disconnect(); stream.getTracks().forEach(t => t.stop()); context.close();
+    if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({type: 'end'}));
+    live = null; e.target.textContent = 'Live';
+  }};
+  e.target.textContent = 'Stop live';
+};
 """
 
 _ENCODER_SCRIPT = """
@@ -146,7 +183,7 @@ _FORMS = {
     ),
     "speech": (
         '<input id="file" type="file" accept="audio/*,video/*"><button id="run">Transcribe</button>'
-        '<button id="mic">Record</button><div id="status"></div><div id="result"></div>'
+        '<button id="mic">Record</button><button id="live">Live</button><div id="status"></div><div id="result"></div>'
     ),
     "encoder": (
         '<textarea id="input">A man is eating food.\nA man is eating a piece of bread.\n'

@@ -199,11 +199,11 @@ class SpeechTask(Task[SpeechRequest]):
             self.run(rows, self.prepare({"max_new_tokens": 8, "temperature": 0.0}).settings)
 
     def routes(self):
-        from turboseq.serving import live
+        from turboseq.serving import live, realtime
 
         return [
             Route("/v1/audio/transcriptions", self.openai_transcriptions),
-            Route("/v1/realtime", live.realtime, websocket=True),  # OpenAI's Realtime API, transcription sessions
+            Route("/v1/realtime", realtime.realtime, websocket=True),  # OpenAI's Realtime API, transcription sessions
             Route("/v1/audio/live", live.plain, websocket=True),  # PCM16 frames in, JSON words out
         ]
 

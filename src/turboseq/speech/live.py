@@ -27,9 +27,11 @@ from turboseq.speech.vad import FRAME, speech_probabilities
 _PUNCTUATION = re.compile(r"[^\w']+")
 _CONTEXT_WORDS = 100  # confirmed words kept for the prompt and for removing repeats at the buffer's start
 _VAD_CONTEXT = 32  # frames (1 s) before new audio that the VAD's state warms up on
-_AFTER_WORD = float(
-    __import__("os").environ.get("TS_LIVE_MARGIN", "0.3")
-)  # seconds heard after a word before it may be confirmed
+_E = __import__("os").environ.get
+_AFTER_WORD = float(_E("TS_LIVE_MARGIN", "0.3"))  # seconds heard after a word before it may be confirmed
+_AFTER_UNSURE = float(_E("TS_LIVE_UNSURE", "1.0"))  # the same for a word Whisper is unsure of
+_SURE = float(_E("TS_LIVE_SURE", "0.5"))  # word probability below which a word is unsure
+_TOKENS_PER_SECOND = 8  # text and timestamp tokens of fast speech, with room to spare
 _PAUSE_FRAMES = 6  # a run of this many frames without speech (0.19 s) is a pause the buffer may be cut in
 
 
@@ -246,7 +248,8 @@ class LiveTranscriber:
         twice); the newer words kept."""
         count = 0
         for old, word in zip(self.hypothesis, new):
-            if _norm(old) != _norm(word) or old.end > previous_end - _AFTER_WORD:
+            after = _AFTER_WORD if min(old.probability, word.probability) >= _SURE else _AFTER_UNSURE
+            if _norm(old) != _norm(word) or old.end > previous_end - after:
                 break
             count += 1
         return new[:count]
@@ -331,16 +334,13 @@ def step(model, streams: list[LiveTranscriber], final: bool = False) -> list[Liv
         batch = [streams[i] for i in rows]
         buffers = [s.audio for s in batch]  # what each decode reads (audio may arrive meanwhile)
         epochs = [s.epoch for s in batch]
-        segments = longform.sequential(
-            model,
-            buffers,
-            batch[0].opts,
-            [s.sot_sequence for s in batch],
-            len(batch),
-            False,
-            RowHooks(None),
-            prompts=[s.prompt() for s in batch],
-        )
+        # a bound on the tokens of one decode, by its audio: a repetition loop costs a fraction of a second
+        longest = max(len(a) for a in buffers) / SAMPLE_RATE
+        cap = min(int(_TOKENS_PER_SECOND * longest) + 16, model.spec.max_positions // 2 - 8)  # prompt: the other half
+        opts = batch[0].opts
+        opts = replace(opts, max_new_tokens=min(cap, opts.max_new_tokens or cap))
+        segments = longform.sequential(model, buffers, opts, [s.sot_sequence for s in batch], len(batch), False,
+                                       RowHooks(None), prompts=[s.prompt() for s in batch], once=True)  # fmt: skip
         for i, s, segs, audio, epoch in zip(rows, batch, segments, buffers, epochs):
             updates[i] = s.settle(segs, final, len(audio), epoch)
     return updates  # type: ignore[return-value]

@@ -117,10 +117,12 @@ def _add_words(model, hidden_rows, windows: list[list[WindowSegment]], num_frame
 
 
 def sequential(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[list[int]], batch_size: int,
-               progress: bool, hooks: RowHooks, prompts: list[list[int]] | None = None) -> list[list[Segment]]:  # fmt: skip
+               progress: bool, hooks: RowHooks, prompts: list[list[int]] | None = None,
+               once: bool = False) -> list[list[Segment]]:  # fmt: skip
     """faster-whisper's sequential transcription of each wave (already VAD-filtered where asked); ``hooks``
     over the inputs: an abandoned input stops decoding. ``prompts``: each input's own previous text (tokens),
-    in place of ``opts.initial_prompt``."""
+    in place of ``opts.initial_prompt``. ``once``: one window per input (at most 30 s), its words all kept:
+    the audio after the last word is not decoded again as the next window (live transcription's buffers)."""
     text = model.whisper_text
     streams = [
         _Stream(i, audio_io.log_mel_long(w, model.n_mels), sot) for i, (w, sot) in enumerate(zip(waves, sot_sequences))
@@ -143,6 +145,8 @@ def sequential(model, waves: list[np.ndarray], opts: Options, sot_sequences: lis
                 group = [streams[i] for i in active[b : b + batch_size]]
                 moved = _sequential_round(model, group, opts, max_initial, hooks.select([s.index for s in group]))
                 bar.update(round(moved / FRAMES_PER_SECOND, 1))
+            if once:
+                break
     return [s.segments for s in streams]
 
 
