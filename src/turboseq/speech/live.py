@@ -27,10 +27,9 @@ from turboseq.speech.vad import FRAME, speech_probabilities
 _PUNCTUATION = re.compile(r"[^\w']+")
 _CONTEXT_WORDS = 100  # confirmed words kept for the prompt and for removing repeats at the buffer's start
 _VAD_CONTEXT = 32  # frames (1 s) before new audio that the VAD's state warms up on
-_E = __import__("os").environ.get
-_AFTER_WORD = float(_E("TS_LIVE_MARGIN", "0.3"))  # seconds heard after a word before it may be confirmed
-_AFTER_UNSURE = float(_E("TS_LIVE_UNSURE", "1.0"))  # the same for a word Whisper is unsure of
-_SURE = float(_E("TS_LIVE_SURE", "0.5"))  # word probability below which a word is unsure
+_AFTER_WORD = 0.3  # seconds heard after a word (in the earlier of two agreeing decodes) before it is confirmed
+_AFTER_UNSURE = 1.0  # the same for a word Whisper gives a probability under _SURE
+_SURE = 0.5
 _TOKENS_PER_SECOND = 8  # text and timestamp tokens of fast speech, with room to spare
 _PAUSE_FRAMES = 6  # a run of this many frames without speech (0.19 s) is a pause the buffer may be cut in
 
@@ -45,6 +44,7 @@ class LiveUpdate:
     audio_seconds: float = 0.0  # stream audio received when the decode started
     speech_start: float | None = None  # the VAD's first speech in the buffer (stream seconds), if any
     silence_seconds: float = 0.0  # how long the buffer has been without speech at its end (VAD)
+    turn_end: float | None = None  # where a pause of ``turn_silence_seconds`` after speech starts, if any
 
     @property
     def text(self) -> str:
@@ -60,7 +60,7 @@ class LiveOptions:
     """How the stream is cut and when it is decoded."""
 
     min_chunk_seconds: float = 0.5  # new audio that makes a stream due for a decode
-    trim_seconds: float = 10.0  # a buffer longer than this is cut in a pause (or at a segment's end)
+    trim_seconds: float = 6.0  # a buffer longer than this is cut in a pause (or at a segment's end)
     max_buffer_seconds: float = 28.0  # hard limit: past it, words 5 s old are confirmed and the buffer cut
     silence_keep_seconds: float = 1.0  # a buffer with nothing to confirm keeps only its last seconds
     vad_threshold: float = 0.5  # Silero speech probability above which a frame is speech
@@ -106,6 +106,8 @@ class LiveTranscriber:
         self.finished = False
         self.lock = threading.Lock()
         self.epoch = 0  # ``clear`` count
+        self.flush_until: float | None = None  # the next flush confirms and drops only what comes before this
+        self.turn_silence_seconds: float | None = None  # the pause that ends a turn (``LiveUpdate.turn_end``)
 
     # -- input
     def append(self, samples) -> None:
@@ -209,17 +211,40 @@ class LiveTranscriber:
                      for seg in segments for w in seg.words or []]  # fmt: skip
             new = self._unseen(self._spoken(words))
             ends = [seg.end + self.offset for seg in segments]
+        until = self.offset + decoded / SAMPLE_RATE
+        if final and self.flush_until is not None:
+            until, self.flush_until = min(until, self.flush_until), None
+        turn_end = self._turn_end()
         if segments is not None or final:
-            agreed = new if final else self._agreed(new, previous_end)
+            agreed = [w for w in new if w.start < until] if final else self._agreed(new, previous_end)
+            if not final and turn_end is not None:  # a turn's words are confirmed in its own flush
+                agreed = [w for w in agreed if w.start < turn_end]
             self.hypothesis = new[len(agreed) :]
             self._confirm(agreed, update)
         if final:
-            self._cut(self.offset + decoded / SAMPLE_RATE)
+            self._cut(until)
+            self.decoded = 0  # what is left after a turn's end is heard again as the next turn's start
         else:
             self._trim(ends, update)
         update.partial = list(self.hypothesis)
         update.speech_start, update.silence_seconds = self._speech_start(), self._silence_seconds()
+        update.turn_end = turn_end if not final else self._turn_end()
         return update
+
+    def _turn_end(self) -> float | None:
+        """Where the buffer's first pause of ``turn_silence_seconds`` after speech starts (stream seconds)."""
+        if self.turn_silence_seconds is None:
+            return None
+        self._mark_speech()
+        need = max(1, int(self.turn_silence_seconds * SAMPLE_RATE / FRAME))
+        spoken = False
+        quiet = 0
+        for i, speaking in enumerate(self.speech):
+            quiet = 0 if speaking else quiet + 1
+            spoken = spoken or bool(speaking)
+            if spoken and quiet >= need:
+                return self.offset + (i + 1 - quiet) * FRAME / SAMPLE_RATE
+        return None
 
     def _spoken(self, words: list[Word]) -> list[Word]:
         """The words where the VAD hears speech (Whisper makes words up in silence: "Thank you.")."""

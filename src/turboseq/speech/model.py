@@ -338,18 +338,18 @@ class SpeechModel(EncoderDecoder):
         *,
         language: str | None = None,
         task: str = "transcribe",
-        beam_size: int = 1,
+        beam_size: int = 5,
         temperature: float | list[float] | tuple[float, ...] = 0.0,
         initial_prompt: str | None = None,
         min_chunk_seconds: float = 0.5,
-        trim_seconds: float = 15.0,
+        trim_seconds: float = 6.0,
         max_buffer_seconds: float = 28.0,
         **options,
     ):
         """A live stream (``turboseq.speech.live.LiveTranscriber``): ``append`` audio chunks as they come,
         ``process()`` whenever ``due``, ``finish()`` at the end; each returns a ``LiveUpdate`` of newly confirmed
-        words and the unconfirmed tail. Takes ``transcribe``'s options; greedy at one temperature by default,
-        for latency. ``language=None`` on a multilingual model is English (no audio to detect it from yet)."""
+        words and the unconfirmed tail. Takes ``transcribe``'s options; beam 5 at temperature 0 by default
+        (no fallback: a decode is redone half a second later anyway). ``language=None`` on a multilingual model is English (no audio to detect it from yet)."""
         from turboseq.speech.live import LiveOptions, LiveTranscriber
 
         if options.get("word_timestamps") is False:
