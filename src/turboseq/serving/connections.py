@@ -174,6 +174,8 @@ class GuardedH11(H11Protocol):
         if self._phase == "first byte":
             self._arm("headers", self.header_timeout_s)
         super().data_received(data)
+        if getattr(self, "_upgraded", False):  # the socket is the WebSocket protocol's now
+            return
         state = self.conn.their_state
         if state is h11.IDLE and self._phase != "headers":  # the first bytes of a (next) request
             self._arm("headers", self.header_timeout_s)
@@ -190,6 +192,7 @@ class GuardedH11(H11Protocol):
         """The socket goes to uvicorn's WebSocket protocol: no HTTP deadline applies any more (the route has its
         own idle timeout), and the peer's count is given back when that protocol loses the connection."""
         self._disarm()
+        self._upgraded = True
         super().handle_websocket_upgrade(event)
         protocol = self.transport.get_protocol()
         lost = protocol.connection_lost

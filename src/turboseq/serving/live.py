@@ -98,9 +98,9 @@ class Hub:
                 finally:
                     self.busy = set()
                     for s in group:
-                        if s.clearing:
-                            s.stream.clear()
-                            s.clearing = False
+                        if s.clearing is not None:
+                            s.stream.clear(s.clearing)
+                            s.clearing = None
                 self.decode_seconds.observe(time.perf_counter() - start)
                 self.batch.observe(len(group))
                 for s, update in zip(group, updates):
@@ -134,7 +134,7 @@ class Session:
         self.resampler = Resampler(SAMPLE_RATE)
         self.flushing = False  # a flush (end of a turn or of the stream) is asked of the hub
         self.ending = False  # the stream ends after the flush
-        self.clearing = False  # a clear waits for the decode in progress
+        self.clearing: int | None = None  # a clear (up to this sample) waits for the decode in progress
         self.active = time.monotonic()  # the last client message or words sent (the idle timeout's start)
 
     async def serve(self) -> None:
@@ -253,11 +253,11 @@ class Session:
             await self.room.wait()
 
     def clear(self) -> None:
-        """Drop the buffered audio; a stream in a decode right now is cleared when it returns."""
-        if self in self.hub.busy:
-            self.clearing = True
-        else:
-            self.stream.clear()
+        """Drop the audio buffered so far; a stream in a decode right now is cleared when it returns."""
+        self.clearing = self.stream.received
+        if self not in self.hub.busy:
+            self.stream.clear(self.clearing)
+            self.clearing = None
 
     def flush(self) -> None:
         self.flushing = True

@@ -172,12 +172,16 @@ class LiveTranscriber:
         self.finished = True
         return update
 
-    def clear(self) -> None:
-        """Drop the buffered audio and the words not confirmed yet (a decode running meanwhile is ignored)."""
+    def clear(self, upto: int | None = None) -> None:
+        """Drop the buffered audio (up to the stream's sample ``upto``; None: all) and the words not confirmed
+        yet (a decode running meanwhile is ignored)."""
         with self.lock:
+            upto = self.received if upto is None else min(upto, self.received)
+            start = int(round(self.offset * SAMPLE_RATE))
             self.epoch += 1
-            self.audio, self.speech = np.zeros(0, dtype=np.float32), np.zeros(0, dtype=bool)
-            self.offset, self.decoded, self.hypothesis = self.received / SAMPLE_RATE, 0, []
+            self.audio = self.audio[max(0, upto - start) :]
+            self.speech = np.zeros(0, dtype=bool)
+            self.offset, self.decoded, self.hypothesis = upto / SAMPLE_RATE, 0, []
 
     def _silence_seconds(self) -> float:
         """How long the buffer has been without speech at its end (VAD)."""
