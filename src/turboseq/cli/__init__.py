@@ -111,7 +111,7 @@ def _transcribe(args) -> int:
     if args.live:
         from turboseq.cli.live import transcribe_live
 
-        return transcribe_live(args)
+        return transcribe_live(args, _load)
     if "-" in args.files:
         raise ValueError("stdin (-) is read with --live only; give audio files")
     if args.format in ("srt", "vtt") and len(args.files) > 1 and not args.output_dir:

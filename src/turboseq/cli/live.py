@@ -12,15 +12,9 @@ def write(text: str) -> None:
     sys.stdout.flush()
 
 
-def load_for(args, verb: str):
-    from turboseq.cli import _load
-
-    return _load(args, verb)
-
-
-def transcribe_live(args) -> int:
+def transcribe_live(args, load) -> int:
     """``transcribe --live``: confirmed words printed as they come, from stdin (raw PCM16) or a file played at
-    ``--speed`` times real time."""
+    ``--speed`` times real time. ``load(args, verb)`` loads the model (the CLI's own loader)."""
     import json
     import time
 
@@ -37,7 +31,7 @@ def transcribe_live(args) -> int:
         raise ValueError(f"{source}: no such file")
     if args.speed < 0:
         raise ValueError(f"--speed must be >= 0, got {args.speed}")
-    model = load_for(args, "transcribe")
+    model = load(args, "transcribe")
     stream = model.live(
         language=args.language, task=args.task, beam_size=args.beam_size,
         temperature=args.temperature if args.temperature is not None else 0.0, initial_prompt=args.initial_prompt,
