@@ -86,10 +86,10 @@ def test_openai_sdk_receives_deltas_and_completed_turns(server, waves, whisper):
             }
         )
         assert conn.recv().type == "session.updated"
-        step = 24000 * 2 // 5  # 0.2 s, sent at 4x real time
+        step, start = 24000 * 2 // 5, time.monotonic()  # 0.2 s pieces at real-time pace
         for i in range(0, len(pcm), step):
             conn.input_audio_buffer.append(audio=base64.b64encode(pcm[i : i + step]).decode())
-            time.sleep(0.05)
+            time.sleep(max(0.0, (i + step) / 48000 - (time.monotonic() - start)))
         while sum(e.type.endswith(".completed") for e in events) < 2:
             events.append(conn.recv())
             assert events[-1].type != "error", events

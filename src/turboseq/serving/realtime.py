@@ -39,7 +39,9 @@ class RealtimeSession(Session):
         self.pending = False  # audio appended since the last commit or clear
         self.turn_start, self.turn_until = 0.0, None  # the current turn's audio (stream seconds)
         self._new_item()
-        return self._stream()
+        stream = self._stream()
+        stream.turn_silence_seconds = self.turn_detection["silence_duration_ms"] / 1000
+        return stream
 
     def _stream(self, settings: dict | None = None):
         settings = settings or self.transcription
@@ -134,6 +136,7 @@ class RealtimeSession(Session):
                 self.rate, self.resampler = rate, Resampler(rate)
         if "turn_detection" in inputs:
             self.turn_detection = self._turn_detection(inputs["turn_detection"])
+        self._set_turns()
         transcription = inputs.get("transcription")
         if transcription is not None:
             if not isinstance(transcription, dict):
@@ -150,6 +153,11 @@ class RealtimeSession(Session):
             except ValueError as err:
                 raise LiveError(str(err), "invalid_transcription") from None
             self.transcription, self.stream = wanted, stream
+            self._set_turns()
+
+    def _set_turns(self) -> None:
+        vad = self.turn_detection
+        self.stream.turn_silence_seconds = None if vad is None else vad["silence_duration_ms"] / 1000
 
     def _turn_detection(self, value) -> dict | None:
         if value is None:
