@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from turboseq.formats.audio import SAMPLE_RATE
 
 
 def held_out_recording(out_dir: Path, sentences: int = 30) -> Path:

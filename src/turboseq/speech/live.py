@@ -239,16 +239,16 @@ class LiveTranscriber:
         """Where the buffer's first pause of ``turn_silence_seconds`` after speech starts (stream seconds)."""
         if self.turn_silence_seconds is None:
             return None
-        self._mark_speech()
         need = max(1, int(self.turn_silence_seconds * SAMPLE_RATE / FRAME))
-        spoken = False
-        quiet = 0
-        for i, speaking in enumerate(self.speech):
-            quiet = 0 if speaking else quiet + 1
-            spoken = spoken or bool(speaking)
-            if spoken and quiet >= need:
-                return self.offset + (i + 1 - quiet) * FRAME / SAMPLE_RATE
-        return None
+        starts = [a for a, b in self._quiet_runs() if b - a >= need]
+        return self.offset + starts[0] * FRAME / SAMPLE_RATE if starts else None
+
+    def _quiet_runs(self) -> list[tuple[int, int]]:
+        """The buffer's runs of frames without speech that follow speech: (first frame, frame after)."""
+        self._mark_speech()
+        padded = np.concatenate([[True], self.speech, [True]]).astype(np.int8)
+        edges = np.flatnonzero(np.diff(padded))  # pairs: a run's first frame, the frame after it
+        return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]) if a > 0]
 
     def _spoken(self, words: list[Word]) -> list[Word]:
         """The words where the VAD hears speech (Whisper makes words up in silence: "Thank you.")."""
@@ -293,14 +293,11 @@ class LiveTranscriber:
 
     def _pauses(self) -> list[tuple[float, float]]:
         """The buffer's pauses: (start, middle) in stream seconds."""
-        self._mark_speech()
-        padded = np.concatenate([[True], self.speech, [True]]).astype(np.int8)
-        edges = np.flatnonzero(np.diff(padded))  # pairs: a pause's first frame, the frame after it
         seconds = FRAME / SAMPLE_RATE
         return [
             (self.offset + a * seconds, self.offset + (a + b) / 2 * seconds)
-            for a, b in zip(edges[::2], edges[1::2])
-            if b - a >= _PAUSE_FRAMES and a > 0
+            for a, b in self._quiet_runs()
+            if b - a >= _PAUSE_FRAMES
         ]
 
     def _trim(self, segment_ends: list[float], update: LiveUpdate) -> None:
