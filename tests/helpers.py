@@ -563,3 +563,21 @@ def hostile_json(max_leaves: int):
         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
         max_leaves=max_leaves,
     )
+
+
+def compute_types(*names: str) -> list:
+    """pytest parameters for these compute types, each skipped on a CPU that does not run it (bfloat16 needs
+    AVX-512 or AMX: an AVX2-only CPU runs float32 and int8)."""
+    import pytest
+
+    from turboseq.runtime.compute import supported_compute_types
+
+    supported = supported_compute_types()
+    return [pytest.param(n, marks=pytest.mark.skipif(n not in supported, reason=f"this CPU runs no {n}")) for n in names]
+
+
+def runs(compute_type: str) -> bool:
+    """Whether this CPU runs ``compute_type``."""
+    from turboseq.runtime.compute import supported_compute_types
+
+    return compute_type in supported_compute_types()

@@ -5,6 +5,8 @@ ends on its own step; a search that fails ends alone."""
 import pytest
 import torch
 
+from tests.helpers import compute_types
+
 # (generate_rows arguments, seed, the step it joins at): a long greedy batch first, then requests that join it while
 # it runs, several in the same step; lengths are forced where the random weights would end at once
 JOBS = [
@@ -105,7 +107,7 @@ def test_joined_searches_equal_alone_decoder_only(causal):
     _check(model, model.spec.vocab_size, SIZES)
 
 
-@pytest.mark.parametrize("compute_type", ["bfloat16", "int8"])
+@pytest.mark.parametrize("compute_type", compute_types("bfloat16", "int8"))
 def test_joined_searches_equal_alone_in_reduced_compute_types(marian, compute_type):
     import turboseq
 

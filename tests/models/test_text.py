@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import turboseq
+from tests.helpers import runs
 
 
 def test_translate_matches_generate_and_keeps_empty_lines(marian_one):
@@ -56,6 +57,7 @@ def test_generate_input_checks(marian_one):
         model.translate("a single string")
 
 
+@pytest.mark.skipif(not runs("bfloat16"), reason="this CPU runs no bfloat16")
 def test_bfloat16_runs(marian_one):
     _, path = marian_one
     model = turboseq.load(path, dtype="bfloat16")

@@ -5,6 +5,10 @@ import pytest
 import torch
 
 from tests.helpers import source_batch
+from turboseq.runtime.packed import fast_bf16
+
+# the screen runs where bfloat16 products are native (AVX-512, AMX); an AVX2-only CPU computes the float32 head
+needs_screen = pytest.mark.skipif(not fast_bf16("cpu"), reason="no native bfloat16 products: no screen")
 
 
 def _reference(ref, ids, mask, **kwargs):
@@ -12,6 +16,7 @@ def _reference(ref, ids, mask, **kwargs):
         return ref.generate(ids, attention_mask=mask, **kwargs)
 
 
+@needs_screen
 @pytest.mark.parametrize("kwargs", [dict(), dict(no_repeat_ngram_size=2, min_new_tokens=5, renormalize_logits=True)])
 def test_screened_greedy_is_exact(marian, monkeypatch, kwargs):
     """Greedy's bfloat16 screening (LMHead.greedy) must give the float32 argmax. The small test vocabulary
@@ -27,6 +32,7 @@ def test_screened_greedy_is_exact(marian, monkeypatch, kwargs):
     assert torch.equal(got, _reference(ref, ids, mask, num_beams=1, **kwargs))
 
 
+@needs_screen
 def test_screening_bound_holds_on_random_hidden_states(marian, monkeypatch):
     """For arbitrary hidden states, every token outside the candidate set is provably below the winner:
     check the bound directly against float32 logits."""
@@ -100,3 +106,18 @@ def test_top_k_rows_is_topk(k, columns):
     distinct &= expected_values.isfinite().all(dim=1)
     assert torch.equal(index[distinct], expected_index[distinct])
     assert distinct.sum() >= x.shape[0] - 8
+
+
+def test_no_screen_without_native_bfloat16(marian, monkeypatch):
+    """A CPU without native bfloat16 products (AVX2 only) gets no screen: greedy takes the float32 product and
+    loading a float32 model does not ask oneDNN for bfloat16 kernels it lacks (it refused: "bf16 path needs the
+    cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq")."""
+    import turboseq
+
+    _, ref, path = marian
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    plain = turboseq.load(path)
+    assert not plain.head.screen and plain.head.panels.screen is None
+    ids, mask = source_batch(plain.spec.vocab_size, plain.spec.pad_token_id, seed=4)
+    assert torch.equal(plain.generate(ids, mask, num_beams=1), _reference(ref, ids, mask, num_beams=1))
+    assert plain.head.screened_steps == 0

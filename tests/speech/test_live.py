@@ -92,12 +92,22 @@ def test_pieces_of_any_size_and_format_give_the_same_words(whisper, waves):
     assert [w.word for w in final_a.confirmed] == [w.word for w in final_b.confirmed]
 
 
-def test_streams_decoded_together_equal_alone(whisper, waves):
-    """``step`` batches several streams: each gets the words it gets alone."""
+def test_streams_decoded_together_equal_alone(whisper, waves, monkeypatch):
+    """``step`` batches several streams (each made with its own options object, as the server makes them): each
+    gets the words it gets alone."""
     alone = []
     for wave in waves[:3]:
         alone.append([w.word for w in words_of(feed(whisper.live(), wave, 8000, every=True))])
     streams = [whisper.live() for _ in range(3)]
+    batches = []
+    sequential = live_module.longform.sequential
+
+    def counted(model, audio, *args, **kwargs):
+        batches.append((len(audio), kwargs["window_frames"]))
+        assert all(len(a) <= 160 * (kwargs["window_frames"] - 200) for a in audio)  # 2 s of silence after each
+        return sequential(model, audio, *args, **kwargs)
+
+    monkeypatch.setattr(live_module.longform, "sequential", counted)
     together: list[list[str]] = [[] for _ in range(3)]
     longest = max(len(w) for w in waves[:3])
     for i in range(0, longest, 8000):
@@ -108,6 +118,9 @@ def test_streams_decoded_together_equal_alone(whisper, waves):
     for k, update in enumerate(live_module.step(whisper, streams, final=True)):
         together[k] += [w.word for w in update.confirmed]
     assert together == alone
+    assert max(n for n, _ in batches) == 3, batches  # the streams were decoded together
+    # the encoder read each buffer and 2 s after it, in 5 s steps, not Whisper's whole 30 s window
+    assert {frames for _, frames in batches} <= {500, 1000, 1500}, batches
 
 
 def test_an_hour_of_silence_costs_no_decode_and_no_memory(whisper, monkeypatch):
@@ -149,6 +162,8 @@ def test_bad_options_are_refused_in_one_line(whisper):
         whisper.live(trim_seconds=40)
     with pytest.raises(ValueError, match="`min_chunk_seconds` must be a positive number of seconds, got -1"):
         whisper.live(min_chunk_seconds=-1)
+    with pytest.raises(ValueError, match="`full_window` must be True or False, got 'yes'"):
+        whisper.live(full_window="yes")
     stream = whisper.live()
     stream.finish()
     with pytest.raises(ValueError, match="this live stream is finished: start another"):

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from turboseq.runtime.cpu import Capability, at_least, auto_compute_type, cpu_info
-from turboseq.runtime.packed import Panels, prepack
+from turboseq.runtime.packed import Panels, fast_bf16, prepack
 from turboseq.runtime.spec import Embeddings, Linear, linears, parts, stacks
 
 COMPUTE_TYPES = ("float32", "bfloat16", "int8", "int8_bfloat16")
@@ -286,7 +286,7 @@ def prepare_linear(
     reduced = reduced and bf16
     if head and not reduced and on_cpu:
         # float32's LM head: one copy, in panels (its embedding table, if tied, looks up from them: ``prepare``)
-        lin.packed = Panels.of(source, staging.release, screen=True)
+        lin.packed = Panels.of(source, staging.release, screen=fast_bf16(source.device))
         lin.weight = source.to("meta")
         lin.bias = staging.keep(lin.bias, torch.float32)
         return
@@ -359,8 +359,11 @@ def prepare(spec, ct: ComputeType, staging: Staging | None = None) -> None:
 def spec_device(spec) -> torch.device:
     if hasattr(spec, "lm_head"):
         head = spec.lm_head
-        return head.packed.data.device if isinstance(head.packed, Panels) else head.weight.device
-    return spec.encoder.embed.tokens.device
+        device = head.packed.data.device if isinstance(head.packed, Panels) else head.weight.device
+    else:
+        device = spec.encoder.embed.tokens.device
+    # a packed CPU weight leaves a shape-only stand-in (an int8 head read from a converted directory)
+    return torch.device("cpu") if device.type == "meta" else device
 
 
 def weight_bytes(spec) -> int:

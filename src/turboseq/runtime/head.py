@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from turboseq.runtime.layers import linear
-from turboseq.runtime.packed import Panels, Screen
+from turboseq.runtime.packed import Panels, Screen, fast_bf16
 from turboseq.runtime.spec import Linear
 
 # blocks of this many columns: the vocabulary-wide reductions below run as a vectorized per-block maximum
@@ -84,7 +84,12 @@ class LMHead:
         screen = None
         if self.panels is not None:
             screen = self.panels.screen
-        elif lin.weight.dtype == torch.float32 and not lin.int8 and lin.weight.device.type != "meta":
+        elif (
+            lin.weight.dtype == torch.float32
+            and not lin.int8
+            and lin.weight.device.type != "meta"
+            and fast_bf16(lin.weight.device)
+        ):
             screen = Screen.of(lambda a, b: lin.weight[a:b], tuple(lin.weight.shape), lin.weight.device)
         self.screen = screen is not None
         if screen is not None:

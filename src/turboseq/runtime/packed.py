@@ -24,10 +24,22 @@ _GROUP_BYTES = 16 << 20
 _BLOCK_ROWS = 4096
 
 
+def fast_bf16(device: torch.device | str) -> bool:
+    """Whether bfloat16 products are native on ``device``: oneDNN's bfloat16 kernels need AVX-512 (BW, VL, DQ)
+    or AVX-NE-CONVERT; an AVX2-only CPU (AMD Zen 1-3, most laptops) has neither, and there a bfloat16 screen
+    would cost more than the float32 product it screens."""
+    if torch.device(device).type != "cpu":
+        return True
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def prepack(lin: Linear) -> None:
     """Reorder a CPU weight once into oneDNN's blocked layout (several times faster than BLAS for the 16-256
-    rows of batched decoding, no slower for one row; same precision, only the summation order differs)."""
+    rows of batched decoding, no slower for one row; same precision, only the summation order differs). A
+    bfloat16 weight stays dense on a CPU without native bfloat16 products (``fast_bf16``)."""
     if lin.weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
+        if lin.weight.dtype == torch.bfloat16 and not fast_bf16("cpu"):
+            return
         lin.packed = torch.ops.mkldnn._reorder_linear_weight(lin.weight.contiguous())
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from turboseq.formats.audio import SAMPLE_RATE
+from turboseq.formats.audio import HOP_LENGTH, SAMPLE_RATE
 from turboseq.generation.batching import RowHooks
 from turboseq.speech import longform
 from turboseq.speech.decoding import Options
@@ -32,6 +32,11 @@ _AFTER_UNSURE = 1.0  # the same for a word Whisper gives a probability under _SU
 _SURE = 0.5
 _TOKENS_PER_SECOND = 8  # text and timestamp tokens of fast speech, with room to spare
 _PAUSE_FRAMES = 6  # a run of this many frames without speech (0.19 s) is a pause the buffer may be cut in
+# the encoder reads the buffer and this much silence after it, in windows of whole steps (few shapes), not
+# Whisper's whole 30 s: on the held-out recording at a fixed decode cost (0.25 s) the word error rate read
+# 0.115 against 0.118 with full windows, at a third of the work per decode or less
+_WINDOW_PADDING_FRAMES = 200
+_WINDOW_STEP_FRAMES = 500
 
 
 @dataclass
@@ -64,8 +69,11 @@ class LiveOptions:
     max_buffer_seconds: float = 28.0  # hard limit: past it, words 5 s old are confirmed and the buffer cut
     silence_keep_seconds: float = 1.0  # a buffer with nothing to confirm keeps only its last seconds
     vad_threshold: float = 0.5  # Silero speech probability above which a frame is speech
+    full_window: bool = False  # the encoder reads Whisper's whole 30 s window, not the buffer and 2 s after it
 
     def check(self) -> None:
+        if not isinstance(self.full_window, bool):
+            raise ValueError(f"`full_window` must be True or False, got {self.full_window!r}")
         if not 0 < self.vad_threshold < 1:
             raise ValueError(f"`vad_threshold` must be in (0, 1), got {self.vad_threshold!r}")
         for name in ("min_chunk_seconds", "trim_seconds", "max_buffer_seconds", "silence_keep_seconds"):
@@ -346,27 +354,42 @@ class LiveTranscriber:
         self.offset = time
 
 
+def _window_frames(samples: int, live: LiveOptions) -> int:
+    """The mel frames a decode's encoder reads: the buffer (``samples``) and some silence in whole steps, or
+    Whisper's 30 s."""
+    need = samples // HOP_LENGTH + 1 + _WINDOW_PADDING_FRAMES
+    if live.full_window or need >= longform.WINDOW_FRAMES:
+        return longform.WINDOW_FRAMES
+    return -(-need // _WINDOW_STEP_FRAMES) * _WINDOW_STEP_FRAMES
+
+
 def step(model, streams: list[LiveTranscriber], final: bool = False) -> list[LiveUpdate]:
-    """One decode of each stream's buffer, all in one batch (streams with equal options together); a stream
-    with no speech since its last confirmed word is settled without a decode."""
+    """One decode of each stream's buffer, all in one batch (streams with equal options and window together,
+    so that a stream's words do not depend on the others); a stream with no speech since its last confirmed
+    word is settled without a decode."""
     updates: list[LiveUpdate | None] = [None] * len(streams)
-    groups: dict[int, list[int]] = {}
+    groups: dict[tuple[str, int], list[int]] = {}
+    buffers = [s.audio for s in streams]  # what each decode reads (audio may arrive meanwhile)
     for i, s in enumerate(streams):
-        if s.heard():
-            groups.setdefault(id(s.opts), []).append(i)
+        if s.heard():  # each stream holds its own ``Options``: equal ones share a batch
+            groups.setdefault((repr(s.opts), _window_frames(len(buffers[i]), s.live)), []).append(i)
         else:
             updates[i] = s.settle(None, final, len(s.audio), s.epoch)
-    for rows in groups.values():
+    for (_, frames), rows in groups.items():
         batch = [streams[i] for i in rows]
-        buffers = [s.audio for s in batch]  # what each decode reads (audio may arrive meanwhile)
+        audio = [buffers[i] for i in rows]
         epochs = [s.epoch for s in batch]
-        # a bound on the tokens of one decode, by its audio: a repetition loop costs a fraction of a second
-        longest = max(len(a) for a in buffers) / SAMPLE_RATE
+        # a bound on the tokens of one decode, by its window (the longest buffer where it is Whisper's 30 s): a
+        # repetition loop costs a fraction of a second
+        longest = max(len(a) for a in audio) / SAMPLE_RATE
+        if frames < longform.WINDOW_FRAMES:
+            longest = frames / longform.FRAMES_PER_SECOND
         cap = min(int(_TOKENS_PER_SECOND * longest) + 16, model.spec.max_positions // 2 - 8)  # prompt: the other half
         opts = batch[0].opts
         opts = replace(opts, max_new_tokens=min(cap, opts.max_new_tokens or cap))
-        segments = longform.sequential(model, buffers, opts, [s.sot_sequence for s in batch], len(batch), False,
-                                       RowHooks(None), prompts=[s.prompt() for s in batch], once=True)  # fmt: skip
-        for i, s, segs, audio, epoch in zip(rows, batch, segments, buffers, epochs):
-            updates[i] = s.settle(segs, final, len(audio), epoch)
+        segments = longform.sequential(model, audio, opts, [s.sot_sequence for s in batch], len(batch), False,
+                                       RowHooks(None), prompts=[s.prompt() for s in batch], once=True,
+                                       window_frames=frames)  # fmt: skip
+        for i, s, segs, wave, epoch in zip(rows, batch, segments, audio, epochs):
+            updates[i] = s.settle(segs, final, len(wave), epoch)
     return updates  # type: ignore[return-value]

@@ -118,11 +118,15 @@ def _add_words(model, hidden_rows, windows: list[list[WindowSegment]], num_frame
 
 def sequential(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[list[int]], batch_size: int,
                progress: bool, hooks: RowHooks, prompts: list[list[int]] | None = None,
-               once: bool = False) -> list[list[Segment]]:  # fmt: skip
+               once: bool = False, window_frames: int = WINDOW_FRAMES) -> list[list[Segment]]:  # fmt: skip
     """faster-whisper's sequential transcription of each wave (already VAD-filtered where asked); ``hooks``
     over the inputs: an abandoned input stops decoding. ``prompts``: each input's own previous text (tokens),
     in place of ``opts.initial_prompt``. ``once``: one window per input (at most 30 s), its words all kept:
-    the audio after the last word is not decoded again as the next window (live transcription's buffers)."""
+    the audio after the last word is not decoded again as the next window (live transcription's buffers).
+    ``window_frames``: the mel frames each window's encoder reads, fewer than Whisper's 3000 only where every
+    wave is shorter (live transcription's short buffers: the encoder's work falls with the square of it)."""
+    if window_frames < WINDOW_FRAMES and any(len(w) > window_frames * audio_io.HOP_LENGTH for w in waves):
+        raise ValueError(f"a window of {window_frames} mel frames is shorter than the audio it reads")
     text = model.whisper_text
     streams = [
         _Stream(i, audio_io.log_mel_long(w, model.n_mels), sot) for i, (w, sot) in enumerate(zip(waves, sot_sequences))
@@ -143,19 +147,22 @@ def sequential(model, waves: list[np.ndarray], opts: Options, sot_sequences: lis
                 break
             for b in range(0, len(active), batch_size):
                 group = [streams[i] for i in active[b : b + batch_size]]
-                moved = _sequential_round(model, group, opts, max_initial, hooks.select([s.index for s in group]))
+                rows = hooks.select([s.index for s in group])
+                moved = _sequential_round(model, group, opts, max_initial, rows, window_frames)
                 bar.update(round(moved / FRAMES_PER_SECOND, 1))
             if once:
                 break
     return [s.segments for s in streams]
 
 
-def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial: int, hooks: RowHooks) -> int:
-    """One window of each stream: encode, decode with fallback, cut into segments, words; returns the frames
-    the streams moved on."""
+def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial: int, hooks: RowHooks,
+                      window_frames: int = WINDOW_FRAMES) -> int:  # fmt: skip
+    """One window of each stream: encode (its first ``window_frames``), decode with fallback, cut into
+    segments, words; returns the frames the streams moved on."""
     text = model.whisper_text
-    sizes = [min(WINDOW_FRAMES, s.content_frames - s.seek) for s in streams]
+    sizes = [min(window_frames, s.content_frames - s.seek) for s in streams]
     feats = torch.stack([audio_io.window_features(s.features, s.seek, n) for s, n in zip(streams, sizes)])
+    feats = feats[..., :window_frames]
     hidden, _ = model.encode(feats, None)
     cross_kv = model.cross_kv(hidden)  # built once: every temperature and the word alignment share them
     prompts = [
