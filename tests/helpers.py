@@ -573,7 +573,9 @@ def compute_types(*names: str) -> list:
     from turboseq.runtime.compute import supported_compute_types
 
     supported = supported_compute_types()
-    return [pytest.param(n, marks=pytest.mark.skipif(n not in supported, reason=f"this CPU runs no {n}")) for n in names]
+    return [
+        pytest.param(n, marks=pytest.mark.skipif(n not in supported, reason=f"this CPU runs no {n}")) for n in names
+    ]
 
 
 def runs(compute_type: str) -> bool:

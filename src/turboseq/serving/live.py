@@ -16,6 +16,7 @@ import asyncio
 import json
 import time
 import weakref
+from dataclasses import replace
 
 import numpy as np
 
@@ -85,6 +86,12 @@ class Hub:
                 group = [s for s in self.sessions if (s.flushing if final else s.stream.due and not s.flushing)]
                 if not group:
                     continue
+                # several streams share the engine: each decode's encoder reads its buffer, not a whole 30 s
+                # window (a third of the work or less), so that they keep pace; a stream alone gets full windows
+                shared = len(self.sessions) > 1
+                for s in group:
+                    if s.stream.live.full_window == shared:
+                        s.stream.live = replace(s.stream.live, full_window=not shared)
                 start = time.perf_counter()
                 self.busy = set(group)
                 try:

@@ -344,16 +344,16 @@ class SpeechModel(EncoderDecoder):
         min_chunk_seconds: float = 0.5,
         trim_seconds: float = 6.0,
         max_buffer_seconds: float = 28.0,
-        full_window: bool = False,
+        full_window: bool = True,
         **options,
     ):
         """A live stream (``turboseq.speech.live.LiveTranscriber``): ``append`` audio chunks as they come,
         ``process()`` whenever ``due``, ``finish()`` at the end; each returns a ``LiveUpdate`` of newly confirmed
         words and the unconfirmed tail. Takes ``transcribe``'s options; beam 5 at temperature 0 by default
         (no fallback: a decode is redone half a second later anyway). ``language=None`` on a multilingual model
-        is English (no audio to detect it from yet). The encoder reads the buffer and 2 s after it, not Whisper's
-        whole 30 s window (``full_window=True``): a third of the work per decode or less, the same word error
-        rate on the held-out recording (docs/speech.md)."""
+        is English (no audio to detect it from yet). ``full_window=False``: the encoder reads the buffer and 2 s
+        after it, not Whisper's whole 30 s window: a third of the work per decode or less, at some cost in
+        words (docs/speech.md); the server uses it while several streams share the engine."""
         from turboseq.speech.live import LiveOptions, LiveTranscriber
 
         if options.get("word_timestamps") is False:
