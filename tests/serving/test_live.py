@@ -96,10 +96,15 @@ def test_openai_sdk_receives_deltas_and_completed_turns(server, waves, whisper):
     kinds = [e.type for e in events]
     assert kinds.count("input_audio_buffer.speech_started") == 2 and kinds.count("input_audio_buffer.committed") == 2
     completed = [e for e in events if e.type == "conversation.item.input_audio_transcription.completed"]
-    for turn, sentence in zip(completed, [offline(whisper, waves[0]), offline(whisper, waves[2])]):
+    from turboseq.bench.speech import SENTENCES
+
+    for turn, k in zip(completed, [0, 2]):
         deltas = [e.delta for e in events if e.type.endswith(".delta") and e.item_id == turn.item_id]
         assert "".join(deltas).strip() == turn.transcript
-        assert word_error_rate([sentence], [turn.transcript]) <= 0.25, turn.transcript
+        # against what was said, beside the offline transcription's own errors on these short clips (on a Zen 3
+        # live heard "round-fark ... lazy dog" where offline heard "roundfark ... lazy nog")
+        heard = word_error_rate([SENTENCES[k]], [offline(whisper, waves[k])])
+        assert word_error_rate([SENTENCES[k]], [turn.transcript]) <= heard + 0.25, turn.transcript
         assert turn.usage.type == "duration" and turn.usage.seconds > 1
     assert completed[0].item_id != completed[1].item_id
 
