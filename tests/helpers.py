@@ -570,12 +570,7 @@ def compute_types(*names: str) -> list:
     AVX-512 or AMX: an AVX2-only CPU runs float32 and int8)."""
     import pytest
 
-    from turboseq.runtime.compute import supported_compute_types
-
-    supported = supported_compute_types()
-    return [
-        pytest.param(n, marks=pytest.mark.skipif(n not in supported, reason=f"this CPU runs no {n}")) for n in names
-    ]
+    return [pytest.param(n, marks=pytest.mark.skipif(not runs(n), reason=f"this CPU runs no {n}")) for n in names]
 
 
 def runs(compute_type: str) -> bool:

@@ -59,11 +59,7 @@ def supported_compute_types(device: torch.device | str = "cpu") -> list[str]:
         return ["float32", "bfloat16"]  # the int8 kernels here are CPU kernels
     names = ["float32"]
     level = cpu_info().capability
-    if (
-        level >= Capability.AVX512_VNNI
-        and torch.backends.mkldnn.is_available()
-        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    ):
+    if level >= Capability.AVX512_VNNI and fast_bf16("cpu"):
         names.append("bfloat16")
     if level >= Capability.AVX2 and "fbgemm" in torch.backends.quantized.supported_engines:
         names.append("int8")
