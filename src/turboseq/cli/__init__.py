@@ -7,30 +7,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from turboseq.cli.arguments import CAUSAL_NEW_TOKENS, VERB_KINDS
+from turboseq.cli.arguments import CAUSAL_NEW_TOKENS, VERB_KINDS, check_kind
 from turboseq.cli.parser import build_parser
+from turboseq.cli.serve import serve_verb
 from turboseq.errors import MissingExtra
 
 __all__ = ["main", "build_parser", "VERB_KINDS"]
-
-
-def _check_kind(args, verb: str) -> None:
-    """Refuses the wrong kind of model for ``verb``, from its config alone (before any weight is read)."""
-    from turboseq.load import inspect
-
-    info = inspect(args.model)
-    if info.kind not in VERB_KINDS[verb]:
-        others = [f"turboseq {v}" for v, kinds in VERB_KINDS.items() if info.kind in kinds]
-        raise ValueError(
-            f"{args.model} is {info.describe()}; `turboseq {verb}` does not serve it (its verbs: {', '.join(others)})"
-        )
 
 
 def _load(args, verb: str):
     """The model at ``--model``, once its kind is checked for ``verb``."""
     from turboseq.load import load
 
-    _check_kind(args, verb)
+    check_kind(args, verb)
     return load(
         args.model,
         dtype=getattr(args, "dtype", None),
@@ -212,94 +201,12 @@ def _convert(args) -> int:
     return 0
 
 
-def _serve(args) -> int:
-    from turboseq.serving.app import serve
-    from turboseq.serving.config import ServerConfig
-    from turboseq.serving.rayserve import BATCH_WAIT_MS as RAY_WAIT_MS  # imports no Ray
-
-    _check_kind(args, "serve")  # the server loads the model itself
-    wait_ms = args.batch_wait_ms
-    if wait_ms is None:
-        wait_ms = RAY_WAIT_MS if args.ray else ServerConfig.batch_wait_ms
-    config = ServerConfig(
-        max_batch_size=args.max_batch_size,
-        max_batch_tokens=args.max_batch_tokens,
-        batch_wait_ms=wait_ms,
-        max_queue=args.max_queue,
-        request_timeout_s=args.request_timeout_s,
-        timeout_per_audio_second=args.timeout_per_audio_second,
-        max_input_tokens=args.max_input_tokens,
-        max_payload_bytes=args.max_payload_bytes,
-        batching=not args.no_batching,
-        continuous_batching=not args.no_continuous_batching,
-        max_beams=args.max_beams,
-        max_return_sequences=args.max_return_sequences,
-        max_new_tokens=args.max_new_tokens,
-        max_request_cost=args.max_request_cost,
-        max_audio_seconds=args.max_audio_seconds,
-        max_connections=args.max_connections,
-        header_timeout_s=args.header_timeout_s,
-        body_timeout_s=args.body_timeout_s,
-        keep_alive_timeout_s=args.keep_alive_timeout_s,
-        max_request_audio_seconds=args.max_request_audio_seconds,
-        max_queued_audio_seconds=args.max_queued_audio_seconds,
-        max_stop_sequences=args.max_stop_sequences,
-        max_parameter_items=args.max_parameter_items,
-        max_parameter_chars=args.max_parameter_chars,
-        max_live_streams=args.max_live_streams,
-        max_live_seconds=args.max_live_seconds,
-        live_idle_timeout_s=args.live_idle_timeout_s,
-        max_live_frame_bytes=args.max_live_frame_bytes,
-        first_byte_timeout_s=args.first_byte_timeout_s,
-        max_connections_per_client=args.max_connections_per_client,
-        drain_timeout_s=args.drain_timeout_s,
-    )
-    if args.ray:
-        from turboseq.serving.rayserve import serve_on_ray
-
-        proxy_owned = (
-            "max_connections",
-            "header_timeout_s",
-            "keep_alive_timeout_s",
-            "first_byte_timeout_s",
-            "max_connections_per_client",
-        )
-        if any(getattr(args, name) != getattr(ServerConfig, name) for name in proxy_owned):
-            raise ValueError(
-                "--max-connections, --max-connections-per-client and the header/keep-alive/first-byte timeouts are "
-                "Ray's proxy's under --ray"
-            )
-        return serve_on_ray(
-            args.model,
-            args.host,
-            args.port,
-            config,
-            compute_type=args.compute_type or args.dtype,
-            replicas=args.replicas,
-            max_replicas=args.max_replicas,
-            num_cpus=args.num_cpus_per_replica,
-            address=args.ray_address,
-            log_level=args.log_level,
-        )
-    if args.replicas != 1 or args.max_replicas or args.ray_address or args.num_cpus_per_replica != 1.0:
-        raise ValueError("--replicas, --max-replicas, --num-cpus-per-replica and --ray-address need --ray")
-    return serve(
-        args.model,
-        args.host,
-        args.port,
-        config,
-        dtype=args.dtype,
-        compute_type=args.compute_type,
-        log_level=args.log_level,
-    )
-
-
 def _batch(args) -> int:
     import json
 
     from turboseq.batch import run_job
 
-    _check_kind(args, "batch")
+    check_kind(args, "batch")
     options = {}
     if args.parameters:
         try:
@@ -431,7 +338,7 @@ VERBS = {
     "embed": _embed,
     "export": _export,
     "convert": _convert,
-    "serve": _serve,
+    "serve": serve_verb,
     "batch": _batch,
     "bench": _bench,
 }

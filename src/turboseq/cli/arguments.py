@@ -135,3 +135,15 @@ def text_io_options(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help=f"{what} file (default: stdout)")
     p.add_argument("--truncation", action="store_true", help="cut inputs longer than the model's positions")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def check_kind(args, verb: str) -> None:
+    """Refuses the wrong kind of model for ``verb``, from its config alone (before any weight is read)."""
+    from turboseq.load import inspect
+
+    info = inspect(args.model)
+    if info.kind not in VERB_KINDS[verb]:
+        others = [f"turboseq {v}" for v, kinds in VERB_KINDS.items() if info.kind in kinds]
+        raise ValueError(
+            f"{args.model} is {info.describe()}; `turboseq {verb}` does not serve it (its verbs: {', '.join(others)})"
+        )

@@ -16,7 +16,13 @@ def add_serve(verbs) -> None:
         "(/health is 503 until then). Concurrent requests with the same parameters are merged into engine batches. "
         "SIGTERM: stop accepting, finish requests in flight, exit 0.",
     )
-    sv.add_argument("--model", required=True, metavar="DIR", help="model directory")
+    sv.add_argument(
+        "--model",
+        action="append",
+        metavar="[NAME=]DIR[:COMPUTE_TYPE]",
+        help="model directory; repeat it (NAME=DIR, optionally :int8, :bfloat16...) to serve several models, each "
+        "asked for by name (the `model` field, or /models/NAME/...)",
+    )
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     sv.add_argument("--port", type=port, default=8000, help="port (default: 8000)")
     sv.add_argument("--max-batch-size", type=positive_int, default=32, help="inputs per engine batch and per request")
@@ -41,6 +47,7 @@ def add_serve(verbs) -> None:
         type=positive_int,
         help="request body limit, 413 above (default: 1 MiB; 25 MiB for speech models)",
     )
+    _serve_models(sv)
     _serve_limits(sv)
     _serve_connections(sv)
     _serve_ray(sv)
@@ -52,6 +59,34 @@ def add_serve(verbs) -> None:
     )
     dtype_option(sv)
     sv.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
+
+
+def _serve_models(sv) -> None:
+    many = sv.add_argument_group("several models (more than one --model, or --models-dir)")
+    many.add_argument("--models-dir", metavar="DIR", help="serve every model directory under DIR, named by its folder")
+    many.add_argument(
+        "--default-model", metavar="NAME", help="the model of requests that name none (default: the first)"
+    )
+    many.add_argument(
+        "--preload",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="load at start ('all': every model); the others load on their first request",
+    )
+    many.add_argument("--idle-unload-s", type=seconds, help="unload a model unused this long (default: never)")
+    many.add_argument(
+        "--memory-budget",
+        metavar="BYTES",
+        help="bytes of loaded models (e.g. 2G): the least recently used idle model is unloaded before another "
+        "loads (default: no limit)",
+    )
+    many.add_argument(
+        "--load-wait-s",
+        type=non_negative,
+        default=60.0,
+        help="a request for a model that is loading waits this long, then gets 503 with Retry-After (default: 60)",
+    )
 
 
 def _serve_limits(sv) -> None:

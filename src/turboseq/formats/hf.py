@@ -17,7 +17,7 @@ from turboseq.runtime.memory import drop_pages
 
 
 def read_json(path: Path, required: bool = True) -> dict | None:
-    if not path.is_file():
+    if not path.exists() or path.is_dir():  # a pipe is read like a file
         if required:
             raise ModelLoadError(f"{path}: file not found")
         return None

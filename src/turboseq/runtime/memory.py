@@ -86,3 +86,12 @@ def release_free_memory() -> None:
             _libc().malloc_trim(0)
         except (OSError, AttributeError):
             pass
+
+
+def resident_bytes() -> int:
+    """This process's resident memory, in bytes (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * mmap.PAGESIZE
+    except OSError:
+        return 0

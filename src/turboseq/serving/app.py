@@ -15,7 +15,6 @@ means the same as alone).
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -34,7 +33,7 @@ from turboseq.serving.requests import Parsed, RequestError, check_parameter_size
 from turboseq.serving.tasks import StreamEvents, Task, task_for
 from turboseq.version import __version__
 
-__all__ = ["ServerConfig", "RequestError", "create_app", "serve"]
+__all__ = ["ServerConfig", "RequestError", "create_app"]
 
 
 class Service:
@@ -427,73 +426,3 @@ def _add_task_routes(app, service: Service) -> None:
             app.add_api_websocket_route(route.path, socket(route.handler))
         else:
             app.add_api_route(route.path, endpoint(route.handler), methods=list(route.methods))
-
-
-def serve(
-    model_dir: str,
-    host: str,
-    port: int,
-    config: ServerConfig,
-    dtype: str | None = None,
-    log_level="info",
-    compute_type: str | None = None,
-):
-    """Run the server until SIGTERM/SIGINT; on either, the server stops listening (new connections are refused),
-    idle keep-alive connections are closed, requests in flight (streams included) finish, and the process exits
-    0. Until the listener closes, /health answers 503 and new requests on open connections get 503."""
-    import logging
-    import os
-
-    import uvicorn
-
-    from turboseq.load import load
-    from turboseq.serving.connections import GuardedH11, RateLimitedErrors, raise_open_file_limit
-
-    config.check()
-    raise_open_file_limit()  # room for --max-connections sockets besides the model's files
-    logging.getLogger("asyncio").addFilter(RateLimitedErrors())
-
-    # oneDNN keeps a compiled kernel per matmul shape; a server sees every row count as batches shrink, and the
-    # default cache (1024 kernels) grows RSS with them. 64 recent shapes keep the throughput (checked with
-    # python -m turboseq.bench.loadtest). The environment wins if set.
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
-    model = load(model_dir, dtype=dtype, compute_type=compute_type)
-    app = create_app(model, config=config)
-    protocol = GuardedH11.configure(
-        config.max_connections,
-        config.header_timeout_s,
-        config.body_timeout_s,
-        config.first_byte_timeout_s,
-        config.max_connections_per_client,
-        app.state.service.config.max_payload_bytes,  # the task's default where the flag is not given
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level=log_level,
-            timeout_graceful_shutdown=config.drain_seconds,
-            http=protocol,
-            timeout_keep_alive=config.keep_alive_timeout_s,
-            h11_max_incomplete_event_size=64 * 1024,
-        )
-    )
-    original = server.handle_exit
-
-    def handle_exit(sig, frame):
-        if app.state.service.draining:  # a second signal: exit now, without waiting for anything
-            logging.getLogger("uvicorn.error").warning("turboseq: second signal, exiting at once")
-            logging.shutdown()
-            os._exit(1)
-        app.state.service.draining = True
-        original(sig, frame)
-
-    server.handle_exit = handle_exit
-    app.state.service.on_warmup_failure = lambda: setattr(server, "should_exit", True)
-    # uvicorn re-raises the captured signal after its graceful shutdown, to the handler that was installed
-    # before it: make that a no-op so that a drained server exits 0
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
-    server.run()
-    return 1 if app.state.service.warmup_error else 0
