@@ -140,3 +140,11 @@ def test_the_openai_sdk_lists_the_model_and_completes_with_it(lm_server, gpt2_te
     assert f"unknown model 'gpt-9'; this server serves {name!r}" in str(caught.value.body)
     done = client.completions.create(model=name, prompt=PROMPTS[0], max_tokens=6, temperature=0)
     assert done.choices[0].text == model.generate_text(PROMPTS[:1], max_new_tokens=6)[0]
+
+
+def test_chat_needs_a_chat_template(lm_server):
+    body = {"model": "x", "messages": [{"role": "user", "content": "Hello"}]}
+    r = httpx.post(lm_server.url + "/v1/chat/completions", json=body)
+    assert r.status_code == 422 and r.json()["error"].endswith(
+        "has no chat template (tokenizer_config.json's chat_template): send a plain prompt instead"
+    )

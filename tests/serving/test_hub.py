@@ -18,7 +18,23 @@ def dirs(tmp_path_factory, ct2_dir, minilm):
     root = tmp_path_factory.mktemp("hub")
     make_marian_with_tokenizer(root / "marian", "swish-untied-4h")
     make_causal(root / "gpt2", "gpt2", vocab_size=512, tokenizer=True)
+    _add_chat_template(root / "gpt2")
     return {"marian": root / "marian", "gpt2": root / "gpt2", "minilm": minilm[3], "whisper": ct2_dir}
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is the station?"}]
+
+
+def _add_chat_template(path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +87,10 @@ def test_the_openai_sdk_picks_each_model_by_name(hub, dirs, clip):
     heard = client.audio.transcriptions.create(model="whisper", file=clip.open("rb"))
     whisper = turboseq.load(dirs["whisper"], compute_type="int8")
     assert heard.text == whisper.transcribe(clip).text.strip()
+
+    with pytest.raises(openai.UnprocessableEntityError) as caught:  # tiny.en: English only
+        client.audio.translations.create(model="whisper", file=clip.open("rb"))
+    assert "English-only Whisper model" in str(caught.value.body)
 
     # no model named: the default; an unknown name where the default lacks the route: 404 naming the models
     marian = turboseq.load(dirs["marian"])
@@ -171,3 +191,37 @@ def test_an_idle_model_is_unloaded_and_its_memory_freed(dirs):
         r = httpx.post(srv.url + "/v1/audio/transcriptions", files={"file": ("x.wav", b"RIFF", "audio/wav")})
         assert r.status_code == 400 and "audio" in r.json()["error"]  # loaded again; its own app reads the file
         assert httpx.get(srv.url + "/health").json()["models"]["w"] == "ready"
+
+
+def test_the_openai_sdk_chats_with_a_chat_template(hub, dirs):
+    import openai
+    import torch
+    from transformers import AutoTokenizer
+
+    import turboseq
+
+    client = openai.OpenAI(base_url=hub.url + "/v1", api_key="unused", max_retries=0)
+    gpt2, tokenizer = turboseq.load(dirs["gpt2"]), AutoTokenizer.from_pretrained(dirs["gpt2"])
+    ids = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if not isinstance(ids, list) else ids
+    out = gpt2.generate(torch.tensor([ids]), max_new_tokens=8)[0, len(ids) :]
+    expected = tokenizer.decode(out, skip_special_tokens=True)
+
+    done = client.chat.completions.create(model="gpt2", messages=CHAT, max_tokens=8, temperature=0)
+    assert done.choices[0].message.role == "assistant" and done.choices[0].message.content == expected
+    assert done.usage.prompt_tokens == len(ids) and done.choices[0].finish_reason in ("length", "stop")
+    stream = client.chat.completions.create(model="gpt2", messages=CHAT, max_tokens=8, temperature=0, stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[-1].choices[0].finish_reason is not None
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+    scored = client.chat.completions.create(
+        model="gpt2", messages=CHAT, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = scored.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == expected and all(len(t.top_logprobs) == 2 for t in content)
+    assert all(t.logprob == max(top.logprob for top in t.top_logprobs) for t in content)  # greedy: the best
+
+    r = httpx.post(hub.url + "/v1/chat/completions", json={"model": "gpt2", "messages": [{"role": "robot"}]})
+    assert r.status_code == 422 and "role" in r.json()["error"]
+    r = httpx.post(hub.url + "/v1/chat/completions", json={"model": "gpt2", "messages": CHAT, "tools": [{}]})
+    assert r.status_code == 422 and r.json()["error"] == "`tools` are not supported"

@@ -125,3 +125,28 @@ def test_language_detection_segments_vote(multilingual, whisper, waves):
     assert (first, probability) == windows[0][:2]
     with pytest.raises(ValueError, match="detect_language needs a multilingual Whisper model"):
         whisper.detect_language(audio)
+
+
+def test_the_openai_sdk_translates_speech(multilingual, clips):
+    """``/v1/audio/translations`` runs ``transcribe(task="translate")`` (random weights: the plumbing, not the
+    English; their low log-probabilities make every window fall back to sampling, so the text is not compared).
+    ``--max-new-tokens`` cuts a window's budget where a request sets none."""
+    import openai
+
+    from turboseq.serving.process import ServerProcess
+
+    model, _, path = multilingual
+    with ServerProcess(path, "--max-new-tokens", "8") as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        got = client.audio.translations.create(
+            model="whisper-1", file=clips[0].open("rb"), response_format="verbose_json"
+        )
+        assert got.task == "translate" and got.language == model.detect_language(clips[0])[0]
+        assert got.segments and all(
+            len(s.tokens) <= 6 for s in got.segments
+        )  # the budget of 8: CTranslate2's half, see above
+        with pytest.raises(openai.UnprocessableEntityError) as caught:
+            client.audio.translations.with_raw_response.create(
+                model="w", file=clips[0].open("rb"), extra_body={"language": "de"}
+            )
+        assert "unknown field(s): language" in str(caught.value.body)

@@ -253,6 +253,22 @@ class CausalLM(Engine):
                 rows[i] = ids[len(ids) - limit :]
         return rows
 
+    def encode_chat(self, messages: list[dict], limit: int | None = None) -> list[int]:
+        """Token ids of a conversation (``[{"role", "content"}, ...]``) rendered by the tokenizer's chat template,
+        ending with the assistant's turn to speak, as ``tokenizer.apply_chat_template(messages,
+        add_generation_prompt=True)`` gives them. ValueError if the model has no chat template; InputTooLong past
+        ``limit`` tokens."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(
+                f"{self.path} has no chat template (tokenizer_config.json's chat_template): send a plain prompt instead"
+            )
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # newer transformers return a BatchEncoding
+            ids = ids["input_ids"]
+        if limit is not None and len(ids) > limit:
+            raise InputTooLong(0, len(ids), limit, "shorten the conversation")
+        return list(ids)
+
     def generate_text(
         self,
         texts: Sequence[str],

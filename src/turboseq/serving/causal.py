@@ -200,7 +200,9 @@ class CompletionTask(GenerationTask):
     # --- OpenAI /v1/completions -----------------------------------------------------------------------------
 
     def routes(self):
-        return [Route("/v1/completions", self.openai_completions)]
+        from turboseq.serving.chat import chat_completions
+
+        return [Route("/v1/completions", self.openai_completions), Route("/v1/chat/completions", chat_completions)]
 
     async def openai_completions(self, service, request):
         """OpenAI's ``/v1/completions``: plain or streamed (completion chunks, then ``[DONE]``)."""
@@ -327,12 +329,15 @@ class _CompletionChunks(StreamEvents):
             return []
         self.sent += ready
         self.pending = self.pending[len(ready) :]
-        return [sse_event(_completion_chunk(self.head, ready, None, self._logprobs(ready)))]
+        return [sse_event(self.chunk(ready, None, self._logprobs(ready)))]
+
+    def chunk(self, text: str, reason: str | None, logprobs: dict | None) -> dict:
+        return _completion_chunk(self.head, text, reason, logprobs)
 
     def end(self, text: str, reason: str) -> list[str]:
         rest = text[len(self.sent) :] if text.startswith(self.sent) else ""
         self.sent += rest
-        final = _completion_chunk(self.head, rest, "length" if reason == "length" else "stop", self._logprobs(rest))
+        final = self.chunk(rest, "length" if reason == "length" else "stop", self._logprobs(rest))
         return [sse_event(final), "data: [DONE]\n\n"]
 
 

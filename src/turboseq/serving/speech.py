@@ -164,6 +164,10 @@ class SpeechTask(Task[SpeechRequest]):
             raise ValueError("`batched` must be a boolean")
         if batched:
             params["batch_size"] = self.max_batch_size
+        positions = self.model.spec.max_positions
+        if "max_new_tokens" not in params and (self.max_new_tokens or positions) < positions - 4:
+            # a server whose --max-new-tokens is below a window's default budget cuts the budget to it
+            params["max_new_tokens"] = min(self.max_new_tokens, positions // 2)
         self.model.transcribe([], **params)  # the options are checked here, once, before any audio is decoded
         beams = params.get("beam_size", 5)
         s = self.model.settings(num_beams=beams, max_new_tokens=params.get("max_new_tokens"))
@@ -203,6 +207,7 @@ class SpeechTask(Task[SpeechRequest]):
 
         return [
             Route("/v1/audio/transcriptions", self.openai_transcriptions),
+            Route("/v1/audio/translations", self.openai_translations),
             Route("/v1/realtime", realtime.realtime, websocket=True),  # OpenAI's Realtime API, transcription sessions
             Route("/v1/audio/live", live.plain, websocket=True),  # PCM16 frames in, JSON words out
         ]
@@ -212,28 +217,17 @@ class SpeechTask(Task[SpeechRequest]):
         verbose_json; optional ``language``, ``model``, ``prompt`` (the first window's initial prompt),
         ``temperature`` (0: the fallback temperatures 0, 0.2, ..., 1.0, as OpenAI; above: that temperature)
         and ``timestamp_granularities[]`` (segment and/or word; verbose_json only)."""
+        return await self._openai_audio(service, request, "transcribe")
+
+    async def openai_translations(self, service, request):
+        """OpenAI's translation API: the speech in English, with the transcription API's fields but ``language``
+        (a multilingual model; an English-only one refuses it)."""
+        return await self._openai_audio(service, request, "translate")
+
+    async def _openai_audio(self, service, request, task: str):
         from fastapi.responses import PlainTextResponse
 
-        service.ensure_ready()
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise RequestError(415, "send multipart/form-data with a `file` field", "unsupported_media_type")
-        await service.read_body(request)  # counted as it arrives; the form parser then reads it from memory
-        try:
-            form = await request.form(max_files=2, max_fields=16)
-        except Exception as err:  # starlette's parser raises its own types for malformed or oversized forms
-            raise RequestError(
-                400, f"malformed multipart form ({getattr(err, 'detail', err)})", "invalid_form"
-            ) from None
-        allowed = {"file", "model", "response_format", "language", "temperature", "prompt"} | set(_GRANULARITIES)
-        unknown = set(form) - allowed
-        if unknown:
-            raise invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
-        for name in form:
-            values = form.getlist(name)
-            if len(values) > 1 and name not in _GRANULARITIES:
-                raise invalid(f"`{name}` appears {len(values)} times; send it once")
-            if name != "file" and not all(isinstance(v, str) for v in values):
-                raise invalid(f"`{name}` must be a plain form field, not a file")
+        form = await _read_form(service, request, task)
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise invalid("`file` (an audio file upload) is required")
@@ -260,6 +254,8 @@ class SpeechTask(Task[SpeechRequest]):
             params["language"] = form["language"]
         if form.get("prompt"):
             params["initial_prompt"] = form["prompt"]
+        if task == "translate":
+            params["task"] = "translate"
         blob = await upload.read()
         waves, release = await service.off_loop(self.decode, [blob])
         parsed = Parsed(waves, [0], 1, params, True, release=release)
@@ -287,6 +283,31 @@ class SpeechTask(Task[SpeechRequest]):
                 for w in seg.words or []
             ]
         return out
+
+
+async def _read_form(service, request, task: str):
+    """The request's multipart form, its fields checked (one of each, plain text but ``file``)."""
+    service.ensure_ready()
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise RequestError(415, "send multipart/form-data with a `file` field", "unsupported_media_type")
+    await service.read_body(request)  # counted as it arrives; the form parser then reads it from memory
+    try:
+        form = await request.form(max_files=2, max_fields=16)
+    except Exception as err:  # starlette's parser raises its own types for malformed or oversized forms
+        raise RequestError(400, f"malformed multipart form ({getattr(err, 'detail', err)})", "invalid_form") from None
+    allowed = {"file", "model", "response_format", "temperature", "prompt"} | set(_GRANULARITIES)
+    if task == "transcribe":
+        allowed.add("language")
+    unknown = set(form) - allowed
+    if unknown:
+        raise invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
+    for name in form:
+        values = form.getlist(name)
+        if len(values) > 1 and name not in _GRANULARITIES:
+            raise invalid(f"`{name}` appears {len(values)} times; send it once")
+        if name != "file" and not all(isinstance(v, str) for v in values):
+            raise invalid(f"`{name}` must be a plain form field, not a file")
+    return form
 
 
 _GRANULARITIES = ("timestamp_granularities[]", "timestamp_granularities")

@@ -73,6 +73,7 @@ class Task(Generic[S]):
         self.max_input_tokens = min(config.max_input_tokens or positions, positions)  # --max-input-tokens
         self.max_batch_size = config.max_batch_size  # inputs per engine batch and per request
         self.max_beams = config.max_beams  # the widest batch a warm-up runs
+        self.max_new_tokens = config.max_new_tokens  # --max-new-tokens
 
     def parse(self, raw: bytes, content_type: str, limit: int) -> Parsed:
         """The body of ``POST /`` as engine rows; raises RequestError."""
