@@ -8,8 +8,8 @@ import time
 import uuid
 
 from turboseq.errors import InputTooLong
-from turboseq.serving.causal import _completion_params, _CompletionChunks
 from turboseq.serving.logprobs import MAX_TOP_N_TOKENS, openai_logprobs
+from turboseq.serving.openai_text import CompletionChunks, completion_params
 from turboseq.serving.requests import (
     Parsed,
     RequestError,
@@ -35,7 +35,7 @@ async def chat_completions(service, request):
         decode_json(await service.read_body(request), service.config.max_payload_bytes), _CHAT_FIELDS, "messages"
     )
     messages = _messages(body["messages"])
-    _, params, stream = _completion_params(_as_completion(body))
+    _, params, stream = completion_params(_as_completion(body))
 
     def encode():
         with task.tokenizer_lock:
@@ -150,7 +150,7 @@ def _chat_logprobs(completion: dict) -> dict:
     }
 
 
-class _ChatChunks(_CompletionChunks):
+class _ChatChunks(CompletionChunks):
     """Chat completion chunks: the first says the role, each carries a ``delta``."""
 
     first = True
