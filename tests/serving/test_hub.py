@@ -2,6 +2,7 @@
 on their first request, a slow or broken one delays nobody else, a memory budget unloads the least recently used
 idle model, an idle one is unloaded, and each unload gives its memory back."""
 
+import json
 import os
 import shutil
 import time
@@ -19,7 +20,12 @@ def dirs(tmp_path_factory, ct2_dir, minilm):
     make_marian_with_tokenizer(root / "marian", "swish-untied-4h")
     make_causal(root / "gpt2", "gpt2", vocab_size=512, tokenizer=True)
     _add_chat_template(root / "gpt2")
-    return {"marian": root / "marian", "gpt2": root / "gpt2", "minilm": minilm[3], "whisper": ct2_dir}
+    make_marian_with_tokenizer(root / "back", "gelu-tied-2h")  # German to English, by its tokenizer_config
+    config = json.loads((root / "back" / "tokenizer_config.json").read_text())
+    config.update(source_lang="de", target_lang="en")
+    (root / "back" / "tokenizer_config.json").write_text(json.dumps(config))
+    paths = {"marian": root / "marian", "gpt2": root / "gpt2", "minilm": minilm[3], "whisper": ct2_dir}
+    return paths | {"back": root / "back"}
 
 
 CHAT_TEMPLATE = (
@@ -55,10 +61,10 @@ def hub(dirs, tmp_path_factory):
             (slow / f.name).symlink_to(f)
     os.mkfifo(slow / "config.json")
     (broken / "config.json").write_text('{"model_type": "marian", "d_model": ')
-    models = [f"{name}={path}" for name, path in dirs.items() if name != "whisper"]
-    models += [f"whisper={dirs['whisper']}:int8", f"slow={slow}", f"broken={broken}"]
+    models = [f"{name}={path}" for name, path in dirs.items() if name not in ("whisper", "back")]
+    models += [f"whisper={dirs['whisper']}:int8", f"back={dirs['back']}", f"slow={slow}", f"broken={broken}"]
     args = [a for m in models[1:] for a in ("--model", m)]
-    preload = [a for name in dirs for a in ("--preload", name)]
+    preload = [a for name in dirs for a in ("--preload", name)]  # all but slow and broken
     srv = ServerProcess(models[0], *args, *preload, "--load-wait-s", "1", "--max-batch-size", "4")
     srv.slow_config, srv.real_config = slow / "config.json", dirs["marian"] / "config.json"
     yield srv
@@ -73,8 +79,8 @@ def test_the_openai_sdk_picks_each_model_by_name(hub, dirs, clip):
 
     client = openai.OpenAI(base_url=hub.url + "/v1", api_key="unused", max_retries=0)
     listed = {m.id: m for m in client.models.list().data}
-    assert list(listed) == ["marian", "gpt2", "minilm", "whisper", "slow", "broken"]
-    assert [m.status for m in listed.values()] == ["ready"] * 4 + ["unloaded"] * 2 and listed["marian"].default
+    assert list(listed) == ["marian", "gpt2", "minilm", "whisper", "back", "slow", "broken"]
+    assert [m.status for m in listed.values()] == ["ready"] * 5 + ["unloaded"] * 2 and listed["marian"].default
 
     embedded = client.embeddings.create(model="minilm", input=["A man is eating food.", "hi"])
     expected = turboseq.load(dirs["minilm"]).embed(["A man is eating food.", "hi"])
@@ -152,10 +158,16 @@ def test_a_memory_budget_unloads_the_least_recently_used(dirs, clip):
     """Three models (MiniLM 90 MB of weights, Whisper int8 82 MB, Whisper float32 151 MB), a budget for two: a
     round robin keeps answering the same, each load unloads the oldest, and memory does not grow."""
     import openai
+    import torch
+
+    import turboseq
 
     models = [f"a={dirs['minilm']}", f"b={dirs['whisper']}:int8", f"c={dirs['whisper']}"]
     with ServerProcess(models[0], "--model", models[1], "--model", models[2], "--memory-budget", "250M") as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        many = [f"line {i}" for i in range(2048)]  # OpenAI's limit per request, queued as engine batches
+        vectors = torch.tensor([d.embedding for d in client.embeddings.create(model="a", input=many).data])
+        assert torch.allclose(vectors, turboseq.load(dirs["minilm"]).embed(many), atol=1e-5)
         answers, peaks = {}, []
         for rounds in range(2):
             peak = 0
@@ -225,3 +237,22 @@ def test_the_openai_sdk_chats_with_a_chat_template(hub, dirs):
     assert r.status_code == 422 and "role" in r.json()["error"]
     r = httpx.post(hub.url + "/v1/chat/completions", json={"model": "gpt2", "messages": CHAT, "tools": [{}]})
     assert r.status_code == 422 and r.json()["error"] == "`tools` are not supported"
+
+
+def test_libretranslate_requests_pick_the_model_of_their_pair(hub, dirs):
+    from libretranslatepy import LibreTranslateAPI
+
+    import turboseq
+
+    client = LibreTranslateAPI(hub.url)
+    assert client.languages() == [
+        {"code": "en", "name": "English", "targets": ["de"]},
+        {"code": "de", "name": "German", "targets": ["en"]},
+    ]
+    german = "Der Zug nach Berlin fährt heute um halb neun vom Hauptbahnhof ab."  # one sentence, as LibreTranslate cuts
+    back, forth = turboseq.load(dirs["back"]), turboseq.load(dirs["marian"])
+    assert client.translate(german, "de", "en") == back.translate([german])[0]
+    assert client.translate(german, "auto", "en") == back.translate([german])[0]  # detected as German
+    assert client.translate("Good morning.", "en", "de") == forth.translate(["Good morning."])[0]
+    r = httpx.post(hub.url + "/translate", json={"q": german, "source": "de", "target": "fr"})
+    assert r.status_code == 400 and "not de to fr" in r.json()["error"]  # no such model: the default says its pair

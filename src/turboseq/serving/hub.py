@@ -29,8 +29,10 @@ from pathlib import Path
 
 from turboseq.serving.config import ServerConfig
 from turboseq.serving.requests import RequestError
+from turboseq.serving.routing import body_fields, content_type, no_body, query_model, replay
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_OWN = ("/health", "/info", "/metrics", "/v1/models", "/languages")  # answered by the hub itself
 _BUFFERED = ("application/json", "multipart/form-data", "application/x-www-form-urlencoded")
 _log = logging.getLogger("uvicorn.error")
 LOAD_HANDOFF_S = 5.0
@@ -146,6 +148,7 @@ class Hub:
         self.config, self.options = config, options
         self.slots = {e.name: Slot(e) for e in entries}
         self.default = self.slots[options.default or names[0]]
+        self.pairs = {e.name: _pair_of(e) for e in entries}  # translation models' (source, target)
         self.loader = ThreadPoolExecutor(max_workers=4, thread_name_prefix="turboseq-load")
         self.load_lock = threading.Lock()
         self.metrics = HubMetrics(self)
@@ -159,7 +162,7 @@ class Hub:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
             return await self._lifespan(receive, send)
-        if scope["path"] in ("/health", "/info", "/metrics", "/v1/models") or scope["path"].startswith("/v1/models/"):
+        if scope["path"] in _OWN or scope["path"].startswith("/v1/models/"):
             return await self.ops(scope, receive, send)
         try:
             slot, scope, receive = await self._route(scope, receive)
@@ -185,7 +188,7 @@ class Hub:
             return
         body = {"error": err.message, "error_type": err.kind}
         response = JSONResponse(body, status_code=err.status, headers=err.headers)
-        await response(scope, _no_body, send)
+        await response(scope, no_body, send)
 
     async def _lifespan(self, receive, send) -> None:
         while True:
@@ -217,11 +220,14 @@ class Hub:
             if rest:  # /models/NAME/v1/embeddings: NAME's /v1/embeddings
                 scope = dict(scope, path="/" + rest, raw_path=("/" + rest).encode())
             return slot, scope, receive
-        wanted = _query_model(scope)
-        if wanted is None and scope["type"] == "http" and _content_type(scope).startswith(_BUFFERED):
+        wanted = query_model(scope)
+        if wanted is None and scope["type"] == "http" and content_type(scope).startswith(_BUFFERED):
             body = await self._read_body(receive)
-            wanted = _body_model(_content_type(scope), body)
-            receive = _replay(body, receive)
+            fields = body_fields(content_type(scope), body)
+            wanted = fields.get("model") if isinstance(fields.get("model"), str) else None
+            if wanted is None and path == "/translate":  # LibreTranslate: the model of the language pair
+                wanted = await self._by_pair(fields)
+            receive = replay(body, receive)
         if wanted is None or wanted == self.default.name:
             return self.default, scope, receive
         if wanted in self.slots:
@@ -229,6 +235,24 @@ class Hub:
         if _serves(self.default, scope):
             return self.default, scope, receive
         raise RequestError(404, f"unknown model {wanted!r}; this server serves {self.names()}", "not_found")
+
+    async def _by_pair(self, fields: dict) -> str | None:
+        """The model translating ``source`` (``auto``: the language detected in ``q``) to ``target``; None where no
+        model does (the default model then answers, naming its pair)."""
+        source, target = fields.get("source"), fields.get("target")
+        if not isinstance(source, str) or not isinstance(target, str):
+            return None
+        if source == "auto":
+            from turboseq.formats.languages import detect
+
+            q = fields.get("q")
+            text = (
+                q if isinstance(q, str) else " ".join(t for t in q if isinstance(t, str)) if isinstance(q, list) else ""
+            )
+            if not text.strip():
+                return None
+            source = (await asyncio.get_running_loop().run_in_executor(None, detect, text[:2000], 1))[0][0]
+        return next((name for name, pair in self.pairs.items() if pair == (source, target)), None)
 
     def _named(self, name: str) -> Slot:
         if name not in self.slots:
@@ -391,6 +415,20 @@ def _free_memory() -> None:
     release_free_memory()
 
 
+def _pair_of(entry: ModelEntry) -> tuple[str, str] | None:
+    """A translation model's language pair, read from its directory without loading it."""
+    from turboseq.formats.languages import language_pair
+
+    path = entry.path / "config.json"
+    if not path.is_file():  # a CTranslate2 directory, or one being written: no pair
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return language_pair(entry.path, config if isinstance(config, dict) else {})
+
+
 def _estimate(entry: ModelEntry) -> int:
     """Bytes a model not loaded yet will hold: its weight files, scaled by its compute type."""
     files = [f for f in entry.path.glob("*") if f.suffix in (".safetensors", ".bin", ".pt")]
@@ -401,63 +439,6 @@ def _estimate(entry: ModelEntry) -> int:
 def _one_line(err: Exception) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def _content_type(scope) -> str:
-    for key, value in scope.get("headers", ()):
-        if key == b"content-type":
-            return value.decode("latin-1").lower()
-    return ""
-
-
-def _query_model(scope) -> str | None:
-    from urllib.parse import parse_qs
-
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("model")
-    return values[0] if values else None
-
-
-def _body_model(content_type: str, body: bytes) -> str | None:
-    """The ``model`` field of a JSON body or a form; None where there is none (or the body is not readable: the
-    model's own app answers that)."""
-    if content_type.startswith("application/json"):
-        try:
-            data = json.loads(body)
-        except ValueError:
-            return None
-        value = data.get("model") if isinstance(data, dict) else None
-        return value if isinstance(value, str) else None
-    if content_type.startswith("application/x-www-form-urlencoded"):
-        from urllib.parse import parse_qs
-
-        values = parse_qs(body.decode("latin-1")).get("model")
-        return values[0] if values else None
-    boundary = re.search(r'boundary="?([^";]+)"?', content_type)
-    if boundary is None:
-        return None
-    marker = b"--" + boundary.group(1).encode("latin-1")
-    for part in body.split(marker)[1:]:
-        head, sep, value = part.partition(b"\r\n\r\n")
-        if sep and re.search(rb'content-disposition:[^\r\n]*\bname="model"', head, re.IGNORECASE):
-            return value.removesuffix(b"\r\n").decode("utf-8", "replace")
-    return None
-
-
-def _replay(body: bytes, receive):
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # the client leaving
-
-    return replay
-
-
-async def _no_body():
-    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 def _serves(slot: Slot, scope) -> bool:

@@ -132,6 +132,17 @@ def operations_app(hub):
             raise RequestError(404, f"unknown model {model_id!r}; this server serves {hub.names()}", "not_found")
         return card(hub.slots[model_id])
 
+    @app.get("/languages")
+    async def languages():
+        """LibreTranslate's list: every translation model's pair, by source language."""
+        from turboseq.formats.languages import language_name
+
+        targets: dict[str, list[str]] = {}
+        for pair in hub.pairs.values():
+            if pair is not None:
+                targets.setdefault(pair[0], []).append(pair[1])
+        return [{"code": src, "name": language_name(src), "targets": tgts} for src, tgts in targets.items()]
+
     @app.get("/metrics")
     async def metrics():
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
