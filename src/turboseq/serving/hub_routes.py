@@ -80,14 +80,7 @@ def operations_app(hub):
         return JSONResponse({"error": err.message, "error_type": err.kind}, status_code=err.status, headers=err.headers)
 
     def card(slot) -> dict:
-        return {
-            "id": slot.name,
-            "object": "model",
-            "created": created,
-            "owned_by": "turboseq",
-            "status": slot.state,
-            "default": slot is hub.default,
-        }
+        return _card(hub, slot, created)
 
     @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
@@ -100,27 +93,7 @@ def operations_app(hub):
 
     @app.get("/info")
     async def info():
-        from turboseq.runtime.cpu import cpu_info
-        from turboseq.runtime.memory import resident_bytes as rss
-
-        return {
-            "models": [
-                {**card(slot), "path": str(slot.entry.path), "compute_type": slot.entry.compute_type or "default"}
-                | ({"weight_bytes": slot.resident} if slot.state == "ready" else {})
-                | ({"error": slot.error} if slot.state == "failed" else {})
-                for slot in hub.slots.values()
-            ],
-            "default_model": hub.default.name,
-            "version": __version__,
-            "cpu": cpu_info().as_dict(),
-            "resident_bytes": rss(),
-            "limits": {
-                "memory_budget": hub.options.memory_budget,
-                "idle_unload_s": hub.options.idle_unload_s,
-                "load_wait_s": hub.options.load_wait_s,
-            },
-            "routes": ["/models/{name}", "/models/{name}/{route}", "/v1/models", "/health", "/metrics"],
-        }
+        return _info(hub, created)
 
     @app.get("/v1/models")
     async def models():
@@ -134,14 +107,7 @@ def operations_app(hub):
 
     @app.get("/languages")
     async def languages():
-        """LibreTranslate's list: every translation model's pair, by source language."""
-        from turboseq.formats.languages import language_name
-
-        targets: dict[str, list[str]] = {}
-        for pair in hub.pairs.values():
-            if pair is not None:
-                targets.setdefault(pair[0], []).append(pair[1])
-        return [{"code": src, "name": language_name(src), "targets": tgts} for src, tgts in targets.items()]
+        return _languages(hub)
 
     @app.get("/metrics")
     async def metrics():
@@ -150,3 +116,54 @@ def operations_app(hub):
         return Response(generate_latest(hub.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _card(hub, slot, created: int) -> dict:
+    """A model in OpenAI's list, with its state."""
+    return {
+        "id": slot.name,
+        "object": "model",
+        "created": created,
+        "owned_by": "turboseq",
+        "status": slot.state,
+        "default": slot is hub.default,
+    }
+
+
+def _info(hub, created: int) -> dict:
+    from turboseq.runtime.cpu import cpu_info
+    from turboseq.runtime.memory import resident_bytes
+
+    return {
+        "models": [
+            {
+                **_card(hub, slot, created),
+                "path": str(slot.entry.path),
+                "compute_type": slot.entry.compute_type or "default",
+            }
+            | ({"weight_bytes": slot.resident} if slot.state == "ready" else {})
+            | ({"error": slot.error} if slot.state == "failed" else {})
+            for slot in hub.slots.values()
+        ],
+        "default_model": hub.default.name,
+        "version": __version__,
+        "cpu": cpu_info().as_dict(),
+        "resident_bytes": resident_bytes(),
+        "limits": {
+            "memory_budget": hub.options.memory_budget,
+            "idle_unload_s": hub.options.idle_unload_s,
+            "load_wait_s": hub.options.load_wait_s,
+        },
+        "routes": ["/models/{name}", "/models/{name}/{route}", "/v1/models", "/languages", "/health", "/metrics"],
+    }
+
+
+def _languages(hub) -> list:
+    """LibreTranslate's list: every translation model's pair, by source language."""
+    from turboseq.formats.languages import language_name
+
+    targets: dict[str, list[str]] = {}
+    for pair in hub.pairs.values():
+        if pair is not None:
+            targets.setdefault(pair[0], []).append(pair[1])
+    return [{"code": src, "name": language_name(src), "targets": tgts} for src, tgts in targets.items()]
