@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -256,3 +257,47 @@ def test_libretranslate_requests_pick_the_model_of_their_pair(hub, dirs):
     assert client.translate("Good morning.", "en", "de") == forth.translate(["Good morning."])[0]
     r = httpx.post(hub.url + "/translate", json={"q": german, "source": "de", "target": "fr"})
     assert r.status_code == 400 and "not de to fr" in r.json()["error"]  # no such model: the default says its pair
+
+
+def test_model_entries_and_sizes(tmp_path):
+    from turboseq.serving.hub import ModelEntry, models_in, parse_bytes
+
+    types = ("float32", "int8", "auto")
+    assert ModelEntry.parse("opus=/m/opus-mt-en-de:int8", types) == ModelEntry("opus", Path("/m/opus-mt-en-de"), "int8")
+    assert ModelEntry.parse("x=/m/a:b", types) == ModelEntry("x", Path("/m/a:b"), None)  # not a compute type
+    assert ModelEntry.parse("/m/opus:auto", types) == ModelEntry("opus", Path("/m/opus"), "auto")
+    with pytest.raises(ValueError, match="model name 'a b': use letters"):
+        ModelEntry.parse("a b=/m", types)
+    assert [parse_bytes(t) for t in ("4G", "512M", "1.5GB", "800000000", "2KiB")] == [
+        4 << 30,
+        512 << 20,
+        int(1.5 * (1 << 30)),
+        800_000_000,
+        2048,
+    ]
+    with pytest.raises(ValueError, match="'lots' is not a size"):
+        parse_bytes("lots")
+    for name in ("b-model", "a.model", "notes"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "b-model" / "config.json").write_text("{}")
+    (tmp_path / "a.model" / "model.bin").write_bytes(b"")
+    assert [(e.name, e.path.name) for e in models_in(tmp_path)] == [("a.model", "a.model"), ("b-model", "b-model")]
+    with pytest.raises(ValueError, match="no model directory in it"):
+        models_in(tmp_path / "notes")
+
+
+def test_models_dir_from_the_command_line(dirs, tmp_path):
+    """``--models-dir``: every model folder by its name, loaded on first request (the default load wait)."""
+    import turboseq
+
+    for name in ("marian", "gpt2"):
+        (tmp_path / name).symlink_to(dirs[name], target_is_directory=True)
+    with ServerProcess("unused", "--models-dir", str(tmp_path), "--default-model", "marian", model_flag=False) as srv:
+        assert [m["id"] for m in httpx.get(srv.url + "/v1/models").json()["data"]] == ["gpt2", "marian"]
+        r = httpx.post(srv.url + "/", json={"inputs": "Hello"}, timeout=60)
+        assert r.json() == [{"translation_text": turboseq.load(dirs["marian"]).translate(["Hello"])[0]}]
+        r = httpx.post(srv.url + "/models/gpt2", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3}}, timeout=60)
+        assert r.status_code == 200 and httpx.get(srv.url + "/health").json()["models"] == {
+            "gpt2": "ready",
+            "marian": "ready",
+        }

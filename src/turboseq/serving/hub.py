@@ -50,11 +50,11 @@ class ModelEntry:
     def parse(cls, text: str, compute_types: tuple[str, ...]) -> ModelEntry:
         name, sep, rest = text.partition("=")
         if not sep:
-            name, rest = Path(text).name, text
+            name, rest = "", text
         path, colon, kind = rest.rpartition(":")
         if not colon or kind not in compute_types:
             path, kind = rest, None
-        return cls(check_name(name), Path(path), kind)
+        return cls(check_name(name or Path(path).name), Path(path), kind)
 
 
 def check_name(name: str) -> str:

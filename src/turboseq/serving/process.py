@@ -20,9 +20,17 @@ class ServerProcess:
     """Starts the server and waits until ``/health`` answers 200 (warmed up). ``stop()`` sends SIGTERM (the
     server drains) and returns its exit code. Usable as a context manager.
 
-    ``capture=True`` collects the server's output (shown if it fails to start); otherwise it goes to ours."""
+    ``capture=True`` collects the server's output (shown if it fails to start); otherwise it goes to ours.
+    ``model_flag=False`` leaves ``--model`` out (``--models-dir`` in ``args``)."""
 
-    def __init__(self, model_dir: str | Path, *args: str, capture: bool = True, start_timeout_s: float = 180):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *args: str,
+        capture: bool = True,
+        start_timeout_s: float = 180,
+        model_flag: bool = True,
+    ):
         import httpx
 
         self.port = free_port()
@@ -32,8 +40,7 @@ class ServerProcess:
             "-m",
             "turboseq.cli",
             "serve",
-            "--model",
-            str(model_dir),
+            *(["--model", str(model_dir)] if model_flag else []),
             "--port",
             str(self.port),
             "--log-level",
