@@ -184,3 +184,22 @@ def test_a_damaged_converted_directory_is_refused_in_one_line(marian_one, tmp_pa
     shape = tuple(tensors[name].shape)
     with pytest.raises(ModelLoadError, match=rf"{name} has shape \({shape[0] - 1}, {shape[1]}\), the config makes"):
         turboseq.load(out)
+
+
+def test_weights_packed_in_row_slices_give_the_same_numbers(marian_one, tmp_path, monkeypatch):
+    """fbgemm packs a large weight (an LM head) in row slices on several threads: the outputs equal packing it
+    whole, quantized at load and from a converted directory, whose saved weights are the whole's."""
+    from turboseq.runtime import compute
+
+    _, path = marian_one
+    whole = turboseq.load(path, compute_type="int8")
+    saved = convert(path, tmp_path / "whole", "int8")
+    monkeypatch.setattr(compute, "PACK_SLICE_ROWS", 100)  # the test model's 1024-token head in 11 slices
+    sliced = turboseq.load(path, compute_type="int8")
+    assert isinstance(sliced.spec.lm_head.packed, tuple) and len(sliced.spec.lm_head.packed) == 11
+    spec = whole.spec
+    batch = source_batch(spec.vocab_size, spec.pad_token_id, eos=spec.eos_token_id)
+    _same_generation(whole, sliced, *batch)
+    _same_generation(whole, turboseq.load(saved), *batch)  # a converted directory, packed in slices
+    resaved = convert(path, tmp_path / "sliced", "int8")
+    assert (resaved / "model.safetensors").read_bytes() == (saved / "model.safetensors").read_bytes()

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from turboseq.errors import ModelLoadError
 from turboseq.formats.hf import SAFETENSORS_DTYPES, load_weights, read_json, release_pages
-from turboseq.runtime.compute import int8_parts, largest_first, pack_int8
+from turboseq.runtime.compute import int8_parts, pack_int8
 from turboseq.runtime.spec import Linear
 
 FORMAT = "turboseq-reduced"
@@ -171,17 +171,7 @@ def fill(spec, model_dir: Path, info: dict) -> None:
                 part.bias = take(f"{place}.bias", part.bias)
         elif part.device.type == "meta":
             _set(spec, place, take(place, part))
-    _pack_all(int8)
-
-
-def _pack_all(jobs: list[tuple[Linear, Tensor, Tensor]]) -> None:
-    """fbgemm packs the int8 linears on torch's threads, the LM head (largest) first."""
-
-    def pack(lin: Linear, values: Tensor, scale: Tensor) -> None:
-        pack_int8(lin, values, scale)
-        release_pages(values)
-
-    largest_first(pack, jobs)
+    pack_int8(int8, after=release_pages)  # on torch's threads, the LM head's slices first
 
 
 def _set(spec, place: str, tensor: Tensor) -> None:

@@ -202,14 +202,13 @@ def _quantize(lin: Linear, staging: Staging) -> None:
     staging.pending.append((lin, qweight))
 
 
-def pack_int8(lin: Linear, values: Tensor, scale: Tensor) -> None:
-    """Lay out int8 weights ``values`` [out, in] with float64 ``scale`` [out] (one per output channel, as
-    ``int8_parts`` gives them back) for fbgemm."""
+def int8_weight(values: Tensor, scale: Tensor) -> Tensor:
+    """int8 weights ``values`` [out, in] with float64 ``scale`` [out] (one per output channel, as ``int8_parts``
+    gives them back) as the per-channel quantized tensor fbgemm packs."""
     zero = torch.zeros(values.shape[0], dtype=torch.long)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        qweight = torch._make_per_channel_quantized_tensor(values, scale, zero, 0)
-    _pack_int8(lin, qweight)
+        return torch._make_per_channel_quantized_tensor(values, scale, zero, 0)
 
 
 def in_threads(fn: Callable, items: list) -> None:
@@ -241,23 +240,54 @@ def largest_first(fn: Callable, jobs: list) -> None:
 
 def pack_pending(staging: Staging) -> None:
     """Pack the linears ``_quantize`` left to pack, the LM head (largest) first."""
-    largest_first(_pack_int8, staging.pending)
+    pack_int8(staging.pending)
 
 
-def _pack_int8(lin: Linear, qweight: Tensor) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        lin.packed = torch.ops.quantized.linear_prepack(qweight, None)
-    lin.int8 = True
-    lin.weight = torch.empty(qweight.shape, device="meta")  # shape only: the packed copy is the weight now
+# fbgemm packs a weight in slices of at most this many output rows, side by side on torch's threads: an LM head
+# alone (58101 rows for opus-mt) took over half a second on one thread, most of an int8 load. Each slice's
+# product is exactly that slice of the whole's (the same per-row quantized input, the same int32 sums), and
+# ``int8_linear`` puts them side by side at no measurable cost.
+PACK_SLICE_ROWS = 16384
+
+
+def pack_int8(jobs: list, after: Callable[[Tensor], None] | None = None) -> None:
+    """fbgemm's packed form of each job, on torch's threads, the largest slices first. A job is ``(linear,
+    per-channel qint8 weight)`` or ``(linear, int8 values, float64 scales)``; ``after(values slice)`` once a
+    slice is packed (releasing what it was read from). Empties ``jobs``."""
+    slices, linears_ = [], []
+    for lin, weight, *scale in jobs:
+        count = -(-weight.shape[0] // PACK_SLICE_ROWS)
+        lin.packed, lin.int8 = [None] * count, True
+        lin.weight = torch.empty(weight.shape, device="meta")  # shape only: the packed copy is the weight now
+        linears_.append(lin)
+        for i in range(count):
+            rows = slice(i * PACK_SLICE_ROWS, (i + 1) * PACK_SLICE_ROWS)
+            slices.append((lin, weight[rows], scale[0][rows] if scale else None, i))
+    jobs.clear()
+
+    def pack(lin: Linear, part: Tensor, scale: Tensor | None, i: int) -> None:
+        qweight = part if scale is None else int8_weight(part, scale)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            lin.packed[i] = torch.ops.quantized.linear_prepack(qweight, None)
+        if after is not None and scale is not None:
+            after(part)
+
+    largest_first(pack, slices)
+    for lin in linears_:
+        lin.packed = lin.packed[0] if len(lin.packed) == 1 else tuple(lin.packed)
 
 
 def int8_parts(lin: Linear) -> tuple[Tensor, Tensor]:
     """The int8 weights [out, in] and float64 scales [out] of a linear laid out by ``_quantize``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        qweight, _bias = torch.ops.quantized.linear_unpack(lin.packed)
-    return qweight.int_repr(), qweight.q_per_channel_scales()
+        parts = [torch.ops.quantized.linear_unpack(p)[0] for p in _slices(lin.packed)]
+    return torch.cat([q.int_repr() for q in parts]), torch.cat([q.q_per_channel_scales() for q in parts])
+
+
+def _slices(packed) -> tuple:
+    return packed if isinstance(packed, tuple) else (packed,)
 
 
 def prepare_linear(
@@ -430,6 +460,10 @@ def int8_linear(x: Tensor, lin: Linear) -> Tensor:
     torch.div(x2, scale, out=buf[1:])
     # without AVX-512 VNNI fbgemm multiplies u8 by s8 in pairs summed into int16 (AVX2's ``vpmaddubsw``), which
     # saturates unless activations keep 7 bits: its ``reduce_range``
-    y = torch.ops.quantized.linear_dynamic(buf, lin.packed, not at_least(Capability.AVX512_VNNI))[1:]
+    reduce_range = not at_least(Capability.AVX512_VNNI)
+    if isinstance(lin.packed, tuple):  # a large weight packed in row slices
+        y = torch.cat([torch.ops.quantized.linear_dynamic(buf, p, reduce_range) for p in lin.packed], dim=1)[1:]
+    else:
+        y = torch.ops.quantized.linear_dynamic(buf, lin.packed, reduce_range)[1:]
     y = torch.addcmul(lin.bias, y, scale) if lin.bias is not None else y.mul_(scale)
     return y.view(*shape[:-1], y.shape[-1])
