@@ -111,6 +111,8 @@ def test_the_openai_sdk_picks_each_model_by_name(hub, dirs, clip):
     assert r.json() == [{"generated_text": gpt2.generate_text(["Hello there"], max_new_tokens=6)[0]}]
     r = httpx.post(hub.url + "/models/minilm/v1/embeddings", json={"input": "hi"})
     assert torch.allclose(torch.tensor(r.json()["data"][0]["embedding"]), expected[1], atol=1e-5)
+    page = httpx.get(hub.url + "/models/gpt2", follow_redirects=True)  # a model's playground: its links relative
+    assert str(page.url).endswith("/models/gpt2/") and "fetch('generate_stream'" in page.text
     r = httpx.post(hub.url + "/models/nope/v1/embeddings", json={"input": "hi"})
     assert r.status_code == 404 and r.json()["error"].startswith("unknown model 'nope'")
 

@@ -215,10 +215,15 @@ class Hub:
         """(slot, scope, receive) of a request: the body read ahead is replayed to the model's app."""
         path = scope["path"]
         if path.startswith("/models/"):
-            name, _, rest = path[len("/models/") :].partition("/")
+            name, slash, rest = path[len("/models/") :].partition("/")
             slot = self._named(name)
-            if rest:  # /models/NAME/v1/embeddings: NAME's /v1/embeddings
+            if slash:  # /models/NAME/v1/embeddings: NAME's /v1/embeddings; /models/NAME/: its playground
                 scope = dict(scope, path="/" + rest, raw_path=("/" + rest).encode())
+            elif scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+                # the playground, whose links are relative: at /models/NAME/ they reach NAME's routes
+                raise RequestError(
+                    307, "the playground is at " + path + "/", "redirect", headers={"Location": path + "/"}
+                )
             return slot, scope, receive
         wanted = query_model(scope)
         if wanted is None and scope["type"] == "http" and content_type(scope).startswith(_BUFFERED):
