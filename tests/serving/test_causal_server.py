@@ -15,7 +15,7 @@ PROMPTS = bench_sentences()[:4]
 @pytest.fixture(scope="module")
 def lm_server(gpt2_text):
     _, _, _, path = gpt2_text
-    srv = ServerProcess(path, "--max-batch-size", "4", "--max-new-tokens", "40")
+    srv = ServerProcess(path, "--max-batch-size", "4", "--max-new-tokens", "40", "--served-model-name", "gpt2-test")
     yield srv
     srv.stop()
 
@@ -133,6 +133,7 @@ def test_the_openai_sdk_lists_the_model_and_completes_with_it(lm_server, gpt2_te
     client = openai.OpenAI(base_url=lm_server.url + "/v1", api_key="unused", max_retries=0)
     listed = client.models.list().data
     name = httpx.get(lm_server.url + "/info").json()["model"]
+    assert name == "gpt2-test"  # --served-model-name
     assert [m.id for m in listed] == [name] and listed[0].object == "model" and listed[0].owned_by == "turboseq"
     assert client.models.retrieve(name).id == name
     with pytest.raises(openai.NotFoundError) as caught:

@@ -19,6 +19,9 @@ def serve_verb(args) -> int:
     if args.ray:
         from turboseq.serving.rayserve import serve_on_ray
 
+        if args.served_model_name:
+            raise ValueError("--served-model-name is not supported with --ray yet (the name is the folder's)")
+
         proxy_owned = (
             "max_connections",
             "header_timeout_s",
@@ -53,6 +56,7 @@ def serve_verb(args) -> int:
         dtype=args.dtype,
         compute_type=args.compute_type,
         log_level=args.log_level,
+        name=args.served_model_name,
     )
 
 
@@ -113,6 +117,8 @@ def _served_models(args):
         return None
     if args.ray:
         raise ValueError("--ray serves one model per deployment: give one --model")
+    if args.served_model_name:
+        raise ValueError("with several models, name each one: --model NAME=DIR")
     if args.dtype or args.compute_type:
         raise ValueError("with several models, give each its compute type: --model NAME=DIR:int8")
     entries = [ModelEntry.parse(m, (*COMPUTE_TYPES, "auto")) for m in models]

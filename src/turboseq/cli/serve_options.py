@@ -23,6 +23,11 @@ def add_serve(verbs) -> None:
         help="model directory; repeat it (NAME=DIR, optionally :int8, :bfloat16...) to serve several models, each "
         "asked for by name (the `model` field, or /models/NAME/...)",
     )
+    sv.add_argument(
+        "--served-model-name",
+        metavar="NAME",
+        help="the model's name in /info, /v1/models and answers' `model` field (default: its folder's name)",
+    )
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     sv.add_argument("--port", type=port, default=8000, help="port (default: 8000)")
     sv.add_argument("--max-batch-size", type=positive_int, default=32, help="inputs per engine batch and per request")

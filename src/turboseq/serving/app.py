@@ -46,6 +46,7 @@ class Service:
         self.ready = self.draining = False
         self.warmup_error: str | None = None
         self.on_warmup_failure: Callable[[], None] | None = None  # serve(): stop the process
+        self.on_ready: Callable[[], None] | None = None  # serve(): say so in the log
         self.batcher: Batcher | None = None
         self.parser = None  # the parser thread's executor (set by the app's lifespan)
 
@@ -253,6 +254,8 @@ def _lifespan(service: Service, warmup: bool):
                 service.on_warmup_failure()
             return
         service.ready = True
+        if service.on_ready is not None:
+            service.on_ready()
 
     async def lifespan(app):
         from concurrent.futures import ThreadPoolExecutor

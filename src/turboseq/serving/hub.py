@@ -154,6 +154,7 @@ class Hub:
         self.metrics = HubMetrics(self)
         self.draining = False
         self.preloads: list[asyncio.Task] = []  # /health is 503 until they end
+        self.on_started = None  # serve_many(): say where it listens
         self.ops = operations_app(self)
         self._reaper: asyncio.Task | None = None
 
@@ -199,6 +200,8 @@ class Hub:
                 if self.options.idle_unload_s:
                     self._reaper = asyncio.create_task(self._unload_idle())
                 await send({"type": "lifespan.startup.complete"})
+                if self.on_started is not None:
+                    self.on_started()
             elif message["type"] == "lifespan.shutdown":
                 if self._reaper is not None:
                     self._reaper.cancel()

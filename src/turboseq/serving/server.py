@@ -16,6 +16,7 @@ def serve(
     dtype: str | None = None,
     log_level="info",
     compute_type: str | None = None,
+    name: str | None = None,
 ):
     """Run the server until SIGTERM/SIGINT; on either, the server stops listening (new connections are refused),
     idle keep-alive connections are closed, requests in flight (streams included) finish, and the process exits
@@ -25,8 +26,10 @@ def serve(
 
     _prepare(config)
     model = load(model_dir, dtype=dtype, compute_type=compute_type)
-    app = create_app(model, config=config)
+    app = create_app(model, name=name, config=config)
     service = app.state.service
+    kind = f"{model.config.get('model_type')}, {getattr(model, 'compute_type', 'float32')}"
+    service.on_ready = lambda: _say(f"turboseq: ready: {service.name} ({kind}) at http://{host}:{port}")
 
     def drain():
         service.draining = True
@@ -45,10 +48,20 @@ def serve_many(entries, host: str, port: int, config: ServerConfig, options, log
 
     _prepare(config)
     hub = Hub(entries, config, options)
+    names = ", ".join(e.name for e in entries)
+    hub.on_started = lambda: _say(
+        f"turboseq: serving {len(entries)} models ({names}; default {hub.default.name}) at http://{host}:{port}"
+    )
     payload = config.max_payload_bytes or 25 << 20  # the largest task default (speech); each model keeps its own
     server = _server(hub, host, port, config, log_level, payload, hub.drain, lambda: hub.draining)
     server.run()
     return 0
+
+
+def _say(line: str) -> None:
+    import logging
+
+    logging.getLogger("uvicorn.error").info(line)
 
 
 def _prepare(config: ServerConfig) -> None:

@@ -295,7 +295,7 @@ async def _read_form(service, request, task: str):
         form = await request.form(max_files=2, max_fields=16)
     except Exception as err:  # starlette's parser raises its own types for malformed or oversized forms
         raise RequestError(400, f"malformed multipart form ({getattr(err, 'detail', err)})", "invalid_form") from None
-    allowed = {"file", "model", "response_format", "temperature", "prompt"} | set(_GRANULARITIES)
+    allowed = {"file", "model", "response_format", "temperature", "prompt"} | set(_GRANULARITIES) | _IGNORED
     if task == "transcribe":
         allowed.add("language")
     unknown = set(form) - allowed
@@ -303,7 +303,7 @@ async def _read_form(service, request, task: str):
         raise invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
     for name in form:
         values = form.getlist(name)
-        if len(values) > 1 and name not in _GRANULARITIES:
+        if len(values) > 1 and name not in _GRANULARITIES and name not in _IGNORED:
             raise invalid(f"`{name}` appears {len(values)} times; send it once")
         if name != "file" and not all(isinstance(v, str) for v in values):
             raise invalid(f"`{name}` must be a plain form field, not a file")
@@ -311,3 +311,6 @@ async def _read_form(service, request, task: str):
 
 
 _GRANULARITIES = ("timestamp_granularities[]", "timestamp_granularities")
+# what OpenAI ignores for whisper-1, as newer SDKs and clients send it: streaming (one answer at the end),
+# log-probabilities of the gpt-4o transcribe models, and its own VAD chunking
+_IGNORED = {"stream", "include[]", "include", "chunking_strategy"}
