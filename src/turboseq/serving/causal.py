@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from dataclasses import dataclass, replace
 
 from turboseq.errors import InputTooLong
@@ -15,6 +13,7 @@ from turboseq.serving.logprobs import Detailed, check_one_row, pop_detail_parame
 from turboseq.serving.openai_text import (
     COMPLETION_FIELDS,
     CompletionChunks,
+    answer_head,
     completion_body,
     completion_params,
     cut_at_stop,
@@ -216,12 +215,7 @@ class CompletionTask(GenerationTask):
         parsed = await service.off_loop(self.tokenize, prompts, {})
         parsed.params = params
         parsed.options = {"trim_stop": True}
-        head = {
-            "id": "cmpl-" + uuid.uuid4().hex[:24],
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": service.name,
-        }
+        head = answer_head("cmpl-", "text_completion", service.name)
         if stream:
             if len(prompts) != 1 or params["num_return_sequences"] != 1:
                 raise invalid("streaming takes one prompt and n=1")

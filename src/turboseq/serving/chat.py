@@ -4,12 +4,9 @@ tokenizer's template (``CausalLM.encode_chat``), then generated as a completion;
 
 from __future__ import annotations
 
-import time
-import uuid
-
 from turboseq.errors import InputTooLong
 from turboseq.serving.logprobs import MAX_TOP_N_TOKENS, openai_logprobs
-from turboseq.serving.openai_text import CompletionChunks, completion_params
+from turboseq.serving.openai_text import CompletionChunks, answer_head, completion_params
 from turboseq.serving.requests import (
     Parsed,
     RequestError,
@@ -53,12 +50,7 @@ async def chat_completions(service, request):
         raise invalid(f"the chat template refused the messages: {err}") from None
     parsed = Parsed([ids], [0], 1, params, False)
     parsed.options = {"trim_stop": True}
-    head = {
-        "id": "chatcmpl-" + uuid.uuid4().hex[:24],
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": service.name,
-    }
+    head = answer_head("chatcmpl-", "chat.completion", service.name)
     if stream:
         if params["num_return_sequences"] != 1:
             raise invalid("streaming takes n=1")

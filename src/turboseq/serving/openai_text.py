@@ -12,6 +12,14 @@ from turboseq.serving.tasks import StreamEvents, sse_event
 OPENAI_DEFAULT_TOKENS = 16  # OpenAI's max_tokens default
 
 
+def answer_head(id_prefix: str, kind: str, model: str) -> dict:
+    """The fields every OpenAI completion answer and chunk starts with."""
+    import time
+    import uuid
+
+    return {"id": id_prefix + uuid.uuid4().hex[:24], "object": kind, "created": int(time.time()), "model": model}
+
+
 def cut_at_stop(text: str, stops: list[str]) -> str:
     """``text`` up to its first stop string (OpenAI's answers end before it)."""
     hits = [i for i in (text.find(t) for t in stops) if i >= 0]
