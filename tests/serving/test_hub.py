@@ -198,10 +198,11 @@ def test_an_idle_model_is_unloaded_and_its_memory_freed(dirs):
     with ServerProcess(f"w={dirs['whisper']}", "--idle-unload-s", "6", "--preload", "w") as srv:
         loaded = _rss(srv.pid)
         assert httpx.get(srv.url + "/health").json()["models"]["w"] == "ready"  # still loaded when measured
-        deadline = time.time() + 40
-        while httpx.get(srv.url + "/health").json()["models"]["w"] == "ready" and time.time() < deadline:
+        unloaded = 'turboseq_model_unloads_total{model="w",reason="idle"} 1.0'  # counted once its memory is freed
+        deadline = time.time() + 60
+        while unloaded not in httpx.get(srv.url + "/metrics").text and time.time() < deadline:
             time.sleep(0.25)
-        time.sleep(0.5)
+        assert httpx.get(srv.url + "/health").json()["models"]["w"] == "unloaded"
         freed = loaded - _rss(srv.pid)
         assert freed > 100e6, freed  # its 151 MB of float32 weights, most of them given back
         bad = {"file": ("x.wav", b"RIFF", "audio/wav")}
