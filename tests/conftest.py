@@ -19,7 +19,11 @@ from tests.helpers import (
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# `make test` runs the suite in two pytest-xdist workers side by side: each takes one thread, and so do the
+# servers and commands its tests start, so that two workers never ask for more threads than the machine's cores
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 _BUILT: dict = {}  # name -> (turboseq model, reference, directory): each test model is built once a session
 

@@ -56,24 +56,21 @@ class Cell:
 def causal_model_dir(arch: str) -> Path:
     """The cached bench model for ``arch`` (transformers' own init, seed 0), built on first use, with a
     GPT-2-style tokenizer of its vocabulary size (CTranslate2's converter reads the vocabulary)."""
-    import shutil
 
     import transformers
 
-    from turboseq.bench.models import BENCH_VERSION, build_gpt2_tokenizer
+    from turboseq.bench.models import BENCH_VERSION, build_gpt2_tokenizer, publish, staging
 
     model_cls, config_cls, config = CAUSAL_ARCHS[arch]
     path = cache_root() / f"bench-{arch}-{BENCH_VERSION}"
     if (path / "config.json").is_file():
         return path
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging(path)
     torch.manual_seed(0)
     model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config)).eval()
     model.save_pretrained(tmp)
     build_gpt2_tokenizer(tmp, config["vocab_size"])
-    tmp.rename(path)
-    return path
+    return publish(tmp, path)
 
 
 def available_engines() -> list[str]:

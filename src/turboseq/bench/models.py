@@ -53,13 +53,39 @@ def cache_root() -> Path:
     return Path(os.environ.get("TURBOSEQ_CACHE", Path.home() / ".cache" / "turboseq"))
 
 
+def staging(path: Path) -> Path:
+    """A fresh directory beside ``path`` for building it, one per process (tests run in several workers, which
+    may build the same cache entry at once)."""
+    import shutil
+
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def publish(tmp: Path, path: Path) -> Path:
+    """Moves a complete ``tmp`` to ``path`` in one rename, so only a complete directory ever appears there; when
+    another process published it first, ``tmp`` is dropped and theirs kept."""
+    import shutil
+
+    try:
+        tmp.rename(path)
+    except OSError:
+        if not path.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
 def ct2_converted(model_dir: Path) -> Path:
     """``model_dir`` converted to CTranslate2's format beside it (``<dir>-ct2``), once."""
     import ctranslate2
 
     out = model_dir.with_name(model_dir.name + "-ct2")
     if not (out / "model.bin").is_file():
-        ctranslate2.converters.TransformersConverter(str(model_dir)).convert(str(out), force=True)
+        tmp = staging(out)
+        ctranslate2.converters.TransformersConverter(str(model_dir)).convert(str(tmp), force=True)
+        publish(tmp, out)
     return out
 
 
@@ -289,7 +315,7 @@ def build_bench_model(out_dir: Path, arch: str, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config)).eval()
     model.generation_config = GenerationConfig(**generation)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    tmp = staging(out_dir)
     model.save_pretrained(tmp)
     if arch == "flan-t5-small":
         from safetensors.torch import load_file, save_file
@@ -308,8 +334,7 @@ def build_bench_model(out_dir: Path, arch: str, seed: int = 0) -> Path:
         build_t5_tokenizer(tmp)
     else:
         build_bart_tokenizer(tmp, config["vocab_size"])
-    tmp.rename(out_dir)  # only a complete directory ever appears under the final name
-    return out_dir
+    return publish(tmp, out_dir)
 
 
 XLMR_BASE = dict(
@@ -332,14 +357,12 @@ def xlmr_base_dir() -> Path:
     path = cache_root() / f"bench-xlmr-base-{BENCH_VERSION}"
     if (path / "config.json").is_file():
         return path
-    import shutil
 
     import sentencepiece as spm
     import torch
     from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizer
 
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging(path)
     torch.manual_seed(0)
     XLMRobertaModel(XLMRobertaConfig(**XLMR_BASE)).eval().save_pretrained(tmp)
     model = io.BytesIO()
@@ -361,8 +384,7 @@ def xlmr_base_dir() -> Path:
     proc = spm.SentencePieceProcessor(model_proto=model.getvalue())
     vocab = [(proc.id_to_piece(i), proc.get_score(i)) for i in range(proc.get_piece_size())] + [("<mask>", 0.0)]
     XLMRobertaTokenizer(vocab=vocab, model_max_length=512).save_pretrained(tmp)
-    tmp.rename(path)
-    return path
+    return publish(tmp, path)
 
 
 def bench_model_dir(arch: str = "marian") -> Path:
@@ -375,7 +397,7 @@ def bench_model_dir(arch: str = "marian") -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         import shutil
 
-        shutil.rmtree(path.with_name(path.name + ".tmp"), ignore_errors=True)
-        shutil.rmtree(path, ignore_errors=True)
+        if path.is_dir():  # a leftover without its config: not one a finished build published
+            shutil.rmtree(path, ignore_errors=True)
         build_bench_model(path, arch)
     return path
