@@ -39,8 +39,10 @@ format: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir site 2>&1 | grep -v '^INFO' ; exit $${PIPESTATUS[0]}
 
+# two workers, one test file each at a time (--dist loadfile keeps a file's module fixtures in one process); each
+# worker runs torch on one thread (tests/conftest.py), so the two share the cores instead of fighting for them
 test: lint docs system-deps
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 bench: $(STAMP) system-deps
 	.venv/bin/turboseq bench --out bench-out
