@@ -263,6 +263,7 @@ def test_get_on_a_post_route_is_405_json(text_server):
     _status_ok(text_server, text_server.normal)
 
 
+@pytest.mark.pace
 def test_a_lying_content_length_times_out_with_408(text_server):
     """The header says 1000 bytes, 10 arrive: the body deadline answers 408 and closes."""
     t0 = time.time()
@@ -276,6 +277,7 @@ def test_a_lying_content_length_times_out_with_408(text_server):
     _status_ok(text_server, text_server.normal)
 
 
+@pytest.mark.pace
 def test_partial_headers_and_idle_connections_are_cut(text_server):
     t0 = time.time()
     out = raw_http(text_server.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Le", wait_s=10)

@@ -64,6 +64,7 @@ def test_one_bad_input_fails_only_its_own_request():
     assert results[1].message == "input holds poison"
 
 
+@pytest.mark.pace
 def test_a_stalled_engine_is_reported():
     from turboseq.serving.batcher import STALL_GRACE_S, Batcher, Metrics
     from turboseq.serving.config import ServerConfig
@@ -198,6 +199,7 @@ def test_hostile_speech_parameters(speech_server, params, status, words):
     _normal(speech_server)
 
 
+@pytest.mark.pace
 def test_fallback_abuse_times_out_and_frees_the_engine(ct2_dir, clips):
     """Every attempt fails (32 temperatures, 3 samples each: about 12 s of decoding here); the request gets 504
     at its 2 s timeout and its work stops there: the next request is answered at once, and /health never
@@ -341,6 +343,7 @@ def test_ambiguous_framing_gets_400_and_a_closed_connection(lm_server, head, wor
     assert out.count(b"HTTP/1.1") == 1  # the pipelined request behind it is never served
 
 
+@pytest.mark.pace
 def test_a_body_over_the_limit_closes_the_connection(lm_server):
     t0 = time.time()
     head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -350,6 +353,7 @@ def test_a_body_over_the_limit_closes_the_connection(lm_server):
     assert time.time() - t0 < 10
 
 
+@pytest.mark.pace
 def test_a_slow_flood_from_one_address_leaves_room_for_others(marian_one):
     srv = ServerProcess(marian_one[1], "--max-connections-per-client", "8", "--first-byte-timeout-s", "1")
     try:
@@ -399,6 +403,7 @@ def _swallow(fn):
         pass
 
 
+@pytest.mark.pace
 def test_a_second_signal_exits_at_once(ct2_dir, clips):
     srv = _busy_speech_server(ct2_dir)
     _send_abuse(srv, clips[2].read_bytes())
@@ -410,6 +415,7 @@ def test_a_second_signal_exits_at_once(ct2_dir, clips):
     assert time.time() - t0 < 5
 
 
+@pytest.mark.pace
 def test_sigterm_exits_within_the_drain_timeout_mid_abuse(ct2_dir, clips):
     srv = _busy_speech_server(ct2_dir, "--drain-timeout-s", "2")
     _send_abuse(srv, clips[2].read_bytes())
@@ -475,6 +481,7 @@ def test_cli_usage_errors_are_one_line(gpt2_text, tmp_path):
     )
 
 
+@pytest.mark.pace
 def test_a_huge_chunk_size_is_refused_at_once(lm_server):
     t0 = time.time()
     head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -123,6 +123,7 @@ def test_the_openai_sdk_picks_each_model_by_name(hub, dirs, clip):
     assert 'turboseq_model_loaded{model="slow",state="unloaded"} 0.0' in metrics
 
 
+@pytest.mark.pace
 def test_a_slow_and_a_broken_model_delay_nobody(hub):
     started = time.perf_counter()
     r = httpx.post(hub.url + "/models/slow", json={"inputs": "Hello"}, timeout=30)

@@ -13,6 +13,8 @@ import pytest
 from turboseq.bench.quality import word_error_rate
 from turboseq.serving.process import ServerProcess
 
+pytestmark = pytest.mark.pace  # streams at real-time pace: run with the machine to itself
+
 
 @pytest.fixture(scope="module")
 def server(ct2_dir):

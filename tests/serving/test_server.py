@@ -298,6 +298,7 @@ def test_generate_stream_equals_non_streamed(server, marian_one):
     assert "turboseq_time_to_first_token_seconds_count" in httpx.get(server.url + "/metrics").text
 
 
+@pytest.mark.pace
 def test_client_disconnect_stops_its_rows(big_marian):
     """A client that gives up on a long request: its rows leave the running batch, so a request sent after
     it is answered quickly instead of waiting for the abandoned generation to finish."""
@@ -334,6 +335,7 @@ async def _timed_stream(client: httpx.AsyncClient, url: str, body: dict) -> tupl
     return 200, events, times
 
 
+@pytest.mark.pace
 def test_stream_under_load_is_batched_incremental_and_equal(big_marian):
     """A stream sent with concurrent plain requests shares their engine batch; its first token arrives long
     before its last (time to first token under load), and its text equals the request's answer alone."""
@@ -371,6 +373,7 @@ def test_stream_under_load_is_batched_incremental_and_equal(big_marian):
         srv.stop()
 
 
+@pytest.mark.pace
 def test_stream_client_leaving_stops_its_row(big_marian):
     """A streaming client that leaves after a few tokens: its row leaves the batch, so the next request does
     not wait for the rest of its 1000-token generation."""
@@ -590,6 +593,7 @@ def test_speech_bad_input(speech_server):
     assert r.status_code == 404
 
 
+@pytest.mark.pace
 def test_speech_client_disconnect_stops_its_windows(speech_server, speech_clips, tmp_path):
     """A client that gives up on long audio: its windows leave the running batch and its later windows are
     never decoded, so the next request is answered quickly."""
