@@ -198,3 +198,60 @@ def test_cli_live_reads_a_file_or_raw_pcm_on_stdin(ct2_dir, clips, whisper):
     assert bad.stderr.strip() == "turboseq: error: --live reads one input: a file, or - for raw PCM16 audio on stdin"
     bad = run_cli("transcribe", "--model", ct2_dir, clips[0], "-")
     assert bad.stderr.strip() == "turboseq: error: stdin (-) is read with --live only; give audio files"
+
+
+def test_prompts_of_any_length_and_layout_decode_together_as_alone(whisper, waves, monkeypatch):
+    """A live decode forces the words confirmed since the buffer's start (a prefix), and the streams' prompts
+    (previous text and prefix) share one search left-padded to the longest. Rows whose prompts differ in length
+    and whose start tokens sit at other places share that search, and each gets what it gets alone; the forced
+    words come first."""
+    from turboseq.generation.batching import RowHooks
+    from turboseq.speech import decoding, longform
+
+    stream = whisper.live()
+    text = whisper.whisper_text
+    said = whisper.transcribe(waves[0]).text.split()
+    prefix = [text.timestamp_begin] + text.encode(" " + " ".join(said[:3]))
+    context = text.encode(" The quick brown fox jumps over the lazy dog." * 3)
+    prompts = [context[len(prefix) :], context, context[:7]]
+    prefixes = [prefix, None, None]
+    searches = []
+    original = decoding.run_search
+
+    def counted(make_decoder, head, prompt, *args, **kwargs):
+        searches.append(tuple(prompt.shape))
+        return original(make_decoder, head, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(decoding, "run_search", counted)
+
+    def run(rows):
+        return longform.sequential(whisper, [waves[r] for r in rows], stream.opts, [stream.sot_sequence] * len(rows),
+                                   len(rows), False, RowHooks(None), prompts=[prompts[r] for r in rows], once=True,
+                                   prefixes=[prefixes[r] for r in rows], pad_prompts=True)  # fmt: skip
+
+    together = run([0, 1, 2])
+    assert searches == [(3, len(context) + 1 + len(stream.sot_sequence))]  # one search, every row
+    alone = [run([r])[0] for r in range(3)]
+    assert [(w.word, w.start, w.end) for segs in together for s in segs for w in s.words] == [
+        (w.word, w.start, w.end) for segs in alone for s in segs for w in s.words
+    ]
+    assert [w.word.strip() for w in together[0][0].words[:3]] == said[:3]
+    assert together[0][0].start == 0.0  # the prefix's timestamp opens its first segment
+    assert all(segs and segs[0].words for segs in together)
+
+
+@pytest.mark.parametrize(
+    ("words", "letters", "kept"),
+    [
+        ([" Hello", " world."], 0, [" Hello", " world."]),
+        ([" Hello", " world.", " Next"], 11, [" Next"]),
+        ([" Hello", " world.", " Next"], 5, [" world.", " Next"]),
+        ([" Hello", ' world."Next'], 11, [' world."Next']),  # a word that only begins inside the prefix stays
+        ([" Hello"], 5, []),
+    ],
+)
+def test_the_forced_prefix_words_are_dropped_by_their_letters(words, letters, kept):
+    from turboseq.speech.transcript import Word
+
+    found = live_module._after_prefix([Word(0.0, 0.1, w, 1.0) for w in words], letters)
+    assert [w.word for w in found] == kept

@@ -34,6 +34,7 @@ class ProgramBackend:
 
     teacher_forcing = False  # the file has no program for all positions at once
     word_timestamps = False  # ... nor for the alignment heads' attention
+    pads_prompts = False  # a program's cache has no padding mask: prompts of other lengths decode apart
 
     def __init__(self, artifact: Path, meta: dict, programs: dict, audio: bool):
         self.artifact, self.meta, self.programs, self.audio = artifact, meta, programs, audio

@@ -147,10 +147,12 @@ class TimestampRules(LogitsProcessor):
     """
 
     def __init__(self, no_timestamps: int, eos: int, begin_index: int, max_initial: int | None,
-                 force_initial: bool = True):  # fmt: skip
+                 force_initial: bool | None = True):  # fmt: skip
         self.no_timestamps, self.first = no_timestamps, no_timestamps + 1
         self.eos, self.begin_index, self.max_initial = eos, begin_index, max_initial
-        # False after a forced prefix (CTranslate2's Whisper): the first generated token need not be a timestamp
+        # False after a forced prefix (CTranslate2's Whisper): the first generated token need not be a timestamp;
+        # None: decided per row, by its prompt's last token (a start-sequence token: forced; text or a timestamp,
+        # a prefix: not), for rows whose prompts have one length but not one layout
         self.force_initial = force_initial
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
@@ -171,10 +173,14 @@ class TimestampRules(LogitsProcessor):
             lowest_allowed.append(lowest)
         for k, lowest in enumerate(lowest_allowed):  # (row slices: a vocabulary-wide mask costs 10x more)
             scores[k, self.first : lowest] = NEG_INF
-        if input_ids.shape[1] == self.begin_index and self.force_initial:
-            scores[:, : self.first] = NEG_INF
+        if input_ids.shape[1] == self.begin_index and self.force_initial is not False:
+            rows = slice(None)
+            if self.force_initial is None:
+                last = input_ids[:, self.begin_index - 1]
+                rows = ((last >= self.eos) & (last < self.first)).nonzero().squeeze(1)
+            scores[rows, : self.first] = NEG_INF
             if self.max_initial is not None:
-                scores[:, self.first + self.max_initial + 1 :] = NEG_INF
+                scores[rows, self.first + self.max_initial + 1 :] = NEG_INF
         logprobs = F.log_softmax(scores.float(), dim=-1)
         timestamp_logprob = logprobs[:, self.first :].logsumexp(dim=-1)
         best_text = logprobs[:, : self.first].amax(dim=-1)

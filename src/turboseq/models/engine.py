@@ -277,12 +277,14 @@ class EncoderDecoder(Engine):
         return self.backend.cross_kv(hidden)
 
     def decoder_state(self, hidden: Tensor, cross_mask: Tensor | None, group: int, max_length: int, expand=None,
-                      cross_kv=None):  # fmt: skip
+                      cross_kv=None, padding: Tensor | None = None):  # fmt: skip
         """The decoder's state for encoder output ``hidden``, with ``group`` rows per input (``expand``: the
         input of each entry, where one input has several entries): an object with ``step(tokens) -> hidden``
         and ``select(rows, sentences)``. ``cross_kv``: ``hidden``'s K/V from ``cross_kv``, where the caller
-        has them."""
-        return self.backend.decoder_state(hidden, cross_mask, group, max_length, expand, cross_kv)
+        has them. ``padding``: each input's left padding of the prompt (backends with ``pads_prompts``)."""
+        if padding is None:
+            return self.backend.decoder_state(hidden, cross_mask, group, max_length, expand, cross_kv)
+        return self.backend.decoder_state(hidden, cross_mask, group, max_length, expand, cross_kv, padding)
 
     # --- the front end's hook (besides the engine's _row_length and _collate) ------------------------------
 
@@ -334,6 +336,7 @@ class EagerBackend:
     label = None  # repr: the model's directory
     teacher_forcing = True  # forward_logits works
     word_timestamps = True  # the alignment heads' attention can be read
+    pads_prompts = True  # decoder prompts of other lengths can share a batch, left-padded (``decoder_state``)
 
     def __init__(self, spec, device, audio: bool):
         self.spec, self.device, self.audio = spec, device, audio
@@ -348,14 +351,18 @@ class EagerBackend:
     def cross_kv(self, hidden: Tensor) -> list[tuple[Tensor, Tensor]]:
         return build_cross_kv(self.spec, hidden)
 
-    def decoder_state(self, hidden, cross_mask, group: int, max_length: int, expand=None, cross_kv=None):
+    def decoder_state(self, hidden, cross_mask, group: int, max_length: int, expand=None, cross_kv=None,
+                      padding=None):  # fmt: skip
         if cross_kv is None:
             cross_kv = build_cross_kv(self.spec, hidden)
         if expand is not None:
             cross_kv = [(k.index_select(0, expand), v.index_select(0, expand)) for k, v in cross_kv]
             cross_mask = None if cross_mask is None else cross_mask.index_select(0, expand)
+            padding = None if padding is None else padding.index_select(0, expand)
+        if padding is not None:  # per input -> per row
+            padding = padding.repeat_interleave(group)
         attn = self.spec.decoder.layers[0].self_attn
-        state = DecoderState(cross_kv, cross_mask, group, attn.kv_heads, attn.head_dim, max_length)
+        state = DecoderState(cross_kv, cross_mask, group, attn.kv_heads, attn.head_dim, max_length, padding=padding)
         return EagerDecoder(self.spec, state, prompt_share=group)
 
     def source_vocab_size(self) -> int:

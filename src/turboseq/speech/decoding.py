@@ -129,14 +129,17 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data))
 
 
-def window_prompt(text, sot_sequence: list[int], previous: list[int], opts: Options, prefix: str | None,
+def window_prompt(text, sot_sequence: list[int], previous: list[int], opts: Options, prefix: str | list[int] | None,
                   max_length: int) -> list[int]:  # fmt: skip
     """The decoder prompt: ``<|startofprev|>`` hotwords and the previous text, the start sequence, then
-    ``<|notimestamps|>`` or a prefix (faster-whisper's ``get_prompt``)."""
+    ``<|notimestamps|>`` or a prefix (faster-whisper's ``get_prompt``). A prefix given as tokens is taken as
+    it is (its timestamp included)."""
     start = list(sot_sequence)
     if opts.without_timestamps:
         start.append(text.no_timestamps)
-    if prefix:
+    if isinstance(prefix, list):
+        start += prefix[: max_length // 2 - 1]
+    elif prefix:
         if not opts.without_timestamps:
             start.append(text.timestamp_begin)
         start += text.encode(" " + prefix.strip())[: max_length // 2 - 1]
@@ -151,7 +154,11 @@ def window_prompt(text, sot_sequence: list[int], previous: list[int], opts: Opti
     return ([text.sot_prev] + context if context else []) + start
 
 
-def _settings(model, prompt: list[int], opts: Options, temperature: float, max_initial_index: int):
+def _settings(model, prompts: list[list[int]], opts: Options, temperature: float, max_initial_index: int):
+    """Search settings for ``prompts`` decoded together, left-padded to the longest (their layouts may differ:
+    previous text and a prefix of other lengths); the length budget is the largest of the rows'."""
+    width = max(len(p) for p in prompts)
+    prompt = _padded(model.whisper_text, prompts[0], width)
     gen = {"length_penalty": opts.length_penalty, "repetition_penalty": opts.repetition_penalty,
            "no_repeat_ngram_size": opts.no_repeat_ngram_size, "early_stopping": True,
            "renormalize_logits": True}  # fmt: skip
@@ -161,31 +168,39 @@ def _settings(model, prompt: list[int], opts: Options, temperature: float, max_i
         gen.update(num_beams=opts.beam_size)
     limit = model.spec.max_positions
     total = limit
-    if opts.max_new_tokens is not None:
-        total = len(prompt) + opts.max_new_tokens
-        if total > limit:
-            raise ValueError(
-                f"the prompt ({len(prompt)} tokens) and `max_new_tokens` ({opts.max_new_tokens}) exceed the "
-                f"model's {limit} positions"
-            )
     # CTranslate2's Whisper budget: decoding starts at the last start token and runs at most half the
-    # length (openai/whisper's sample_len, 224) or what is left of it
-    start = _output_start(model.whisper_text, prompt)
-    gen["max_length"] = min(limit, start + min(total // 2, total - (start - 1)))
-    # a prefix that fills that budget (over ~222 tokens) still gets one new token, not an error
-    gen["max_length"] = min(limit, max(gen["max_length"], len(prompt) + 1))
-    s = resolve(model.generation_defaults, gen, max_positions=limit, prompt_length=len(prompt),
-                vocab_size=model.spec.vocab_size)  # fmt: skip
+    # length (openai/whisper's sample_len, 224) or what is left of it; a padded row's positions start after
+    # its padding
+    budgets = []
+    for row in prompts:
+        if opts.max_new_tokens is not None:
+            total = len(row) + opts.max_new_tokens
+            if total > limit:
+                raise ValueError(
+                    f"the prompt ({len(row)} tokens) and `max_new_tokens` ({opts.max_new_tokens}) exceed the "
+                    f"model's {limit} positions"
+                )
+        start = _output_start(model.whisper_text, row)
+        budget = min(limit, start + min(total // 2, total - (start - 1)))
+        # a prefix that fills that budget (over ~222 tokens) still gets one new token, not an error
+        budgets.append(width - len(row) + min(limit, max(budget, len(row) + 1)))
+    gen["max_length"] = max(budgets)
+    s = resolve(model.generation_defaults, gen, max_positions=limit + width - min(len(p) for p in prompts),
+                prompt_length=len(prompt), vocab_size=model.spec.vocab_size)  # fmt: skip
     text = model.whisper_text
     rules: list = []
     if opts.suppress_blank:
         rules.append(SuppressTokens(text.encode(" ") + [text.eot], at_length=len(prompt)))
     if opts.suppress_tokens:
         rules.append(SuppressTokens(text.suppress_tokens(opts.suppress_tokens)))
-    if not opts.without_timestamps:
-        prefixed = start < len(prompt)
-        rules.append(TimestampRules(text.no_timestamps, text.eot, len(prompt), max_initial_index, not prefixed))
+    if not opts.without_timestamps:  # a row after a prefix need not begin with a timestamp (decided per row)
+        rules.append(TimestampRules(text.no_timestamps, text.eot, len(prompt), max_initial_index, None))
     return replace(s, decoder_prompt=prompt, rules=rules)
+
+
+def _padded(text, prompt: list[int], width: int) -> list[int]:
+    """``prompt`` left-padded to ``width`` tokens (with EOS: the rules never read a prompt's tokens)."""
+    return [text.eot] * (width - len(prompt)) + prompt
 
 
 def _output_start(text, prompt: list[int]) -> int:
@@ -201,8 +216,8 @@ class _NoSpeechProbe:
     eager runtime returns every position at once (an export's programs only the last: ``at_start`` stays
     empty)."""
 
-    def __init__(self, decoder, index: int):
-        self.decoder, self.index = decoder, index
+    def __init__(self, decoder, index: list[int]):
+        self.decoder, self.index = decoder, index  # per window: where its start token is
         self.at_start: Tensor | None = None
         self.select = decoder.select
         self.prompt_share = getattr(decoder, "prompt_share", 1)
@@ -213,7 +228,9 @@ class _NoSpeechProbe:
         if self.at_start is None:
             if isinstance(self.decoder, EagerDecoder):
                 every = self.decoder.step(tokens, all_positions=True)
-                self.at_start = every[:, self.index]
+                per_window = every.shape[0] // len(self.index)  # a window's rows are consecutive
+                index = torch.tensor(self.index, device=every.device).repeat_interleave(per_window)
+                self.at_start = every[torch.arange(every.shape[0], device=every.device), index]
                 return every[:, -1]
             self.at_start = torch.empty(0)
         return self.decoder.step(tokens)
@@ -228,33 +245,41 @@ def take_rows(cross_kv: list[tuple[Tensor, Tensor]] | None, rows: list[int], tot
 
 
 def decode(model, hidden: Tensor, prompts: list[list[int]], opts: Options, temperature: float,
-           max_initial_index: int, hooks=None, cross_kv=None) -> list[tuple[list[int], float, float]]:  # fmt: skip
+           max_initial_index: int, hooks=None, cross_kv=None, pad: bool = False) -> list[tuple[list[int], float, float]]:  # fmt: skip
     """Decode windows ``hidden`` [windows, positions, d_model] at one temperature; per window (tokens, sum of
-    log-probabilities with EOS, no-speech probability). Windows are batched by prompt length; ``hooks``
-    (``RowHooks`` over the windows) let abandoned windows leave the batch. ``cross_kv``: the windows'
-    cross-attention K/V (``model.cross_kv``), built here where None."""
+    log-probabilities with EOS, no-speech probability). Windows are batched by prompt length, or with ``pad``
+    all together, their prompts left-padded (where the backend can, and no rule reads the prompt's tokens:
+    live transcription's streams); ``hooks`` (``RowHooks`` over the windows) let abandoned windows leave the
+    batch. ``cross_kv``: the windows' cross-attention K/V (``model.cross_kv``), built here where None."""
     out: list = [None] * len(prompts)
-    for width in sorted({len(p) for p in prompts}):
-        rows = [i for i, p in enumerate(prompts) if len(p) == width]
-        s = _settings(model, prompts[rows[0]], opts, temperature, max_initial_index)
+    pad = pad and getattr(model.backend, "pads_prompts", False)
+    pad = pad and opts.repetition_penalty == 1 and not opts.no_repeat_ngram_size
+    groups = [[i for i, p in enumerate(prompts) if len(p) == w] for w in sorted({len(p) for p in prompts})]
+    for rows in [list(range(len(prompts)))] if pad else groups:
+        s = _settings(model, [prompts[i] for i in rows], opts, temperature, max_initial_index)
         h = hidden.index_select(0, torch.tensor(rows, dtype=torch.long, device=hidden.device))
         row_hooks = None if hooks is None else hooks.select(rows)
-        decoded = _decode_alike(model, h, prompts[rows[0]], [prompts[i] for i in rows], s, row_hooks,
+        decoded = _decode_alike(model, h, [prompts[i] for i in rows], s, row_hooks,
                                 take_rows(cross_kv, rows, len(prompts)))  # fmt: skip
         for i, result in zip(rows, decoded):
             out[i] = result
     return out
 
 
-def _decode_alike(model, hidden: Tensor, first: list[int], prompts: list[list[int]], s, hooks, cross_kv) -> list:
-    """``decode`` for windows whose prompts have one length and one layout (``first``'s)."""
+def _decode_alike(model, hidden: Tensor, prompts: list[list[int]], s, hooks, cross_kv) -> list:
+    """``decode`` for windows decoded together, their prompts left-padded to the longest (the start sequence
+    may sit at other places in them: previous text and a prefix of other lengths)."""
     text = model.whisper_text
+    width = max(len(p) for p in prompts)
+    padding = torch.tensor([width - len(p) for p in prompts], dtype=torch.long, device=model.device)
+    padding = padding if bool(padding.any()) else None
+    prompts = [_padded(text, p, width) for p in prompts]
     prompt = torch.tensor(prompts, dtype=torch.long, device=model.device)
-    sot_index = first.index(text.sot)
+    sot_index = [p.index(text.sot) for p in prompts]
     probes: list[_NoSpeechProbe] = []
 
     def make_decoder(fanout, expand):
-        decoder = model.decoder_state(hidden, None, fanout.group, s.max_length, expand, cross_kv)
+        decoder = model.decoder_state(hidden, None, fanout.group, s.max_length, expand, cross_kv, padding)
         probes.append(_NoSpeechProbe(decoder, sot_index))
         return probes[-1]
 
@@ -264,12 +289,11 @@ def _decode_alike(model, hidden: Tensor, first: list[int], prompts: list[list[in
         picked = [(seqs[j][0], sums.sums[j][0]) for j in range(len(prompts))]
     else:
         c = s.num_return_sequences
-        picked = [_best_sample(seqs[j], sums.totals[j * c : (j + 1) * c], s, len(first)) for j in range(len(prompts))]
+        picked = [_best_sample(seqs[j], sums.totals[j * c : (j + 1) * c], s, width) for j in range(len(prompts))]
     no_speech = _no_speech(model, probes[0], hidden, prompt, sot_index)
-    keep = _output_start(text, first)  # a prefix is part of the output, as in CTranslate2
     out = []
-    for (seq, total), p_no_speech in zip(picked, no_speech):
-        tokens = seq[keep:].tolist()
+    for (seq, total), p_no_speech, row in zip(picked, no_speech, prompts):
+        tokens = seq[_output_start(text, row) :].tolist()  # a prefix is part of the output, as in CTranslate2
         if tokens and tokens[-1] == text.eot:
             tokens = tokens[:-1]
         out.append((tokens, float(total), p_no_speech))
@@ -283,15 +307,19 @@ def _best_sample(seqs: list[Tensor], totals: Tensor, s, width: int) -> tuple[Ten
     return seqs[best], float(totals[best])
 
 
-def _no_speech(model, probe: _NoSpeechProbe, hidden: Tensor, prompt: Tensor, index: int) -> list:
-    """Per window, the probability of the no-speech token at the start token (raw logits)."""
+def _no_speech(model, probe: _NoSpeechProbe, hidden: Tensor, prompt: Tensor, index: list[int]) -> list:
+    """Per window, the probability of the no-speech token at its start token (``index``; raw logits)."""
     no_speech = model.whisper_text.no_speech
     if no_speech is None:
         return [0.0] * hidden.shape[0]
     at_start = probe.at_start
     if at_start is None or at_start.numel() == 0:  # an exported decoder: run the prompt up to the start token
-        decoder = model.decoder_state(hidden, None, 1, index + 1)
-        at_start = decoder.step(prompt[:, : index + 1])
+        parts = []
+        for i in sorted(set(index)):  # windows whose start token sits at one place
+            rows = torch.tensor([r for r, k in enumerate(index) if k == i], dtype=torch.long, device=hidden.device)
+            decoder = model.decoder_state(hidden.index_select(0, rows), None, 1, i + 1)
+            parts.append((rows, decoder.step(prompt.index_select(0, rows)[:, : i + 1])))
+        at_start = torch.cat([p for _, p in parts]).index_select(0, torch.cat([r for r, _ in parts]).argsort())
     else:
         at_start = at_start[:: at_start.shape[0] // hidden.shape[0]]  # a window's rows are consecutive
     probs = model.head.logits(at_start).float().softmax(dim=-1)
@@ -299,7 +327,7 @@ def _no_speech(model, probe: _NoSpeechProbe, hidden: Tensor, prompt: Tensor, ind
 
 
 def with_fallback(model, hidden: Tensor, prompts: list[list[int]], opts: Options, max_initial_index: int,
-                  hooks=None, cross_kv=None) -> list[Decoded]:  # fmt: skip
+                  hooks=None, cross_kv=None, pad: bool = False) -> list[Decoded]:  # fmt: skip
     """faster-whisper's ``generate_with_fallback`` for a batch of windows: each window is decoded again at the
     next temperature while its text is too repetitive (compression ratio) or too unlikely (average
     log-probability), unless it is silence; where every temperature fails, the best attempt is kept."""
@@ -321,7 +349,7 @@ def with_fallback(model, hidden: Tensor, prompts: list[list[int]], opts: Options
         index = torch.tensor(pending, dtype=torch.long, device=hidden.device)
         runs = decode(model, hidden.index_select(0, index), [prompts[i] for i in pending], opts, temperature,
                       max_initial_index, None if hooks is None else hooks.select(pending),
-                      take_rows(cross_kv, pending, len(prompts)))  # fmt: skip
+                      take_rows(cross_kv, pending, len(prompts)), pad)  # fmt: skip
         still = []
         for i, (tokens, total, no_speech) in zip(pending, runs):
             avg = total / (len(tokens) + 1)

@@ -92,6 +92,23 @@ def _norm(word: Word) -> str:
     return _PUNCTUATION.sub("", word.word).lower()
 
 
+def _letters(text: str) -> int:
+    return len("".join(text.split()))
+
+
+def _after_prefix(words: list[Word], letters: int) -> list[Word]:
+    """``words`` without the first ones that spell ``letters`` letters (a word that only begins inside them,
+    punctuation merged into the next word, is kept)."""
+    seen = 0
+    for k, w in enumerate(words):
+        if seen >= letters:
+            return words[k:]
+        seen += _letters(w.word)
+        if seen > letters:
+            return words[k:]
+    return []
+
+
 class LiveTranscriber:
     """One live stream (made by ``SpeechModel.live``): ``append`` audio, ``process`` when ``due``, ``finish``
     at the end. Every word comes out exactly once, in a ``LiveUpdate``'s ``confirmed``."""
@@ -205,13 +222,34 @@ class LiveTranscriber:
         speaking = np.flatnonzero(self.speech)
         return self.offset + speaking[0] * FRAME / SAMPLE_RATE if speaking.size else None
 
-    def prompt(self) -> list[int]:
-        return self.context[-(self.model.spec.max_positions // 2 - 1) :]
+    def prompt(self, prefix: int = 0) -> list[int]:
+        """The confirmed text before the buffer (tokens), what a ``prefix`` of that many tokens leaves room for:
+        the prefix takes the oldest context's place, so that a stream's prompt keeps one length (and streams
+        with long histories share the decoder's batches)."""
+        return self.context[-(self.model.spec.max_positions // 2 - 1 - prefix) :]
 
-    def settle(self, segments: list[Segment] | None, final: bool, decoded: int = 0, epoch: int = 0) -> LiveUpdate:
+    def prefix(self) -> tuple[list[int] | None, int]:
+        """The words confirmed since the buffer's start, as the tokens a decode is forced to begin with
+        (``<|0.00|>`` and their text, as faster-whisper's ``prefix``; a timestamp at the first word's start read
+        no better), and the letters of that text; (None, 0) where there are none (or too many: they are decoded
+        again)."""
+        first = self.confirmed - len(self.recent)  # the number of recent[0]
+        words = [w for w in self.recent[max(0, self.prompted - first) :] if w.start >= self.offset - 0.05]
+        if not words:
+            return None, 0
+        text = self.model.whisper_text
+        said = "".join(w.word for w in words).strip()
+        tokens = text.encode(" " + said)
+        if len(tokens) >= self.model.spec.max_positions // 4:
+            return None, 0
+        return [text.timestamp_begin] + tokens, _letters(said)
+
+    def settle(self, segments: list[Segment] | None, final: bool, decoded: int = 0, epoch: int = 0,
+               prefix_letters: int = 0) -> LiveUpdate:  # fmt: skip
         """Settle one decode of the buffer's first ``decoded`` samples (``segments``, times within the buffer;
         None: not decoded, nothing was heard since the last decode). ``final``: confirm every word and drop
-        the decoded audio. A decode of a buffer cleared since (``epoch``) settles nothing."""
+        the decoded audio. A decode of a buffer cleared since (``epoch``) settles nothing. The decode's first
+        words that spell ``prefix_letters`` letters are its forced prefix (``prefix``), confirmed already."""
         update = LiveUpdate(audio_seconds=self.received / SAMPLE_RATE)
         if epoch != self.epoch:
             return update
@@ -222,6 +260,7 @@ class LiveTranscriber:
         else:
             words = [replace(w, start=w.start + self.offset, end=w.end + self.offset)
                      for seg in segments for w in seg.words or []]  # fmt: skip
+            words = _after_prefix(words, prefix_letters)
             new = self._unseen(self._spoken(words))
             ends = [seg.end + self.offset for seg in segments]
         until = self.offset + decoded / SAMPLE_RATE
@@ -388,9 +427,12 @@ def step(model, streams: list[LiveTranscriber], final: bool = False) -> list[Liv
         cap = min(int(_TOKENS_PER_SECOND * longest) + 16, model.spec.max_positions // 2 - 8)  # prompt: the other half
         opts = batch[0].opts
         opts = replace(opts, max_new_tokens=min(cap, opts.max_new_tokens or cap))
+        # the words confirmed since the buffer's start are forced, not decoded again
+        prefixes = [s.prefix() for s in batch]
+        prompts = [s.prompt(len(tokens or ())) for s, (tokens, _) in zip(batch, prefixes)]
         segments = longform.sequential(model, audio, opts, [s.sot_sequence for s in batch], len(batch), False,
-                                       RowHooks(None), prompts=[s.prompt() for s in batch], once=True,
-                                       window_frames=frames)  # fmt: skip
-        for i, s, segs, wave, epoch in zip(rows, batch, segments, audio, epochs):
-            updates[i] = s.settle(segs, final, len(wave), epoch)
+                                       RowHooks(None), prompts=prompts, once=True, window_frames=frames,
+                                       prefixes=[tokens for tokens, _ in prefixes], pad_prompts=True)  # fmt: skip
+        for i, s, segs, wave, epoch, (_, letters) in zip(rows, batch, segments, audio, epochs, prefixes):
+            updates[i] = s.settle(segs, final, len(wave), epoch, letters)
     return updates  # type: ignore[return-value]

@@ -45,6 +45,7 @@ class _Stream:
     reset_since: int = 0
     last_speech: float = 0.0
     segments: list[Segment] = field(default_factory=list)
+    prefix: list[int] | None = None  # forced tokens after the start sequence of the first window (output)
 
     @property
     def content_frames(self) -> int:
@@ -118,13 +119,17 @@ def _add_words(model, hidden_rows, windows: list[list[WindowSegment]], num_frame
 
 def sequential(model, waves: list[np.ndarray], opts: Options, sot_sequences: list[list[int]], batch_size: int,
                progress: bool, hooks: RowHooks, prompts: list[list[int]] | None = None,
-               once: bool = False, window_frames: int = WINDOW_FRAMES) -> list[list[Segment]]:  # fmt: skip
+               once: bool = False, window_frames: int = WINDOW_FRAMES,
+               prefixes: list[list[int] | None] | None = None, pad_prompts: bool = False) -> list[list[Segment]]:  # fmt: skip
     """faster-whisper's sequential transcription of each wave (already VAD-filtered where asked); ``hooks``
     over the inputs: an abandoned input stops decoding. ``prompts``: each input's own previous text (tokens),
     in place of ``opts.initial_prompt``. ``once``: one window per input (at most 30 s), its words all kept:
     the audio after the last word is not decoded again as the next window (live transcription's buffers).
     ``window_frames``: the mel frames each window's encoder reads, fewer than Whisper's 3000 only where every
-    wave is shorter (live transcription's short buffers: the encoder's work falls with the square of it)."""
+    wave is shorter (live transcription's short buffers: the encoder's work falls with the square of it).
+    ``prefixes``: each input's own prefix tokens (its timestamp included; None: ``opts.prefix``), forced
+    after the start sequence of its first window and part of its output (live transcription's confirmed words).
+    ``pad_prompts``: windows whose prompts differ in length share one search, left-padded (``decoding.decode``)."""
     if window_frames < WINDOW_FRAMES and any(len(w) > window_frames * audio_io.HOP_LENGTH for w in waves):
         raise ValueError(f"a window of {window_frames} mel frames is shorter than the audio it reads")
     text = model.whisper_text
@@ -137,6 +142,8 @@ def sequential(model, waves: list[np.ndarray], opts: Options, sot_sequences: lis
             s.tokens = text.encode(" " + initial.strip()) if isinstance(initial, str) else list(initial)
         if prompts is not None:
             s.tokens = list(prompts[s.index])
+        if prefixes is not None:
+            s.prefix = prefixes[s.index]
     max_initial = int(round(opts.max_initial_timestamp / TIME_PRECISION))
     total = round(sum(s.content_frames for s in streams) / FRAMES_PER_SECOND, 1)
     with progress_bar(progress and total > 30, total, "s", "transcribe") as bar:
@@ -148,7 +155,7 @@ def sequential(model, waves: list[np.ndarray], opts: Options, sot_sequences: lis
             for b in range(0, len(active), batch_size):
                 group = [streams[i] for i in active[b : b + batch_size]]
                 rows = hooks.select([s.index for s in group])
-                moved = _sequential_round(model, group, opts, max_initial, rows, window_frames)
+                moved = _sequential_round(model, group, opts, max_initial, rows, window_frames, pad_prompts)
                 bar.update(round(moved / FRAMES_PER_SECOND, 1))
             if once:
                 break
@@ -156,7 +163,7 @@ def sequential(model, waves: list[np.ndarray], opts: Options, sot_sequences: lis
 
 
 def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial: int, hooks: RowHooks,
-                      window_frames: int = WINDOW_FRAMES) -> int:  # fmt: skip
+                      window_frames: int = WINDOW_FRAMES, pad: bool = False) -> int:  # fmt: skip
     """One window of each stream: encode (its first ``window_frames``), decode with fallback, cut into
     segments, words; returns the frames the streams moved on."""
     text = model.whisper_text
@@ -171,12 +178,12 @@ def _sequential_round(model, streams: list[_Stream], opts: Options, max_initial:
             s.sot_sequence,
             s.tokens[s.reset_since :],
             opts,
-            opts.prefix if s.seek == 0 else None,
+            (opts.prefix if s.prefix is None else s.prefix) if s.seek == 0 else None,
             model.spec.max_positions,
         )  # fmt: skip
         for s in streams
     ]
-    results = with_fallback(model, hidden, prompts, opts, max_initial, hooks, cross_kv)
+    results = with_fallback(model, hidden, prompts, opts, max_initial, hooks, cross_kv, pad)
     moved = 0
     kept_rows, kept_windows = [], []
     for row, (s, size, result) in enumerate(zip(streams, sizes, results)):
