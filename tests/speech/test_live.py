@@ -205,6 +205,8 @@ def test_prompts_of_any_length_and_layout_decode_together_as_alone(whisper, wave
     (previous text and prefix) share one search left-padded to the longest. Rows whose prompts differ in length
     and whose start tokens sit at other places share that search, and each gets what it gets alone; the forced
     words come first."""
+    from dataclasses import replace
+
     from turboseq.generation.batching import RowHooks
     from turboseq.speech import decoding, longform
 
@@ -225,7 +227,8 @@ def test_prompts_of_any_length_and_layout_decode_together_as_alone(whisper, wave
     monkeypatch.setattr(decoding, "run_search", counted)
 
     def run(rows):
-        return longform.sequential(whisper, [waves[r] for r in rows], stream.opts, [stream.sot_sequence] * len(rows),
+        opts = replace(stream.opts, max_new_tokens=64)  # as live sets it
+        return longform.sequential(whisper, [waves[r] for r in rows], opts, [stream.sot_sequence] * len(rows),
                                    len(rows), False, RowHooks(None), prompts=[prompts[r] for r in rows], once=True,
                                    prefixes=[prefixes[r] for r in rows], pad_prompts=True)  # fmt: skip
 
@@ -255,3 +258,17 @@ def test_the_forced_prefix_words_are_dropped_by_their_letters(words, letters, ke
 
     found = live_module._after_prefix([Word(0.0, 0.1, w, 1.0) for w in words], letters)
     assert [w.word for w in found] == kept
+
+
+def test_a_forced_prefix_of_tokens_keeps_the_hotwords(whisper):
+    """faster-whisper drops ``hotwords`` under a user's ``prefix``; live's own prefix of confirmed words keeps them."""
+    from dataclasses import replace
+
+    from turboseq.speech.decoding import window_prompt
+
+    text = whisper.whisper_text
+    opts = replace(whisper.live().opts, hotwords="Brahms")
+    hot = [text.sot_prev] + text.encode(" Brahms")
+    forced = [text.timestamp_begin] + text.encode(" Mozart")
+    assert window_prompt(text, [text.sot], [], opts, forced, 448) == hot + [text.sot] + forced
+    assert window_prompt(text, [text.sot], [], opts, "Mozart", 448) == [text.sot] + forced

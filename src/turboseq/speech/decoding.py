@@ -143,7 +143,7 @@ def window_prompt(text, sot_sequence: list[int], previous: list[int], opts: Opti
         if not opts.without_timestamps:
             start.append(text.timestamp_begin)
         start += text.encode(" " + prefix.strip())[: max_length // 2 - 1]
-    hotwords = opts.hotwords if opts.hotwords and not prefix else None
+    hotwords = opts.hotwords if opts.hotwords and (isinstance(prefix, list) or not prefix) else None
     context = text.encode(" " + hotwords.strip())[: max_length // 2 - 1] if hotwords else []
     if previous:
         context += previous[-(max_length // 2 - 1) :]
@@ -154,9 +154,32 @@ def window_prompt(text, sot_sequence: list[int], previous: list[int], opts: Opti
     return ([text.sot_prev] + context if context else []) + start
 
 
-def _settings(model, prompts: list[list[int]], opts: Options, temperature: float, max_initial_index: int):
+def _allowance(model, prompt: list[int], opts: Options, padded: bool = False) -> int:
+    """The new tokens a window with ``prompt`` may decode: CTranslate2's Whisper budget, decoding from the last
+    start token at most half the length (openai/whisper's sample_len, 224) or what is left of it; ``padded``
+    (live streams, no parity to keep): ``max_new_tokens`` as far as the positions go, one budget for every row
+    whatever its prompt."""
+    limit = model.spec.max_positions
+    if padded:
+        return max(1, min(opts.max_new_tokens or limit, limit - len(prompt)))
+    total = limit
+    if opts.max_new_tokens is not None:
+        total = len(prompt) + opts.max_new_tokens
+        if total > limit:
+            raise ValueError(
+                f"the prompt ({len(prompt)} tokens) and `max_new_tokens` ({opts.max_new_tokens}) exceed the "
+                f"model's {limit} positions"
+            )
+    start = _output_start(model.whisper_text, prompt)
+    budget = min(limit, start + min(total // 2, total - (start - 1)))
+    # a prefix that fills that budget (over ~222 tokens) still gets one new token, not an error
+    return min(limit, max(budget, len(prompt) + 1)) - len(prompt)
+
+
+def _settings(model, prompts: list[list[int]], opts: Options, temperature: float, max_initial_index: int,
+              allowance: int):  # fmt: skip
     """Search settings for ``prompts`` decoded together, left-padded to the longest (their layouts may differ:
-    previous text and a prefix of other lengths); the length budget is the largest of the rows'."""
+    previous text and a prefix of other lengths), each allowed ``allowance`` new tokens."""
     width = max(len(p) for p in prompts)
     prompt = _padded(model.whisper_text, prompts[0], width)
     gen = {"length_penalty": opts.length_penalty, "repetition_penalty": opts.repetition_penalty,
@@ -166,27 +189,10 @@ def _settings(model, prompts: list[list[int]], opts: Options, temperature: float
         gen.update(do_sample=True, temperature=temperature, top_k=0, num_return_sequences=opts.best_of)
     else:
         gen.update(num_beams=opts.beam_size)
-    limit = model.spec.max_positions
-    total = limit
-    # CTranslate2's Whisper budget: decoding starts at the last start token and runs at most half the
-    # length (openai/whisper's sample_len, 224) or what is left of it; a padded row's positions start after
-    # its padding
-    budgets = []
-    for row in prompts:
-        if opts.max_new_tokens is not None:
-            total = len(row) + opts.max_new_tokens
-            if total > limit:
-                raise ValueError(
-                    f"the prompt ({len(row)} tokens) and `max_new_tokens` ({opts.max_new_tokens}) exceed the "
-                    f"model's {limit} positions"
-                )
-        start = _output_start(model.whisper_text, row)
-        budget = min(limit, start + min(total // 2, total - (start - 1)))
-        # a prefix that fills that budget (over ~222 tokens) still gets one new token, not an error
-        budgets.append(width - len(row) + min(limit, max(budget, len(row) + 1)))
-    gen["max_length"] = max(budgets)
-    s = resolve(model.generation_defaults, gen, max_positions=limit + width - min(len(p) for p in prompts),
-                prompt_length=len(prompt), vocab_size=model.spec.vocab_size)  # fmt: skip
+    # the longest prompt has no padding: its positions end at max_length, within its own budget
+    gen["max_length"] = width + allowance
+    s = resolve(model.generation_defaults, gen, max_positions=model.spec.max_positions, prompt_length=len(prompt),
+                vocab_size=model.spec.vocab_size)  # fmt: skip
     text = model.whisper_text
     rules: list = []
     if opts.suppress_blank:
@@ -199,7 +205,8 @@ def _settings(model, prompts: list[list[int]], opts: Options, temperature: float
 
 
 def _padded(text, prompt: list[int], width: int) -> list[int]:
-    """``prompt`` left-padded to ``width`` tokens (with EOS: the rules never read a prompt's tokens)."""
+    """``prompt`` left-padded to ``width`` tokens (with EOS, masked: no rule reads a prompt's text, and the
+    timestamp rules read only its last token)."""
     return [text.eot] * (width - len(prompt)) + prompt
 
 
@@ -247,16 +254,20 @@ def take_rows(cross_kv: list[tuple[Tensor, Tensor]] | None, rows: list[int], tot
 def decode(model, hidden: Tensor, prompts: list[list[int]], opts: Options, temperature: float,
            max_initial_index: int, hooks=None, cross_kv=None, pad: bool = False) -> list[tuple[list[int], float, float]]:  # fmt: skip
     """Decode windows ``hidden`` [windows, positions, d_model] at one temperature; per window (tokens, sum of
-    log-probabilities with EOS, no-speech probability). Windows are batched by prompt length, or with ``pad``
-    all together, their prompts left-padded (where the backend can, and no rule reads the prompt's tokens:
-    live transcription's streams); ``hooks`` (``RowHooks`` over the windows) let abandoned windows leave the
-    batch. ``cross_kv``: the windows' cross-attention K/V (``model.cross_kv``), built here where None."""
+    log-probabilities with EOS, no-speech probability). Windows are batched by prompt length and the new tokens
+    they may decode; with ``pad`` prompts of any length go together, left-padded, each allowed
+    ``max_new_tokens`` (where the backend can, and no rule reads the prompt's text: live transcription's
+    streams). ``hooks`` (``RowHooks`` over the windows)
+    let abandoned windows leave the batch. ``cross_kv``: the windows' cross-attention K/V (``model.cross_kv``),
+    built here where None."""
     out: list = [None] * len(prompts)
     pad = pad and getattr(model.backend, "pads_prompts", False)
     pad = pad and opts.repetition_penalty == 1 and not opts.no_repeat_ngram_size
-    groups = [[i for i, p in enumerate(prompts) if len(p) == w] for w in sorted({len(p) for p in prompts})]
-    for rows in [list(range(len(prompts)))] if pad else groups:
-        s = _settings(model, [prompts[i] for i in rows], opts, temperature, max_initial_index)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault((0 if pad else len(p), _allowance(model, p, opts, pad)), []).append(i)
+    for (_, allowance), rows in sorted(groups.items()):
+        s = _settings(model, [prompts[i] for i in rows], opts, temperature, max_initial_index, allowance)
         h = hidden.index_select(0, torch.tensor(rows, dtype=torch.long, device=hidden.device))
         row_hooks = None if hooks is None else hooks.select(rows)
         decoded = _decode_alike(model, h, [prompts[i] for i in rows], s, row_hooks,

@@ -409,16 +409,20 @@ def step(model, streams: list[LiveTranscriber], final: bool = False) -> list[Liv
     word is settled without a decode."""
     updates: list[LiveUpdate | None] = [None] * len(streams)
     groups: dict[tuple[str, int], list[int]] = {}
-    buffers = [s.audio for s in streams]  # what each decode reads (audio may arrive meanwhile)
+    snapshot = []  # what each decode reads (audio may arrive meanwhile), and the ``clear`` count it belongs to
+    for s in streams:
+        with s.lock:
+            snapshot.append((s.audio, s.epoch))
+    buffers = [audio for audio, _ in snapshot]
     for i, s in enumerate(streams):
         if s.heard():  # each stream holds its own ``Options``: equal ones share a batch
             groups.setdefault((repr(s.opts), _window_frames(len(buffers[i]), s.live)), []).append(i)
         else:
-            updates[i] = s.settle(None, final, len(s.audio), s.epoch)
+            updates[i] = s.settle(None, final, len(buffers[i]), snapshot[i][1])
     for (_, frames), rows in groups.items():
         batch = [streams[i] for i in rows]
         audio = [buffers[i] for i in rows]
-        epochs = [s.epoch for s in batch]
+        epochs = [snapshot[i][1] for i in rows]
         # a bound on the tokens of one decode, by its window (the longest buffer where it is Whisper's 30 s): a
         # repetition loop costs a fraction of a second
         longest = max(len(a) for a in audio) / SAMPLE_RATE
