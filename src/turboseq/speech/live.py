@@ -228,13 +228,17 @@ class LiveTranscriber:
         with long histories share the decoder's batches)."""
         return self.context[-(self.model.spec.max_positions // 2 - 1 - prefix) :]
 
+    def _unprompted(self) -> list[Word]:
+        """The recent confirmed words not yet moved into the prompt (``prompted`` counts those that were)."""
+        first = self.confirmed - len(self.recent)  # the number of recent[0]
+        return self.recent[max(0, self.prompted - first) :]
+
     def prefix(self) -> tuple[list[int] | None, int]:
         """The words confirmed since the buffer's start, as the tokens a decode is forced to begin with
         (``<|0.00|>`` and their text, as faster-whisper's ``prefix``; a timestamp at the first word's start read
         no better), and the letters of that text; (None, 0) where there are none (or too many: they are decoded
         again)."""
-        first = self.confirmed - len(self.recent)  # the number of recent[0]
-        words = [w for w in self.recent[max(0, self.prompted - first) :] if w.start >= self.offset - 0.05]
+        words = [w for w in self._unprompted() if w.start >= self.offset - 0.05]
         if not words:
             return None, 0
         text = self.model.whisper_text
@@ -379,9 +383,8 @@ class LiveTranscriber:
         samples = frames * FRAME
         time = self.offset + samples / SAMPLE_RATE
         text = self.model.whisper_text
-        first = self.confirmed - len(self.recent)  # the number of recent[0]
-        self.prompted = max(self.prompted, first)
-        for w in self.recent[self.prompted - first :]:
+        self.prompted = max(self.prompted, self.confirmed - len(self.recent))  # none before recent[0]
+        for w in self._unprompted():
             if w.end > time + 0.01:
                 break
             self.context += text.encode(w.word)
