@@ -272,3 +272,26 @@ def test_cli_generate_continues_prompts(gpt2_text, tmp_path):
     out = run_cli("translate", "--model", path, stdin="hi\n")
     assert out.returncode == 2
     assert "is a text-generation (decoder-only) model (gpt2); `turboseq translate` does not serve it" in out.stderr
+
+
+def test_cli_translate_with_a_glossary(marian_one, tmp_path):
+    """--glossary (a JSON object or tab-separated lines) and --keep-spans: as ``translate(glossary=...)``."""
+    model, path = marian_one
+    term = next(w for w in ["Zug", "Bahnhof", "der", "station"] if model._phrase_ids(w) is not None)
+    lines = ["The train leaves at eight.", "Good morning."]
+    expected = model.translate(lines, glossary={"train": term}, keep_spans=True, max_new_tokens=8)
+    assert term in expected[0]
+    for name, text in [("g.json", json.dumps({"train": term})), ("g.tsv", f"# terms\ntrain\t{term}\n")]:
+        (tmp_path / name).write_text(text)
+        res = run_cli(
+            "translate", "--model", str(path), "--glossary", str(tmp_path / name), "--keep-spans",
+            "--max-new-tokens", "8", stdin="\n".join(lines) + "\n",
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split("\n")[:-1] == expected
+    (tmp_path / "bad.tsv").write_text("train Zug\n")
+    res = run_cli("translate", "--model", str(path), "--glossary", str(tmp_path / "bad.tsv"), stdin="x\n")
+    assert res.returncode == 2
+    assert res.stderr.strip() == (
+        f"turboseq: error: {tmp_path / 'bad.tsv'}:1: a glossary line is a source term, a tab and its target term"
+    )

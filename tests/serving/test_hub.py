@@ -263,6 +263,12 @@ def test_libretranslate_requests_pick_the_model_of_their_pair(hub, dirs):
     assert client.translate("Good morning.", "en", "de") == forth.translate(["Good morning."])[0]
     r = httpx.post(hub.url + "/translate", json={"q": german, "source": "de", "target": "fr"})
     assert r.status_code == 400 and "not de to fr" in r.json()["error"]  # no such model: the default says its pair
+    # a file goes to its pair's model too; the hub itself serves the download
+    page = f"<p>{german}</p>"
+    form = {"file": ("seite.html", page.encode()), "source": (None, "de"), "target": (None, "en")}
+    url = httpx.post(hub.url + "/translate_file", files=form).json()["translatedFileUrl"]
+    assert url.startswith(hub.url + "/download_file/")
+    assert httpx.get(url).text == back.translate([page], format="html")[0]
 
 
 def test_model_entries_and_sizes(tmp_path):

@@ -1,6 +1,7 @@
 """LibreTranslate's routes with its real Python client (``libretranslatepy``, which sends URL-encoded forms), and
 with JSON and multipart bodies as LibreTranslate's own page sends them. Answers equal ``model.translate``."""
 
+import json
 import re
 
 import httpx
@@ -109,3 +110,100 @@ def test_fuzzed_libretranslate_bodies_never_get_a_5xx(opus):
     keys = ["q", "source", "target", "format", "alternatives", "api_key"]
     _fuzz(srv.url, ["/translate", "/detect"], keys, 60)
     assert httpx.get(srv.url + "/health").json() == {"status": "ok"}
+
+
+def _writable(model, words):
+    return [w for w in words if model._phrase_ids(w) is not None]
+
+
+def test_glossary_over_http_equals_the_library(opus):
+    """``glossary`` and ``keep_spans`` on LibreTranslate's /translate (JSON, or JSON in a form field) and in the
+    parameters of POST /: each equal to ``model.translate(..., glossary=...)``."""
+    srv, model = opus
+    first, second = _writable(model, ["Zug", "Bahnhof", "der", "und", "station", "train"])[:2]
+    glossary = {"train": first, "pharmacy": second}
+    expected = model.translate(ENGLISH, glossary=glossary)
+    assert first in expected[0] and second in expected[1]
+    body = {"q": ENGLISH, "source": "en", "target": "de", "glossary": glossary, "keep_spans": True}
+    assert httpx.post(srv.url + "/translate", json=body).json() == {
+        "translatedText": model.translate(ENGLISH, glossary=glossary, keep_spans=True)
+    }
+    form = {"q": ENGLISH[0], "source": "en", "target": "de", "glossary": json.dumps(glossary)}
+    assert httpx.post(srv.url + "/translate", data=form).json() == {"translatedText": expected[0]}
+    r = httpx.post(srv.url + "/", json={"inputs": ENGLISH, "parameters": {"glossary": glossary}})
+    assert r.json() == [{"translation_text": t} for t in expected]
+
+    def error(url, body):
+        r = httpx.post(srv.url + url, json=body)
+        return r.status_code, r.json()["error"]
+
+    assert error("/translate", {**body, "glossary": ["train"]}) == (
+        400,
+        "`glossary` must be an object of source terms to target terms (strings)",
+    )
+    assert error("/translate", {**body, "alternatives": 2}) == (
+        400,
+        "`glossary` and `keep_spans` do not combine with `alternatives`",
+    )
+    assert error("/", {"inputs": ENGLISH, "parameters": {"glossary": {"train": "☃"}}}) == (
+        422,
+        "glossary term '☃' cannot be written with this model's target vocabulary",
+    )
+    assert error("/", {"inputs": ENGLISH, "parameters": {"glossary": glossary, "details": True}}) == (
+        422,
+        "`glossary` and `keep_spans` do not combine with details, logprobs or `alternatives`",
+    )
+
+
+PAGE = (
+    "<!DOCTYPE html>\n<html><head><title>The train</title></head><body>\n"
+    '<h1 class="t">Where is the station?</h1>\n<p>The train leaves at eight. It stops <b>twice</b>.</p>\n'
+    "<pre>make   test</pre>\n</body></html>\n"
+)
+MARKDOWN = (
+    "# The train\n\nThe train leaves at eight.\n\n```\nmake test\n```\n\n- Where is the [station](https://x.org)?\n"
+)
+
+
+@pytest.mark.parametrize(
+    "name, content, fmt",
+    [("page.html", PAGE, "html"), ("notes.md", MARKDOWN, "markdown"), ("plain.txt", "\n".join(ENGLISH) + "\n", "text")],
+)
+def test_translate_file_and_download(opus, name, content, fmt):
+    """LibreTranslate's /translate_file as its page sends it (a multipart form): the answer's URL downloads the
+    translated document, equal to ``model.translate([text], format=...)``, under the file's own name."""
+    srv, model = opus
+    r = httpx.post(
+        srv.url + "/translate_file",
+        files={"file": (name, content.encode()), "source": (None, "en"), "target": (None, "de"), "api_key": (None, "")},
+    )
+    assert r.status_code == 200, r.text
+    url = r.json()["translatedFileUrl"]
+    assert url.startswith(srv.url + "/download_file/") and url.endswith("." + name)
+    download = httpx.get(url)
+    assert download.status_code == 200
+    assert download.text == model.translate([content], format=fmt)[0]
+    assert download.headers["content-disposition"] == f"attachment; filename*=UTF-8''{name}"
+    assert download.headers["content-type"].startswith(
+        {"html": "text/html", "markdown": "text/markdown"}.get(fmt, "text/plain")
+    )
+    settings = httpx.get(srv.url + "/frontend/settings").json()
+    assert settings["filesTranslation"] is True and "." + name.split(".")[1] in settings["supportedFilesFormat"]
+
+
+def test_translate_file_errors(opus):
+    srv, _ = opus
+
+    def error(files):
+        r = httpx.post(srv.url + "/translate_file", files={"source": (None, "en"), "target": (None, "de"), **files})
+        return r.status_code, r.json()["error"]
+
+    assert error({}) == (400, "Invalid request: missing file parameter")
+    assert error({"file": ("report.pdf", b"%PDF")}) == (
+        400,
+        "Invalid request: file format .pdf not supported; supported: .txt, .html, .htm, .md, .markdown",
+    )
+    assert error({"file": ("latin.txt", "Déjà vu".encode("latin-1"))}) == (400, "latin.txt is not UTF-8 text")
+    r = httpx.get(srv.url + "/download_file/0123.page.html")
+    assert r.status_code == 404
+    assert r.json()["error"] == "Invalid filename: no translated file by that name (they are kept for 30 minutes)"

@@ -54,6 +54,7 @@ def _write(path: str | Path | None, text: str) -> None:
 def _translate(args) -> int:
     from turboseq.models.causal import CausalLM
 
+    glossary = _read_glossary(args.glossary) if getattr(args, "glossary", None) else None  # before the load
     model = _load(args, args.verb)
     document = getattr(args, "format", "lines") != "lines"
     lines = [_read_text(args.input)] if document else _read_lines(args.input)
@@ -78,6 +79,8 @@ def _translate(args) -> int:
         kwargs["batch_size"] = args.batch_size
     if document:
         kwargs.update(format=args.format, source_language=args.source_language)
+    if glossary or getattr(args, "keep_spans", False):
+        kwargs.update(glossary=glossary, keep_spans=args.keep_spans)
     outputs = run(
         lines,
         max_batch_tokens=args.max_batch_tokens,
@@ -90,6 +93,30 @@ def _translate(args) -> int:
     else:
         _write(args.output, "".join(out.replace("\n", " ") + "\n" for out in outputs))
     return 0
+
+
+def _read_glossary(path: str) -> dict[str, str]:
+    """A glossary file: a JSON object of source terms to target terms, or lines ``source<TAB>target``."""
+    import json
+
+    text = _read_text(path)
+    if text.lstrip().startswith("{"):
+        try:
+            glossary = json.loads(text)
+        except ValueError as err:
+            raise ValueError(f"{path}: not a JSON object of terms ({err})") from None
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in glossary.items()):
+            raise ValueError(f"{path}: a glossary maps source terms to target terms (strings)")
+        return glossary
+    glossary = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        source, tab, target = line.partition("\t")
+        if not tab or not source.strip() or not target.strip():
+            raise ValueError(f"{path}:{n}: a glossary line is a source term, a tab and its target term")
+        glossary[source.strip()] = target.strip()
+    return glossary
 
 
 def _transcribe(args) -> int:

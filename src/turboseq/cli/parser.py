@@ -89,6 +89,17 @@ def _add_text_verbs(verbs) -> None:
             tr.add_argument(
                 "--source-language", metavar="CODE", help="--format text/html: the sentence rules' language"
             )
+            tr.add_argument(
+                "--glossary",
+                metavar="FILE",
+                help='terms every translation keeps: a JSON object {"source term": "target term"}, or lines of '
+                "a source term, a tab and its target term",
+            )
+            tr.add_argument(
+                "--keep-spans",
+                action="store_true",
+                help="keep URLs, e-mail addresses, numbers and {variables} as they are",
+            )
         tr.add_argument("--num-beams", type=positive_int, help="beam size (default: the model's generation_config)")
         tr.add_argument("--max-new-tokens", type=positive_int, help=f"maximum tokens per {what}")
         tr.add_argument("--no-repeat-ngram-size", type=int, help="ban repeated n-grams of this size")

@@ -213,10 +213,7 @@ class Seq2SeqModel(EncoderDecoder):
         URLs, e-mail addresses, numbers and ``{variables}`` as they are (``formats.documents.protected_spans``).
         Both are rules of the search (``generation.processors.RequiredPhrases``), not edits of the output text:
         sentences with equal terms share batches."""
-        if glossary is not None and not (
-            isinstance(glossary, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in glossary.items())
-        ):
-            raise TypeError("`glossary` must be a dict of source terms to target terms (strings)")
+        check_terms(glossary, keep_spans)
         if glossary or keep_spans:
             kwargs["_terms"] = (glossary or {}, keep_spans)
         if format is None:
@@ -370,7 +367,7 @@ class Seq2SeqModel(EncoderDecoder):
         glossary, keep_spans = terms
         groups: dict[tuple, list[int]] = {}
         for i, text in enumerate(texts):
-            groups.setdefault(self._required_phrases(text, glossary, keep_spans), []).append(i)
+            groups.setdefault(self.required_phrases(text, glossary, keep_spans), []).append(i)
         results: list = [None] * len(texts)
         prefix = kwargs.pop("prefix", None)
         for phrases, members in groups.items():
@@ -381,7 +378,7 @@ class Seq2SeqModel(EncoderDecoder):
                 results[i] = out
         return results
 
-    def _required_phrases(self, text: str, glossary: dict, keep_spans: bool) -> tuple:
+    def required_phrases(self, text: str, glossary: dict, keep_spans: bool) -> tuple:
         """The target phrases ``text`` requires: its glossary terms (ValueError for a term the target vocabulary
         cannot write) and, with ``keep_spans``, its protected spans that the vocabulary can write."""
         phrases = []
@@ -402,6 +399,16 @@ class Seq2SeqModel(EncoderDecoder):
         ids = self.tokenizer(text_target=term, add_special_tokens=False)["input_ids"]
         decoded = self.tokenizer.decode(ids, skip_special_tokens=True)
         return tuple(ids) if ids and decoded.strip() == term.strip() else None
+
+
+def check_terms(glossary, keep_spans) -> None:
+    """TypeError unless ``glossary`` is None or a dict of strings to strings and ``keep_spans`` a boolean."""
+    if glossary is not None and not (
+        isinstance(glossary, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in glossary.items())
+    ):
+        raise TypeError("`glossary` must be a dict of source terms to target terms (strings)")
+    if not isinstance(keep_spans, bool):
+        raise TypeError("`keep_spans` must be a boolean")
 
 
 def _holds(text: str, term: str) -> bool:

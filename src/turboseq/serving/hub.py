@@ -163,7 +163,7 @@ class Hub:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
             return await self._lifespan(receive, send)
-        if scope["path"] in _OWN or scope["path"].startswith("/v1/models/"):
+        if scope["path"] in _OWN or scope["path"].startswith(("/v1/models/", "/download_file/")):
             return await self.ops(scope, receive, send)
         try:
             slot, scope, receive = await self._route(scope, receive)
@@ -233,7 +233,7 @@ class Hub:
             body = await self._read_body(receive)
             fields = body_fields(content_type(scope), body)
             wanted = fields.get("model") if isinstance(fields.get("model"), str) else None
-            if wanted is None and path == "/translate":  # LibreTranslate: the model of the language pair
+            if wanted is None and path in ("/translate", "/translate_file"):  # LibreTranslate: the pair's model
                 wanted = await self._by_pair(fields)
             receive = replay(body, receive)
         if wanted is None or wanted == self.default.name:

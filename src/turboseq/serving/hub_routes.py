@@ -109,6 +109,12 @@ def operations_app(hub):
     async def languages():
         return _languages(hub)
 
+    @app.get("/download_file/{key}")
+    async def download_file(key: str):
+        from turboseq.serving.libretranslate import download_file
+
+        return await download_file(key)
+
     @app.get("/metrics")
     async def metrics():
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -154,7 +160,15 @@ def _info(hub, created: int) -> dict:
             "idle_unload_s": hub.options.idle_unload_s,
             "load_wait_s": hub.options.load_wait_s,
         },
-        "routes": ["/models/{name}", "/models/{name}/{route}", "/v1/models", "/languages", "/health", "/metrics"],
+        "routes": [
+            "/models/{name}",
+            "/models/{name}/{route}",
+            "/v1/models",
+            "/languages",
+            "/download_file/{key}",
+            "/health",
+            "/metrics",
+        ],
     }
 
 

@@ -139,11 +139,12 @@ def pop_output_options(params: dict) -> tuple[dict, int, float, bool]:
 
 
 class Prefixed(list):
-    """A row of source token ids that carries the token ids its outputs start with (``prefix``)."""
+    """A row of source token ids that carries the token ids its outputs start with (``prefix``, or None) and the
+    target phrases its outputs must hold (``phrases``: glossary terms and protected spans, token id tuples)."""
 
-    def __init__(self, ids, prefix):
+    def __init__(self, ids, prefix=None, phrases: tuple = ()):
         super().__init__(ids)
-        self.prefix = prefix
+        self.prefix, self.phrases = prefix, phrases
 
 
 @dataclass

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from turboseq.errors import InputTooLong
 from turboseq.formats.languages import language_pair
 from turboseq.formats.tokenizer import encode_texts
+from turboseq.generation.processors import RequiredPhrases
 from turboseq.generation.settings import GenerationSettings, check_seed
-from turboseq.models.text import Seq2SeqModel
+from turboseq.models.text import Seq2SeqModel, check_terms
 from turboseq.serving import libretranslate
 from turboseq.serving.logprobs import (
     Alternatives,
@@ -87,6 +88,16 @@ class TextTask(Task[S]):
             return self.model.tokenizer(text)["input_ids"]
 
 
+def terms_of(params: dict) -> tuple[dict | None, bool]:
+    """A request's ``glossary`` (``{"source term": "target term"}``) and ``keep_spans``, checked."""
+    glossary, keep_spans = params.get("glossary"), params.get("keep_spans", False)
+    try:
+        check_terms(glossary, keep_spans)
+    except TypeError as err:
+        raise invalid(str(err)) from None
+    return glossary, keep_spans
+
+
 def truncation_of(params: dict) -> bool:
     """Whether a request cuts inputs over the token limit: ``truncation`` (Hugging Face's name) or ``truncate``
     (text-embeddings-inference's)."""
@@ -139,6 +150,7 @@ class GenerationRequest:
     alternatives: int = 0  # translations: the n most likely next tokens after the prefix, each completed
     min_alternative_expansion_prob: float = 0.0
     confidence: bool = False  # translations: each output's mean token log-probability
+    terms: bool = False  # a glossary or protected spans: each row carries its required phrases
 
 
 @register(Seq2SeqModel)
@@ -156,8 +168,17 @@ class GenerationTask(TextTask[GenerationRequest]):
 
     def tokenize(self, inputs: list[str], params: dict, single: bool = False, keep_blank: bool = False) -> Parsed:
         """``TextTask.tokenize``; a ``prefix`` (one text for every input, or one per input) travels with each
-        row as token ids (rows with different prefixes share batches)."""
+        row as token ids (rows with different prefixes share batches), and so do the target phrases a
+        ``glossary`` and ``keep_spans`` require of each input."""
         parsed = super().tokenize(inputs, params, single, keep_blank)
+        glossary, keep_spans = terms_of(params)
+        if glossary or keep_spans:
+            try:
+                with self.tokenizer_lock:
+                    phrases = [self.model.required_phrases(inputs[i], glossary or {}, keep_spans) for i in parsed.slots]
+            except ValueError as err:
+                raise invalid(str(err)) from None
+            parsed.rows = [Prefixed(row, None, p) for row, p in zip(parsed.rows, phrases)]
         prefix = params.get("prefix")
         if prefix is not None:
             texts = [prefix] * len(inputs) if isinstance(prefix, str) else prefix
@@ -169,7 +190,9 @@ class GenerationTask(TextTask[GenerationRequest]):
                 raise invalid("`prefix` must be a text, or a list with one text (or null) per input")
             with self.tokenizer_lock:
                 ids = self.model.encode_prefixes(texts, len(texts), self.model.settings())
-            parsed.rows = [Prefixed(row, ids[slot]) for row, slot in zip(parsed.rows, parsed.slots)]
+            parsed.rows = [
+                Prefixed(row, ids[slot], getattr(row, "phrases", ())) for row, slot in zip(parsed.rows, parsed.slots)
+            ]
         return parsed
 
     def prepare(self, params: dict) -> Prepared[GenerationRequest]:
@@ -178,6 +201,11 @@ class GenerationTask(TextTask[GenerationRequest]):
         check_seed(seed)
         rest, details, top_n = pop_detail_parameters(params)
         rest, alternatives, min_prob, confidence = pop_output_options(rest)
+        glossary, keep_spans = terms_of(rest)
+        terms = bool(glossary) or keep_spans
+        rest = {k: v for k, v in rest.items() if k not in ("glossary", "keep_spans")}
+        if terms and (details or alternatives):
+            raise ValueError("`glossary` and `keep_spans` do not combine with details, logprobs or `alternatives`")
         s = self.model.settings(**{k: v for k, v in rest.items() if k not in ("truncation", "seed")})
         if details:
             check_one_row(s)
@@ -190,7 +218,7 @@ class GenerationTask(TextTask[GenerationRequest]):
             if s.do_sample or alternatives
             else json.dumps({k: v for k, v in params.items() if k not in ("truncation", "prefix")}, sort_keys=True)
         )
-        return Prepared(GenerationRequest(s, seed, details, top_n, alternatives, min_prob, confidence), key)
+        return Prepared(GenerationRequest(s, seed, details, top_n, alternatives, min_prob, confidence, terms), key)
 
     def check_cost(self, parsed: Parsed, limits) -> None:
         check_generation_cost(parsed.prepared.settings.settings, len(parsed.rows), limits)
@@ -198,13 +226,43 @@ class GenerationTask(TextTask[GenerationRequest]):
     def check_stream(self, request: GenerationRequest) -> None:
         if request.settings.is_beam or request.settings.num_return_sequences != 1:
             raise invalid("streaming supports num_beams=1 and num_return_sequences=1")
-        if request.alternatives or request.confidence:
-            raise invalid("`alternatives` and `return_confidence` are not streamed")
+        if request.alternatives or request.confidence or request.terms:
+            raise invalid("`alternatives`, `return_confidence`, `glossary` and `keep_spans` are not streamed")
 
     def generate(self, rows, request: GenerationRequest, abandoned, on_tokens) -> tuple[list, Collector | None]:
         """The engine's sequences for ``rows``, and the log-probabilities where the request asks for them."""
         collector, kwargs = self.generate_arguments(rows, request, abandoned, on_tokens)
+        if request.terms:
+            return self.generate_with_phrases(rows, kwargs), collector
         return self.model.generate_rows(rows, max_batch_size=None, **kwargs), collector
+
+    def generate_with_phrases(self, rows, kwargs: dict) -> list:
+        """``generate_rows`` for rows that carry required phrases: rows with equal phrases are searched together
+        under a ``RequiredPhrases`` rule (the others as without one)."""
+        s, abandoned, prefixes = kwargs.pop("settings"), kwargs.pop("abandoned"), kwargs.pop("prefixes", None)
+        groups: dict[tuple, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(getattr(row, "phrases", ()), []).append(i)
+        outputs: list = [None] * len(rows)
+        for phrases, members in groups.items():
+            rule = RequiredPhrases([list(p) for p in phrases], s.eos_token_ids, s.max_length)
+            settings = replace(s, rules=[*s.rules, rule]) if phrases else s
+
+            def gone(members=members):
+                left = abandoned() if abandoned is not None else ()
+                return {j for j, i in enumerate(members) if i in left}
+
+            part = self.model.generate_rows(
+                [rows[i] for i in members],
+                max_batch_size=None,
+                settings=settings,
+                abandoned=gone,
+                prefixes=None if prefixes is None else [prefixes[i] for i in members],
+                **kwargs,
+            )
+            for i, out in zip(members, part):
+                outputs[i] = out
+        return outputs
 
     def generate_arguments(
         self, rows, request: GenerationRequest, abandoned, on_tokens
@@ -228,7 +286,7 @@ class GenerationTask(TextTask[GenerationRequest]):
         return Detailed(text, tokens, reason, request.seed)
 
     def joinable(self, request: GenerationRequest) -> bool:
-        return not request.alternatives and self.model.joins
+        return not request.alternatives and not request.terms and self.model.joins
 
     def join(self, rows, request: GenerationRequest, abandoned=None, on_tokens=None) -> Joining | None:
         if not self.joinable(request):
@@ -319,6 +377,8 @@ class GenerationTask(TextTask[GenerationRequest]):
             Route("/detect", lambda service, request: libretranslate.detect_language(self, service, request)),
             Route("/languages", lambda s, r: libretranslate.languages(self, s, r), ("GET",)),
             Route("/frontend/settings", lambda s, r: libretranslate.frontend_settings(self, s, r), ("GET",)),
+            Route("/translate_file", lambda service, request: libretranslate.translate_file(self, service, request)),
+            Route("/download_file/{key}", lambda s, r: libretranslate.download_file(r.path_params["key"]), ("GET",)),
         ]
 
     def stream_decoder(self, request: GenerationRequest) -> TextStream:
