@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from turboseq.formats.documents import split_document
+from turboseq.formats.documents import run_rounds, split_document, translate_documents
 
 # the random test model often ends at once: a few forced tokens make every translation visible
 FORCED = {"min_new_tokens": 3, "max_new_tokens": 6}
@@ -16,6 +16,18 @@ PARAGRAPH = (
     "The committee met on Monday. It discussed the budget for next year!  Dr. Smith asked about the costs?\n"
     "A second line follows here."
 )
+
+
+def in_rounds(doc, translate):
+    """``doc`` translated by ``translate(texts)`` in its rounds, and every (text, translation) it was given."""
+    seen = []
+
+    def record(texts):
+        out = translate(texts)
+        seen.extend(zip(texts, out))
+        return out
+
+    return run_rounds(translate_documents([doc]), record)[0], seen
 
 
 def html_page(paragraphs: int = 20) -> str:
@@ -86,18 +98,22 @@ def test_sentences_and_skipped_elements():
     page = split_document(html_page(1), "html")
     assert page.units == [
         "Timetable of the trains",
-        "The train number 0 leaves at eight.",
-        "It stops in",
-        "three",
-        "towns & one",
-        "village",
-        ".",
         "Call",
         "before you leave.",
         "First item in the list",
         "Second item",
+        # a run with inline elements: its sentences whole, then each element's text
+        "The train number 0 leaves at eight.",
+        "It stops in three towns & one village.",
+        "three",
+        "village",
     ]  # no code, pre, style, translate="no" or notranslate text; entities decoded
-    assert page.join(["<x> & y"] * len(page.units)).count("&lt;x&gt; &amp; y") == len(page.units)
+    out, seen = in_rounds(page, lambda texts: ["<x> & y"] * len(texts))
+    # the elements' translations are not found in their sentence's: the run's nodes are translated one by one
+    assert [t for t, _ in seen[len(page.units) :]] == [
+        "The train number 0 leaves at eight.", "It stops in", "three", "towns & one", "village", ".",
+    ]  # fmt: skip
+    assert out.count("&lt;x&gt; &amp; y") == len(seen) - 4 and "<x>" not in out
     with pytest.raises(ValueError, match="`format` must be one of text, html, markdown, not 'pdf'"):
         split_document("x", "pdf")
 
@@ -117,9 +133,9 @@ def test_translate_documents(marian_one):
     assert "<pre>keep   this\n  as it is</pre>" in out and "<code>make test</code>" in out
     assert '<div translate="no">Brand Name Here</div><span class="notranslate">x y z</span>' in out
     doc = split_document(page, "html")
-    alone = model.translate(doc.units, **FORCED)  # each sentence translated alone: the same words
-    assert out == doc.join(alone)
-    assert all(a and a != u for a, u in zip(alone, doc.units))  # every text node translated
+    alone, seen = in_rounds(doc, lambda texts: model.translate(texts, **FORCED))  # each sentence alone: the same
+    assert out == alone
+    assert all(a and a != u for u, a in seen)  # every text node translated
 
     # a paragraph far over the model's 128 positions translates whole, each sentence once
     sentences = [f"The train number {i} leaves the station at eight in the morning." for i in range(40)]
@@ -153,21 +169,18 @@ def test_markdown_keeps_code_markers_and_links(marian_one):
     model, _ = marian_one
     doc = split_document(MARKDOWN, "markdown")
     assert doc.join(doc.units) == MARKDOWN
-    assert doc.units[:7] == [
-        "Getting started with the trains",
-        "The train leaves at",
-        "eight",
-        "o'clock.",
-        "See the",
-        "timetable",
-        "for details.",
-    ]
+    assert doc.units[:3] == ["Getting started with the trains", "First item in the list", "A finished task with"]
+    # emphasis and a link's text move with their words: the sentence whole, then the elements' texts
+    assert doc.units[-7:] == [
+        "The train leaves at eight o'clock.", "See the timetable for details.", "eight", "timetable",
+        "Final words with struck text and bold text.", "struck", "bold",
+    ]  # fmt: skip
     joined = "\n".join(doc.units)
     for kept in ("do not translate", "indented code", "inline code", "https://", "img.png", "ref", "---"):
         assert kept not in joined
     out = model.translate([MARKDOWN], format="markdown", **FORCED)[0]
-    alone = model.translate(doc.units, **FORCED)
-    assert out == doc.join(alone) and all(a and a != u for a, u in zip(alone, doc.units))
+    alone, seen = in_rounds(doc, lambda texts: model.translate(texts, **FORCED))
+    assert out == alone and all(a and a != u for u, a in seen)
     for kept in (
         '```python\nprint("do not translate me")\n```\n',
         "\n    indented code stays\n",
@@ -185,3 +198,22 @@ def test_markdown_keeps_code_markers_and_links(marian_one):
     for before, after in zip(MARKDOWN.splitlines(), out.splitlines()):
         assert markers.match(after).group(1) == markers.match(before).group(1)
     assert len(out.splitlines()) == len(MARKDOWN.splitlines())
+
+
+def _reverse_words(texts):
+    """A stand-in translator whose word order is the reverse of the source's, each word in upper case."""
+    return [" ".join(w.upper() for w in reversed(t.split())) for t in texts]
+
+
+def test_inline_markup_moves_with_its_words():
+    page = '<p>Take <b>the</b> <a href="/x">early</a> train &amp; go.</p>\n<p>Plain words.</p>'
+    out, seen = in_rounds(split_document(page, "html"), _reverse_words)
+    assert out == '<p>GO. &amp; TRAIN <a href="/x">EARLY</a> <b>THE</b> TAKE</p>\n<p>WORDS. PLAIN</p>'
+    assert len(seen) == 4  # one round: two sentences and the two elements
+    md = "Take **the** [early](https://x.org) train now.\n"
+    out, _ = in_rounds(split_document(md, "markdown"), _reverse_words)
+    assert out == "NOW. TRAIN [EARLY](https://x.org) **THE** TAKE\n"
+    # an element whose translation is not in its sentence's: the run is translated node by node instead
+    out, seen = in_rounds(split_document(page, "html"), lambda texts: [t + " x" for t in texts])
+    assert out == '<p>Take x <b>the x</b> <a href="/x">early x</a> train &amp; go. x</p>\n<p>Plain words. x</p>'
+    assert [t for t, _ in seen[4:]] == ["Take", "the", "early", "train & go."]

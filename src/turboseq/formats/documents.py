@@ -9,13 +9,19 @@ kept as it is (whitespace, line breaks, markup). ``join(translations)`` rebuilds
 - ``html``: Python's HTML parser walks the markup; every tag, comment, declaration and entity outside text
   stays byte for byte. Text nodes are translated, except inside ``<code>``, ``<pre>``, ``<script>``,
   ``<style>``, ``<textarea>`` and any element marked ``translate="no"`` or ``class="notranslate"``. A
-  translated node is escaped again (``&``, ``<``, ``>``). Inline markup splits a sentence into nodes, each
-  translated on its own.
+  translated node is escaped again (``&``, ``<``, ``>``). Inline markup moves with its words where it can
+  (below).
 
 - ``markdown``: fenced and indented code blocks, table rules, thematic breaks and link definitions stay as they
   are; a line's block markers (headings, quotes, list items, task boxes, table pipes) and its inline markup (code
   spans, emphasis markers, link and image targets, autolinks and bare URLs) are kept, and the text between them
-  is translated. A link's text is translated on its own.
+  is translated. Emphasis and links move with their words where they can (below).
+
+Inline markup (``<b>``, ``<a href>``, ``<em>``, markdown's ``**`` and ``[text](url)``, each holding plain text):
+the sentence is translated whole, and so is each element's text alone; where each element's translation is
+found in its sentence's translation, the element's markup is put around it there (so it moves with its words
+when the word order changes). Where one is not found, that run of text is translated a second time node by
+node, each node on its own, its markup where it was. ``translate_documents`` runs the rounds.
 
 A sentence longer than the model's input limit (``fits``) is cut at word boundaries into parts that fit,
 each translated once, so a long paragraph translates whole, never truncated.
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
@@ -35,20 +41,28 @@ SKIPPED_ELEMENTS = {"code", "pre", "script", "style", "textarea", "kbd", "samp",
 VOID_ELEMENTS = {
     "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track", "wbr",
 }  # fmt: skip
+# elements inside a sentence whose markup moves with their words
+INLINE_ELEMENTS = {
+    "a", "abbr", "b", "bdi", "bdo", "cite", "del", "dfn", "em", "font", "i", "ins", "mark", "q", "s", "small",
+    "span", "strong", "sub", "sup", "time", "u",
+}  # fmt: skip
 
 
 @dataclass
 class Document:
-    """``pieces`` in order; ``slots[i]`` is the index in ``pieces`` of unit ``i``; ``escape`` applies to a
-    translation before it takes its place."""
+    """``pieces`` in order; ``slots[i]`` is the index in ``pieces`` of unit ``i``; ``runs``: the runs of text
+    with inline markup, each at its own index in ``pieces``; ``escape`` applies to a translation before it takes
+    its place."""
 
-    pieces: list[str] = field(default_factory=list)
+    pieces: list = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
     escape: Callable[[str], str] = staticmethod(lambda s: s)
+    runs: list[tuple[int, _Inline]] = field(default_factory=list)
 
     @property
     def units(self) -> list[str]:
-        return [self.pieces[i] for i in self.slots]
+        """What the first round translates: the sentences, then each run's sentences and element texts."""
+        return [self.pieces[i] for i in self.slots] + [u for _, run in self.runs for u in run.units]
 
     def keep(self, text: str) -> None:
         if text:
@@ -58,13 +72,154 @@ class Document:
         self.slots.append(len(self.pieces))
         self.pieces.append(text)
 
-    def join(self, translations: list[str]) -> str:
-        if len(translations) != len(self.slots):
-            raise ValueError(f"{len(translations)} translations for {len(self.slots)} sentences")
+    def run(self, parts: list[tuple[str, str]], sentences: _Sentences) -> None:
+        """A run of text and inline markup: ``parts`` in order, each ("text", text), ("open", markup) or
+        ("close", markup). Where every element is one piece of text between an opening and a closing markup,
+        each within one sentence, the run moves its markup with its words (``_Inline``); otherwise each piece
+        of text is translated on its own, the markup kept where it is."""
+        alone = Document(escape=self.escape)
+        for kind, value in parts:
+            sentences.add(alone, value) if kind == "text" else alone.keep(value)
+        inline = _Inline.of(parts, sentences, alone)
+        if inline is None:
+            base = len(self.pieces)
+            self.pieces.extend(alone.pieces)
+            self.slots.extend(base + i for i in alone.slots)
+        else:
+            self.runs.append((len(self.pieces), inline))
+            self.pieces.append("")
+
+    def join(self, translations: list[str], alone: list[str] | None = None) -> str:
+        """The document with each unit replaced by its translation; ``alone``: the second round's translations
+        (``retry``), where it has one."""
+        if len(translations) != len(self.units):
+            raise ValueError(f"{len(translations)} translations for {len(self.units)} sentences")
         pieces = list(self.pieces)
         for slot, text in zip(self.slots, translations):
             pieces[slot] = self.escape(text)
+        rest, again = iter(translations[len(self.slots) :]), iter(alone or [])
+        for index, run in self.runs:
+            placed = run.place([next(rest) for _ in run.units])
+            if placed is None:
+                try:
+                    placed = run.alone.join([next(again) for _ in run.alone.slots])
+                except RuntimeError:  # the iterator ran out (PEP 479)
+                    raise ValueError("inline markup not placed: translate the second round (`retry`)") from None
+            pieces[index] = placed
         return "".join(pieces)
+
+    def retry(self, translations: list[str]) -> list[str]:
+        """The second round's units, given the first round's translations: the text nodes of each run whose
+        elements were not all found in their sentence's translation."""
+        rest = iter(translations[len(self.slots) :])
+        return [
+            unit
+            for _, run in self.runs
+            if run.place([next(rest) for _ in run.units]) is None
+            for unit in run.alone.units
+        ]
+
+
+def translate_documents(documents: list[Document]) -> Generator[list[str], list[str], list[str]]:
+    """The rounds of translating ``documents``: yields the texts to translate, is sent their translations, and
+    returns the documents put back together. Round one: every sentence and inline element's text; round two
+    (only where needed): the text nodes of the runs whose markup could not be placed."""
+    first = [u for d in documents for u in d.units]
+    translated = (yield first) if first else []
+    cuts, at = [], 0
+    for d in documents:
+        cuts.append(translated[at : at + len(d.units)])
+        at += len(d.units)
+    retries = [d.retry(t) for d, t in zip(documents, cuts)]
+    flat = [u for r in retries for u in r]
+    second = iter((yield flat) if flat else [])
+    return [d.join(t, [next(second) for _ in r]) for d, t, r in zip(documents, cuts, retries)]
+
+
+def run_rounds(rounds: Generator[list[str], list[str], list[str]], translate: Callable[[list[str]], list[str]]):
+    """``translate_documents``' rounds with a synchronous ``translate(texts) -> translations``."""
+    try:
+        texts = next(rounds)
+        while True:
+            texts = rounds.send(translate(texts))
+    except StopIteration as done:
+        return done.value
+
+
+@dataclass
+class _Inline:
+    """A run of text whose inline elements move with their words: ``text`` (the elements' text included) cut
+    into ``spans`` (sentences), ``elements`` as (start, end, opening markup, closing markup) in ``text``, and
+    ``alone``: the same run with each text node translated on its own (the second round's fallback)."""
+
+    text: str
+    spans: list[tuple[int, int]]
+    elements: list[tuple[int, int, str, str]]
+    alone: Document
+    escape: Callable[[str], str]
+
+    @classmethod
+    def of(cls, parts: list[tuple[str, str]], sentences: _Sentences, alone: Document) -> _Inline | None:
+        kinds = [k for k, _ in parts]
+        if "open" not in kinds and "close" not in kinds:
+            return None
+        text, elements, i = "", [], 0
+        while i < len(parts):
+            kind, value = parts[i]
+            if kind == "text":
+                text += value
+                i += 1
+                continue
+            window = parts[i : i + 3]
+            if kind != "open" or [k for k, _ in window] != ["open", "text", "close"] or not window[1][1].strip():
+                return None  # nested, empty or unbalanced markup
+            inner = window[1][1]
+            start = len(text) + len(inner) - len(inner.lstrip())
+            elements.append((start, start + len(inner.strip()), value, window[2][1]))
+            text += inner
+            i += 3
+        spans = sentences.spans(text)
+        if spans is None or not all(any(s <= a and b <= e for s, e in spans) for a, b, _, _ in elements):
+            return None
+        return cls(text, spans, elements, alone, alone.escape)
+
+    @property
+    def units(self) -> list[str]:
+        return [self.text[s:e] for s, e in self.spans] + [self.text[a:b] for a, b, _, _ in self.elements]
+
+    def place(self, translations: list[str]) -> str | None:
+        """The run translated with its markup around each element's words, or None where an element's
+        translation is not found in its sentence's."""
+        sentences, found = translations[: len(self.spans)], translations[len(self.spans) :]
+        out, end = [], 0
+        for (s, e), sentence in zip(self.spans, sentences):
+            out.append(self.escape(self.text[end:s]))
+            marks = []  # (start, end, opening, closing) in the translated sentence
+            for (a, b, opening, closing), word in zip(self.elements, found):
+                if s <= a and b <= e:
+                    where = _find(sentence, word.strip(), [(x, y) for x, y, _, _ in marks])
+                    if where is None:
+                        return None
+                    marks.append((*where, opening, closing))
+            at = 0
+            for x, y, opening, closing in sorted(marks):
+                out += [self.escape(sentence[at:x]), opening, self.escape(sentence[x:y]), closing]
+                at = y
+            out.append(self.escape(sentence[at:]))
+            end = e
+        out.append(self.escape(self.text[end:]))
+        return "".join(out)
+
+
+def _find(sentence: str, word: str, taken: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """Where ``word`` stands in ``sentence`` as whole words (exactly, else in any case), clear of ``taken``."""
+    if not word:
+        return None
+    for flags in (0, re.IGNORECASE):
+        for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", sentence, flags):
+            if all(m.end() <= x or m.start() >= y for x, y in taken):
+                return m.start(), m.end()
+    return None
 
 
 def split_document(
@@ -99,23 +254,35 @@ class _Sentences:
         self.fits = fits
 
     def add(self, doc: Document, text: str) -> None:
+        end = 0
+        for start, stop in self._spans(text):
+            doc.keep(text[end:start])
+            for n, part in enumerate(self._parts(text[start:stop])):
+                if n:
+                    doc.keep(" ")
+                doc.unit(part)
+            end = stop
+        doc.keep(text[end:])
+
+    def spans(self, text: str) -> list[tuple[int, int]] | None:
+        """Each sentence's (start, end) in ``text``; None where one is over the input limit."""
+        spans = self._spans(text)
+        return spans if all(len(self._parts(text[s:e])) == 1 for s, e in spans) else None
+
+    def _spans(self, text: str) -> list[tuple[int, int]]:
+        """Lines are hard boundaries; pysbd cuts each line, its spans trimmed of whitespace."""
+        spans, base = [], 0
         for line in re.split(r"(\r?\n)", text):
-            if not line.strip():
-                doc.keep(line)
-                continue
             end = 0
-            for span in self.segmenter.segment(line):
-                sentence = span.sent.strip()
-                if not sentence:
-                    continue
-                start = line.index(sentence, end)
-                doc.keep(line[end:start])
-                for n, part in enumerate(self._parts(sentence)):
-                    if n:
-                        doc.keep(" ")
-                    doc.unit(part)
-                end = start + len(sentence)
-            doc.keep(line[end:])
+            if line.strip():
+                for span in self.segmenter.segment(line):
+                    sentence = span.sent.strip()
+                    if sentence:
+                        start = line.index(sentence, end)
+                        end = start + len(sentence)
+                        spans.append((base + start, base + end))
+            base += len(line)
+        return spans
 
     def _parts(self, sentence: str) -> list[str]:
         """The sentence, or its word-bounded parts where it is over the input limit."""
@@ -129,13 +296,15 @@ class _Sentences:
 
 
 class _HTMLWalker(HTMLParser):
-    """Records every parser event's raw source; text nodes outside skipped elements become sentences."""
+    """Records every parser event's raw source; text nodes outside skipped elements become sentences, and with
+    the inline elements between them, runs (``Document.run``)."""
 
     def __init__(self, doc: Document, sentences: _Sentences):
         super().__init__(convert_charrefs=True)
         self.doc, self.sentences = doc, sentences
         self.skipping: list[str] = []  # open elements whose text is kept as it is
-        self.events: list[tuple[int, str | None]] = []  # (raw start offset, decoded text of a text node or None)
+        # (raw start offset, decoded text of a text node or None, "text", "open" or "close" for a run's part)
+        self.events: list[tuple[int, str | None, str | None]] = []
 
     def run(self, source: str) -> None:
         lines = [0]
@@ -144,22 +313,34 @@ class _HTMLWalker(HTMLParser):
         self._offset = lambda: lines[self.getpos()[0] - 1] + self.getpos()[1]
         self.feed(source)
         self.close()
-        bounds = [start for start, _ in self.events] + [len(source)]
+        bounds = [start for start, _, _ in self.events] + [len(source)]
         self.doc.keep(source[: bounds[0]])
-        for (start, text), end in zip(self.events, bounds[1:]):
+        run: list[tuple[str, str, str]] = []  # (kind, decoded text or markup, raw source)
+        for (start, text, kind), end in zip(self.events, bounds[1:]):
             raw = source[start:end]
-            if text is None or not text.strip():
-                self.doc.keep(raw)
-            else:
-                self.sentences.add(self.doc, text)
+            if kind is not None:
+                run.append((kind, text if kind == "text" else raw, raw))
+                continue
+            self._flush(run)
+            self.doc.keep(raw)
+        self._flush(run)
 
-    def _event(self, text: str | None = None) -> None:
-        self.events.append((self._offset(), text))
+    def _flush(self, run: list[tuple[str, str, str]]) -> None:
+        if any(kind != "text" for kind, _, _ in run):
+            self.doc.run([(kind, value) for kind, value, _ in run], self.sentences)
+        else:
+            for _, text, raw in run:
+                self.doc.keep(raw) if not text.strip() else self.sentences.add(self.doc, text)
+        run.clear()
+
+    def _event(self, text: str | None = None, kind: str | None = None) -> None:
+        self.events.append((self._offset(), text, kind))
 
     def handle_starttag(self, tag, attrs):
-        self._event()
         attrs = dict(attrs)
         marked = attrs.get("translate") == "no" or "notranslate" in (attrs.get("class") or "").split()
+        inline = tag in INLINE_ELEMENTS and not self.skipping and not marked
+        self._event(kind="open" if inline else None)
         if tag not in VOID_ELEMENTS and (self.skipping or tag in SKIPPED_ELEMENTS or marked):
             self.skipping.append(tag)
 
@@ -167,13 +348,14 @@ class _HTMLWalker(HTMLParser):
         self._event()
 
     def handle_endtag(self, tag):
-        self._event()
+        inline = tag in INLINE_ELEMENTS and not self.skipping
+        self._event(kind="close" if inline else None)
         if self.skipping and tag in self.skipping:
             while self.skipping and self.skipping.pop() != tag:
                 pass
 
     def handle_data(self, data):
-        self._event(None if self.skipping else data)
+        self._event(None if self.skipping else data, None if self.skipping else "text")
 
     def handle_comment(self, data):
         self._event()
@@ -229,13 +411,46 @@ def _markdown(doc: Document, text: str, sentences: _Sentences) -> None:
             continue
         marker = _MD_BLOCK.match(body).group(1)
         doc.keep(marker)
-        rest, end = body[len(marker) :], 0
-        for found in _MD_INLINE.finditer(rest):
-            sentences.add(doc, rest[end : found.start()])
-            doc.keep(found.group(0))
-            end = found.end()
-        sentences.add(doc, rest[end:])
+        _markdown_line(doc, body[len(marker) :], sentences)
         doc.keep(ending)
+
+
+def _markdown_line(doc: Document, rest: str, sentences: _Sentences) -> None:
+    """A line's text and inline markup: emphasis markers (paired as they come) and a link's brackets are the
+    runs' opening and closing markup; code spans, images, URLs and tags are kept where they are, between runs."""
+    run: list[tuple[str, str]] = []
+    opened: list[str] = []
+    end = 0
+
+    def flush():
+        if any(kind != "text" for kind, _ in run):
+            doc.run(list(run), sentences)
+        else:
+            for _, value in run:
+                sentences.add(doc, value)
+        run.clear()
+
+    def text(value: str) -> None:
+        if value:
+            run.append(("text", value))
+
+    for found in _MD_INLINE.finditer(rest):
+        text(rest[end : found.start()])
+        mark = found.group(0)
+        if mark == "[" or mark.strip("*_~") == "":
+            closing = bool(opened) and opened[-1] == mark != "["
+            run.append(("close" if closing else "open", mark))
+            opened.pop() if closing else opened.append(mark)
+        elif mark.startswith("]") and opened and opened[-1] == "[":
+            run.append(("close", mark))
+            opened.pop()
+        else:
+            flush()
+            opened.clear()
+            doc.keep(mark)
+        end = found.end()
+    text(rest[end:])
+    flush()
 
 
 # spans a translation keeps as they are (``translate(..., keep_spans=True)``): URLs, e-mail addresses,

@@ -10,7 +10,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from turboseq.formats.documents import protected_spans, split_document
+from turboseq.formats.documents import protected_spans, run_rounds, split_document, translate_documents
 from turboseq.formats.tokenizer import encode_texts
 from turboseq.generation.batching import pad_batch, pad_rows, row_hooks
 from turboseq.generation.processors import RequiredPhrases
@@ -228,9 +228,8 @@ class Seq2SeqModel(EncoderDecoder):
             return len(self.tokenizer(sentence)["input_ids"]) <= limit
 
         documents = [split_document(t, format, source_language, fits) for t in texts]
-        sentences = [unit for d in documents for unit in d.units]
-        translated = iter(self.generate_text(sentences, _desc="translate", **kwargs))
-        return [d.join([next(translated) for _ in d.slots]) for d in documents]
+        rounds = translate_documents(documents)
+        return run_rounds(rounds, lambda sentences: self.generate_text(sentences, _desc="translate", **kwargs))
 
     def generate_text(
         self,

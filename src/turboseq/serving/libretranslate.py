@@ -19,7 +19,7 @@ import uuid
 from collections import OrderedDict
 from urllib.parse import parse_qs
 
-from turboseq.formats.documents import FORMATS, split_document
+from turboseq.formats.documents import FORMATS, split_document, translate_documents
 from turboseq.formats.languages import detect, language_name
 from turboseq.serving.requests import RequestError, decode_json
 
@@ -170,10 +170,15 @@ async def _read_documents(task, service, texts: list[str], fmt: str, source: str
 
 
 async def _translate_documents(service, request, documents: list, params: dict) -> list[str]:
-    """Every sentence of every document queued as engine batches, each document put back together."""
-    units = [unit for d in documents for unit in d.units]
-    translated = iter((await service.infer_in_batches(request, units, params))[0])
-    return [d.join([next(translated) for _ in d.slots]) for d in documents]
+    """Every sentence of every document queued as engine batches, each document put back together (in two
+    rounds where inline markup is not placed in the first: ``formats.documents.translate_documents``)."""
+    rounds = translate_documents(documents)
+    try:
+        units = next(rounds)
+        while True:
+            units = rounds.send((await service.infer_in_batches(request, units, params))[0])
+    except StopIteration as done:
+        return done.value
 
 
 def _documents(task, texts: list[str], fmt: str, language: str | None) -> list:
