@@ -43,7 +43,7 @@ def test_protected_spans(marian_one, monkeypatch):
     model, _ = marian_one
     # the test vocabulary writes no digit, URL or brace (such spans are skipped): a word stands in for a span
     (word,) = _writable(model, ["station"])
-    monkeypatch.setattr("turboseq.models.text.protected_spans", lambda text: [word] if "8:30" in text else [])
+    monkeypatch.setattr("turboseq.models.glossary.protected_spans", lambda text: [word] if "8:30" in text else [])
     out = model.translate(["The train leaves at 8:30.", "The train leaves."], keep_spans=True, max_new_tokens=24)
     assert word in out[0] and out[1] == model.translate(["The train leaves."], max_new_tokens=24)[0]
 

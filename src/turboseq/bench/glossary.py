@@ -1,12 +1,13 @@
 """Glossary terms on the trained Marian (``bench.trained``): how often a required target term appears, and
-whether it takes the place of the word the model would have written.
+whether it takes the place of the word the model would have written (``models.glossary``).
 
 The trained task maps each word through a fixed bijection and reverses the order, so every source word has one
 right target word at one right place. For each held-out sentence one source word gets a glossary entry whose
 target is another vocabulary word (a client's term the model never learned for it). The ideal output is the
 reference with that one word replaced. Measured with and without the glossary, greedy and beam 4:
 ``term``: the term appears; ``in place``: the output is the ideal one (term where the model's own word was,
-every other word right); ``rest``: the output without the term is the reference (nothing else disturbed).
+every other word right); ``rest``: the output without the term is the reference (the term added, nothing
+replaced: what a rule that only requires the term gives).
 
     python -m turboseq.bench.glossary [--n 200] [--seed 7]
 """
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=200, help="held-out sentences")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    print("| search | glossary | term appears | term in place, rest right | without the term = reference |")
+    print("| search | glossary | term appears | term in place, every other word right | output without the term = reference |")
     print("|---|---|---|---|---|")
     for beams in (1, 4):
         result = measure(args.n, args.seed, beams)

@@ -3,20 +3,19 @@ unpadded token ids, and ``translate``/``generate_text`` over text."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
 from torch import Tensor
 
-from turboseq.formats.documents import protected_spans, run_rounds, split_document, translate_documents
+from turboseq.formats.documents import run_rounds, split_document, translate_documents
 from turboseq.formats.tokenizer import encode_texts
 from turboseq.generation.batching import pad_batch, pad_rows, row_hooks
-from turboseq.generation.processors import RequiredPhrases
 from turboseq.generation.settings import GenerationSettings
 from turboseq.models.alternatives import alternatives as alternatives_after
 from turboseq.models.engine import DEFAULT_BATCH, EncoderDecoder, generate_output, output_request
+from turboseq.models.glossary import Phrase, check_terms, phrase_ids, place_phrases, required_phrases
 from turboseq.models.progress import progress_bar
 
 
@@ -211,8 +210,8 @@ class Seq2SeqModel(EncoderDecoder):
         ``glossary``: ``{"source term": "target term"}``; a sentence holding a source term (a whole word or
         phrase, any case) gets every matching target term in its output, and ``keep_spans=True`` keeps its
         URLs, e-mail addresses, numbers and ``{variables}`` as they are (``formats.documents.protected_spans``).
-        Both are rules of the search (``generation.processors.RequiredPhrases``), not edits of the output text:
-        sentences with equal terms share batches."""
+        Both steer the search, never edit the output text: each phrase is put where the model translates its
+        source words (read from the cross-attention), else written before the end (``models.glossary``)."""
         check_terms(glossary, keep_spans)
         if glossary or keep_spans:
             kwargs["_terms"] = (glossary or {}, keep_spans)
@@ -245,7 +244,6 @@ class Seq2SeqModel(EncoderDecoder):
         seed: int | None = None,
         _desc: str = "generate",
         _terms: tuple[dict, bool] | None = None,
-        _phrases: list[list[int]] | None = None,
         **kwargs,
     ) -> list:
         """Text-to-text generation: tokenize, ``generate`` (any generation kwargs), decode without special
@@ -266,8 +264,6 @@ class Seq2SeqModel(EncoderDecoder):
                                     truncation=truncation, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                                     progress=progress, seed=seed, **kwargs)  # fmt: skip
         s = self.settings(**kwargs)
-        if _phrases:
-            s = replace(s, rules=[*s.rules, RequiredPhrases(_phrases, s.eos_token_ids, s.max_length)])
         if alternatives is not None:
             _check_alternatives(alternatives)
         if alternatives is not None and s.num_return_sequences != 1:
@@ -361,55 +357,62 @@ class Seq2SeqModel(EncoderDecoder):
         return out
 
     def _with_terms(self, texts: Sequence[str], terms: tuple[dict, bool], **kwargs) -> list:
-        """``generate_text`` with each input's required target phrases (glossary terms, protected spans): inputs
-        with equal phrases run together under a ``RequiredPhrases`` rule."""
+        """``generate_text`` where inputs require target phrases (glossary terms, protected spans): those inputs
+        are searched with their phrases put where the model translates their source words
+        (``models.glossary.place_phrases``), the others as without terms."""
         glossary, keep_spans = terms
-        groups: dict[tuple, list[int]] = {}
-        for i, text in enumerate(texts):
-            groups.setdefault(self.required_phrases(text, glossary, keep_spans), []).append(i)
-        results: list = [None] * len(texts)
+        if kwargs.get("alternatives") is not None or kwargs.get("num_return_sequences", 1) != 1:
+            raise ValueError("a glossary or `keep_spans` gives one output per input: no `alternatives` or "
+                             "`num_return_sequences`")  # fmt: skip
+        phrases = [self.required_phrases(t, glossary, keep_spans) if t.strip() else () for t in texts]
         prefix = kwargs.pop("prefix", None)
-        for phrases, members in groups.items():
+        kwargs.pop("alternatives", None)
+        kwargs.pop("min_alternative_expansion_prob", None)
+        results: list = [None] * len(texts)
+        for termed in (False, True):
+            members = [i for i, p in enumerate(phrases) if bool(p) == termed]
+            if not members:
+                continue
             part_prefix = None if prefix is None else [prefix[i] for i in members]
-            required = [list(p) for p in phrases] or None
-            part = self.generate_text([texts[i] for i in members], prefix=part_prefix, _phrases=required, **kwargs)
+            part_texts = [texts[i] for i in members]
+            if termed:
+                part = self._placing(part_texts, [phrases[i] for i in members], part_prefix, **kwargs)
+            else:
+                part = self.generate_text(part_texts, prefix=part_prefix, **kwargs)
             for i, out in zip(members, part):
                 results[i] = out
         return results
 
-    def required_phrases(self, text: str, glossary: dict, keep_spans: bool) -> tuple:
-        """The target phrases ``text`` requires: its glossary terms (ValueError for a term the target vocabulary
-        cannot write) and, with ``keep_spans``, its protected spans that the vocabulary can write."""
-        phrases = []
-        for source, target in glossary.items():
-            if source.strip() and _holds(text, source):
-                ids = self._phrase_ids(target)
-                if ids is None:
-                    raise ValueError(f"glossary term {target!r} cannot be written with this model's target vocabulary")
-                phrases.append(ids)
-        for span in protected_spans(text) if keep_spans else []:
-            ids = self._phrase_ids(span)
-            if ids is not None:
-                phrases.append(ids)
-        return tuple(dict.fromkeys(phrases))
+    def _placing(self, texts, phrases, prefix, *, truncation=False, batch_size=DEFAULT_BATCH, max_batch_tokens=None,
+                 progress=False, seed=None, _desc="generate", **kwargs) -> list[str]:  # fmt: skip
+        s = self.settings(**kwargs)
+        encoded = encode_texts(self.tokenizer, texts, self.spec.max_positions, truncation, list(range(len(texts))))
+        with progress_bar(progress, len(texts), "input", _desc) as bar:
+            outputs = self.generate_rows_with_phrases(
+                encoded, phrases, settings=s, seed=seed, prefixes=self.encode_prefixes(prefix, len(texts), s),
+                max_batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+            )  # fmt: skip
+            bar.update(len(texts))
+        return self.tokenizer.batch_decode([seqs[0].tolist() for seqs in outputs], skip_special_tokens=True)
+
+    @torch.inference_mode()
+    def generate_rows_with_phrases(self, rows, phrases: Sequence[tuple[Phrase, ...]], *, settings: GenerationSettings,
+                                   seed: int | None = None, prefixes=None, max_batch_size: int | None = DEFAULT_BATCH,
+                                   max_batch_tokens: int | None = None) -> list[list[Tensor]]:  # fmt: skip
+        """``generate_rows`` (one sequence per row) where each row's outputs hold its ``phrases``
+        (``required_phrases``), each put where the model translates its source words (``models.glossary``)."""
+        tensors = [torch.as_tensor(list(r), dtype=torch.long) for r in rows]
+        prompts = self._prefix_prompts(prefixes, len(rows), settings)
+
+        def search(part, part_prompts, rules):
+            s = replace(settings, rules=[*settings.rules, *rules]) if rules else settings
+            return self._run(part, None, s, max_batch_size, max_batch_tokens, seed, prompts=part_prompts)
+
+        return place_phrases(self, tensors, list(phrases), search, settings, prompts)
+
+    def required_phrases(self, text: str, glossary: dict, keep_spans: bool) -> tuple[Phrase, ...]:
+        """The target phrases ``text`` requires (``models.glossary.required_phrases``)."""
+        return required_phrases(self.tokenizer, text, glossary, keep_spans)
 
     def _phrase_ids(self, term: str) -> tuple[int, ...] | None:
-        """``term``'s target token ids, or None where they do not decode back to it (unknown characters)."""
-        ids = self.tokenizer(text_target=term, add_special_tokens=False)["input_ids"]
-        decoded = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return tuple(ids) if ids and decoded.strip() == term.strip() else None
-
-
-def check_terms(glossary, keep_spans) -> None:
-    """TypeError unless ``glossary`` is None or a dict of strings to strings and ``keep_spans`` a boolean."""
-    if glossary is not None and not (
-        isinstance(glossary, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in glossary.items())
-    ):
-        raise TypeError("`glossary` must be a dict of source terms to target terms (strings)")
-    if not isinstance(keep_spans, bool):
-        raise TypeError("`keep_spans` must be a boolean")
-
-
-def _holds(text: str, term: str) -> bool:
-    """Whether ``term`` occurs in ``text`` as whole words, in any case."""
-    return re.search(rf"(?<!\w){re.escape(term.strip())}(?!\w)", text, re.IGNORECASE) is not None
+        return phrase_ids(self.tokenizer, term)

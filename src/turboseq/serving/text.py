@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from turboseq.errors import InputTooLong
 from turboseq.formats.languages import language_pair
 from turboseq.formats.tokenizer import encode_texts
-from turboseq.generation.processors import RequiredPhrases
 from turboseq.generation.settings import GenerationSettings, check_seed
-from turboseq.models.text import Seq2SeqModel, check_terms
+from turboseq.models.glossary import check_terms
+from turboseq.models.text import Seq2SeqModel
 from turboseq.serving import libretranslate
 from turboseq.serving.logprobs import (
     Alternatives,
@@ -237,32 +237,16 @@ class GenerationTask(TextTask[GenerationRequest]):
         return self.model.generate_rows(rows, max_batch_size=None, **kwargs), collector
 
     def generate_with_phrases(self, rows, kwargs: dict) -> list:
-        """``generate_rows`` for rows that carry required phrases: rows with equal phrases are searched together
-        under a ``RequiredPhrases`` rule (the others as without one)."""
-        s, abandoned, prefixes = kwargs.pop("settings"), kwargs.pop("abandoned"), kwargs.pop("prefixes", None)
-        groups: dict[tuple, list[int]] = {}
-        for i, row in enumerate(rows):
-            groups.setdefault(getattr(row, "phrases", ()), []).append(i)
-        outputs: list = [None] * len(rows)
-        for phrases, members in groups.items():
-            rule = RequiredPhrases([list(p) for p in phrases], s.eos_token_ids, s.max_length)
-            settings = replace(s, rules=[*s.rules, rule]) if phrases else s
-
-            def gone(members=members):
-                left = abandoned() if abandoned is not None else ()
-                return {j for j, i in enumerate(members) if i in left}
-
-            part = self.model.generate_rows(
-                [rows[i] for i in members],
-                max_batch_size=None,
-                settings=settings,
-                abandoned=gone,
-                prefixes=None if prefixes is None else [prefixes[i] for i in members],
-                **kwargs,
-            )
-            for i, out in zip(members, part):
-                outputs[i] = out
-        return outputs
+        """The engine's sequences for rows that carry required phrases (``Prefixed.phrases``), each phrase put
+        where the model translates its source words (``Seq2SeqModel.generate_rows_with_phrases``)."""
+        return self.model.generate_rows_with_phrases(
+            rows,
+            [getattr(row, "phrases", ()) for row in rows],
+            settings=kwargs["settings"],
+            seed=kwargs["seed"],
+            prefixes=kwargs.get("prefixes"),
+            max_batch_size=None,
+        )
 
     def generate_arguments(
         self, rows, request: GenerationRequest, abandoned, on_tokens

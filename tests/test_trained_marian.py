@@ -1,7 +1,8 @@
-"""Documents on the trained synthetic Marian (``bench.trained``: each word mapped through a fixed bijection, the
-order reversed), whose right translation of every text is known: a 20-paragraph HTML page and a markdown file
-come back with their markup identical outside text nodes, code untouched, every text node translated right, and
-inline markup around the right words, moved where the word order changed. The model learned sentences of 4-16
+"""The trained synthetic Marian (``bench.trained``: each word mapped through a fixed bijection, the order
+reversed), whose right translation of every text is known. Documents: a 20-paragraph HTML page and a markdown
+file come back with their markup identical outside text nodes, code untouched, every text node translated
+right, and inline markup around the right words, moved where the word order changed. Glossaries: a term stands
+where the model's own word for its source term stood, every other word as without it. The model learned sentences of 4-16
 words only (shorter ones come out wrong), so each inline element here holds 4 words of a sentence of 8 or more."""
 
 import random
@@ -83,3 +84,22 @@ def test_a_markdown_file_round_trips(trained):
     assert lines[5] == "- " + " ".join(_reference(c))
     assert f"```\n{code}\n```\n\n    {code}\n" in out and f"`{code}`" in out
     assert len(lines) == len(text.splitlines())
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_glossary_terms_take_the_place_of_the_models_words(trained, num_beams):
+    """One glossary entry per sentence maps a source word to a target word the model never learned for it:
+    the output is the reference with that one word replaced (the library, and the same for a batch)."""
+    mapping, rng = _bijection(), random.Random(5)
+    targets = list(mapping.values())
+    cases = []
+    for source, reference in task_pairs(30, 21):
+        word = rng.choice(source.split())
+        term = rng.choice([t for t in targets if t not in reference.split()])
+        cases.append((source, {word: term}, " ".join(term if w == mapping[word] else w for w in reference.split())))
+    outputs = [trained.translate([s], glossary=g, num_beams=num_beams)[0] for s, g, _ in cases]
+    assert outputs == [ideal for _, _, ideal in cases]
+    # sentences with different terms in one call: each as alone
+    merged = {k: v for _, g, _ in cases[:6] for k, v in g.items()}
+    alone = [trained.translate([s], glossary=merged, num_beams=num_beams)[0] for s, _, _ in cases[:6]]
+    assert trained.translate([s for s, _, _ in cases[:6]], glossary=merged, num_beams=num_beams) == alone
