@@ -61,7 +61,9 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=200, help="held-out sentences")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    print("| search | glossary | term appears | term in place, every other word right | output without the term = reference |")
+    print(
+        "| search | glossary | term appears | term in place, every other word right | output without the term = reference |"
+    )
     print("|---|---|---|---|---|")
     for beams in (1, 4):
         result = measure(args.n, args.seed, beams)
