@@ -114,6 +114,23 @@ def test_tei_embed_routes(minilm_server):
     assert torch.allclose(torch.tensor(right), model.embed_ids([right_ids], normalize=True)[0], atol=1e-5)
     assert torch.allclose(torch.tensor(left), model.embed_ids([left_ids], normalize=True)[0], atol=1e-5)
 
+    # token ids as inputs (TEI's other input form): used as they are
+    both = [tok(t)["input_ids"] for t in TEXTS[:2]]
+    by_ids = httpx.post(srv.url + "/embed", json={"inputs": both}).json()
+    assert torch.allclose(torch.tensor(by_ids), model.embed(TEXTS[:2], normalize=True), atol=1e-5)
+    one = httpx.post(srv.url + "/embed", json={"inputs": both[0], "normalize": False}).json()
+    assert torch.allclose(torch.tensor(one), model.embed(TEXTS[:1], normalize=False), atol=1e-5)
+    cut = httpx.post(srv.url + "/embed", json={"inputs": [ids], "truncate": True}).json()
+    assert torch.allclose(torch.tensor(cut), model.embed_ids([ids[:64]], normalize=True), atol=1e-5)
+    assert httpx.post(srv.url + "/embed", json={"inputs": [ids]}).json()["error"] == (
+        f"input 0 has {len(ids)} tokens; the server accepts at most 64 (set truncate to cut it)"
+    )
+    assert httpx.post(srv.url + "/embed", json={"inputs": [[101, 99999]]}).json()["error"] == (
+        "`inputs` 0: token ids must be a non-empty list of integers from 0 to 30521"
+    )
+    states_ids = httpx.post(srv.url + "/embed_all", json={"inputs": both[:1]}).json()
+    assert torch.allclose(torch.tensor(states_ids[0]), model(torch.tensor(both[:1]))[0], atol=1e-5)
+
     states = httpx.post(srv.url + "/embed_all", json={"inputs": ["A man is eating food.", "hi"]}).json()
     for text, got in zip(["A man is eating food.", "hi"], states):
         ids = torch.tensor([tok(text)["input_ids"]])

@@ -14,6 +14,7 @@ import math
 import struct
 
 from turboseq.serving.requests import (
+    Parsed,
     RequestError,
     check_json_content_type,
     decode_json,
@@ -41,24 +42,61 @@ def _params(body: dict, names) -> dict:
 
 
 async def embed(task, service, request):
-    """``{"inputs": str | [str], "normalize": true, "truncate", "truncation_direction", "dimensions"}`` ->
-    one vector per input (normalized unless ``normalize`` is false, as TEI does)."""
+    """``{"inputs": str | [str] | [int] | [[int]], "normalize": true, "truncate", "truncation_direction",
+    "dimensions"}`` -> one vector per input (normalized unless ``normalize`` is false, as TEI does)."""
     body = await _body(service, request, {"inputs", "normalize", "dimensions", *TOKENIZING}, "inputs")
-    inputs = text_list(body["inputs"], "inputs")
-    task.check_count(len(inputs))
     params = {"normalize": True, **_params(body, ("normalize", "dimensions", *TOKENIZING))}
-    parsed = await service.off_loop(task.tokenize, inputs, params, False, True)
+    parsed = await _inputs(task, service, body["inputs"], params)
     return task.respond(await service.infer(request, parsed), parsed)
 
 
 async def embed_all(task, service, request):
     """``{"inputs", "truncate", "truncation_direction"}`` -> each input's token states ``[[[float]]]``."""
     body = await _body(service, request, {"inputs", *TOKENIZING}, "inputs")
-    inputs = text_list(body["inputs"], "inputs")
-    task.check_count(len(inputs))
-    parsed = await service.off_loop(task.tokenize, inputs, _params(body, TOKENIZING), False, True)
+    parsed = await _inputs(task, service, body["inputs"], _params(body, TOKENIZING))
     parsed.options = {"output": "states"}
     return await service.infer(request, parsed)
+
+
+async def _inputs(task, service, value, params: dict) -> Parsed:
+    """TEI's ``inputs``: texts (tokenized here), or token ids already (one list, or a list of lists; used as
+    they are, special tokens included or not as the client made them, cut to the limit with ``truncate``)."""
+    rows = token_rows(value)
+    if rows is None:
+        inputs = text_list(value, "inputs")
+        task.check_count(len(inputs))
+        return await service.off_loop(task.tokenize, inputs, params, False, True)
+    from turboseq.serving.text import truncation_of, truncation_side_of
+
+    task.check_count(len(rows))
+    task.check_prompt(params)
+    vocab, limit = len(task.model.tokenizer), task.max_input_tokens
+    truncate, left = truncation_of(params), truncation_side_of(params) == "left"
+    for i, row in enumerate(rows):
+        if not row or any(isinstance(t, bool) or not 0 <= t < vocab for t in row):
+            raise invalid(f"`inputs` {i}: token ids must be a non-empty list of integers from 0 to {vocab - 1}")
+        if len(row) > limit:
+            if not truncate:
+                raise RequestError(
+                    422,
+                    f"input {i} has {len(row)} tokens; the server accepts at most {limit} (set truncate to cut it)",
+                    "input_too_long",
+                )
+            rows[i] = row[-limit:] if left else row[:limit]
+    return Parsed(rows, list(range(len(rows))), len(rows), params, False)
+
+
+def token_rows(value) -> list[list[int]] | None:
+    """``value`` as lists of token ids where it is TEI's ids input (``[int]`` or ``[[int]]``), else None."""
+    if isinstance(value, list) and value and all(isinstance(t, int) for t in value):
+        return [list(value)]
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(r, list) and all(isinstance(t, int) for t in r) for r in value)
+    ):
+        return [list(r) for r in value]
+    return None
 
 
 async def similarity(task, service, request):
