@@ -82,3 +82,21 @@ def test_streaming_resampler_equals_resampling_at_once(rate):
     whole = resample_poly(signal, *((16000, rate) if rate == 16000 else (resampler.up, resampler.down)))
     assert 0 < len(whole) - len(streamed) <= 320 or rate == 16000  # at most 20 ms held back
     np.testing.assert_allclose(streamed, whole[: len(streamed)], atol=1e-5)
+
+
+@pytest.mark.parametrize("law", ["pcmu", "pcma"])
+def test_g711_decoding_equals_the_standard_library(law):
+    """Every G.711 byte decodes to the 16-bit value Python's audioop (ITU-T G.711) gives; PCM16 as it is."""
+    import warnings
+
+    from turboseq.formats.audio import decode_pcm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        audioop = pytest.importorskip("audioop")  # removed in Python 3.13
+    codes = bytes(range(256))
+    reference = np.frombuffer((audioop.ulaw2lin if law == "pcmu" else audioop.alaw2lin)(codes, 2), dtype="<i2")
+    assert np.array_equal(decode_pcm(codes, law) * 32768, reference.astype(np.float32))
+    assert decode_pcm(b"\x00\x80\xff\x7f").tolist() == [-1.0, 32767 / 32768]
+    with pytest.raises(ValueError, match="PCM16 audio comes in whole 2-byte samples, got 3 bytes"):
+        decode_pcm(b"abc")

@@ -29,6 +29,17 @@ def server(ct2_dir):
     srv.stop()
 
 
+def ulaw8k(samples) -> bytes:
+    """16 kHz float samples as G.711 mu-law at 8 kHz (pairs averaged, encoded by Python's audioop)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        audioop = pytest.importorskip("audioop")  # removed in Python 3.13
+    half = np.asarray(samples, np.float32)[: len(samples) // 2 * 2].reshape(-1, 2).mean(axis=1)
+    return audioop.lin2ulaw((np.clip(half, -1, 1) * 32767).astype("<i2").tobytes(), 2)
+
+
 def pcm16(samples, rate: int = 16000) -> bytes:
     if rate != 16000:
         from scipy.signal import resample_poly
@@ -140,7 +151,10 @@ def test_manual_commit_clear_and_error_events(server, waves, whisper):
              "invalid_audio"),
             (json.dumps({"type": "response.create"}), "unsupported_event"),
             (json.dumps({"type": "session.update", "session": {"type": "realtime"}}), "unsupported_session_type"),
-            (json.dumps({"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}}),
+            (json.dumps({"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/opus"}}}}}),
+             "unsupported_format"),
+            (json.dumps({"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcmu",
+                                                                                               "rate": 16000}}}}}),
              "unsupported_format"),
         ]:  # fmt: skip
             ws.send(bad)
@@ -152,7 +166,10 @@ def test_manual_commit_clear_and_error_events(server, waves, whisper):
         send({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm16(waves[1])).decode()})
         send({"type": "input_audio_buffer.clear"})
         assert next_event()["type"] == "input_audio_buffer.cleared"
-        send({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm16(waves[3])).decode()})
+        # the second as G.711 mu-law at 8 kHz (the beta protocol's name for it)
+        send({"type": "transcription_session.update", "session": {"input_audio_format": "g711_ulaw"}})
+        assert next_event()["session"]["audio"]["input"]["format"] == {"type": "audio/pcmu", "rate": 8000}
+        send({"type": "input_audio_buffer.append", "audio": base64.b64encode(ulaw8k(waves[3])).decode()})
         send({"type": "input_audio_buffer.commit"})
         events = [next_event()]
         while events[-1]["type"] != "conversation.item.input_audio_transcription.completed":

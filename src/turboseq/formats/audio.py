@@ -188,3 +188,34 @@ class Resampler:
         self.pending = buffer[usable:]
         first = self.pad * self.up // self.down
         return out[first : first + usable * self.up // self.down].astype(np.float32)
+
+
+@lru_cache(maxsize=2)
+def _g711_table(law: str) -> np.ndarray:
+    """The 256 16-bit values of G.711's mu-law (``pcmu``) or A-law (``pcma``) bytes (ITU-T G.711)."""
+    codes = np.arange(256, dtype=np.int32)
+    if law == "pcmu":
+        u = ~codes & 0xFF
+        exponent, mantissa = (u >> 4) & 7, u & 0x0F
+        magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
+        values = np.where(u & 0x80, -magnitude, magnitude)
+    elif law == "pcma":
+        a = codes ^ 0x55
+        exponent, mantissa = (a >> 4) & 7, a & 0x0F
+        magnitude = np.where(
+            exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0)
+        )
+        values = np.where(a & 0x80, magnitude, -magnitude)
+    else:
+        raise ValueError(f"G.711 law must be pcmu or pcma, not {law!r}")
+    return values.astype(np.int16)
+
+
+def decode_pcm(data: bytes, encoding: str = "pcm16") -> np.ndarray:
+    """Float32 samples in [-1, 1) of raw mono audio: ``pcm16`` (16-bit little-endian), or G.711 ``pcmu``
+    (mu-law) or ``pcma`` (A-law), one byte a sample. ValueError for a PCM16 buffer of an odd byte count."""
+    if encoding == "pcm16":
+        if len(data) % 2:
+            raise ValueError(f"PCM16 audio comes in whole 2-byte samples, got {len(data)} bytes")
+        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+    return _g711_table(encoding)[np.frombuffer(data, dtype=np.uint8)].astype(np.float32) / 32768.0

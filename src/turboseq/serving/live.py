@@ -18,9 +18,7 @@ import time
 import weakref
 from dataclasses import replace
 
-import numpy as np
-
-from turboseq.formats.audio import SAMPLE_RATE, Resampler
+from turboseq.formats.audio import SAMPLE_RATE, Resampler, decode_pcm
 from turboseq.serving.requests import RequestError, internal_error
 from turboseq.speech.live import LiveUpdate, step
 
@@ -139,6 +137,7 @@ class Session:
         self.sending = asyncio.Lock()
         self.stream = None
         self.resampler = Resampler(SAMPLE_RATE)
+        self.encoding = "pcm16"  # or G.711's pcmu / pcma (formats.audio.decode_pcm)
         self.flushing = False  # a flush (end of a turn or of the stream) is asked of the hub
         self.ending = False  # the stream ends after the flush
         self.clearing: int | None = None  # a clear (up to this sample) waits for the decode in progress
@@ -234,11 +233,13 @@ class Session:
                 return
 
     async def add_audio(self, pcm: bytes) -> None:
-        """PCM16 little-endian mono at the session's rate: resampled, buffered, the hub woken; waits while the
-        stream's undecoded audio is over ``BACKLOG_SECONDS``."""
-        if len(pcm) % 2:
-            raise LiveError(f"PCM16 audio comes in whole 2-byte samples, got {len(pcm)} bytes", "invalid_audio")
-        samples = self.resampler.push(np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0)
+        """Mono audio in the session's encoding (PCM16 little-endian, or G.711) at its rate: resampled, buffered,
+        the hub woken; waits while the stream's undecoded audio is over ``BACKLOG_SECONDS``."""
+        try:
+            decoded = decode_pcm(pcm, self.encoding)
+        except ValueError as err:
+            raise LiveError(str(err), "invalid_audio") from None
+        samples = self.resampler.push(decoded)
         seconds = samples.size / SAMPLE_RATE
         if self.stream.received / SAMPLE_RATE + seconds > self.config.max_live_seconds:
             await self.send_error(

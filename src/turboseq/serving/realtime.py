@@ -18,15 +18,25 @@ def _event_id() -> str:
     return "event_" + uuid.uuid4().hex[:20]
 
 
+# the audio formats a session takes, by the GA protocol's type, and the beta protocol's names for them
+ENCODINGS = {"audio/pcm": "pcm16", "audio/pcmu": "pcmu", "audio/pcma": "pcma"}
+BETA_FORMATS = {
+    "pcm16": {"type": "audio/pcm", "rate": 24000},
+    "g711_ulaw": {"type": "audio/pcmu"},
+    "g711_alaw": {"type": "audio/pcma"},
+}
+
+
 class RealtimeSession(Session):
     """OpenAI's Realtime API, transcription sessions (``session.type = "transcription"``): ``session.update``
     (audio format, transcription language and prompt, turn detection), ``input_audio_buffer.append`` / ``commit``
     / ``clear``; out: ``session.created`` / ``updated``, ``input_audio_buffer.speech_started`` / ``speech_stopped``
     / ``committed`` / ``cleared``, ``conversation.item.input_audio_transcription.delta`` (words as they are
-    confirmed) and ``.completed`` (a turn's transcript), and ``error``. Audio: base64 PCM16, 24 kHz by default."""
+    confirmed) and ``.completed`` (a turn's transcript), and ``error``. Audio: base64 PCM16, 24 kHz by default,
+    or G.711 mu-law / A-law at 8 kHz."""
 
     def start(self):
-        self.id, self.rate = "sess_" + uuid.uuid4().hex[:20], 24000
+        self.id, self.rate, self.format_type = "sess_" + uuid.uuid4().hex[:20], 24000, "audio/pcm"
         self.resampler = Resampler(self.rate)
         self.transcription = {"model": self.service.name, "language": None, "prompt": ""}
         self.turn_detection: dict | None = {
@@ -58,7 +68,7 @@ class RealtimeSession(Session):
             "id": self.id,
             "audio": {
                 "input": {
-                    "format": {"type": "audio/pcm", "rate": self.rate},
+                    "format": {"type": self.format_type, "rate": self.rate},
                     "transcription": dict(self.transcription),
                     "turn_detection": self.turn_detection,
                     "noise_reduction": None,
@@ -125,15 +135,7 @@ class RealtimeSession(Session):
             }
         fmt = inputs.get("format")
         if fmt is not None:
-            if fmt == "pcm16":
-                fmt = {"type": "audio/pcm", "rate": 24000}
-            if not isinstance(fmt, dict) or fmt.get("type") != "audio/pcm":
-                raise LiveError(f"audio format {fmt!r}: only audio/pcm (PCM16) is taken", "unsupported_format")
-            rate = fmt.get("rate", 24000)
-            if not isinstance(rate, int) or not 8000 <= rate <= 192000:
-                raise LiveError(f"audio rate {rate!r}: an integer from 8000 to 192000 Hz", "unsupported_format")
-            if rate != self.rate:
-                self.rate, self.resampler = rate, Resampler(rate)
+            self._set_format(fmt)
         if "turn_detection" in inputs:
             self.turn_detection = self._turn_detection(inputs["turn_detection"])
         self._set_turns()
@@ -154,6 +156,24 @@ class RealtimeSession(Session):
                 raise LiveError(str(err), "invalid_transcription") from None
             self.transcription, self.stream = wanted, stream
             self._set_turns()
+
+    def _set_format(self, fmt) -> None:
+        """``audio/pcm`` (PCM16 at ``rate``, 24 kHz by default) or G.711's ``audio/pcmu`` / ``audio/pcma`` (8 kHz);
+        the beta protocol's names ``pcm16``, ``g711_ulaw`` and ``g711_alaw``."""
+        if isinstance(fmt, str):
+            fmt = BETA_FORMATS.get(fmt, fmt)
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind not in ENCODINGS:
+            raise LiveError(f"audio format {fmt!r}: audio/pcm (PCM16), audio/pcmu or audio/pcma (G.711) are taken",
+                            "unsupported_format")  # fmt: skip
+        rate = fmt.get("rate", 24000 if kind == "audio/pcm" else 8000)
+        if kind != "audio/pcm" and rate != 8000:
+            raise LiveError(f"audio rate {rate!r}: G.711 audio is 8000 Hz", "unsupported_format")
+        if not isinstance(rate, int) or not 8000 <= rate <= 192000:
+            raise LiveError(f"audio rate {rate!r}: an integer from 8000 to 192000 Hz", "unsupported_format")
+        self.encoding, self.format_type = ENCODINGS[kind], kind
+        if rate != self.rate:
+            self.rate, self.resampler = rate, Resampler(rate)
 
     def _set_turns(self) -> None:
         vad = self.turn_detection
