@@ -103,3 +103,15 @@ def test_glossary_terms_take_the_place_of_the_models_words(trained, num_beams):
     merged = {k: v for _, g, _ in cases[:6] for k, v in g.items()}
     alone = [trained.translate([s], glossary=merged, num_beams=num_beams)[0] for s, _, _ in cases[:6]]
     assert trained.translate([s for s, _, _ in cases[:6]], glossary=merged, num_beams=num_beams) == alone
+
+
+def test_a_forced_first_token_stays_before_a_placed_term(trained):
+    """mBART and NLLB force their target language as the first token: a term is never put in its place (this
+    model never saw a forced token, so the term's place moves; it still appears)."""
+    words = list(_bijection().values())
+    forced = trained.tokenizer.convert_tokens_to_ids(words[0])
+    for source, reference in task_pairs(10, 31):
+        last = source.split()[-1]  # its word comes first in the reversed output
+        term = next(w for w in words[1:] if w not in reference.split())
+        out = trained.translate([source], glossary={last: term}, forced_bos_token_id=forced)[0].split()
+        assert out[0] == words[0] and term in out, (source, out)

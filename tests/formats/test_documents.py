@@ -217,3 +217,11 @@ def test_inline_markup_moves_with_its_words():
     out, seen = in_rounds(split_document(page, "html"), lambda texts: [t + " x" for t in texts])
     assert out == '<p>Take x <b>the x</b> <a href="/x">early x</a> train &amp; go. x</p>\n<p>Plain words. x</p>'
     assert [t for t, _ in seen[4:]] == ["Take", "the", "early", "train & go."]
+    # the n-th occurrence of a word gets the n-th's markup; an element that is a whole sentence is one unit; a
+    # lone * (no emphasis) stays as it is
+    out, _ = in_rounds(split_document("<p>The cat saw the <b>cat</b>.</p>", "html"), lambda texts: list(texts))
+    assert out == "<p>The cat saw the <b>cat</b>.</p>"
+    nav = split_document('<ul><li><a href="/">Home</a></li><li><b>Big</b> news</li></ul>', "html")
+    assert nav.units == ["Home", "Big news", "Big"]
+    for text in ("2 * 3 * 4 = 24\n", "a* and b*\n"):
+        assert in_rounds(split_document(text, "markdown"), lambda texts: list(texts))[0] == text

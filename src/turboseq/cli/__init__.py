@@ -99,7 +99,7 @@ def _read_glossary(path: str) -> dict[str, str]:
     """A glossary file: a JSON object of source terms to target terms, or lines ``source<TAB>target``."""
     import json
 
-    text = _read_text(path)
+    text = _read_text(path).removeprefix("\ufeff")
     if text.lstrip().startswith("{"):
         try:
             glossary = json.loads(text)
@@ -110,7 +110,7 @@ def _read_glossary(path: str) -> dict[str, str]:
         return glossary
     glossary = {}
     for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
+        if not line.strip() or (line.lstrip().startswith("#") and "\t" not in line):  # a comment
             continue
         source, tab, target = line.partition("\t")
         if not tab or not source.strip() or not target.strip():

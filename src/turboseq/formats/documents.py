@@ -97,14 +97,14 @@ class Document:
         pieces = list(self.pieces)
         for slot, text in zip(self.slots, translations):
             pieces[slot] = self.escape(text)
+        second = len(self.retry(translations))
+        if len(alone or []) != second:
+            raise ValueError(f"{len(alone or [])} second-round translations for {second} (see `retry`)")
         rest, again = iter(translations[len(self.slots) :]), iter(alone or [])
         for index, run in self.runs:
             placed = run.place([next(rest) for _ in run.units])
             if placed is None:
-                try:
-                    placed = run.alone.join([next(again) for _ in run.alone.slots])
-                except RuntimeError:  # the iterator ran out (PEP 479)
-                    raise ValueError("inline markup not placed: translate the second round (`retry`)") from None
+                placed = run.alone.join([next(again) for _ in run.alone.slots])
             pieces[index] = placed
         return "".join(pieces)
 
@@ -185,19 +185,31 @@ class _Inline:
 
     @property
     def units(self) -> list[str]:
-        return [self.text[s:e] for s, e in self.spans] + [self.text[a:b] for a, b, _, _ in self.elements]
+        """The sentences, then the text of each element that is not a whole sentence."""
+        return [self.text[s:e] for s, e in self.spans] + [self.text[a:b] for a, b, _, _ in self._parts()]
+
+    def _parts(self) -> list[tuple[int, int, str, str]]:
+        return [el for el in self.elements if (el[0], el[1]) not in self.spans]
 
     def place(self, translations: list[str]) -> str | None:
         """The run translated with its markup around each element's words, or None where an element's
         translation is not found in its sentence's."""
-        sentences, found = translations[: len(self.spans)], translations[len(self.spans) :]
+        sentences = translations[: len(self.spans)]
+        found = dict(zip(self._parts(), translations[len(self.spans) :]))
         out, end = [], 0
         for (s, e), sentence in zip(self.spans, sentences):
             out.append(self.escape(self.text[end:s]))
             marks = []  # (start, end, opening, closing) in the translated sentence
-            for (a, b, opening, closing), word in zip(self.elements, found):
-                if s <= a and b <= e:
-                    where = _find(sentence, word.strip(), [(x, y) for x, y, _, _ in marks])
+            for a, b, opening, closing in self.elements:
+                if (a, b) == (s, e):  # the element is the whole sentence
+                    marks.append((0, len(sentence), opening, closing))
+                elif s <= a and b <= e:
+                    # the n-th of its words' occurrences in the source sentence: the n-th in the translation,
+                    # where it holds as many
+                    nth = len(_matches(self.text[s:a], self.text[a:b], 0))
+                    count = len(_matches(self.text[s:e], self.text[a:b], 0))
+                    word = found[(a, b, opening, closing)].strip()
+                    where = _find(sentence, word, [(x, y) for x, y, _, _ in marks], nth, count)
                     if where is None:
                         return None
                     marks.append((*where, opening, closing))
@@ -211,15 +223,21 @@ class _Inline:
         return "".join(out)
 
 
-def _find(sentence: str, word: str, taken: list[tuple[int, int]]) -> tuple[int, int] | None:
-    """Where ``word`` stands in ``sentence`` as whole words (exactly, else in any case), clear of ``taken``."""
+def _find(sentence: str, word: str, taken: list[tuple[int, int]], nth: int, count: int) -> tuple[int, int] | None:
+    """Where ``word`` stands in ``sentence`` as whole words (exactly, else in any case), clear of ``taken``: its
+    ``nth`` occurrence where it occurs ``count`` times, else its first free one."""
     if not word:
         return None
     for flags in (0, re.IGNORECASE):
-        for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", sentence, flags):
-            if all(m.end() <= x or m.start() >= y for x, y in taken):
-                return m.start(), m.end()
+        found = [m for m in _matches(sentence, word, flags) if all(m[1] <= x or m[0] >= y for x, y in taken)]
+        if found:
+            return found[nth] if len(_matches(sentence, word, flags)) == count and nth < len(found) else found[0]
     return None
+
+
+def _matches(text: str, word: str, flags: int) -> list[tuple[int, int]]:
+    """Each whole-word occurrence of ``word`` in ``text``: (start, end)."""
+    return [m.span() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", text, flags)]
 
 
 def split_document(
@@ -437,10 +455,15 @@ def _markdown_line(doc: Document, rest: str, sentences: _Sentences) -> None:
     for found in _MD_INLINE.finditer(rest):
         text(rest[end : found.start()])
         mark = found.group(0)
-        if mark == "[" or mark.strip("*_~") == "":
-            closing = bool(opened) and opened[-1] == mark != "["
-            run.append(("close" if closing else "open", mark))
-            opened.pop() if closing else opened.append(mark)
+        before = rest[found.start() - 1] if found.start() else " "
+        after = rest[found.end()] if found.end() < len(rest) else " "
+        emphasis = mark.strip("*_~") == ""
+        if emphasis and opened and opened[-1] == mark and not before.isspace():  # closes (right-flanking)
+            run.append(("close", mark))
+            opened.pop()
+        elif mark == "[" or (emphasis and not after.isspace()):  # opens (left-flanking)
+            run.append(("open", mark))
+            opened.append(mark)
         elif mark.startswith("]") and opened and opened[-1] == "[":
             run.append(("close", mark))
             opened.pop()

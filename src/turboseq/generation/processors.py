@@ -301,21 +301,21 @@ class RequiredPhrases(LogitsProcessor):
 
 
 class BanAfterPrompts(LogitsProcessor):
-    """A row that is exactly one of ``bans``' prompts (just forced) may not write that prompt's token next: where
-    a glossary term was put in place of the model's own word for it, that word does not follow the term."""
+    """A row that is exactly one of ``bans``' prompts (just forced) may not write that prompt's tokens next: where
+    a glossary term was put in place of the model's own words for it, they do not follow the term."""
 
     bans_only = True
 
-    def __init__(self, bans: dict[tuple[int, ...], int]):
+    def __init__(self, bans: dict[tuple[int, ...], set[int]]):
         self.bans = bans
         self.lengths = {len(p) for p in bans}
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         if input_ids.shape[1] in self.lengths:
             for row, ids in enumerate(input_ids.tolist()):
-                token = self.bans.get(tuple(ids))
-                if token is not None:
-                    scores[row, token] = NEG_INF
+                tokens = self.bans.get(tuple(ids))
+                if tokens:
+                    scores[row, sorted(tokens)] = NEG_INF
         return scores
 
 

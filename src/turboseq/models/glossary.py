@@ -17,6 +17,7 @@ A required target phrase (``Phrase``) knows the source token positions it stands
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,8 @@ from turboseq.generation.processors import BanAfterPrompts, RequiredPhrases
 from turboseq.runtime.cache import DecoderState
 from turboseq.runtime.decoding import decode_step
 from turboseq.runtime.layers import build_cross_kv
+
+ALIGN_BATCH = 32  # rows teacher-forced at once to read their alignments
 
 
 @dataclass(frozen=True)
@@ -98,14 +101,19 @@ def source_positions(tokenizer, text: str, start: int, end: int) -> tuple[int, .
     return tuple(range(lead + before, lead + max(through, before + 1)))
 
 
-def place_phrases(model, rows: list[Tensor], phrases: list[tuple[Phrase, ...]], search, settings, prompts=None):
+def place_phrases(model, rows: list[Tensor], phrases: list[tuple[Phrase, ...]], search, settings, prompts=None,
+                  lock=None):  # fmt: skip
     """Per row its sequences (as ``search`` gives them), each holding the row's ``phrases``.
     ``search(rows, prompts, rules)`` runs the model's search (``settings``) over ``rows`` with per-row decoder
-    ``prompts`` and extra logits ``rules``; ``prompts``: the rows' own prompts (a user's prefix), or None."""
+    ``prompts`` and extra logits ``rules``; ``prompts``: the rows' own prompts (a user's prefix), or None;
+    ``lock``: held while the tokenizer decodes (a server's other threads use it too)."""
     start = torch.tensor([model._start(settings)], dtype=torch.long)
     prompts = list(prompts) if prompts is not None else [start] * len(rows)
     outputs = search(rows, prompts, [])
     eos = set(settings.eos_token_ids)
+    lock = lock if lock is not None else nullcontext()
+    # the forced first token (mBART's and NLLB's target language) is never replaced
+    first = 2 if settings.forced_bos_token_id is not None else 1
     placed: list[set[Phrase]] = [set() for _ in rows]
 
     def unplaced(i: int) -> list[Phrase]:
@@ -113,22 +121,27 @@ def place_phrases(model, rows: list[Tensor], phrases: list[tuple[Phrase, ...]], 
         return [p for p in phrases[i] if p.source and p not in placed[i] and not _contains(y, list(p.ids))]
 
     for _ in range(max((len(p) for p in phrases), default=0)):
-        todo, bans = [], {}
+        todo, bans = [], {}  # bans: prompt -> the tokens that may not follow it
         aligned = _alignments(model, rows, [out[0] for out in outputs], [bool(unplaced(i)) for i in range(len(rows))])
         for i, align in enumerate(aligned):
             if align is None:
                 continue
             y = outputs[i][0].tolist()
-            spots = [(s, p) for p in unplaced(i) if (s := _spot(model, y, align, p, eos, len(prompts[i])))]
-            spots.sort(key=lambda spot: spot[0])
+            fixed = max(len(prompts[i]), first)
+            spots = [(s, p) for p in unplaced(i) if (s := _hits(y, align, p, eos, fixed))]
             if not spots:
                 continue
-            (begin, _end), phrase = spots[0]
+            with lock:
+                starts = _word_starts(model.tokenizer, y)
+            spots = sorted(((_widen(h, starts, fixed), p) for h, p in spots), key=lambda spot: spot[0])
+            (begin, end), phrase = spots[0]
             prompt = y[:begin] + list(phrase.ids)
             prompts[i] = torch.tensor(prompt, dtype=torch.long)
             placed[i].add(phrase)
-            if y[begin] != phrase.ids[0]:
-                bans[tuple(prompt)] = y[begin]
+            # the model's own words there do not follow the phrase at once
+            own = {y[j] for j in range(begin, end) if starts[j]} - {phrase.ids[0]}
+            if own:
+                bans.setdefault(tuple(prompt), set()).update(own)
             todo.append(i)
         if not todo:
             break
@@ -147,56 +160,66 @@ def place_phrases(model, rows: list[Tensor], phrases: list[tuple[Phrase, ...]], 
     return outputs
 
 
-def _spot(model, y: list[int], align: list[int], phrase: Phrase, eos: set, fixed: int) -> tuple[int, int] | None:
-    """(start, end) of the output tokens aligned to the phrase's source positions, widened to whole words;
-    tokens before ``fixed`` (the prompt) and EOS are never replaced."""
+def _hits(y: list[int], align: list[int], phrase: Phrase, eos: set, fixed: int) -> tuple[int, int] | None:
+    """(first, last + 1) of the output tokens aligned to the phrase's source positions; tokens before ``fixed``
+    (the prompt) and EOS are never replaced."""
     hits = [j for j, a in enumerate(align, 1) if a in phrase.source and j >= fixed and y[j] not in eos]
-    if not hits:
-        return None
-    start, end = min(hits), max(hits) + 1
-    while start > fixed and not _starts_word(model, y, start):
+    return (min(hits), max(hits) + 1) if hits else None
+
+
+def _widen(span: tuple[int, int], starts: list[bool], fixed: int) -> tuple[int, int]:
+    """``span`` widened to whole words (``starts``: whether each token begins a word)."""
+    start, end = span
+    while start > fixed and not starts[start]:
         start -= 1
-    while end < len(y) and not _starts_word(model, y, end):
+    while end < len(starts) and not starts[end]:
         end += 1
     return start, end
 
 
-def _starts_word(model, y: list[int], j: int) -> bool:
-    """Whether output token ``j`` begins a word (its text starts with a space where it follows token j-1)."""
-    decode = model.tokenizer.decode
-    before = decode(y[1:j], skip_special_tokens=True)
-    after = decode(y[1 : j + 1], skip_special_tokens=True)
-    return not before or after[len(before) : len(before) + 1].isspace()
+def _word_starts(tokenizer, y: list[int]) -> list[bool]:
+    """Whether each output token begins a word: its text starts with a space where it follows the tokens
+    before it. In a text without spaces (Chinese, Japanese, Thai) every token counts as a word."""
+    texts = [tokenizer.decode(y[1:j], skip_special_tokens=True) for j in range(len(y) + 1)]
+    if not any(c.isspace() for c in texts[-1].strip()):
+        return [True] * len(y)
+    return [j <= 1 or not texts[j] or texts[j + 1][len(texts[j]) : len(texts[j]) + 1].isspace() for j in range(len(y))]
 
 
 @torch.inference_mode()
 def _alignments(model, rows: list[Tensor], outputs: list[Tensor], wanted: list[bool]) -> list[list[int] | None]:
     """Per row (where ``wanted``), the source position each output token after the first aligns to: the
     argmax of the last decoder layer's cross-attention, heads averaged, at the step that produced it. The rows
-    run as one padded batch (padding at the ends changes no earlier position)."""
+    run in padded batches of ``ALIGN_BATCH``."""
     result: list[list[int] | None] = [None] * len(rows)
     picked = [i for i, w in enumerate(wanted) if w]
     if not picked or not getattr(model.backend, "teacher_forcing", False):  # an export decodes only
         return result
+    for at in range(0, len(picked), ALIGN_BATCH):
+        chunk = picked[at : at + ALIGN_BATCH]
+        for i, align in zip(chunk, _align_chunk(model, [rows[i] for i in chunk], [outputs[i] for i in chunk])):
+            result[i] = align
+    return result
+
+
+def _align_chunk(model, rows: list[Tensor], outputs: list[Tensor]) -> list[list[int]]:
+    """``_alignments`` of a few rows, as one padded batch (padding at the ends changes no earlier position)."""
     spec = model.spec
     last = len(spec.decoder.layers) - 1
     attn = spec.decoder.layers[0].self_attn
-    sources = [torch.as_tensor(rows[i], dtype=torch.long) for i in picked]
-    width = max(len(r) for r in sources)
-    source = torch.full((len(picked), width), spec.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(picked), width), dtype=torch.long)
+    sources = [torch.as_tensor(r, dtype=torch.long) for r in rows]
+    source = torch.full((len(rows), max(len(r) for r in sources)), spec.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(source)
     for j, r in enumerate(sources):
         source[j, : len(r)], mask[j, : len(r)] = r, 1
-    lengths = [len(outputs[i]) for i in picked]
-    target = torch.zeros((len(picked), max(lengths)), dtype=torch.long)
-    for j, i in enumerate(picked):
-        target[j, : lengths[j]] = outputs[i]
+    lengths = [len(out) for out in outputs]
+    target = torch.zeros((len(rows), max(lengths)), dtype=torch.long)
+    for j, out in enumerate(outputs):
+        target[j, : lengths[j]] = out
     hidden, cross_mask = model.encode(source.to(model.device), mask.to(model.device))
     state = DecoderState(build_cross_kv(spec, hidden), cross_mask, 1, attn.kv_heads, attn.head_dim, target.shape[1])
     state.capture = {last: list(range(spec.decoder.layers[last].cross_attn.num_heads))}
     decode_step(spec, state, target.to(model.device), all_positions=True)
     scores = state.captured[0].masked_fill(mask[:, None, None, :].to(model.device) == 0, float("-inf"))
     best = scores.softmax(dim=-1).mean(dim=1).argmax(dim=-1)  # [rows, target]
-    for j, i in enumerate(picked):
-        result[i] = best[j, : lengths[j] - 1].tolist()  # position t produced token t + 1
-    return result
+    return [best[j, : lengths[j] - 1].tolist() for j in range(len(rows))]  # position t produced token t + 1

@@ -398,9 +398,10 @@ class Seq2SeqModel(EncoderDecoder):
     @torch.inference_mode()
     def generate_rows_with_phrases(self, rows, phrases: Sequence[tuple[Phrase, ...]], *, settings: GenerationSettings,
                                    seed: int | None = None, prefixes=None, max_batch_size: int | None = DEFAULT_BATCH,
-                                   max_batch_tokens: int | None = None) -> list[list[Tensor]]:  # fmt: skip
+                                   max_batch_tokens: int | None = None, lock=None) -> list[list[Tensor]]:  # fmt: skip
         """``generate_rows`` (one sequence per row) where each row's outputs hold its ``phrases``
-        (``required_phrases``), each put where the model translates its source words (``models.glossary``)."""
+        (``required_phrases``), each put where the model translates its source words (``models.glossary``).
+        ``lock``: held while the tokenizer decodes (a server shares the tokenizer between threads)."""
         tensors = [torch.as_tensor(list(r), dtype=torch.long) for r in rows]
         prompts = self._prefix_prompts(prefixes, len(rows), settings)
 
@@ -408,7 +409,7 @@ class Seq2SeqModel(EncoderDecoder):
             s = replace(settings, rules=[*settings.rules, *rules]) if rules else settings
             return self._run(part, None, s, max_batch_size, max_batch_tokens, seed, prompts=part_prompts)
 
-        return place_phrases(self, tensors, list(phrases), search, settings, prompts)
+        return place_phrases(self, tensors, list(phrases), search, settings, prompts, lock)
 
     def required_phrases(self, text: str, glossary: dict, keep_spans: bool) -> tuple[Phrase, ...]:
         """The target phrases ``text`` requires (``models.glossary.required_phrases``)."""

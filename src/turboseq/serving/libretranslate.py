@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from turboseq.formats.documents import FORMATS, split_document, translate_documents
 from turboseq.formats.languages import detect, language_name
@@ -179,6 +179,8 @@ async def _translate_documents(service, request, documents: list, params: dict) 
             units = rounds.send((await service.infer_in_batches(request, units, params))[0])
     except StopIteration as done:
         return done.value
+    except RequestError as err:  # LibreTranslate answers a bad request with 400
+        raise bad_request(err.message) if err.status == 422 else err from None
 
 
 def _documents(task, texts: list[str], fmt: str, language: str | None) -> list:
@@ -305,13 +307,11 @@ async def translate_file(task, service, request):
     documents, _ = await _read_documents(task, service, [text], fmt, source, True)
     translated = (await _translate_documents(service, request, documents, terms))[0]
     key = FILES.put(name, translated.encode("utf-8"), MEDIA_TYPES[fmt] + "; charset=utf-8")
-    return {"translatedFileUrl": f"{str(request.base_url).rstrip('/')}/download_file/{key}"}
+    return {"translatedFileUrl": f"{str(request.base_url).rstrip('/')}/download_file/{quote(key)}"}
 
 
 async def download_file(key: str):
     """A translated file, as an attachment under its original name; 404 where there is none by ``key``."""
-    from urllib.parse import quote
-
     from fastapi.responses import Response
 
     found = FILES.get(key)

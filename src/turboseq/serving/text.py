@@ -246,6 +246,7 @@ class GenerationTask(TextTask[GenerationRequest]):
             seed=kwargs["seed"],
             prefixes=kwargs.get("prefixes"),
             max_batch_size=None,
+            lock=self.tokenizer_lock,
         )
 
     def generate_arguments(
