@@ -193,4 +193,6 @@ def test_prefix_alternatives_and_confidence(mt_server, marian_one):
     r = httpx.post(
         mt_server.url + "/generate_stream", json={"inputs": "x", "parameters": {"alternatives": 2, "num_beams": 1}}
     )
-    assert r.status_code == 422 and r.json()["error"] == "`alternatives` and `return_confidence` are not streamed"
+    assert r.status_code == 422 and r.json()["error"] == (
+        "`alternatives`, `return_confidence`, `glossary` and `keep_spans` are not streamed"
+    )

@@ -101,14 +101,13 @@ def source_positions(tokenizer, text: str, start: int, end: int) -> tuple[int, .
     return tuple(range(lead + before, lead + max(through, before + 1)))
 
 
-def place_phrases(model, rows: list[Tensor], phrases: list[tuple[Phrase, ...]], search, settings, prompts=None,
+def place_phrases(model, rows: list[Tensor], phrases: list[tuple[Phrase, ...]], search, settings, prompts,
                   lock=None):  # fmt: skip
     """Per row its sequences (as ``search`` gives them), each holding the row's ``phrases``.
     ``search(rows, prompts, rules)`` runs the model's search (``settings``) over ``rows`` with per-row decoder
-    ``prompts`` and extra logits ``rules``; ``prompts``: the rows' own prompts (a user's prefix), or None;
+    ``prompts`` and extra logits ``rules``; ``prompts``: the rows' own (the start token, and a user's prefix);
     ``lock``: held while the tokenizer decodes (a server's other threads use it too)."""
-    start = torch.tensor([model._start(settings)], dtype=torch.long)
-    prompts = list(prompts) if prompts is not None else [start] * len(rows)
+    prompts = list(prompts)
     outputs = search(rows, prompts, [])
     eos = set(settings.eos_token_ids)
     lock = lock if lock is not None else nullcontext()

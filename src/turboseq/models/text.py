@@ -403,7 +403,7 @@ class Seq2SeqModel(EncoderDecoder):
         (``required_phrases``), each put where the model translates its source words (``models.glossary``).
         ``lock``: held while the tokenizer decodes (a server shares the tokenizer between threads)."""
         tensors = [torch.as_tensor(list(r), dtype=torch.long) for r in rows]
-        prompts = self._prefix_prompts(prefixes, len(rows), settings)
+        prompts = self._prefix_prompts(prefixes if prefixes is not None else [None] * len(rows), len(rows), settings)
 
         def search(part, part_prompts, rules):
             s = replace(settings, rules=[*settings.rules, *rules]) if rules else settings
