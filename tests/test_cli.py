@@ -10,6 +10,7 @@ import torch
 from tests.helpers import run_cli
 from tests.models.test_encoder import TEXTS as EMBED_TEXTS
 from tests.models.test_text import TEXTS
+from turboseq.models.glossary import phrase_ids
 
 
 def test_cli_translate_stdin_stdout_keeps_lines(marian_one):
@@ -277,7 +278,7 @@ def test_cli_generate_continues_prompts(gpt2_text, tmp_path):
 def test_cli_translate_with_a_glossary(marian_one, tmp_path):
     """--glossary (a JSON object or tab-separated lines) and --keep-spans: as ``translate(glossary=...)``."""
     model, path = marian_one
-    term = next(w for w in ["Zug", "Bahnhof", "der", "station"] if model._phrase_ids(w) is not None)
+    term = next(w for w in ["Zug", "Bahnhof", "der", "station"] if phrase_ids(model.tokenizer, w) is not None)
     lines = ["The train leaves at eight.", "Good morning."]
     expected = model.translate(lines, glossary={"train": term}, keep_spans=True, max_new_tokens=8)
     assert term in expected[0]

@@ -7,12 +7,13 @@ import re
 import pytest
 
 from turboseq.bench.models import bench_sentences
+from turboseq.models.glossary import phrase_ids
 
 SENTENCES = bench_sentences()[:16]
 
 
 def _writable(model, words):
-    return [w for w in words if model._phrase_ids(w) is not None]
+    return [w for w in words if phrase_ids(model.tokenizer, w) is not None]
 
 
 @pytest.mark.parametrize("search", [{}, {"num_beams": 1}, {"do_sample": True, "seed": 3}])

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.helpers import make_marian_with_tokenizer
+from turboseq.models.glossary import phrase_ids
 from turboseq.serving.process import ServerProcess
 
 ENGLISH = ["The train to Berlin leaves at half past eight.", "Could you tell me where the nearest pharmacy is?"]
@@ -113,7 +114,7 @@ def test_fuzzed_libretranslate_bodies_never_get_a_5xx(opus):
 
 
 def _writable(model, words):
-    return [w for w in words if model._phrase_ids(w) is not None]
+    return [w for w in words if phrase_ids(model.tokenizer, w) is not None]
 
 
 def test_glossary_over_http_equals_the_library(opus):

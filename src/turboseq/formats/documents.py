@@ -97,27 +97,26 @@ class Document:
         pieces = list(self.pieces)
         for slot, text in zip(self.slots, translations):
             pieces[slot] = self.escape(text)
-        second = len(self.retry(translations))
+        placed = self._placed(translations)
+        second = sum(len(run.alone.slots) for (_, run), p in zip(self.runs, placed) if p is None)
         if len(alone or []) != second:
             raise ValueError(f"{len(alone or [])} second-round translations for {second} (see `retry`)")
-        rest, again = iter(translations[len(self.slots) :]), iter(alone or [])
-        for index, run in self.runs:
-            placed = run.place([next(rest) for _ in run.units])
-            if placed is None:
-                placed = run.alone.join([next(again) for _ in run.alone.slots])
-            pieces[index] = placed
+        again = iter(alone or [])
+        for (index, run), p in zip(self.runs, placed):
+            pieces[index] = p if p is not None else run.alone.join([next(again) for _ in run.alone.slots])
         return "".join(pieces)
 
     def retry(self, translations: list[str]) -> list[str]:
         """The second round's units, given the first round's translations: the text nodes of each run whose
         elements were not all found in their sentence's translation."""
-        rest = iter(translations[len(self.slots) :])
         return [
-            unit
-            for _, run in self.runs
-            if run.place([next(rest) for _ in run.units]) is None
-            for unit in run.alone.units
+            unit for (_, run), p in zip(self.runs, self._placed(translations)) if p is None for unit in run.alone.units
         ]
+
+    def _placed(self, translations: list[str]) -> list[str | None]:
+        """Each run with its markup placed in the first round's translations (None: not placed)."""
+        rest = iter(translations[len(self.slots) :])
+        return [run.place([next(rest) for _ in run.units]) for _, run in self.runs]
 
 
 def translate_documents(documents: list[Document]) -> Generator[list[str], list[str], list[str]]:
@@ -150,13 +149,13 @@ def run_rounds(rounds: Generator[list[str], list[str], list[str]], translate: Ca
 class _Inline:
     """A run of text whose inline elements move with their words: ``text`` (the elements' text included) cut
     into ``spans`` (sentences), ``elements`` as (start, end, opening markup, closing markup) in ``text``, and
-    ``alone``: the same run with each text node translated on its own (the second round's fallback)."""
+    ``alone``: the same run with each text node translated on its own (the second round's fallback, whose
+    ``escape`` the run's translations take too)."""
 
     text: str
     spans: list[tuple[int, int]]
     elements: list[tuple[int, int, str, str]]
     alone: Document
-    escape: Callable[[str], str]
 
     @classmethod
     def of(cls, parts: list[tuple[str, str]], sentences: _Sentences, alone: Document) -> _Inline | None:
@@ -181,7 +180,7 @@ class _Inline:
         spans = sentences.spans(text)
         if spans is None or not all(any(s <= a and b <= e for s, e in spans) for a, b, _, _ in elements):
             return None
-        return cls(text, spans, elements, alone, alone.escape)
+        return cls(text, spans, elements, alone)
 
     @property
     def units(self) -> list[str]:
@@ -196,9 +195,10 @@ class _Inline:
         translation is not found in its sentence's."""
         sentences = translations[: len(self.spans)]
         found = dict(zip(self._parts(), translations[len(self.spans) :]))
+        escape = self.alone.escape
         out, end = [], 0
         for (s, e), sentence in zip(self.spans, sentences):
-            out.append(self.escape(self.text[end:s]))
+            out.append(escape(self.text[end:s]))
             marks = []  # (start, end, opening, closing) in the translated sentence
             for a, b, opening, closing in self.elements:
                 if (a, b) == (s, e):  # the element is the whole sentence
@@ -215,11 +215,11 @@ class _Inline:
                     marks.append((*where, opening, closing))
             at = 0
             for x, y, opening, closing in sorted(marks):
-                out += [self.escape(sentence[at:x]), opening, self.escape(sentence[x:y]), closing]
+                out += [escape(sentence[at:x]), opening, escape(sentence[x:y]), closing]
                 at = y
-            out.append(self.escape(sentence[at:]))
+            out.append(escape(sentence[at:]))
             end = e
-        out.append(self.escape(self.text[end:]))
+        out.append(escape(self.text[end:]))
         return "".join(out)
 
 
@@ -229,9 +229,10 @@ def _find(sentence: str, word: str, taken: list[tuple[int, int]], nth: int, coun
     if not word:
         return None
     for flags in (0, re.IGNORECASE):
-        found = [m for m in _matches(sentence, word, flags) if all(m[1] <= x or m[0] >= y for x, y in taken)]
+        every = _matches(sentence, word, flags)
+        found = [m for m in every if all(m[1] <= x or m[0] >= y for x, y in taken)]
         if found:
-            return found[nth] if len(_matches(sentence, word, flags)) == count and nth < len(found) else found[0]
+            return found[nth] if len(every) == count and nth < len(found) else found[0]
     return None
 
 
@@ -441,12 +442,9 @@ def _markdown_line(doc: Document, rest: str, sentences: _Sentences) -> None:
     end = 0
 
     def flush():
-        if any(kind != "text" for kind, _ in run):
+        if run:
             doc.run(list(run), sentences)
-        else:
-            for _, value in run:
-                sentences.add(doc, value)
-        run.clear()
+            run.clear()
 
     def text(value: str) -> None:
         if value:

@@ -275,7 +275,7 @@ class RequiredPhrases(LogitsProcessor):
 
     def _forced(self, ids: list[int], top: int) -> tuple[int | None, bool]:
         """(the token to force or None, whether phrases are still missing)."""
-        missing = [p for p in self.phrases if not _contains(ids, p)]
+        missing = [p for p in self.phrases if not contains_phrase(ids, p)]
         if not missing:
             return None, False
         best, forced = 0, None
@@ -319,7 +319,8 @@ class BanAfterPrompts(LogitsProcessor):
         return scores
 
 
-def _contains(ids: list[int], phrase: list[int]) -> bool:
+def contains_phrase(ids: list[int], phrase: list[int]) -> bool:
+    """Whether ``phrase`` occurs in ``ids`` as a contiguous run."""
     n = len(phrase)
     return any(ids[i : i + n] == phrase for i in range(len(ids) - n + 1))
 

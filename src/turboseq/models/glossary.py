@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from turboseq.formats.documents import protected_spans
-from turboseq.generation.processors import BanAfterPrompts, RequiredPhrases
+from turboseq.generation.processors import BanAfterPrompts, RequiredPhrases, contains_phrase
 from turboseq.runtime.cache import DecoderState
 from turboseq.runtime.decoding import decode_step
 from turboseq.runtime.layers import build_cross_kv
@@ -45,18 +45,21 @@ def required_phrases(tokenizer, text: str, glossary: dict, keep_spans: bool) -> 
     cannot write) and, with ``keep_spans``, its protected spans that the vocabulary can write; each with the
     source token positions of its first occurrence."""
     phrases = []
+    lead = None  # special tokens before the text's own (read once, where a phrase needs it)
     for source, target in glossary.items():
         found = _find(text, source) if source.strip() else None
         if found is not None:
             ids = phrase_ids(tokenizer, target)
             if ids is None:
                 raise ValueError(f"glossary term {target!r} cannot be written with this model's target vocabulary")
-            phrases.append(Phrase(ids, source_positions(tokenizer, text, *found)))
+            lead = _lead(tokenizer, text) if lead is None else lead
+            phrases.append(Phrase(ids, source_positions(tokenizer, text, *found, lead)))
     for span in protected_spans(text) if keep_spans else []:
         ids = phrase_ids(tokenizer, span)
         if ids is not None:
             at = text.find(span)
-            phrases.append(Phrase(ids, source_positions(tokenizer, text, at, at + len(span))))
+            lead = _lead(tokenizer, text) if lead is None else lead
+            phrases.append(Phrase(ids, source_positions(tokenizer, text, at, at + len(span), lead)))
     unique: dict[tuple, Phrase] = {}
     for p in phrases:
         unique.setdefault(p.ids, p)
@@ -86,16 +89,16 @@ def _find(text: str, term: str) -> tuple[int, int] | None:
     return None if m is None else (m.start(), m.end())
 
 
-def _contains(ids: list[int], phrase: list[int]) -> bool:
-    n = len(phrase)
-    return any(ids[i : i + n] == phrase for i in range(len(ids) - n + 1))
-
-
-def source_positions(tokenizer, text: str, start: int, end: int) -> tuple[int, ...]:
-    """The token positions in ``text``'s encoding (special tokens included) of its characters ``start:end``."""
+def _lead(tokenizer, text: str) -> int:
+    """How many special tokens ``text``'s encoding has before its own (BART's ``<s>``: 1)."""
     full = tokenizer(text)["input_ids"]
     plain = tokenizer(text, add_special_tokens=False)["input_ids"]
-    lead = 1 if plain and full and full[0] != plain[0] else 0
+    return 1 if plain and full and full[0] != plain[0] else 0
+
+
+def source_positions(tokenizer, text: str, start: int, end: int, lead: int) -> tuple[int, ...]:
+    """The token positions in ``text``'s encoding (``lead`` special tokens first) of its characters
+    ``start:end``."""
     before = len(tokenizer(text[:start].rstrip(), add_special_tokens=False)["input_ids"]) if text[:start].strip() else 0
     through = len(tokenizer(text[:end], add_special_tokens=False)["input_ids"])
     return tuple(range(lead + before, lead + max(through, before + 1)))
@@ -115,19 +118,20 @@ def place_phrases(model, rows: list[Tensor], phrases: list[tuple[Phrase, ...]], 
     first = 2 if settings.forced_bos_token_id is not None else 1
     placed: list[set[Phrase]] = [set() for _ in rows]
 
-    def unplaced(i: int) -> list[Phrase]:
-        y = outputs[i][0].tolist()
-        return [p for p in phrases[i] if p.source and p not in placed[i] and not _contains(y, list(p.ids))]
-
     for _ in range(max((len(p) for p in phrases), default=0)):
         todo, bans = [], {}  # bans: prompt -> the tokens that may not follow it
-        aligned = _alignments(model, rows, [out[0] for out in outputs], [bool(unplaced(i)) for i in range(len(rows))])
+        ys = [out[0].tolist() for out in outputs]
+        unplaced = [
+            [p for p in ps if p.source and p not in done and not contains_phrase(y, list(p.ids))]
+            for ps, done, y in zip(phrases, placed, ys)
+        ]
+        aligned = _alignments(model, rows, [out[0] for out in outputs], [bool(u) for u in unplaced])
         for i, align in enumerate(aligned):
             if align is None:
                 continue
-            y = outputs[i][0].tolist()
+            y = ys[i]
             fixed = max(len(prompts[i]), first)
-            spots = [(s, p) for p in unplaced(i) if (s := _hits(y, align, p, eos, fixed))]
+            spots = [(s, p) for p in unplaced[i] if (s := _hits(y, align, p, eos, fixed))]
             if not spots:
                 continue
             with lock:
@@ -149,7 +153,7 @@ def place_phrases(model, rows: list[Tensor], phrases: list[tuple[Phrase, ...]], 
             outputs[i] = out
     groups: dict[tuple, list[int]] = {}
     for i, (ps, out) in enumerate(zip(phrases, outputs)):
-        if any(not _contains(out[0].tolist(), list(p.ids)) for p in ps):
+        if any(not contains_phrase(out[0].tolist(), list(p.ids)) for p in ps):
             groups.setdefault(ps, []).append(i)
     for ps, members in groups.items():  # what found no place: written before the end
         rule = RequiredPhrases([list(p.ids) for p in ps], settings.eos_token_ids, settings.max_length)

@@ -15,7 +15,7 @@ from turboseq.generation.batching import pad_batch, pad_rows, row_hooks
 from turboseq.generation.settings import GenerationSettings
 from turboseq.models.alternatives import alternatives as alternatives_after
 from turboseq.models.engine import DEFAULT_BATCH, EncoderDecoder, generate_output, output_request
-from turboseq.models.glossary import Phrase, check_terms, phrase_ids, place_phrases, required_phrases
+from turboseq.models.glossary import Phrase, check_terms, place_phrases, required_phrases
 from turboseq.models.progress import progress_bar
 
 
@@ -414,6 +414,3 @@ class Seq2SeqModel(EncoderDecoder):
     def required_phrases(self, text: str, glossary: dict, keep_spans: bool) -> tuple[Phrase, ...]:
         """The target phrases ``text`` requires (``models.glossary.required_phrases``)."""
         return required_phrases(self.tokenizer, text, glossary, keep_spans)
-
-    def _phrase_ids(self, term: str) -> tuple[int, ...] | None:
-        return phrase_ids(self.tokenizer, term)
