@@ -108,8 +108,8 @@ def test_fuzzed_libretranslate_bodies_never_get_a_5xx(opus):
     from tests.serving.test_tei import _fuzz
 
     srv, _ = opus
-    keys = ["q", "source", "target", "format", "alternatives", "api_key"]
-    _fuzz(srv.url, ["/translate", "/detect"], keys, 60)
+    keys = ["q", "source", "target", "format", "alternatives", "api_key", "glossary", "keep_spans", "file"]
+    _fuzz(srv.url, ["/translate", "/detect", "/translate_file"], keys, 80)
     assert httpx.get(srv.url + "/health").json() == {"status": "ok"}
 
 

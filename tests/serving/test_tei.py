@@ -125,9 +125,12 @@ def test_tei_embed_routes(minilm_server):
     assert httpx.post(srv.url + "/embed", json={"inputs": [ids]}).json()["error"] == (
         f"input 0 has {len(ids)} tokens; the server accepts at most 64 (set truncate to cut it)"
     )
-    assert httpx.post(srv.url + "/embed", json={"inputs": [[101, 99999]]}).json()["error"] == (
-        "`inputs` 0: token ids must be a non-empty list of integers from 0 to 30521"
-    )
+    for hostile in ([[101, 99999]], [[101, -1]], [[True, 101]], [[101], []], [[10**30]]):
+        r = httpx.post(srv.url + "/embed", json={"inputs": hostile})
+        assert r.status_code == 422 and r.json()["error"] == (
+            f"`inputs` {0 if hostile[0] != [101] else 1}: token ids must be a non-empty list of integers from 0 to 30521"
+        ), hostile
+    assert httpx.post(srv.url + "/embed", json={"inputs": [[101]] * 9}).status_code == 413
     states_ids = httpx.post(srv.url + "/embed_all", json={"inputs": both[:1]}).json()
     assert torch.allclose(torch.tensor(states_ids[0]), model(torch.tensor(both[:1]))[0], atol=1e-5)
 
