@@ -272,6 +272,8 @@ def _lifespan(service: Service, warmup: bool):
         batcher.cancel_all()  # what is still running after the drain leaves the engine at its next step
         batcher.executor.shutdown(wait=False, cancel_futures=True)
         service.parser.shutdown(wait=False, cancel_futures=True)
+        # their frames hold the model: once they have ended, an unloaded model's memory can be freed
+        await asyncio.gather(warming, batcher.task_handle, return_exceptions=True)
 
     return lifespan
 
