@@ -183,7 +183,8 @@ def test_manual_commit_clear_and_error_events(server, waves, whisper):
 def test_plain_mode_streams_final_and_partial_words(server, waves, whisper):
     audio = np.concatenate([waves[4], np.zeros(16000, np.float32), waves[5]])
     with plain(server, "?language=en&sample_rate=16000") as ws:
-        assert json.loads(ws.recv(timeout=30)) == {"type": "ready", "model": server_name(server), "sample_rate": 16000}
+        ready = {"type": "ready", "model": server_name(server), "sample_rate": 16000, "beam_size": 5}
+        assert json.loads(ws.recv(timeout=30)) == ready
         pcm = pcm16(audio)
         for i in range(0, len(pcm), 6400):
             ws.send(pcm[i : i + 6400])
@@ -300,6 +301,15 @@ def test_hostile_streams(server):
             "error": "`sample_rate` must be an integer from 8000 to 192000 (Hz), got 'abc'",
             "error_type": "invalid_request",
         }
+    for beams in ("0", "11", "2.5"):
+        with plain(server, f"?beam_size={beams}") as ws:
+            assert (
+                json.loads(ws.recv(timeout=30))["error"]
+                == f"`beam_size` must be an integer from 1 to 10, got {beams!r}"
+            )
+    with plain(server, "?beam_size=1&sample_rate=8000") as ws:  # greedy, for a client that wants the engine's time
+        ready = {"type": "ready", "model": server_name(server), "sample_rate": 8000, "beam_size": 1}
+        assert json.loads(ws.recv(timeout=30)) == ready
     with plain(server, "?language=de") as ws:
         assert json.loads(ws.recv(timeout=30))["error_type"] == "invalid_request"
     with plain(server) as ws:

@@ -272,3 +272,25 @@ def test_a_forced_prefix_of_tokens_keeps_the_hotwords(whisper):
     forced = [text.timestamp_begin] + text.encode(" Mozart")
     assert window_prompt(text, [text.sot], [], opts, forced, 448) == hot + [text.sot] + forced
     assert window_prompt(text, [text.sot], [], opts, "Mozart", 448) == [text.sot] + forced
+
+
+@pytest.mark.parametrize("looping", [True, False])
+def test_a_repetition_loop_is_settled_as_no_decode_and_drops_the_prompt(whisper, first_ten, looping):
+    """Two decodes that agree on a loop ("Thank you very much." over and over, compression ratio about 4, over
+    ``compression_ratio_threshold``'s 2.4) confirm none of it, and the prompt it fed on is gone; the same two
+    decodes of plain sentences confirm their words and keep the prompt."""
+    from turboseq.speech.transcript import Segment, Word
+
+    said = " Thank you very much." * 8 if looping else " " + " ".join(ALL_SENTENCES[:2])
+    words = [Word(0.2 + 0.25 * k, 0.4 + 0.25 * k, " " + w, 0.9) for k, w in enumerate(said.split())]
+    segments = [Segment(0.0, words[-1].end, said, words=words)]
+    stream = whisper.live(initial_prompt="Earlier words.")
+    stream.append(first_ten[: 16000 * 12])  # speech under every word (the VAD keeps words only where it hears it)
+    confirmed = []
+    for seconds in (6, 12):
+        confirmed += stream.settle(segments, False, 16000 * seconds, stream.epoch).confirmed
+    if looping:
+        assert confirmed == [] and stream.hypothesis == [] and stream.context == []
+    else:
+        prompt = whisper.whisper_text.encode(" Earlier words.")
+        assert len(confirmed) >= 10 and stream.context[: len(prompt)] == prompt  # confirmed words may follow it

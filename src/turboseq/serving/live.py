@@ -23,6 +23,7 @@ from turboseq.serving.requests import RequestError, internal_error
 from turboseq.speech.live import LiveUpdate, step
 
 BACKLOG_SECONDS = 30.0  # undecoded audio a stream may hold before its frames wait
+MAX_LIVE_BEAMS = 10  # a stream's ``beam_size`` at most (each beam is a row of every step of the shared batch)
 
 
 class LiveError(Exception):
@@ -300,27 +301,33 @@ def _words(update: LiveUpdate) -> list[dict]:
 
 
 class PlainSession(Session):
-    """``/v1/audio/live?language=&prompt=&sample_rate=``: binary frames of PCM16 mono audio (16 kHz unless
-    ``sample_rate`` says otherwise); a text frame ``{"type": "end"}`` ends the stream. Messages out:
-    ``{"type": "ready"}``, ``{"type": "final", "text", "words"}`` (newly confirmed words),
+    """``/v1/audio/live?language=&prompt=&sample_rate=&beam_size=``: binary frames of PCM16 mono audio (16 kHz
+    unless ``sample_rate`` says otherwise; beam 5 unless ``beam_size``, 1-10, says otherwise); a text frame ``{"type": "end"}`` ends the stream. Messages out:
+    ``{"type": "ready", "model", "sample_rate", "beam_size"}``, ``{"type": "final", "text", "words"}`` (newly confirmed words),
     ``{"type": "partial", "text"}`` (the unconfirmed tail), ``{"type": "done", "text", "duration"}`` and
     ``{"type": "error", "error", "error_type"}``."""
 
     def start(self):
         params = self.ws.query_params
-        unknown = sorted(set(params) - {"language", "prompt", "sample_rate", "model"})
+        unknown = sorted(set(params) - {"language", "prompt", "sample_rate", "beam_size", "model"})
         if unknown:
-            raise ValueError(f"unknown parameter(s): {', '.join(unknown)}; known: language, prompt, sample_rate")
+            known = "language, prompt, sample_rate, beam_size"
+            raise ValueError(f"unknown parameter(s): {', '.join(unknown)}; known: {known}")
         rate = params.get("sample_rate", str(SAMPLE_RATE))
         if not rate.isdigit() or not 8000 <= int(rate) <= 192000:
             raise ValueError(f"`sample_rate` must be an integer from 8000 to 192000 (Hz), got {rate!r}")
+        beams = params.get("beam_size", "5")
+        if not beams.isdigit() or not 1 <= int(beams) <= MAX_LIVE_BEAMS:
+            raise ValueError(f"`beam_size` must be an integer from 1 to {MAX_LIVE_BEAMS}, got {beams!r}")
         self.rate = int(rate)
         self.resampler = Resampler(self.rate)
         self.text, self.partial = "", ""
-        return self.model.live(language=params.get("language") or None, initial_prompt=params.get("prompt"))
+        language, prompt = params.get("language") or None, params.get("prompt")
+        return self.model.live(language=language, initial_prompt=prompt, beam_size=int(beams))
 
     async def opened(self) -> None:
-        await self.send({"type": "ready", "model": self.service.name, "sample_rate": self.rate})
+        ready = {"type": "ready", "model": self.service.name, "sample_rate": self.rate}
+        await self.send({**ready, "beam_size": self.stream.opts.beam_size})
 
     async def handle(self, data) -> None:
         if isinstance(data, bytes):

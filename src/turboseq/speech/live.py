@@ -20,7 +20,7 @@ import numpy as np
 from turboseq.formats.audio import HOP_LENGTH, SAMPLE_RATE
 from turboseq.generation.batching import RowHooks
 from turboseq.speech import longform
-from turboseq.speech.decoding import Options
+from turboseq.speech.decoding import Options, compression_ratio
 from turboseq.speech.transcript import Segment, Word
 from turboseq.speech.vad import FRAME, speech_probabilities
 
@@ -257,6 +257,10 @@ class LiveTranscriber:
         update = LiveUpdate(audio_seconds=self.received / SAMPLE_RATE)
         if epoch != self.epoch:
             return update
+        if segments is not None and self._looping(segments, prefix_letters):
+            # a repetition loop ("Thank you very much." over and over) is settled as no decode, and the prompt it
+            # fed on is dropped (faster-whisper resets its prompt after such a window the same way)
+            segments, self.context = None, []
         ends: list[float] = []
         previous_end, self.decoded = self.offset + self.decoded / SAMPLE_RATE, decoded
         if segments is None:
@@ -286,6 +290,13 @@ class LiveTranscriber:
         update.speech_start, update.silence_seconds = self._speech_start(), self._silence_seconds()
         update.turn_end = turn_end if not final else self._turn_end()
         return update
+
+    def _looping(self, segments: list[Segment], prefix_letters: int) -> bool:
+        """Whether a decode's new text (past its forced prefix) compresses like a loop: over ``transcribe``'s
+        ``compression_ratio_threshold`` (2.4)."""
+        threshold = self.opts.compression_ratio_threshold
+        words = _after_prefix([w for seg in segments for w in seg.words or []], prefix_letters)
+        return threshold is not None and compression_ratio("".join(w.word for w in words)) > threshold
 
     def _turn_end(self) -> float | None:
         """Where the buffer's first pause of ``turn_silence_seconds`` after speech starts (stream seconds)."""
