@@ -204,7 +204,10 @@ def test_an_idle_model_is_unloaded_and_its_memory_freed(dirs):
         while unloaded not in httpx.get(srv.url + "/metrics").text and time.time() < deadline:
             time.sleep(0.25)
         assert httpx.get(srv.url + "/health").json()["models"]["w"] == "unloaded"
-        freed = loaded - _rss(srv.pid)
+        freed, deadline = loaded - _rss(srv.pid), time.time() + 15
+        while freed <= 100e6 and time.time() < deadline:  # a busy machine's threads may end a little later
+            time.sleep(0.5)
+            freed = loaded - _rss(srv.pid)
         assert freed > 100e6, freed  # its 151 MB of float32 weights, most of them given back
         bad = {"file": ("x.wav", b"RIFF", "audio/wav")}
         r = httpx.post(srv.url + "/v1/audio/transcriptions", files=bad, timeout=120)  # waits for the load
