@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from turboseq.bench.speech import held_out_sentences
 from turboseq.formats.audio import SAMPLE_RATE
 
 
@@ -44,12 +45,6 @@ def held_out_recording(out_dir: Path, sentences: int = 30) -> Path:
         w.setframerate(SAMPLE_RATE)
         w.writeframes(pcm.tobytes())
     return path
-
-
-def held_out_sentences(count: int = 30) -> list[str]:
-    """What ``held_out_recording`` says, in order."""
-    text = (Path(__file__).parent.parent / "data" / "sentences_en.txt").read_text().splitlines()
-    return [s for s in text if s.strip()][:count]
 
 
 @dataclass

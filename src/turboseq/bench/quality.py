@@ -188,14 +188,15 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
     return errors / max(words, 1)
 
 
-def whisper_quality(compute_types: list[str], clips: int = 6, log=print) -> list[dict]:
-    from turboseq.bench.speech import SENTENCES, synthesize, whisper_ct2_dir
+def whisper_quality(compute_types: list[str], clips: int = 30, log=print) -> list[dict]:
+    """On ``clips`` espeak-ng clips of held-out sentences (``data/sentences_en.txt``, which no test tunes on)."""
+    from turboseq.bench.speech import held_out_sentences, synthesize, whisper_ct2_dir
     from turboseq.formats.audio import load_audio
     from turboseq.load import load
 
     ct2_dir = whisper_ct2_dir()
-    files = synthesize(SENTENCES[:clips], cache_root() / "speech")
-    spoken = SENTENCES[:clips]
+    spoken = held_out_sentences(clips)
+    files = synthesize(spoken, cache_root() / "speech-quality")
     exact = load(ct2_dir)
     waves = [load_audio(f) for f in files]
     feats = torch.cat([exact.features(w) for w in waves])
@@ -208,7 +209,8 @@ def whisper_quality(compute_types: list[str], clips: int = 6, log=print) -> list
     rows = []
     for name in compute_types:
         model = exact if name == "float32" else load(ct2_dir, compute_type=name)
-        texts = [model.transcribe(f).text for f in files]
+        greedy = dict(beam_size=1, temperature=0.0, condition_on_previous_text=False)  # as faster-whisper's row
+        texts = [model.transcribe(f, **greedy).text for f in files]
         top1 = model.forward_logits(feats, None, forced).argmax(-1)
         hits = sum(
             sum(a == b for a, b in zip(top1[i, prompt - 1 : prompt - 1 + len(r)].tolist(), r))
@@ -224,10 +226,32 @@ def whisper_quality(compute_types: list[str], clips: int = 6, log=print) -> list
         for f in files:
             segments, _ = fw.transcribe(str(f), beam_size=1, temperature=0.0, condition_on_previous_text=False)
             texts.append(" ".join(s.text.strip() for s in segments))
-        rows.append(dict(engine="faster-whisper int8", wer=word_error_rate(spoken, texts), agreement=None))
+        agreement = _ct2_whisper_agreement(fw.model, feats, exact.settings().decoder_prompt, reference, min(eos))
+        rows.append(dict(engine="faster-whisper int8", wer=word_error_rate(spoken, texts), agreement=agreement))
     except ImportError:
         pass
     return rows
+
+
+def _ct2_whisper_agreement(model, feats: torch.Tensor, start: list[int], reference: list[list[int]], eos: int) -> float:
+    """CTranslate2's teacher-forced top-1 along float32's tokens: each prefix forced in a one-token greedy
+    search with no token suppressed (its raw most likely next token), the clip's encoder output computed once.
+    Its results hold the forced tokens and drop an ending EOS."""
+    import ctranslate2
+    import numpy as np
+
+    hits = total = 0
+    for clip, ref in zip(feats.numpy(), reference):
+        encoded = np.array(model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(clip[None]))))
+        for j, want in enumerate(ref):
+            prompt = start + ref[:j]
+            # max_length counts more than the new tokens here: room for the prefix and one more
+            result = model.generate(ctranslate2.StorageView.from_array(encoded), [prompt], beam_size=1,
+                                    max_length=len(prompt) + j + 2, suppress_blank=False, suppress_tokens=[])  # fmt: skip
+            seq = result[0].sequences_ids[0]
+            hits += (seq[j] if len(seq) > j else eos) == want
+        total += len(ref)
+    return hits / total
 
 
 def encoder_quality(compute_types: list[str], log=print) -> list[dict]:

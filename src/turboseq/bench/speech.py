@@ -56,6 +56,13 @@ MORE_SENTENCES = [
 ALL_SENTENCES = SENTENCES + MORE_SENTENCES
 
 
+def held_out_sentences(count: int = 30) -> list[str]:
+    """The first ``count`` sentences of ``data/sentences_en.txt``, which no test tunes on (the live bench's
+    recording says them in order)."""
+    text = (Path(__file__).parent.parent / "data" / "sentences_en.txt").read_text().splitlines()
+    return [s for s in text if s.strip()][:count]
+
+
 def long_recording(out_dir: Path) -> Path:
     """A recording of about three and a half minutes (16 kHz WAV, cached): the 24 sentences in two espeak-ng
     voices, separated by pauses of 0.2-1.2 s, with a 6 s and a 20 s silence inside (fixed seed)."""
