@@ -199,6 +199,11 @@ def test_an_idle_model_is_unloaded_and_its_memory_freed(dirs):
     with ServerProcess(f"w={dirs['whisper']}", "--idle-unload-s", "6", "--preload", "w") as srv:
         loaded = _rss(srv.pid)
         assert httpx.get(srv.url + "/health").json()["models"]["w"] == "ready"  # still loaded when measured
+        from websockets.sync.client import connect
+
+        # a live stream starts the model's live hub, whose loop holds the model until the app shuts down
+        with connect(srv.url.replace("http", "ws") + "/v1/audio/live?model=w", open_timeout=30) as ws:
+            assert json.loads(ws.recv(timeout=30))["type"] == "ready"
         unloaded = 'turboseq_model_unloads_total{model="w",reason="idle"} 1.0'  # counted once its memory is freed
         deadline = time.time() + 60
         while unloaded not in httpx.get(srv.url + "/metrics").text and time.time() < deadline:

@@ -291,6 +291,8 @@ def test_a_repetition_loop_is_settled_as_no_decode_and_drops_the_prompt(whisper,
         confirmed += stream.settle(segments, False, 16000 * seconds, stream.epoch).confirmed
     if looping:
         assert confirmed == [] and stream.hypothesis == [] and stream.context == []
+        assert stream.unforced  # nor is the next decode forced to start with the words confirmed before it
     else:
         prompt = whisper.whisper_text.encode(" Earlier words.")
         assert len(confirmed) >= 10 and stream.context[: len(prompt)] == prompt  # confirmed words may follow it
+        assert not stream.unforced

@@ -234,9 +234,9 @@ def whisper_quality(compute_types: list[str], clips: int = 30, log=print) -> lis
 
 
 def _ct2_whisper_agreement(model, feats: torch.Tensor, start: list[int], reference: list[list[int]], eos: int) -> float:
-    """CTranslate2's teacher-forced top-1 along float32's tokens: each prefix forced in a one-token greedy
-    search with no token suppressed (its raw most likely next token), the clip's encoder output computed once.
-    Its results hold the forced tokens and drop an ending EOS."""
+    """CTranslate2's teacher-forced top-1 along float32's tokens: each prefix forced in a short greedy search
+    with no token suppressed, whose first new token is its raw most likely next one (the clip's encoder output
+    computed once). Its results hold the forced tokens and drop an ending EOS."""
     import ctranslate2
     import numpy as np
 
@@ -245,7 +245,7 @@ def _ct2_whisper_agreement(model, feats: torch.Tensor, start: list[int], referen
         encoded = np.array(model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(clip[None]))))
         for j, want in enumerate(ref):
             prompt = start + ref[:j]
-            # max_length counts more than the new tokens here: room for the prefix and one more
+            # max_length is not a count of new tokens here: this leaves room for the prefix and at least one more
             result = model.generate(ctranslate2.StorageView.from_array(encoded), [prompt], beam_size=1,
                                     max_length=len(prompt) + j + 2, suppress_blank=False, suppress_tokens=[])  # fmt: skip
             seq = result[0].sequences_ids[0]

@@ -49,6 +49,7 @@ class Service:
         self.on_ready: Callable[[], None] | None = None  # serve(): say so in the log
         self.batcher: Batcher | None = None
         self.parser = None  # the parser thread's executor (set by the app's lifespan)
+        self.live_hub = None  # the live streams' hub (``serving.live.hub_of``), made by the first stream
 
     # --- admission ---------------------------------------------------------------------------------------------
 
@@ -272,8 +273,13 @@ def _lifespan(service: Service, warmup: bool):
         batcher.cancel_all()  # what is still running after the drain leaves the engine at its next step
         batcher.executor.shutdown(wait=False, cancel_futures=True)
         service.parser.shutdown(wait=False, cancel_futures=True)
-        # their frames hold the model: once they have ended, an unloaded model's memory can be freed
-        await asyncio.gather(warming, batcher.task_handle, return_exceptions=True)
+        ending = [warming, batcher.task_handle]
+        if service.live_hub is not None and service.live_hub.runner is not None:
+            service.live_hub.runner.cancel()  # the live streams' loop, waiting for audio
+            ending.append(service.live_hub.runner)
+        # these tasks' frames hold the model: once they have ended (an engine thread still in a step lets go when
+        # the step ends), an unloaded model's memory can be freed
+        await asyncio.gather(*ending, return_exceptions=True)
 
     return lifespan
 

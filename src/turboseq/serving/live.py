@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import weakref
 from dataclasses import replace
 
 from turboseq.formats.audio import SAMPLE_RATE, Resampler, decode_pcm
@@ -23,7 +22,7 @@ from turboseq.serving.requests import RequestError, internal_error
 from turboseq.speech.live import LiveUpdate, step
 
 BACKLOG_SECONDS = 30.0  # undecoded audio a stream may hold before its frames wait
-MAX_LIVE_BEAMS = 10  # a stream's ``beam_size`` at most (each beam is a row of every step of the shared batch)
+MAX_LIVE_BEAMS = 10  # a stream's ``beam_size`` at most (streams of other beam sizes decode in groups of their own)
 
 
 class LiveError(Exception):
@@ -116,13 +115,11 @@ class Hub:
                 self.wake.set()
 
 
-_HUBS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def hub_of(service) -> Hub:
-    if service not in _HUBS:
-        _HUBS[service] = Hub(service)
-    return _HUBS[service]
+    """The service's hub, made by its first stream (held by the service: it goes with the model's app)."""
+    if service.live_hub is None:
+        service.live_hub = Hub(service)
+    return service.live_hub
 
 
 class Session:
@@ -314,10 +311,10 @@ class PlainSession(Session):
             known = "language, prompt, sample_rate, beam_size"
             raise ValueError(f"unknown parameter(s): {', '.join(unknown)}; known: {known}")
         rate = params.get("sample_rate", str(SAMPLE_RATE))
-        if not rate.isdigit() or not 8000 <= int(rate) <= 192000:
+        if not rate.isdecimal() or not 8000 <= int(rate) <= 192000:
             raise ValueError(f"`sample_rate` must be an integer from 8000 to 192000 (Hz), got {rate!r}")
         beams = params.get("beam_size", "5")
-        if not beams.isdigit() or not 1 <= int(beams) <= MAX_LIVE_BEAMS:
+        if not beams.isdecimal() or not 1 <= int(beams) <= MAX_LIVE_BEAMS:
             raise ValueError(f"`beam_size` must be an integer from 1 to {MAX_LIVE_BEAMS}, got {beams!r}")
         self.rate = int(rate)
         self.resampler = Resampler(self.rate)

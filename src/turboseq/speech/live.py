@@ -134,6 +134,7 @@ class LiveTranscriber:
         self.epoch = 0  # ``clear`` count
         self.flush_until: float | None = None  # the next flush confirms and drops only what comes before this
         self.turn_silence_seconds: float | None = None  # the pause that ends a turn (``LiveUpdate.turn_end``)
+        self.unforced = False  # the next decode has no forced prefix (the last one looped)
 
     # -- input
     def append(self, samples) -> None:
@@ -239,7 +240,8 @@ class LiveTranscriber:
         no better), and the letters of that text; (None, 0) where there are none (or too many: they are decoded
         again)."""
         words = [w for w in self._unprompted() if w.start >= self.offset - 0.05]
-        if not words:
+        if self.unforced or not words:
+            self.unforced = False
             return None, 0
         text = self.model.whisper_text
         said = "".join(w.word for w in words).strip()
@@ -257,19 +259,24 @@ class LiveTranscriber:
         update = LiveUpdate(audio_seconds=self.received / SAMPLE_RATE)
         if epoch != self.epoch:
             return update
-        if segments is not None and self._looping(segments, prefix_letters):
-            # a repetition loop ("Thank you very much." over and over) is settled as no decode, and the prompt it
-            # fed on is dropped (faster-whisper resets its prompt after such a window the same way)
-            segments, self.context = None, []
+        spoken: list[Word] = []
+        if segments is not None:
+            words = [replace(w, start=w.start + self.offset, end=w.end + self.offset)
+                     for seg in segments for w in seg.words or []]  # fmt: skip
+            spoken = self._spoken(_after_prefix(words, prefix_letters))
+            if self._looping(spoken):
+                # a repetition loop ("Thank you very much." over and over) is settled as no decode; the prompt
+                # and the forced prefix it fed on are left out of the next decode, and the words of the decode
+                # before it wait for two new decodes to agree (a final decode confirms them: the rest is lost)
+                segments, self.context, self.unforced = None, [], True
+                if not final:
+                    self.hypothesis = []
         ends: list[float] = []
         previous_end, self.decoded = self.offset + self.decoded / SAMPLE_RATE, decoded
         if segments is None:
             new = self.hypothesis if final else []
         else:
-            words = [replace(w, start=w.start + self.offset, end=w.end + self.offset)
-                     for seg in segments for w in seg.words or []]  # fmt: skip
-            words = _after_prefix(words, prefix_letters)
-            new = self._unseen(self._spoken(words))
+            new = self._unseen(spoken)
             ends = [seg.end + self.offset for seg in segments]
         until = self.offset + decoded / SAMPLE_RATE
         if final and self.flush_until is not None:
@@ -291,11 +298,10 @@ class LiveTranscriber:
         update.turn_end = turn_end if not final else self._turn_end()
         return update
 
-    def _looping(self, segments: list[Segment], prefix_letters: int) -> bool:
-        """Whether a decode's new text (past its forced prefix) compresses like a loop: over ``transcribe``'s
-        ``compression_ratio_threshold`` (2.4)."""
+    def _looping(self, words: list[Word]) -> bool:
+        """Whether a decode's new words (past its forced prefix, where the VAD hears speech) compress like a
+        loop: over ``transcribe``'s ``compression_ratio_threshold`` (2.4)."""
         threshold = self.opts.compression_ratio_threshold
-        words = _after_prefix([w for seg in segments for w in seg.words or []], prefix_letters)
         return threshold is not None and compression_ratio("".join(w.word for w in words)) > threshold
 
     def _turn_end(self) -> float | None:
