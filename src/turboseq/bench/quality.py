@@ -207,9 +207,9 @@ def whisper_quality(compute_types: list[str], clips: int = 30, log=print) -> lis
     reference = [_rows_until_eos(row, eos, 0) for row in out]
     forced = torch.cat((start, out), dim=1)[:, : prompt + max(len(r) for r in reference) - 1]
     rows = []
+    greedy = dict(beam_size=1, temperature=0.0, condition_on_previous_text=False)  # both engines' transcripts
     for name in compute_types:
         model = exact if name == "float32" else load(ct2_dir, compute_type=name)
-        greedy = dict(beam_size=1, temperature=0.0, condition_on_previous_text=False)  # as faster-whisper's row
         texts = [model.transcribe(f, **greedy).text for f in files]
         top1 = model.forward_logits(feats, None, forced).argmax(-1)
         hits = sum(
@@ -224,7 +224,7 @@ def whisper_quality(compute_types: list[str], clips: int = 30, log=print) -> lis
         fw = WhisperModel(str(ct2_dir), device="cpu", compute_type="int8", cpu_threads=torch.get_num_threads())
         texts = []
         for f in files:
-            segments, _ = fw.transcribe(str(f), beam_size=1, temperature=0.0, condition_on_previous_text=False)
+            segments, _ = fw.transcribe(str(f), **greedy)
             texts.append(" ".join(s.text.strip() for s in segments))
         agreement = _ct2_whisper_agreement(fw.model, feats, exact.settings().decoder_prompt, reference, min(eos))
         rows.append(dict(engine="faster-whisper int8", wer=word_error_rate(spoken, texts), agreement=agreement))
@@ -243,10 +243,11 @@ def _ct2_whisper_agreement(model, feats: torch.Tensor, start: list[int], referen
     hits = total = 0
     for clip, ref in zip(feats.numpy(), reference):
         encoded = np.array(model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(clip[None]))))
+        encoded_view = ctranslate2.StorageView.from_array(encoded)
         for j, want in enumerate(ref):
             prompt = start + ref[:j]
             # max_length is not a count of new tokens here: this leaves room for the prefix and at least one more
-            result = model.generate(ctranslate2.StorageView.from_array(encoded), [prompt], beam_size=1,
+            result = model.generate(encoded_view, [prompt], beam_size=1,
                                     max_length=len(prompt) + j + 2, suppress_blank=False, suppress_tokens=[])  # fmt: skip
             seq = result[0].sequences_ids[0]
             hits += (seq[j] if len(seq) > j else eos) == want
