@@ -301,7 +301,7 @@ def test_hostile_streams(server):
             "error": "`sample_rate` must be an integer from 8000 to 192000 (Hz), got 'abc'",
             "error_type": "invalid_request",
         }
-    for beams in ("0", "11", "2.5"):
+    for beams in ("0", "11", "2.5", "\u00b2"):
         with plain(server, f"?beam_size={beams}") as ws:
             assert (
                 json.loads(ws.recv(timeout=30))["error"]
