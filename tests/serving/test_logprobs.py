@@ -3,6 +3,7 @@ OpenAI's ``logprobs`` (``/v1/completions``, plain and streamed, through the real
 the library's ``compute_transition_scores(..., normalize_logits=True)`` for the same request."""
 
 import json
+import math
 
 import httpx
 import pytest
@@ -79,6 +80,32 @@ def test_tgi_details_equal_transition_scores(mt_server, marian_one, sampled):
             assert [step[0]["id"] for step in details["top_tokens"]] == ref[0]
 
 
+def test_tgi_details_of_beam_search_equal_transition_scores(mt_server, marian_one):
+    """Beam search: the best hypothesis' tokens with the scores at the beam each extended, as
+    ``compute_transition_scores(sequences, scores, beam_indices)`` reads them, and the top tokens there."""
+    model, _ = marian_one
+    params = {"max_new_tokens": 12, "min_new_tokens": 6, "num_beams": 4, "no_repeat_ngram_size": 2}
+    body = {"inputs": SOURCES, "parameters": {**params, "details": True, "top_n_tokens": 3}}
+    r = httpx.post(mt_server.url + "/", json=body)
+    assert r.status_code == 200, r.text
+    enc = model.tokenizer(SOURCES, return_tensors="pt", padding=True)
+    out = model.generate(
+        enc["input_ids"], enc["attention_mask"], return_dict_in_generate=True, output_scores=True, **params
+    )
+    scores = model.compute_transition_scores(out.sequences, out.scores, out.beam_indices)
+    eos = set(model.settings().eos_token_ids)
+    for i, answer in enumerate(r.json()):
+        ids = out.sequences[i, 1:].tolist()
+        n = next(k + 1 for k, t in enumerate(ids) if t in eos)
+        steps = [out.scores[t][out.beam_indices[i, t]].topk(3) for t in range(n)]
+        # tokens the logits rules ruled out (here, all but EOS at the last step) are not listed
+        tops = [[k for k, v in zip(top.indices.tolist(), top.values.tolist()) if v > -math.inf] for top in steps]
+        details = answer["details"]
+        _check(details["tokens"], (ids[:n], scores[i, :n].tolist(), tops), answer["translation_text"])
+        assert [[t["id"] for t in step] for step in details["top_tokens"]] == tops
+        assert answer["translation_text"] == model.translate([SOURCES[i]], **params)[0]
+
+
 def test_tgi_stream_carries_logprobs(mt_server, marian_one):
     model, _ = marian_one
     params = {"max_new_tokens": 12, "min_new_tokens": 6, "num_beams": 1}
@@ -100,15 +127,35 @@ def test_details_refusals(mt_server):
         r = httpx.post(mt_server.url + "/", json={"inputs": "x", "parameters": params})
         return r.status_code, r.json()["error"]
 
-    assert error({"details": True, "num_beams": 4}) == (
+    assert error({"details": True, "num_beams": 4, "num_return_sequences": 2}) == (
         422,
-        "log-probabilities need num_beams=1 and one sequence per input",
+        "log-probabilities need one sequence per input (num_return_sequences=1)",
     )
     assert error({"top_n_tokens": 6, "num_beams": 1}) == (422, "`top_n_tokens` must be an integer from 0 to 5")
     assert error({"decoder_input_details": True}) == (
         422,
         "`decoder_input_details` (the prompt's log-probabilities) is not supported yet",
     )
+
+
+def test_decoder_only_beam_details_equal_transition_scores(lm_server, gpt2_text):
+    model = gpt2_text[0]
+    prompts = ["The weather today is", "Hello there, my old friend"]  # of different lengths: left-padded
+    params = {"max_new_tokens": 10, "num_beams": 3}
+    body = {"inputs": prompts, "parameters": {**params, "details": True, "top_n_tokens": 2}}
+    r = httpx.post(lm_server.url + "/", json=body)
+    assert r.status_code == 200, r.text
+    eos = set(model.settings().eos_token_ids)
+    for prompt, answer in zip(prompts, r.json()):
+        enc = model.tokenizer([prompt], return_tensors="pt")
+        out = model.generate(enc["input_ids"], return_dict_in_generate=True, output_scores=True, **params)
+        scores = model.compute_transition_scores(out.sequences, out.scores, out.beam_indices)[0]
+        ids = out.sequences[0, enc["input_ids"].shape[1] :].tolist()
+        n = next((k + 1 for k, t in enumerate(ids) if t in eos), len(ids))
+        details = answer["details"]
+        assert [t["id"] for t in details["tokens"]] == ids[:n]
+        assert [t["logprob"] for t in details["tokens"]] == pytest.approx(scores[:n].tolist(), abs=1e-4)
+        assert all(len(step) <= 2 for step in details["top_tokens"])
 
 
 def test_openai_logprobs_with_the_sdk(lm_server, gpt2_text):

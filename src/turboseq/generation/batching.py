@@ -121,12 +121,13 @@ class RowHooks:
 
 def row_hooks(s, abandoned=None, on_tokens=None, on_logprobs=None, top_logprobs: int = 0) -> RowHooks | None:
     """A ``generate_rows`` call's hooks, or None when it has none (``s``: its ``GenerationSettings``). Streaming
-    and log-probabilities follow one row per input: greedy or sampling with one return sequence."""
+    follows one row per input (greedy or sampling with one return sequence); log-probabilities one returned
+    sequence per input (beam search reports its best hypothesis' when the input ends)."""
     one_row = not s.is_beam and s.num_return_sequences == 1
     if on_tokens is not None and not one_row:
         raise ValueError("streaming needs num_beams=1 and num_return_sequences=1")
-    if on_logprobs is not None and not one_row:
-        raise ValueError("log-probabilities need num_beams=1 and num_return_sequences=1")
+    if on_logprobs is not None and s.num_return_sequences != 1:
+        raise ValueError("log-probabilities need num_return_sequences=1")
     if abandoned is None and on_tokens is None and on_logprobs is None:
         return None
     return RowHooks(abandoned, on_tokens, None, on_logprobs, top_logprobs)

@@ -54,8 +54,8 @@ class Listener:
         """Tokens appended to ``rows`` (finished rows' padding included where rows are kept)."""
 
     # beam search: per-hypothesis state follows the loop's gathers
-    def candidates(self, src_beam: Tensor, cur_len: int) -> None:
-        """The step's candidates [sentences, k] and the running beam each comes from."""
+    def candidates(self, src_beam: Tensor, cur_len: int, tokens: Tensor) -> None:
+        """The step's candidates [sentences, k]: the running beam each comes from and the token it adds."""
 
     def running(self, next_idx: Tensor) -> None:
         """The candidates [sentences, beams] that run on."""
@@ -114,9 +114,9 @@ class Listeners:
         for item in self.items:
             item.emitted(rows, tokens)
 
-    def candidates(self, src_beam: Tensor, cur_len: int) -> None:
+    def candidates(self, src_beam: Tensor, cur_len: int, tokens: Tensor) -> None:
         for item in self.items:
-            item.candidates(src_beam, cur_len)
+            item.candidates(src_beam, cur_len, tokens)
 
     def running(self, next_idx: Tensor) -> None:
         for item in self.items:
@@ -150,6 +150,7 @@ def listeners_for(trace=None, hooks=None, stop: Callable[[Tensor], Tensor] | Non
         *more,
         None if trace is None else TraceListener(trace),
         None if hooks is None else RowHooksListener(hooks),
+        None if hooks is None or hooks.on_logprobs is None else BeamLogprobs(hooks),
         None if stop is None else StopListener(stop),
     )
 
@@ -183,7 +184,7 @@ class TraceListener(Listener):
     def scored(self, scores: Tensor) -> None:
         self.trace.record(self.raw_logits, scores)
 
-    def candidates(self, src_beam: Tensor, cur_len: int) -> None:
+    def candidates(self, src_beam: Tensor, cur_len: int, tokens: Tensor) -> None:
         self.cand_bi = _gather_rows(self.running_bi, src_beam).clone()
         self.cand_bi[:, :, cur_len - self.prompt_len] = (src_beam + self.offsets).int()
 
@@ -232,6 +233,68 @@ class RowHooksListener(Listener):
         return done if gone is None else done | gone
 
 
+class BeamLogprobs(Listener):
+    """Beam search for a caller that asks for log-probabilities (``RowHooks.on_logprobs``): per hypothesis, each
+    token's log-probability where it was chosen (the step's scores after the logits rules, at the beam it
+    extended: what ``compute_transition_scores`` reads from a trace's scores and beam indices) and the most
+    likely tokens there; a sentence's best hypothesis is reported, token by token, when it ends."""
+
+    def __init__(self, hooks):
+        self.hooks, self.top = hooks, hooks.top_logprobs
+
+    def start(self, batch, prompt_len, s, beam, device) -> None:
+        self.beam, self.beams, self.prompt_len = beam, s.num_beams, prompt_len
+        if not beam:
+            return
+        shape = (batch, s.num_beams, s.max_length - prompt_len)
+        # per hypothesis and generated position: the token's log-probability; with ``top``, the top tokens
+        self.live = {"lp": torch.zeros(shape, device=device)}
+        if self.top:
+            self.live["ids"] = torch.zeros((*shape, self.top), dtype=torch.long, device=device)
+            self.live["top"] = torch.zeros((*shape, self.top), device=device)
+        self.finished_ = {k: v.clone() for k, v in self.live.items()}
+
+    def scored(self, scores: Tensor) -> None:
+        if self.beam:
+            self.scores = scores.clone()  # the loop adds the running beam scores to them in place
+            if self.top:
+                self.step_top = self.scores.topk(min(self.top, scores.shape[1]), dim=-1)
+
+    def candidates(self, src_beam: Tensor, cur_len: int, tokens: Tensor) -> None:
+        rows = src_beam + (torch.arange(src_beam.shape[0], device=src_beam.device) * self.beams)[:, None]
+        t = cur_len - self.prompt_len
+        step = {"lp": self.scores[rows, tokens]}
+        if self.top:
+            top_lp, top_ids = self.step_top
+            width = top_ids.shape[1]
+            step["ids"] = torch.zeros((*rows.shape, self.top), dtype=torch.long, device=rows.device)
+            step["top"] = torch.full((*rows.shape, self.top), -math.inf, device=rows.device)
+            step["ids"][..., :width], step["top"][..., :width] = top_ids[rows], top_lp[rows]
+        self.cand = {}
+        for k, v in self.live.items():
+            self.cand[k] = _gather_rows(v, src_beam).clone()
+            self.cand[k][:, :, t] = step[k]
+
+    def running(self, next_idx: Tensor) -> None:
+        self.live = {k: _gather_rows(v, next_idx) for k, v in self.cand.items()}
+
+    def finished(self, best: Tensor) -> None:
+        self.finished_ = {k: _gather_rows(torch.cat((v, self.cand[k]), 1), best) for k, v in self.finished_.items()}
+
+    def result(self, sentence, j, finished_scores, finished_lens, count) -> None:
+        length = int(finished_lens[j, 0])
+        row = torch.tensor([sentence])
+        for t in range(length):
+            ids = top = None
+            if self.top:
+                ids, top = self.finished_["ids"][j, 0, t][None].cpu(), self.finished_["top"][j, 0, t][None].cpu()
+            self.hooks.on_logprobs(self.hooks.caller_rows(row), self.finished_["lp"][j, 0, t][None].cpu(), ids, top)
+
+    def kept(self, keep: Tensor) -> None:
+        self.live = {k: v[keep] for k, v in self.live.items()}
+        self.finished_ = {k: v[keep] for k, v in self.finished_.items()}
+
+
 class StopListener(Listener):
     """Stop strings: ``stop(seqs [rows, length]) -> bool [rows]`` ends rows whose text completes one."""
 
@@ -274,7 +337,7 @@ class BeamSums(Listener):
         step_norm = 0.0 if self.renormalized else torch.logsumexp(scores, dim=-1).view(n, self.beams)
         self.path_norm = self.running_norm + step_norm
 
-    def candidates(self, src_beam: Tensor, cur_len: int) -> None:
+    def candidates(self, src_beam: Tensor, cur_len: int, tokens: Tensor) -> None:
         self.cand_norm = torch.gather(self.path_norm, 1, src_beam)
 
     def running(self, next_idx: Tensor) -> None:

@@ -310,7 +310,7 @@ def beam_steps(
         topk_tokens = topk_idx % vocab
         topk_seqs = torch.gather(beams.running, 1, src_beam[:, :, None].expand(-1, -1, s.max_length)).clone()
         topk_seqs[:, :, cur_len] = topk_tokens
-        listeners.candidates(src_beam, cur_len)
+        listeners.candidates(src_beam, cur_len, topk_tokens)
         hits = (
             torch.isin(topk_tokens, eos)
             if cur_len + 1 < s.max_length

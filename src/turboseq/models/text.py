@@ -166,7 +166,9 @@ class Seq2SeqModel(EncoderDecoder):
         ``on_logprobs(inputs, logprobs, top_ids, top_logprobs)`` receives, before each step's tokens are
         emitted, the log-probability of each chosen token (the log-softmax of the fully processed scores, which
         ``compute_transition_scores(..., normalize_logits=True)`` gives) and the ``top_logprobs`` most likely
-        tokens with theirs (None for 0); greedy and sampling with one return sequence.
+        tokens with theirs (None for 0); one return sequence. Beam search reports its best hypothesis when its
+        input ends, one call per token: the scores after the logits rules at the beam the token extended (as
+        ``compute_transition_scores(sequences, scores, beam_indices)`` reads them).
         ``settings``: generation settings already resolved by ``settings(**kwargs)`` (then no other kwargs).
         ``prefixes``: per input the token ids every output starts with (after the decoder start token), or
         None; sequences then hold the start token and the prefix."""

@@ -4,8 +4,8 @@ request's ``prefix``, ``alternatives`` and ``return_confidence``.
 The engine reports each chosen token's log-probability as it is chosen (``RowHooks.on_logprobs``: the log-softmax
 of the step's fully processed scores, what ``compute_transition_scores(..., normalize_logits=True)`` gives for
 the same request) with the most likely tokens. A ``Collector`` keeps them per row of an engine batch; streamed
-tokens carry theirs, and a finished row's list becomes its answer's ``details``. Greedy and sampled requests
-with one sequence per input (the engine's rule); a token the logits rules ruled out (``-inf``) is never listed
+tokens carry theirs, and a finished row's list becomes its answer's ``details``. Beam search reports its best
+hypothesis' when the input ends (not streamed). One sequence per input (the engine's rule); a token the logits rules ruled out (``-inf``) is never listed
 among the top tokens.
 """
 
@@ -36,9 +36,9 @@ def pop_detail_parameters(params: dict) -> tuple[dict, bool, int]:
 
 
 def check_one_row(s) -> None:
-    """Log-probabilities follow one row per input, as the engine reports them."""
-    if s.is_beam or s.num_return_sequences != 1:
-        raise ValueError("log-probabilities need num_beams=1 and one sequence per input")
+    """Log-probabilities follow one returned sequence per input, as the engine reports them."""
+    if s.num_return_sequences != 1:
+        raise ValueError("log-probabilities need one sequence per input (num_return_sequences=1)")
 
 
 class Collector:
