@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "turboseq"
 # private names of other libraries that turboseq uses on purpose (no public equivalent)
 FOREIGN_PRIVATE = (
     "torch.ops.mkldnn._",  # oneDNN's prepacked linear, its weight reorder and bf16 probe
-    "torch._make_per_channel_quantized_tensor",  # fbgemm's int8 weights from stored values and scales
+    "torch._make_per_tensor_quantized_tensor",  # fbgemm's int8 weights from stored values (scale 1)
     "torch._empty_per_channel_affine_quantized",  # ... and quantized a block of rows at a time while loading
     "torch._inductor",  # AOTInductor's compile options for `export --compile`
     "torch.export.pt2_archive._package",  # the .pt2 reader and writer

@@ -23,6 +23,8 @@ class Linear:
     # reordered tensor, or fbgemm's int8 parameters when ``int8``), and the dtype q/k/v leave in
     packed: object = field(default=None, repr=False, compare=False)
     int8: bool = field(default=False, repr=False, compare=False)
+    # int8: the scale of each output channel (float32), applied to fbgemm's product (``compute.int8_linear``)
+    int8_scale: Tensor | None = field(default=None, repr=False, compare=False)
     out_dtype: torch.dtype | None = field(default=None, repr=False, compare=False)
 
 
