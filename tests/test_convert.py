@@ -184,6 +184,10 @@ def test_a_damaged_converted_directory_is_refused_in_one_line(marian_one, tmp_pa
     shape = tuple(tensors[name].shape)
     with pytest.raises(ModelLoadError, match=rf"{name} has shape \({shape[0] - 1}, {shape[1]}\), the config makes"):
         turboseq.load(out)
+    scale = name.replace(".weight", ".weight_scale")
+    save_file(dict(tensors, **{scale: tensors[scale][:1].clone()}), str(out / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match=rf"{scale} has shape \(1,\), the config makes \({shape[0]},\)$"):
+        turboseq.load(out)
 
 
 def test_weights_packed_in_row_slices_give_the_same_numbers(marian_one, tmp_path, monkeypatch):

@@ -193,6 +193,30 @@ def test_openai_logprobs_with_the_sdk(lm_server, gpt2_text):
     assert err.value.response.json()["error"] == "`logprobs` must be an integer from 0 to 5"
 
 
+def test_details_after_a_prefix_list_the_generated_tokens(mt_server, marian_one):
+    model, _ = marian_one
+    params = {"max_new_tokens": 10, "min_new_tokens": 6, "num_beams": 1}
+    prefix = model.translate(SOURCES[:1], max_new_tokens=2, min_new_tokens=2)[0]
+    body = {"inputs": [SOURCES[0]], "parameters": {**params, "prefix": prefix, "details": True}}
+    r = httpx.post(mt_server.url + "/", json=body)
+    assert r.status_code == 200, r.text
+    (answer,) = r.json()
+    (prefix_ids,) = model.encode_prefixes([prefix], 1, model.settings())
+    entries = []
+    ((seq,),) = model.generate_rows(
+        [model.tokenizer(SOURCES[0])["input_ids"]],
+        prefixes=[prefix_ids],
+        on_logprobs=lambda rows, lp, ids, top: entries.append(float(lp[0])),
+        **params,
+    )
+    generated = seq[1 + len(prefix_ids) :].tolist()
+    assert len(prefix_ids) > 0 and len(generated) == len(entries)
+    tokens = answer["details"]["tokens"]
+    assert [t["id"] for t in tokens] == generated
+    assert [t["logprob"] for t in tokens] == pytest.approx(entries, abs=1e-5)
+    assert answer["details"]["generated_tokens"] == len(generated)
+
+
 def test_prefix_alternatives_and_confidence(mt_server, marian_one):
     from transformers import MarianMTModel
 

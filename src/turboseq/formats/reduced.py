@@ -164,7 +164,13 @@ def fill(spec, model_dir: Path, info: dict) -> None:
     for place, part in places(spec):
         if isinstance(part, Linear):
             if f"{place}.weight_scale" in stored:
-                int8.append((part, take(f"{place}.weight", part.weight), stored[f"{place}.weight_scale"]))
+                scale = stored[f"{place}.weight_scale"]
+                if tuple(scale.shape) != (part.weight.shape[0],):
+                    raise ModelLoadError(
+                        f"{weights_file}: {place}.weight_scale has shape {tuple(scale.shape)}, the config makes "
+                        f"({part.weight.shape[0]},)"
+                    )
+                int8.append((part, take(f"{place}.weight", part.weight), scale))
             else:
                 part.weight = take(f"{place}.weight", part.weight)
             if part.bias is not None:

@@ -79,7 +79,8 @@ class RowHooks:
         # ``on_logprobs(rows, logprobs, top_ids, top_logprobs)``: each chosen token's log-probability (the
         # log-softmax of the step's scores after every logits rule, as ``compute_transition_scores`` with
         # ``normalize_logits=True`` gives it) and the ``top_logprobs`` most likely tokens, before the tokens
-        # are emitted
+        # are emitted; beam search: its best hypothesis' when the input ends, its scores as beam search keeps
+        # them (the log-softmax, then the logits rules, not renormalized: ``generation.listeners.BeamLogprobs``)
         self.on_logprobs, self.top_logprobs = on_logprobs, top_logprobs
 
     def select(self, rows: Sequence[int] | Tensor) -> RowHooks:

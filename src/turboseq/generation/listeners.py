@@ -235,9 +235,11 @@ class RowHooksListener(Listener):
 
 class BeamLogprobs(Listener):
     """Beam search for a caller that asks for log-probabilities (``RowHooks.on_logprobs``): per hypothesis, each
-    token's log-probability where it was chosen (the step's scores after the logits rules, at the beam it
-    extended: what ``compute_transition_scores`` reads from a trace's scores and beam indices) and the most
-    likely tokens there; a sentence's best hypothesis is reported, token by token, when it ends."""
+    token's score where it was chosen (the step's log-softmax with the logits rules applied after it, not
+    renormalized, at the beam it extended: what ``compute_transition_scores`` reads from a trace's scores and
+    beam indices) and the most likely tokens there; a sentence's best hypothesis is reported, token by token,
+    when it ends. Each step gathers every hypothesis' history (cost grows with the output's length: for requests
+    that ask, not for plain beam search)."""
 
     def __init__(self, hooks):
         self.hooks, self.top = hooks, hooks.top_logprobs
@@ -270,9 +272,10 @@ class BeamLogprobs(Listener):
             step["ids"] = torch.zeros((*rows.shape, self.top), dtype=torch.long, device=rows.device)
             step["top"] = torch.full((*rows.shape, self.top), -math.inf, device=rows.device)
             step["ids"][..., :width], step["top"][..., :width] = top_ids[rows], top_lp[rows]
+        self.scores = self.step_top = None  # a step's full scores are held from ``scored`` to here only
         self.cand = {}
         for k, v in self.live.items():
-            self.cand[k] = _gather_rows(v, src_beam).clone()
+            self.cand[k] = _gather_rows(v, src_beam)  # a new tensor
             self.cand[k][:, :, t] = step[k]
 
     def running(self, next_idx: Tensor) -> None:
@@ -283,12 +286,13 @@ class BeamLogprobs(Listener):
 
     def result(self, sentence, j, finished_scores, finished_lens, count) -> None:
         length = int(finished_lens[j, 0])
-        row = torch.tensor([sentence])
+        row = self.hooks.caller_rows(torch.tensor([sentence]))
+        path = {k: v[j, 0, :length].cpu() for k, v in self.finished_.items()}  # one copy off the device
         for t in range(length):
             ids = top = None
             if self.top:
-                ids, top = self.finished_["ids"][j, 0, t][None].cpu(), self.finished_["top"][j, 0, t][None].cpu()
-            self.hooks.on_logprobs(self.hooks.caller_rows(row), self.finished_["lp"][j, 0, t][None].cpu(), ids, top)
+                ids, top = path["ids"][t][None], path["top"][t][None]
+            self.hooks.on_logprobs(row, path["lp"][t][None], ids, top)
 
     def kept(self, keep: Tensor) -> None:
         self.live = {k: v[keep] for k, v in self.live.items()}

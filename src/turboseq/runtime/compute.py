@@ -415,8 +415,8 @@ def weight_bytes(spec) -> int:
                 elif isinstance(obj, Linear) and name == "packed":
                     if obj.packed is not None:
                         w = obj.weight
-                        # int8: a byte per weight and a float32 scale per output channel
-                        sizes.append(w.numel() + 4 * w.shape[0] if obj.int8 else w.numel() * w.element_size())
+                        # int8: a byte per weight (its float32 channel scales are ``int8_scale``, counted below)
+                        sizes.append(w.numel() if obj.int8 else w.numel() * w.element_size())
                 else:
                     walk(getattr(obj, name))
 

@@ -307,8 +307,9 @@ class GenerationTask(TextTask[GenerationRequest]):
         if collector is not None:  # one sequence per input
             eos = set(request.settings.eos_token_ids)
             answers = []
-            for row, seqs, text in zip(indices, outputs, texts):
-                new = seqs[0][1:].tolist()
+            for row, source, seqs, text in zip(indices, rows, outputs, texts):
+                # the generated tokens: after the start token and the forced prefix, whose tokens have no scores
+                new = seqs[0][1 + len(getattr(source, "prefix", None) or ()) :].tolist()
                 reason = "eos_token" if new and new[-1] in eos else "length"
                 answers.append(self.detailed(request, collector, row, text[0], new, reason))
             return self.with_confidence(answers, scores), generated
