@@ -301,8 +301,8 @@ class PlainSession(Session):
     """``/v1/audio/live?language=&prompt=&sample_rate=&beam_size=``: binary frames of PCM16 mono audio (16 kHz
     unless ``sample_rate`` says otherwise; beam 5 unless ``beam_size``, 1-10, says otherwise); a text frame
     ``{"type": "end"}`` ends the stream. Messages out: ``{"type": "ready", "model", "sample_rate", "beam_size"}``,
-    ``{"type": "final", "text", "words"}`` (newly confirmed words), ``{"type": "partial", "text"}`` (the unconfirmed tail), ``{"type": "done", "text", "duration"}`` and
-    ``{"type": "error", "error", "error_type"}``."""
+    ``{"type": "final", "text", "words"}`` (newly confirmed words), ``{"type": "partial", "text"}`` (the
+    unconfirmed tail), ``{"type": "done", "text", "duration"}`` and ``{"type": "error", "error", "error_type"}``."""
 
     def start(self):
         params = self.ws.query_params

@@ -5,9 +5,9 @@ The engine reports each chosen token's log-probability as it is chosen (``RowHoo
 of the step's fully processed scores, what ``compute_transition_scores(..., normalize_logits=True)`` gives for
 the same request) with the most likely tokens. A ``Collector`` keeps them per row of an engine batch; streamed
 tokens carry theirs, and a finished row's list becomes its answer's ``details``. Beam search reports its best
-hypothesis' when the input ends (not streamed), as beam search scores tokens: the log-softmax with the logits rules
-applied after it, not renormalized (a temperature of 2 halves them). One sequence per input (the engine's rule); a token the logits rules ruled out (``-inf``) is never listed
-among the top tokens.
+hypothesis' when the input ends (not streamed), as beam search scores tokens: the log-softmax with the logits
+rules applied after it, not renormalized (a temperature of 2 halves them). One sequence per input (the engine's
+rule); a token the logits rules ruled out (``-inf``) is never listed among the top tokens.
 """
 
 from __future__ import annotations
